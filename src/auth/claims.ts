@@ -1,0 +1,73 @@
+/**
+ * Pure mapping from verified claims (JWT payload or RFC 7662 answer) to a `Principal`.
+ */
+import type { AuthFailureReason, Principal } from './types.js';
+
+type Claims = Readonly<Record<string, unknown>>;
+
+const isRecord = (v: unknown): v is Claims => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+/**
+ * Reads a dot path (`realm_access.roles`). Own properties only, so `__proto__`/`constructor`
+ * segments can never reach Object.prototype. A claim whose name itself contains a dot
+ * (`https://example.com/roles`, Auth0 style) is tried as a whole first.
+ */
+export function readClaimPath(claims: Claims, path: string): unknown {
+  if (Object.hasOwn(claims, path)) return claims[path];
+  let cur: unknown = claims;
+  for (const segment of path.split('.')) {
+    if (!isRecord(cur) || !Object.hasOwn(cur, segment)) return undefined;
+    cur = cur[segment];
+  }
+  return cur;
+}
+
+const EMPTY: readonly string[] = Object.freeze([]);
+
+/** An array of strings (non-strings dropped), or a space/comma separated string. */
+export function toStringList(value: unknown): readonly string[] {
+  if (typeof value === 'string') {
+    const parts = value.split(/[\s,]+/).filter((s) => s.length > 0);
+    return parts.length === 0 ? EMPTY : Object.freeze(parts);
+  }
+  if (Array.isArray(value)) {
+    const parts = value.filter((s): s is string => typeof s === 'string' && s.length > 0);
+    return parts.length === 0 ? EMPTY : Object.freeze(parts);
+  }
+  return EMPTY;
+}
+
+// RFC 6749 §3.3: scope tokens are separated by spaces only (a comma is a legal scope character).
+function splitScope(scope: string): readonly string[] {
+  const parts = scope.split(' ').filter((s) => s.length > 0);
+  return parts.length === 0 ? EMPTY : Object.freeze(parts);
+}
+
+/** RFC 7519 §4.1.3 / RFC 7662 §2.2: `aud` is a string or an array; any configured one matches. */
+export function audienceMatches(aud: unknown, audiences: readonly string[]): boolean {
+  if (typeof aud === 'string') return audiences.includes(aud);
+  if (Array.isArray(aud)) return aud.some((a) => typeof a === 'string' && audiences.includes(a));
+  return false;
+}
+
+export function buildPrincipal(
+  claims: Claims,
+  ctx: { issuer: string; rolesClaim: string; tokenType: 'jwt' | 'opaque'; expiresAt: number },
+): Principal | AuthFailureReason {
+  const sub = claims['sub'];
+  if (typeof sub !== 'string' || sub.length === 0) return 'missing_sub';
+  const email = claims['email'];
+  const clientId = claims['client_id'] ?? claims['azp'];
+  // RFC 8693 §4.2 `scope` (space separated); some IdPs (Azure, Okta) send `scp` as an array.
+  const scope = claims['scope'] ?? claims['scp'];
+  return Object.freeze({
+    subject: sub,
+    email: typeof email === 'string' ? email : null,
+    roles: toStringList(readClaimPath(claims, ctx.rolesClaim)),
+    issuer: ctx.issuer,
+    clientId: typeof clientId === 'string' ? clientId : null,
+    tokenType: ctx.tokenType,
+    expiresAt: ctx.expiresAt,
+    scopes: typeof scope === 'string' ? splitScope(scope) : toStringList(scope),
+  });
+}

@@ -1,0 +1,214 @@
+#!/usr/bin/env node
+/**
+ * portcullis start | validate | explain — the command line.
+ *
+ * `start` owns the process lifecycle: SIGHUP (and --watch) reloads the configuration atomically
+ * (an invalid file is refused and the old configuration keeps serving), SIGTERM/SIGINT drain
+ * in-flight requests for `shutdown_grace` and exit 0; a second signal exits at once.
+ */
+import { parseArgs } from 'node:util';
+import { readFileSync, realpathSync, watch } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { dirname, join } from 'node:path';
+import { loadConfigFile, ConfigError, formatProblems } from './config/index.js';
+import { createLogger } from './observability/logging.js';
+import { buildGateway } from './gateway.js';
+import { prepareCertificates } from './server/certificates.js';
+import { explain, formatExplanation } from './pipeline/explain.js';
+
+const here = dirname(fileURLToPath(import.meta.url));
+
+export function version(): string {
+  const pkg = JSON.parse(readFileSync(join(here, '..', 'package.json'), 'utf8')) as { version: string };
+  return pkg.version;
+}
+
+const HELP = `portcullis — a TLS-terminating security gateway
+
+Usage:
+  portcullis start    --config FILE [--watch]   run the gateway
+  portcullis validate --config FILE             check a configuration file (exit 0 = good, 1 = problems)
+  portcullis explain  --config FILE --method M --url URL [--token JWT | --roles a,b]
+                                                show which route a request matches and the decision
+  portcullis --version | --help
+
+Options:
+  -c, --config FILE   the YAML configuration (default: ./gateway.yml)
+  -w, --watch         reload when the configuration file changes (SIGHUP always reloads)
+
+Environment: \${NAME} in the configuration is read from NAME, or from the file named by NAME_FILE.
+`;
+
+interface Io {
+  out: (s: string) => void;
+  err: (s: string) => void;
+}
+
+const stdio: Io = { out: (s) => process.stdout.write(s), err: (s) => process.stderr.write(s) };
+
+export async function main(argv: string[], io: Io = stdio): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: argv,
+      allowPositionals: true,
+      options: {
+        config: { type: 'string', short: 'c' },
+        watch: { type: 'boolean', short: 'w' },
+        version: { type: 'boolean', short: 'v' },
+        help: { type: 'boolean', short: 'h' },
+        method: { type: 'string' },
+        url: { type: 'string' },
+        token: { type: 'string' },
+        roles: { type: 'string' },
+      },
+    });
+  } catch (err) {
+    io.err(`portcullis: ${(err as Error).message}\n\n${HELP}`);
+    return 2;
+  }
+  const { values, positionals } = parsed;
+  if (values.version) {
+    io.out(`${version()}\n`);
+    return 0;
+  }
+  const command = positionals[0];
+  if (values.help || command === undefined || command === 'help') {
+    io.out(HELP);
+    return command === undefined && !values.help ? 2 : 0;
+  }
+  const configPath = values.config ?? 'gateway.yml';
+  switch (command) {
+    case 'validate':
+      return validate(configPath, io);
+    case 'start':
+      return start(configPath, values.watch ?? false, io);
+    case 'explain': {
+      if (!values.url) {
+        io.err('portcullis explain: --url is required\n');
+        return 2;
+      }
+      try {
+        const { config } = await loadConfigFile(configPath);
+        const result = await explain(config, {
+          method: (values.method ?? 'GET').toUpperCase(),
+          url: values.url,
+          token: values.token,
+          roles: values.roles === undefined ? undefined : values.roles.split(',').map((r) => r.trim()).filter(Boolean),
+        });
+        io.out(formatExplanation(result));
+        return result.decision.allow ? 0 : 1;
+      } catch (err) {
+        return reportConfigError(err, io);
+      }
+    }
+    default:
+      io.err(`portcullis: unknown command "${command}"\n\n${HELP}`);
+      return 2;
+  }
+}
+
+function reportConfigError(err: unknown, io: Io): number {
+  if (err instanceof ConfigError) {
+    io.err(`${formatProblems(err.problems)}\n`);
+    return 1;
+  }
+  io.err(`portcullis: ${(err as Error).message}\n`);
+  return 1;
+}
+
+async function validate(configPath: string, io: Io): Promise<number> {
+  try {
+    const { warnings } = await loadConfigFile(configPath);
+    for (const w of warnings) io.err(`${configPath}: warning: ${w}\n`);
+    io.out(`${configPath}: configuration is valid\n`);
+    return 0;
+  } catch (err) {
+    return reportConfigError(err, io);
+  }
+}
+
+async function start(configPath: string, watchFile: boolean, io: Io): Promise<number> {
+  let loaded;
+  try {
+    loaded = await loadConfigFile(configPath);
+  } catch (err) {
+    return reportConfigError(err, io);
+  }
+  const { config, warnings } = loaded;
+  const logger = createLogger(config.log);
+  for (const w of warnings) logger.warn({ config: configPath }, w);
+  const certificates = await prepareCertificates(config, logger);
+  const gateway = await buildGateway({ config, logger, certificates, version: version() });
+  const addrs = await gateway.listen();
+  logger.info(
+    { version: version(), node: process.version, https: addrs.https, http: addrs.http, admin: addrs.admin },
+    'portcullis started',
+  );
+
+  let reloading: Promise<void> = Promise.resolve();
+  const reload = (why: string): void => {
+    reloading = reloading.then(async () => {
+      try {
+        const next = await loadConfigFile(configPath);
+        for (const w of next.warnings) logger.warn({ config: configPath }, w);
+        await prepareCertificates(next.config, logger, gateway.certificates);
+        await gateway.reload(next.config);
+        logger.info({ event: 'config_reloaded', trigger: why }, 'configuration reloaded');
+      } catch (err) {
+        const problems = err instanceof ConfigError ? formatProblems(err.problems).split('\n') : [(err as Error).message];
+        logger.error({ event: 'config_rejected', trigger: why, problems }, 'configuration rejected; the previous configuration keeps serving');
+      }
+    });
+  };
+  process.on('SIGHUP', () => reload('SIGHUP'));
+  if (watchFile) {
+    let timer: NodeJS.Timeout | undefined;
+    // Editors replace files (rename) as often as they write them: watch the directory.
+    watch(dirname(configPath), (_event, name) => {
+      if (name && !configPath.endsWith(name)) return;
+      clearTimeout(timer);
+      timer = setTimeout(() => reload('watch'), 200);
+    });
+  }
+
+  return new Promise<number>((resolve) => {
+    let stopping = false;
+    const stop = (signal: string): void => {
+      if (stopping) {
+        logger.warn({ signal }, 'second signal: exiting now');
+        resolve(1);
+        return;
+      }
+      stopping = true;
+      logger.info({ signal, grace_ms: gateway.current().config.shutdownGrace }, 'shutting down');
+      gateway.close().then(
+        () => {
+          logger.info('shut down cleanly');
+          logger.flush?.();
+          resolve(0);
+        },
+        (err: unknown) => {
+          logger.error({ err }, 'shutdown failed');
+          resolve(1);
+        },
+      );
+    };
+    process.on('SIGTERM', () => stop('SIGTERM'));
+    process.on('SIGINT', () => stop('SIGINT'));
+  });
+}
+
+if (process.argv[1] && realpathSync(process.argv[1]) === fileURLToPath(import.meta.url)) {
+  main(process.argv.slice(2)).then(
+    (code) => {
+      // Let pino's async destination flush before leaving.
+      setTimeout(() => process.exit(code), 50).unref();
+      process.exitCode = code;
+    },
+    (err: unknown) => {
+      process.stderr.write(`portcullis: ${(err as Error).stack ?? String(err)}\n`);
+      process.exit(1);
+    },
+  );
+}

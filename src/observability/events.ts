@@ -1,0 +1,169 @@
+/**
+ * The security-event log: one JSON line per security-relevant decision, separate from the access
+ * log so it can be shipped to a SIEM or kept longer.
+ *
+ * Every line carries `event` (a stable name from `SECURITY_EVENTS`) and `security: true`, plus the
+ * common fields `ip`, `user`, `site`, `route`, `reason`, `request_id` when known. The event names
+ * and field names are a public interface (alert rules and SIEM queries match on them): add, never
+ * rename.
+ *
+ * Secrets never reach this log: callers pass identifiers, not credentials, and as a second line of
+ * defence any field whose NAME looks like a credential is replaced by `[redacted]`, and long
+ * strings are truncated (a token pasted into a `reason` must not land in full).
+ */
+import { closeSync, mkdirSync, openSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { pino, type Logger, type LevelWithSilent } from 'pino';
+import { GatewayError } from '../errors.js';
+
+export type SecurityEventName =
+  | 'auth_failed'
+  | 'access_denied'
+  | 'rate_limited'
+  | 'banned'
+  | 'csrf_rejected'
+  | 'config_reloaded'
+  | 'config_rejected'
+  | 'cert_issued'
+  | 'cert_renewal_failed'
+  | 'upstream_down';
+
+/** Fields any event may carry. `reason` is a short code (e.g. `expired`, `missing_role`), not a message. */
+export interface CommonSecurityFields {
+  readonly ip?: string;
+  readonly user?: string;
+  readonly site?: string;
+  readonly route?: string;
+  readonly reason?: string;
+  readonly request_id?: string;
+}
+
+/** Event-specific fields, on top of the common ones. */
+export interface SecurityEventFieldMap {
+  auth_failed: { readonly issuer?: string };
+  access_denied: { readonly required_roles?: readonly string[] };
+  rate_limited: { readonly key?: string; readonly limit?: number; readonly window_ms?: number };
+  banned: { readonly key?: string; readonly duration_ms?: number; readonly failures?: number };
+  csrf_rejected: { readonly origin?: string; readonly method?: string };
+  config_reloaded: { readonly file?: string };
+  config_rejected: { readonly file?: string; readonly problems?: readonly string[] };
+  cert_issued: { readonly host?: string; readonly hosts?: readonly string[]; readonly not_after?: string; readonly issuer?: string };
+  cert_renewal_failed: { readonly host?: string; readonly hosts?: readonly string[]; readonly error?: string; readonly retry_at?: string };
+  upstream_down: { readonly upstream?: string; readonly error?: string };
+}
+
+export type SecurityEventFields<E extends SecurityEventName> = CommonSecurityFields & SecurityEventFieldMap[E];
+
+export interface SecurityEventInfo {
+  readonly name: SecurityEventName;
+  readonly level: 'info' | 'warn' | 'error';
+  readonly description: string;
+  /** Event-specific fields (the common ones are in `COMMON_SECURITY_FIELDS`). */
+  readonly fields: readonly string[];
+}
+
+export const COMMON_SECURITY_FIELDS: readonly string[] = Object.freeze(['ip', 'user', 'site', 'route', 'reason', 'request_id']);
+
+/** Every event, its level and fields — the README's table is generated from this. */
+export const SECURITY_EVENTS: readonly SecurityEventInfo[] = Object.freeze([
+  { name: 'auth_failed', level: 'warn', description: 'A request had missing, invalid or expired credentials (HTTP 401).', fields: ['issuer'] },
+  { name: 'access_denied', level: 'warn', description: 'An authenticated user lacked a required role, or the route is `access: deny` (HTTP 403).', fields: ['required_roles'] },
+  { name: 'rate_limited', level: 'warn', description: 'A request exceeded a rate limit (HTTP 429).', fields: ['key', 'limit', 'window_ms'] },
+  { name: 'banned', level: 'warn', description: 'A client key was banned after repeated authentication failures.', fields: ['key', 'duration_ms', 'failures'] },
+  { name: 'csrf_rejected', level: 'warn', description: 'A cross-site state-changing request was refused (HTTP 403).', fields: ['origin', 'method'] },
+  { name: 'config_reloaded', level: 'info', description: 'A new configuration was loaded and is now active.', fields: ['file'] },
+  { name: 'config_rejected', level: 'error', description: 'A configuration reload failed validation; the previous configuration stays active.', fields: ['file', 'problems'] },
+  { name: 'cert_issued', level: 'info', description: 'A certificate was issued or renewed (ACME or development CA).', fields: ['host', 'hosts', 'not_after', 'issuer'] },
+  { name: 'cert_renewal_failed', level: 'error', description: 'A certificate order or renewal failed; the current certificate (if any) stays in use.', fields: ['host', 'hosts', 'error', 'retry_at'] },
+  { name: 'upstream_down', level: 'error', description: 'An upstream could not be reached (connection refused, timed out or reset).', fields: ['upstream', 'error'] },
+] as const satisfies readonly SecurityEventInfo[]);
+
+const LEVELS: ReadonlyMap<SecurityEventName, SecurityEventInfo['level']> = new Map(SECURITY_EVENTS.map((e) => [e.name, e.level]));
+
+/** Keys pino or this module own: a field must not overwrite them (log forging). */
+const RESERVED = new Set(['event', 'security', 'level', 'time', 'msg', 'pid', 'hostname', 'v']);
+/** Names that suggest a credential. `key` alone is allowed: it is the rate-limit key (ip/user). */
+const SECRET_NAME = /(token|secret|password|passwd|authorization|cookie|credential|hmac|private|api_?key|session)/i;
+/** Longer strings are cut: enough for a URL or an error summary, too short for a whole JWT. */
+export const MAX_FIELD_LENGTH = 256;
+
+function clean(value: unknown, depth: number): unknown {
+  if (typeof value === 'string') return value.length > MAX_FIELD_LENGTH ? `${value.slice(0, MAX_FIELD_LENGTH)}…` : value;
+  if (typeof value === 'number' || typeof value === 'boolean' || value === null) return value;
+  if (value instanceof Date) return value.toISOString();
+  if (Array.isArray(value)) return depth > 2 ? '[array]' : value.slice(0, 50).map((v) => clean(v, depth + 1));
+  if (typeof value === 'object') {
+    if (depth > 2) return '[object]';
+    const out: Record<string, unknown> = {};
+    for (const [k, v] of Object.entries(value)) out[k] = SECRET_NAME.test(k) ? '[redacted]' : clean(v, depth + 1);
+    return out;
+  }
+  return undefined; // functions, symbols, bigint: never meaningful in an event
+}
+
+export interface SecurityEvents {
+  emit<E extends SecurityEventName>(event: E, fields?: SecurityEventFields<E>): void;
+}
+
+/** Events are written through `logger` (a pino logger, typically from `openSecurityLog`). */
+export function createSecurityEvents(logger: Logger): SecurityEvents {
+  return {
+    emit(event, fields) {
+      const level = LEVELS.get(event);
+      if (level === undefined) throw new TypeError(`unknown security event "${String(event)}"`);
+      const line: Record<string, unknown> = {};
+      if (fields !== undefined) {
+        for (const [k, v] of Object.entries(fields)) {
+          if (RESERVED.has(k) || v === undefined) continue;
+          line[k] = SECRET_NAME.test(k) ? '[redacted]' : clean(v, 0);
+        }
+      }
+      line.event = event;
+      line.security = true;
+      logger[level](line, event);
+    },
+  };
+}
+
+export interface SecurityLog {
+  readonly logger: Logger;
+  /** Flushes and closes the file (no-op for the main-log child). Safe to call twice. */
+  close(): Promise<void>;
+}
+
+/**
+ * The logger security events go to: a dedicated file when `log.security_file` is set (appended,
+ * parent directory created), else a child of the main logger tagged `log: "security"`.
+ */
+export function openSecurityLog(file: string | null, mainLogger: Logger, level: LevelWithSilent = 'info'): SecurityLog {
+  if (file === null) {
+    const logger = mainLogger.child({ log: 'security' });
+    return { logger, close: () => Promise.resolve() };
+  }
+  // Opened once synchronously so an unwritable path fails at startup with a clear error, instead
+  // of as an asynchronous 'error' event after the gateway already reported ready.
+  try {
+    mkdirSync(dirname(file), { recursive: true });
+    closeSync(openSync(file, 'a', 0o640));
+  } catch (cause) {
+    throw new GatewayError('GW_ERR_CONFIG_INVALID', `log.security_file ${file} cannot be opened for writing`, { cause });
+  }
+  const dest = pino.destination({ dest: file, mkdir: true, sync: false });
+  // A later write failure (disk full) must not crash the gateway through an unhandled 'error'
+  // event: report it on the main log, which has a different destination.
+  dest.on('error', (err: unknown) => mainLogger.error({ err, file }, 'security log write failed'));
+  const logger = pino({ level, base: { pid: process.pid, log: 'security' } }, dest);
+  let closed: Promise<void> | null = null;
+  return {
+    logger,
+    close() {
+      closed ??= new Promise<void>((resolve, reject) => {
+        dest.once('close', () => resolve());
+        dest.once('error', reject);
+        // end() waits for the open to finish and flushes the buffer before closing.
+        dest.end();
+      });
+      return closed;
+    },
+  };
+}

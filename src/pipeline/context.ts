@@ -1,0 +1,37 @@
+/**
+ * What the gateway knows about a request once it has been resolved. Set by the `resolve` hook
+ * (the first hook of the pipeline) on `request.gw` and read by every later stage, so the route is
+ * matched exactly once and the same canonical path is used for policy and for the upstream.
+ */
+import type { RouteConfig, SiteConfig } from '../config/types.js';
+import type { Principal } from '../auth/index.js';
+import type { RuntimeState } from '../runtime.js';
+
+export interface RequestContext {
+  /** The runtime state this request started with; a reload never changes it mid-request. */
+  readonly state: RuntimeState;
+  readonly requestId: string;
+  /** The trusted client address (see proxy/forwarded). */
+  readonly clientIp: string;
+  /** TCP peer is one of trusted_proxies. */
+  readonly trustedPeer: boolean;
+  readonly startedAt: bigint;
+  host: string;
+  site: SiteConfig | null;
+  route: RouteConfig | null;
+  /** Canonical path (no query). */
+  path: string;
+  /** `?…` exactly as the client sent it, or ''. */
+  query: string;
+  principal: Principal | null;
+  /** Origin of the upstream target that served (or was last tried for) the request. */
+  upstream: string | null;
+  /** Why the gateway refused the request, for the access log (never sent to the client). */
+  reason: string | null;
+}
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    gw: RequestContext;
+  }
+}

@@ -1,0 +1,124 @@
+/**
+ * Stage 1 of the pipeline: turn a raw request into a resolved one, or refuse it.
+ *
+ * Everything here is decided from the request line and headers alone, before any body byte is
+ * read and before any crypto: origin-form target, method, Host → site, canonical path → route,
+ * client address, request id, declared body size. Pure: no Fastify, no I/O.
+ */
+import { randomUUID } from 'node:crypto';
+import type { GatewayErrorCode } from '../errors.js';
+import { canonicalizePath, normalizeHost } from '../policy/index.js';
+import type { RuntimeState } from '../runtime.js';
+import { clientAddress } from '../proxy/forwarded.js';
+import type { RequestContext } from './context.js';
+
+/** Methods the gateway proxies. TRACE and CONNECT are refused (RFC 9110 §9.3.8: TRACE reflects credentials). */
+export const PROXIED_METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'] as const;
+const PROXIED = new Set<string>(PROXIED_METHODS);
+
+export interface Refusal {
+  readonly status: number;
+  readonly code: GatewayErrorCode;
+  readonly reason: string;
+}
+
+export interface RawRequestView {
+  readonly method: string;
+  /** The request-target as received (`req.url`). */
+  readonly url: string;
+  readonly headers: Record<string, string | string[] | undefined>;
+  /** Name/value pairs as received: Node silently keeps only the first Host or Authorization. */
+  readonly rawHeaders?: readonly string[];
+  readonly peer: string;
+  readonly httpVersionMajor: number;
+}
+
+const REQUEST_ID = /^[A-Za-z0-9._:@/+=-]{1,128}$/;
+
+function single(v: string | string[] | undefined): string | undefined {
+  return Array.isArray(v) ? v[0] : v;
+}
+
+/** Request id: a trusted proxy's X-Request-Id when well-formed, else a fresh UUID. */
+export function requestIdFor(trustedPeer: boolean, header: string | string[] | undefined): string {
+  if (trustedPeer && typeof header === 'string' && REQUEST_ID.test(header)) return header;
+  return randomUUID();
+}
+
+/**
+ * The first pipeline stage. On success fills `ctx` (host, site, route, path, query) and returns
+ * null; on refusal returns the status and code to answer with.
+ */
+export function resolveRequest(state: RuntimeState, req: RawRequestView, ctx: RequestContext): Refusal | null {
+  const url = req.url;
+  // Origin form only (RFC 9112 §3.2.1). Absolute form is for forward proxies; `*` is OPTIONS-only
+  // server-wide and never means anything to an upstream app.
+  if (url.charCodeAt(0) !== 47 /* / */) return { status: 400, code: 'GW_ERR_BAD_REQUEST', reason: 'not_origin_form' };
+  if (!PROXIED.has(req.method)) return { status: 405, code: 'GW_ERR_METHOD_NOT_ALLOWED', reason: 'method_not_allowed' };
+
+  if (req.rawHeaders && hasDuplicate(req.rawHeaders, 'host')) return { status: 400, code: 'GW_ERR_BAD_REQUEST', reason: 'duplicate_host' };
+  const rawHost = req.httpVersionMajor === 2 ? (single(req.headers[':authority']) ?? single(req.headers.host)) : req.headers.host;
+  if (rawHost === undefined || Array.isArray(rawHost)) return { status: 400, code: 'GW_ERR_BAD_REQUEST', reason: 'missing_host' };
+  const host = normalizeHost(rawHost);
+  if (host === null) return { status: 400, code: 'GW_ERR_BAD_REQUEST', reason: 'bad_host' };
+  ctx.host = host;
+  const site = state.routes.matchSite(host);
+  // RFC 9110 §15.5.20: 421 tells the client this server is not configured for that authority.
+  if (site === undefined) return { status: 421, code: 'GW_ERR_MISDIRECTED', reason: 'unknown_host' };
+  ctx.site = site;
+
+  const q = url.indexOf('?');
+  const rawPath = q === -1 ? url : url.slice(0, q);
+  ctx.query = q === -1 ? '' : url.slice(q);
+  const canonical = canonicalizePath(rawPath);
+  if (!canonical.ok) return { status: 400, code: 'GW_ERR_BAD_PATH', reason: `path_${canonical.reason}` };
+  ctx.path = canonical.path;
+
+  const route = state.routes.matchRoute(site, req.method, canonical.path);
+  if (route === undefined) return { status: 404, code: 'GW_ERR_NO_ROUTE', reason: 'no_route' };
+  ctx.route = route;
+
+  const cl = req.headers['content-length'];
+  if (typeof cl === 'string' && Number(cl) > route.maxBodySize) {
+    return { status: 413, code: 'GW_ERR_BODY_TOO_LARGE', reason: 'body_too_large' };
+  }
+  return null;
+}
+
+/**
+ * Node keeps only the first of some repeated headers (Host, Authorization, …); a request that
+ * repeats them is ambiguous — another hop may pick the other value — so the gateway refuses it.
+ */
+export function hasDuplicate(rawHeaders: readonly string[], lowerName: string): boolean {
+  let seen = false;
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i]!;
+    if (name.length === lowerName.length && name.toLowerCase() === lowerName) {
+      if (seen) return true;
+      seen = true;
+    }
+  }
+  return false;
+}
+
+/** A fresh context for a request that arrived while `state` was current. */
+export function newContext(state: RuntimeState, req: RawRequestView, startedAt: bigint): RequestContext {
+  const trustedPeer = state.trust(req.peer, 0);
+  const xff = req.headers['x-forwarded-for'];
+  const clientIp = clientAddress({ peer: req.peer, xForwardedFor: Array.isArray(xff) ? xff.join(', ') : xff }, state.trust);
+  return {
+    state,
+    requestId: requestIdFor(trustedPeer, req.headers['x-request-id']),
+    clientIp,
+    trustedPeer,
+    startedAt,
+    host: '',
+    site: null,
+    route: null,
+    path: '',
+    query: '',
+    principal: null,
+    upstream: null,
+    reason: null,
+  };
+}

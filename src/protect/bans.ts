@@ -1,0 +1,113 @@
+/**
+ * Temporary bans after repeated authentication failures (brute force / credential stuffing).
+ *
+ * `recordAuthFailure` counts 401s per client in a fixed window of `windowMs` (Store.incr); the
+ * failure that reaches `authFailures` bans the client for `durationMs`. Bans live in the Store with
+ * a TTL, so they expire by themselves, and with a shared store they apply on every instance.
+ *
+ * `activeBans()` is for a gauge and is approximate: it counts bans issued by THIS process that
+ * have not expired (a ban issued by another instance, or lifted with `unban` elsewhere, is not
+ * seen), tracked in a bounded map.
+ */
+
+import type { Store } from '../state/store.js';
+import type { BanRules } from './types.js';
+
+export type BanStatus = { readonly banned: true; readonly retryAfterMs: number } | { readonly banned: false };
+
+export type AuthFailureResult =
+  /** Still below the threshold. */
+  | { readonly banned: false; readonly failures: number }
+  /** This failure triggered a ban (log a security event). */
+  | { readonly banned: true; readonly failures: number; readonly retryAfterMs: number };
+
+export interface BanListOptions {
+  readonly store: Store;
+  /** Clock for the `activeBans()` gauge only. Default `Date.now`. */
+  readonly now?: () => number;
+  /** Key prefix in the store. Default `ban:`. */
+  readonly prefix?: string;
+  /** Most bans tracked for the gauge. Default 100 000. */
+  readonly maxTracked?: number;
+}
+
+function assertRules(rules: BanRules): void {
+  if (!Number.isInteger(rules.authFailures) || rules.authFailures < 1) {
+    throw new TypeError(`bans.auth_failures must be a positive integer, got ${String(rules.authFailures)}`);
+  }
+  for (const [name, ms] of [['window', rules.windowMs], ['duration', rules.durationMs]] as const) {
+    if (!Number.isFinite(ms) || ms <= 0) throw new TypeError(`bans.${name} must be a positive duration, got ${String(ms)}`);
+  }
+}
+
+export class BanList {
+  readonly #store: Store;
+  readonly #now: () => number;
+  readonly #prefix: string;
+  readonly #maxTracked: number;
+  /** clientKey → ban end (own clock), for the gauge only. */
+  readonly #issued = new Map<string, number>();
+
+  constructor(options: BanListOptions) {
+    this.#store = options.store;
+    this.#now = options.now ?? Date.now;
+    this.#prefix = options.prefix ?? 'ban:';
+    this.#maxTracked = options.maxTracked ?? 100_000;
+  }
+
+  /**
+   * Counts one authentication failure (a 401) of `clientKey`. `rules: null` (bans off for the
+   * route) records nothing.
+   */
+  async recordAuthFailure(clientKey: string, rules: BanRules | null): Promise<AuthFailureResult> {
+    if (rules === null) return { banned: false, failures: 0 };
+    assertRules(rules);
+    const { count } = await this.#store.incr(this.#failKey(clientKey), rules.windowMs);
+    if (count < rules.authFailures) return { banned: false, failures: count };
+    await this.#store.set(this.#banKey(clientKey), '1', rules.durationMs);
+    // Start from zero after the ban instead of being re-banned by the next single failure.
+    await this.#store.delete(this.#failKey(clientKey));
+    this.#track(clientKey, this.#now() + rules.durationMs);
+    return { banned: true, failures: count, retryAfterMs: rules.durationMs };
+  }
+
+  /** Whether `clientKey` is banned now, and for how much longer (milliseconds). */
+  async isBanned(clientKey: string): Promise<BanStatus> {
+    const entry = await this.#store.get(this.#banKey(clientKey));
+    return entry === null ? { banned: false } : { banned: true, retryAfterMs: entry.ttlMs };
+  }
+
+  /** Lifts a ban (and forgets the failures) of `clientKey`. */
+  async unban(clientKey: string): Promise<void> {
+    await this.#store.delete(this.#banKey(clientKey));
+    await this.#store.delete(this.#failKey(clientKey));
+    this.#issued.delete(clientKey);
+  }
+
+  /** Approximate number of bans in force (see the module comment). */
+  activeBans(): number {
+    const now = this.#now();
+    for (const [key, until] of this.#issued) {
+      if (until <= now) this.#issued.delete(key);
+    }
+    return this.#issued.size;
+  }
+
+  #track(clientKey: string, until: number): void {
+    this.#issued.delete(clientKey);
+    if (this.#issued.size >= this.#maxTracked) {
+      this.activeBans();
+      const oldest = this.#issued.keys().next();
+      if (!oldest.done && this.#issued.size >= this.#maxTracked) this.#issued.delete(oldest.value);
+    }
+    this.#issued.set(clientKey, until);
+  }
+
+  #failKey(clientKey: string): string {
+    return `${this.#prefix}fail:${clientKey}`;
+  }
+
+  #banKey(clientKey: string): string {
+    return `${this.#prefix}on:${clientKey}`;
+  }
+}

@@ -1,0 +1,82 @@
+/**
+ * Rate-limit / ban keys for a client.
+ *
+ * - `ip`: IPv4 as is; IPv6 by its /64 — one subscriber usually gets a whole /64 (RFC 6177 §2,
+ *   RFC 7934), so keying single IPv6 addresses would let one client mint 2^64 keys. IPv4-mapped
+ *   IPv6 (`::ffff:192.0.2.1`, what a dual-stack socket reports) is keyed as the IPv4 address.
+ *   Parsing and masking is ipaddr.js's.
+ * - `user`: `user:<sub>` of the authenticated principal; anonymous requests fall back to the ip key.
+ * - `header:NAME`: the header's value (e.g. an API key set by a trusted client or upstream); absent
+ *   or empty → the ip key. NOTE: a header is client-controlled; a client that can choose its own
+ *   value can rotate it to dodge the limit. Use it only for values that are themselves checked.
+ *
+ * Keys never contain client-chosen bytes beyond {@link MAX_KEY_PART} characters: longer parts
+ * are replaced by their SHA-256 (node:crypto), so a hostile header cannot bloat the store.
+ *
+ * The `ip` given here must already be the trusted client address (computed from the socket and
+ * `trusted_proxies` by the pipeline); this module never reads `X-Forwarded-For`.
+ */
+
+import { createHash } from 'node:crypto';
+import ipaddr from 'ipaddr.js';
+import type { RateLimitKeySpec } from './types.js';
+
+export interface ClientIdentity {
+  /** The trusted client IP (never a raw `X-Forwarded-For`). */
+  readonly ip: string;
+  /** The authenticated subject (`sub`), if any. */
+  readonly subject?: string | null | undefined;
+  /** Request headers with lower-case names, as Node gives them. */
+  readonly headers: Readonly<Record<string, string | readonly string[] | undefined>>;
+}
+
+/** Longest client-controlled text kept verbatim in a key. */
+export const MAX_KEY_PART = 128;
+
+/** IPv6 prefix length a client is grouped by. */
+export const IPV6_PREFIX = 64;
+
+function bounded(part: string): string {
+  if (part.length <= MAX_KEY_PART) return part;
+  return `sha256:${createHash('sha256').update(part).digest('base64url')}`;
+}
+
+/** `ip:<address>` (IPv4) or `ip:<network>/64` (IPv6). */
+export function ipKey(ip: string): string {
+  let address: ipaddr.IPv4 | ipaddr.IPv6;
+  try {
+    // process() turns IPv4-mapped IPv6 into IPv4.
+    address = ipaddr.process(ip);
+  } catch {
+    // Not an address (should not happen for a socket address): keep it, bounded, so that such
+    // requests are still counted rather than bypassing the limit.
+    return `ip:${bounded(ip)}`;
+  }
+  if (address.kind() === 'ipv4') return `ip:${address.toString()}`;
+  // Zone ids (fe80::1%eth0) are dropped by masking: the network address carries none.
+  const network = ipaddr.IPv6.networkAddressFromCIDR(`${address.toNormalizedString()}/${IPV6_PREFIX}`);
+  return `ip:${network.toString()}/${IPV6_PREFIX}`;
+}
+
+function headerValue(headers: ClientIdentity['headers'], name: string): string | undefined {
+  const raw = headers[name.toLowerCase()];
+  const value = Array.isArray(raw) ? raw.join(', ') : (raw as string | undefined);
+  return value === undefined || value.trim() === '' ? undefined : value.trim();
+}
+
+/**
+ * The client part of a rate-limit key (the caller adds the route id).
+ *
+ * @example rateLimitKey('ip', { ip: '2001:db8:1:2:3:4:5:6', headers: {} }) // 'ip:2001:db8:1:2::/64'
+ * @example rateLimitKey('user', { ip: '192.0.2.1', subject: 'alice', headers: {} }) // 'user:alice'
+ */
+export function rateLimitKey(spec: RateLimitKeySpec, client: ClientIdentity): string {
+  if (spec === 'user') {
+    const subject = client.subject;
+    return subject === undefined || subject === null || subject === '' ? ipKey(client.ip) : `user:${bounded(subject)}`;
+  }
+  if (spec === 'ip') return ipKey(client.ip);
+  const name = spec.header.toLowerCase();
+  const value = headerValue(client.headers, name);
+  return value === undefined ? ipKey(client.ip) : `header:${name}:${bounded(value)}`;
+}

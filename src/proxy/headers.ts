@@ -1,0 +1,133 @@
+/**
+ * Request and response header hygiene between client and upstream.
+ *
+ * Hop-by-hop headers (RFC 9110 §7.6.1) belong to one connection and are never forwarded. The
+ * client's `Connection` header and every header it names are removed before the gateway adds its
+ * own headers (reply-from does this first), so `Connection: X-Forwarded-For` or
+ * `Connection: X-Auth-User` cannot remove what the gateway sets.
+ */
+
+/** Lower-case names never forwarded in either direction. */
+export const HOP_BY_HOP = [
+  'connection', 'keep-alive', 'proxy-connection', 'proxy-authenticate', 'proxy-authorization', 'te',
+  'trailer', 'transfer-encoding', 'upgrade', 'http2-settings',
+] as const;
+
+/** Response headers that advertise internals. */
+export const LEAKY_RESPONSE_HEADERS = ['server', 'x-powered-by', 'x-aspnet-version', 'x-aspnetmvc-version', 'x-runtime', 'x-backend-server'] as const;
+
+export type HeaderBag = Record<string, string | string[] | number | undefined>;
+
+/** Names listed in a Connection header value (comma separated, case-insensitive). */
+export function connectionTokens(value: string | string[] | number | undefined): string[] {
+  if (value === undefined) return [];
+  const joined = Array.isArray(value) ? value.join(',') : String(value);
+  const out: string[] = [];
+  for (const raw of joined.split(',')) {
+    const t = raw.trim().toLowerCase();
+    if (t) out.push(t);
+  }
+  return out;
+}
+
+/**
+ * Removes, in place, every header that must not reach the upstream as the client sent it:
+ * hop-by-hop headers, headers the client's Connection header names, and the gateway-owned
+ * names (identity headers, X-Forwarded-*, Forwarded, X-Request-Id) — the caller sets those after.
+ */
+export function stripRequestHeaders(headers: HeaderBag, gatewayOwned: readonly string[], keepUpgrade: boolean): void {
+  for (const name of connectionTokens(headers.connection)) {
+    if (keepUpgrade && name === 'upgrade') continue;
+    delete headers[name];
+  }
+  for (const name of HOP_BY_HOP) {
+    if (keepUpgrade && (name === 'connection' || name === 'upgrade')) continue;
+    delete headers[name];
+  }
+  for (const name of gatewayOwned) delete headers[name];
+  // HTTP/2 pseudo-headers never go upstream (reply-from filters them too; this keeps the rule local).
+  for (const name of Object.keys(headers)) if (name.charCodeAt(0) === 58 /* ':' */) delete headers[name];
+}
+
+/** Removes hop-by-hop and internals-leaking headers from an upstream response, in place. */
+export function stripResponseHeaders(headers: HeaderBag): void {
+  for (const name of connectionTokens(headers.connection)) delete headers[name];
+  for (const name of HOP_BY_HOP) delete headers[name];
+  for (const name of LEAKY_RESPONSE_HEADERS) delete headers[name];
+}
+
+export interface UpstreamHeaderInput {
+  readonly peer: string;
+  readonly trustedPeer: boolean;
+  readonly requestId: string;
+  /** The Host (or :authority) value the client sent, forwarded as is: apps build URLs from it. */
+  readonly host: string;
+  readonly publicPort: number;
+  readonly gatewayOwned: readonly string[];
+  readonly identityHeaders: readonly [string, string, string];
+  readonly identity: { readonly user: string; readonly email: string | null; readonly roles: readonly string[] } | null;
+  readonly forwardToken: boolean;
+  readonly websocket: boolean;
+}
+
+/**
+ * The headers the upstream receives, built in place on a copy of the client's headers
+ * (reply-from already dropped `Connection` and the headers it names).
+ */
+export function buildUpstreamHeaders(headers: HeaderBag, input: UpstreamHeaderInput): HeaderBag {
+  const clientXff = headers['x-forwarded-for'];
+  const clientProto = headers['x-forwarded-proto'];
+  const clientFHost = headers['x-forwarded-host'];
+  const clientFPort = headers['x-forwarded-port'];
+  const forwarded = headers.forwarded;
+  stripRequestHeaders(headers, input.gatewayOwned, input.websocket);
+  // undici refuses `Expect` and the client-facing server already answered 100-continue.
+  delete headers.expect;
+  if (!input.forwardToken) delete headers.authorization;
+  headers.host = input.host;
+  const peer = input.peer.startsWith('::ffff:') && input.peer.includes('.') ? input.peer.slice(7) : input.peer;
+  if (input.trustedPeer) {
+    const xff = Array.isArray(clientXff) ? clientXff.join(', ') : clientXff;
+    headers['x-forwarded-for'] = xff ? `${xff}, ${peer}` : peer;
+    headers['x-forwarded-proto'] = firstValue(clientProto) ?? 'https';
+    headers['x-forwarded-host'] = firstValue(clientFHost) ?? input.host;
+    headers['x-forwarded-port'] = firstValue(clientFPort) ?? String(input.publicPort);
+    if (forwarded !== undefined) headers.forwarded = forwarded;
+  } else {
+    headers['x-forwarded-for'] = peer;
+    headers['x-forwarded-proto'] = 'https';
+    headers['x-forwarded-host'] = input.host;
+    headers['x-forwarded-port'] = String(input.publicPort);
+  }
+  headers['x-request-id'] = input.requestId;
+  if (input.identity) {
+    const [user, email, roles] = input.identityHeaders;
+    headers[user] = headerSafe(input.identity.user, false);
+    if (input.identity.email !== null) headers[email] = headerSafe(input.identity.email, false);
+    headers[roles] = input.identity.roles.map((r) => headerSafe(r, true)).join(',');
+  }
+  return headers;
+}
+
+function firstValue(v: string | string[] | number | undefined): string | undefined {
+  if (v === undefined) return undefined;
+  return Array.isArray(v) ? v[0] : String(v);
+}
+
+/**
+ * Claim values come from tokens: anything outside visible ASCII (and, in a list, the comma that
+ * separates items) is percent-encoded so that a claim can neither break the header nor smuggle
+ * an extra role into the list.
+ */
+export function headerSafe(value: string, listItem: boolean): string {
+  let safe = true;
+  for (let i = 0; i < value.length; i++) {
+    const c = value.charCodeAt(i);
+    if (c < 0x20 || c > 0x7e || c === 0x25 /* % */ || (listItem && c === 0x2c)) {
+      safe = false;
+      break;
+    }
+  }
+  if (safe) return value;
+  return encodeURIComponent(value).replace(/[!'()*]/g, (ch) => `%${ch.charCodeAt(0).toString(16).toUpperCase()}`);
+}

@@ -1,0 +1,28 @@
+/**
+ * Which certificates the HTTPS listener starts with: the files you bring, else (without ACME) a
+ * local development CA's certificate for every site host — like Caddy's `tls internal`, and said
+ * loudly, because browsers will not trust it.
+ */
+import type { GatewayConfig } from '../config/types.js';
+import { CertificateStore, ensureLocalCertificate } from '../tls/index.js';
+import type { Logger } from '../observability/logging.js';
+
+export const LOCAL_CA_ID = 'local-ca';
+
+export async function prepareCertificates(config: GatewayConfig, logger: Logger, store?: CertificateStore): Promise<CertificateStore> {
+  const certs = store ?? new CertificateStore({ minVersion: config.tls.minVersion });
+  if (config.tls.certificates.length > 0) {
+    await certs.loadFiles(config.tls.certificates);
+  }
+  if (config.tls.certificates.length === 0 && config.tls.acme === null) {
+    const hosts = [...new Set(config.sites.flatMap((s) => s.hosts))];
+    const local = await ensureLocalCertificate(config.tls.storage, hosts);
+    certs.loadFromPem(LOCAL_CA_ID, local.certPem, local.keyPem, 'local-ca');
+    logger.warn(
+      { root_ca: local.rootPath, hosts },
+      'NO CERTIFICATES CONFIGURED: serving certificates from a LOCAL DEVELOPMENT CA. Clients will not trust them unless they trust ' +
+        `${local.rootPath}. Do not use this in production: configure tls.certificates or tls.acme.`,
+    );
+  }
+  return certs;
+}

@@ -1,0 +1,153 @@
+/**
+ * In-process {@link Store}: one `Map`, expiry checked lazily on every read plus a periodic sweep.
+ *
+ * Bounded: when `maxEntries` is reached, expired entries are swept first and, if the map is still
+ * full, the oldest-inserted entries are evicted. Eviction forgets a counter or a ban early (fails
+ * open); the bound exists so that a flood of distinct client keys cannot exhaust memory. Size the
+ * bound above the number of distinct clients expected per window (IPv6 clients are keyed by /64 in
+ * `protect/client-key.ts`, which limits how many keys one attacker can mint cheaply).
+ *
+ * State is per process: several gateway instances each count separately (use the Redis store).
+ */
+
+import { GatewayError } from '../errors.js';
+import type { CounterState, Store, StoredValue } from './store.js';
+
+export interface MemoryStoreOptions {
+  /** Maximum number of live keys. Default {@link DEFAULT_MAX_ENTRIES}. */
+  readonly maxEntries?: number;
+  /** Milliseconds between background sweeps of expired keys; 0 disables the timer. Default {@link DEFAULT_SWEEP_INTERVAL_MS}. */
+  readonly sweepIntervalMs?: number;
+  /** Clock in epoch milliseconds; injectable for tests. Default `Date.now`. */
+  readonly now?: () => number;
+}
+
+export const DEFAULT_MAX_ENTRIES = 100_000;
+export const DEFAULT_SWEEP_INTERVAL_MS = 30_000;
+
+interface Entry {
+  value: string;
+  /** Epoch milliseconds (store clock) at which the entry stops existing. */
+  expiresAt: number;
+}
+
+function assertPositiveMs(name: string, ms: number): void {
+  if (!Number.isFinite(ms) || ms <= 0) {
+    throw new TypeError(`${name} must be a positive number of milliseconds, got ${String(ms)}`);
+  }
+}
+
+export class MemoryStore implements Store {
+  readonly #entries = new Map<string, Entry>();
+  readonly #maxEntries: number;
+  readonly #now: () => number;
+  #timer: NodeJS.Timeout | null = null;
+  #closed = false;
+
+  constructor(options: MemoryStoreOptions = {}) {
+    const maxEntries = options.maxEntries ?? DEFAULT_MAX_ENTRIES;
+    if (!Number.isInteger(maxEntries) || maxEntries < 1) {
+      throw new TypeError(`maxEntries must be a positive integer, got ${String(maxEntries)}`);
+    }
+    const sweepIntervalMs = options.sweepIntervalMs ?? DEFAULT_SWEEP_INTERVAL_MS;
+    if (!Number.isFinite(sweepIntervalMs) || sweepIntervalMs < 0) {
+      throw new TypeError(`sweepIntervalMs must be >= 0, got ${String(sweepIntervalMs)}`);
+    }
+    this.#maxEntries = maxEntries;
+    this.#now = options.now ?? Date.now;
+    if (sweepIntervalMs > 0) {
+      this.#timer = setInterval(() => this.sweep(), sweepIntervalMs);
+      // The sweep only frees memory; it must never keep the process alive on shutdown.
+      this.#timer.unref();
+    }
+  }
+
+  /** Number of keys held, including expired ones not yet swept (for tests and a gauge). */
+  get size(): number {
+    return this.#entries.size;
+  }
+
+  /** Drops every expired entry now. Returns how many were dropped. */
+  sweep(): number {
+    const now = this.#now();
+    let dropped = 0;
+    for (const [key, entry] of this.#entries) {
+      if (entry.expiresAt <= now) {
+        this.#entries.delete(key);
+        dropped++;
+      }
+    }
+    return dropped;
+  }
+
+  async incr(key: string, windowMs: number): Promise<CounterState> {
+    this.#assertOpen();
+    assertPositiveMs('windowMs', windowMs);
+    const now = this.#now();
+    const entry = this.#live(key, now);
+    if (entry === undefined) {
+      this.#insert(key, { value: '1', expiresAt: now + windowMs });
+      return { count: 1, ttlMs: windowMs };
+    }
+    const current = Number(entry.value);
+    if (!Number.isSafeInteger(current)) {
+      throw new GatewayError('GW_ERR_INTERNAL', `state key ${JSON.stringify(key)} does not hold a counter`);
+    }
+    entry.value = String(current + 1);
+    return { count: current + 1, ttlMs: entry.expiresAt - now };
+  }
+
+  async get(key: string): Promise<StoredValue | null> {
+    this.#assertOpen();
+    const now = this.#now();
+    const entry = this.#live(key, now);
+    return entry === undefined ? null : { value: entry.value, ttlMs: entry.expiresAt - now };
+  }
+
+  async set(key: string, value: string, ttlMs: number): Promise<void> {
+    this.#assertOpen();
+    assertPositiveMs('ttlMs', ttlMs);
+    // Re-insert so that Map order stays "oldest write first" for eviction.
+    this.#entries.delete(key);
+    this.#insert(key, { value, expiresAt: this.#now() + ttlMs });
+  }
+
+  async delete(key: string): Promise<void> {
+    this.#assertOpen();
+    this.#entries.delete(key);
+  }
+
+  async close(): Promise<void> {
+    if (this.#timer !== null) {
+      clearInterval(this.#timer);
+      this.#timer = null;
+    }
+    this.#closed = true;
+    this.#entries.clear();
+  }
+
+  #live(key: string, now: number): Entry | undefined {
+    const entry = this.#entries.get(key);
+    if (entry !== undefined && entry.expiresAt <= now) {
+      this.#entries.delete(key);
+      return undefined;
+    }
+    return entry;
+  }
+
+  #insert(key: string, entry: Entry): void {
+    if (this.#entries.size >= this.#maxEntries) {
+      this.sweep();
+      // Map iteration order is insertion order: evict the oldest until there is room.
+      for (const oldest of this.#entries.keys()) {
+        if (this.#entries.size < this.#maxEntries) break;
+        this.#entries.delete(oldest);
+      }
+    }
+    this.#entries.set(key, entry);
+  }
+
+  #assertOpen(): void {
+    if (this.#closed) throw new GatewayError('GW_ERR_INTERNAL', 'state store is closed');
+  }
+}

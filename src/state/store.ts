@@ -1,0 +1,45 @@
+/**
+ * The one interface for state shared between requests (and, with the later Redis implementation,
+ * between gateway instances): rate-limit counters and bans.
+ *
+ * Kept deliberately small and async so that a Redis implementation maps onto single commands:
+ * `incr` = `INCR` + `PEXPIRE NX` (fixed window), `get` = `GET` + `PTTL`, `set` = `SET PX`,
+ * `delete` = `DEL`.
+ *
+ * Times are returned as *remaining* milliseconds (`ttlMs`), not as absolute instants, so callers
+ * never need the store's clock (a Redis server's clock is not the gateway's).
+ */
+
+/** Result of {@link Store.incr}. */
+export interface CounterState {
+  /** The counter's value after this increment (1 for the first hit of a window). */
+  readonly count: number;
+  /** Milliseconds until the window (and with it the counter) ends; > 0. */
+  readonly ttlMs: number;
+}
+
+/** Result of {@link Store.get}. */
+export interface StoredValue {
+  readonly value: string;
+  /** Milliseconds until the entry expires; > 0. */
+  readonly ttlMs: number;
+}
+
+export interface Store {
+  /**
+   * Fixed-window counter: increments `key`; the first increment starts a window of `windowMs`
+   * milliseconds, later increments inside the window do NOT extend it. After the window the next
+   * increment starts a new one at 1.
+   *
+   * Rejects with a `GW_ERR_INTERNAL` GatewayError when `key` holds a non-counter value.
+   */
+  incr(key: string, windowMs: number): Promise<CounterState>;
+  /** The live value of `key`, or null when absent or expired. */
+  get(key: string): Promise<StoredValue | null>;
+  /** Stores `value` under `key` for `ttlMs` milliseconds (> 0), replacing any previous value. */
+  set(key: string, value: string, ttlMs: number): Promise<void>;
+  /** Removes `key`; absent keys are not an error. */
+  delete(key: string): Promise<void>;
+  /** Releases timers/connections. Further calls after `close()` are a programming error. */
+  close(): Promise<void>;
+}

@@ -1,0 +1,210 @@
+/**
+ * The TCP front of the HTTPS listener: serves TLS-ALPN-01 (RFC 8737) on the same port as HTTPS.
+ *
+ * Why a front and not a TLS callback: RFC 8737 §3 needs the certificate chosen by (SNI, ALPN),
+ * but Node's `SNICallback` never sees the offered ALPN list and `ALPNCallback` (Node ≥ 20) only
+ * returns a protocol name: neither gets the socket, so the two cannot be tied to one connection
+ * (measured on Node 20: `ALPNCallback` even runs BEFORE `SNICallback`, since Node selects the SNI
+ * context in OpenSSL's cert callback). `http2.createSecureServer` also owns `ALPNProtocols`.
+ *
+ * So a plain `net.Server` accepts the connection and, ONLY while a challenge is pending
+ * (`store.hasAlpnChallenges()`), reads the first TLS record without consuming it: if the
+ * ClientHello offers `acme-tls/1` for a host with a pending challenge, the socket goes to a tiny
+ * TLS server that presents the challenge certificate and negotiates `acme-tls/1`; everything else
+ * (other hosts, other ALPN, malformed or fragmented hellos, timeouts) goes unchanged to the real
+ * HTTPS server. The bytes are put back with `socket.unshift()` and the socket is handed over with
+ * `server.emit('connection', socket)`, the documented way to inject a connection into a server.
+ */
+import { createServer as createNetServer, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
+import { createServer as createTlsServer, type SecureContext, type TLSSocket } from 'node:tls';
+import { GatewayError } from '../errors.js';
+import { MAX_HELLO_BYTES, parseClientHello } from './client-hello.js';
+import { secureContextOptions, type TlsMinVersion } from './policy.js';
+import { normalizeServername } from './store.js';
+
+/** RFC 8737 §6.2 ALPN protocol ID. */
+export const ACME_TLS_ALPN = 'acme-tls/1';
+
+/** What the front needs from the store. */
+export interface AlpnChallengeSource {
+  readonly minVersion: TlsMinVersion;
+  hasAlpnChallenges(): boolean;
+  alpnChallengeContext(host: string): SecureContext | undefined;
+}
+
+export type TlsFrontEvent =
+  | { readonly event: 'tls_alpn_challenge_served'; readonly host: string }
+  | { readonly event: 'tls_alpn_challenge_failed'; readonly host: string; readonly reason: string }
+  | { readonly event: 'client_hello_timeout'; readonly remoteAddress: string | undefined };
+
+export interface TlsFrontOptions {
+  readonly store: AlpnChallengeSource;
+  /**
+   * The HTTPS server (`http2.createSecureServer`, `https.createServer`, `tls.createServer`). It
+   * must NOT listen itself: the front owns the port and injects connections into it.
+   */
+  readonly target: NetServer;
+  /**
+   * Milliseconds to wait for the first TLS record while a challenge is pending; then the
+   * connection goes to `target` unchanged (which applies its own handshake timeout). Default 10000.
+   */
+  readonly helloTimeoutMs?: number;
+  /** Observability hook (the lead maps events to logs/metrics). Must not throw. */
+  readonly onEvent?: (event: TlsFrontEvent) => void;
+}
+
+export interface TlsFront {
+  /** The listening TCP server (for `address()`, or to `listen` yourself). */
+  readonly server: NetServer;
+  /** Route one accepted TCP connection (use this to feed connections from your own server). */
+  handleConnection(socket: Socket): void;
+  listen(port: number, host: string): Promise<AddressInfo>;
+  /**
+   * Stop accepting, destroy connections still being peeked at or in a challenge handshake, and
+   * resolve when the listening socket is closed and every connection it accepted has ended. HTTPS
+   * connections already handed to `target` are NOT closed here: close the HTTPS server (Fastify
+   * `app.close()`) concurrently, e.g. `await Promise.all([front.close(), app.close()])`.
+   */
+  close(): Promise<void>;
+}
+
+const DEFAULT_HELLO_TIMEOUT_MS = 10_000;
+/** RFC 8737 validators finish the handshake at once; don't let one hold a socket for long. */
+const ACME_HANDSHAKE_TIMEOUT_MS = 10_000;
+
+export function createTlsFront(options: TlsFrontOptions): TlsFront {
+  const { store, target } = options;
+  const helloTimeoutMs = options.helloTimeoutMs ?? DEFAULT_HELLO_TIMEOUT_MS;
+  const emit = (event: TlsFrontEvent): void => {
+    try {
+      options.onEvent?.(event);
+    } catch {
+      // observability must not break connection routing
+    }
+  };
+  /** Sockets the front still owns (peeking or in the challenge server). */
+  const owned = new Set<Socket>();
+
+  const acmeServer = createTlsServer({
+    ...secureContextOptions(store.minVersion),
+    ALPNProtocols: [ACME_TLS_ALPN],
+    handshakeTimeout: ACME_HANDSHAKE_TIMEOUT_MS,
+    SNICallback: (servername, cb) => {
+      // Looked up again: the challenge may have been cleared since the peek.
+      const host = normalizeServername(servername);
+      const context = store.alpnChallengeContext(host);
+      if (context === undefined) {
+        emit({ event: 'tls_alpn_challenge_failed', host, reason: 'challenge cleared before the handshake' });
+        cb(new GatewayError('GW_ERR_ACME', `no pending tls-alpn-01 challenge for ${host}`));
+      } else {
+        // Counted when the certificate is handed to OpenSSL: the validator may reset the
+        // connection right after its Finished, before our 'secureConnection' would fire.
+        emit({ event: 'tls_alpn_challenge_served', host });
+        cb(null, context);
+      }
+    },
+  });
+  acmeServer.on('secureConnection', (tlsSocket: TLSSocket) => {
+    // RFC 8737 §3: after the handshake the client closes; nothing is exchanged, so we end too.
+    tlsSocket.end();
+  });
+  // Resets by validators after their handshake are normal; the socket is ours to drop.
+  acmeServer.on('tlsClientError', (_err, tlsSocket) => tlsSocket.destroy());
+
+  function handOver(socket: Socket, buffered: Buffer | null, to: NetServer): void {
+    socket.pause();
+    // Put the peeked bytes back: TLSSocket reads a wrapped socket's buffered data first.
+    if (buffered !== null && buffered.length > 0) socket.unshift(buffered);
+    to.emit('connection', socket);
+  }
+
+  function handleConnection(socket: Socket): void {
+    // Fast path: no pending challenge, no peeking, no added latency, no parser exposure.
+    if (!store.hasAlpnChallenges()) {
+      target.emit('connection', socket);
+      return;
+    }
+    owned.add(socket);
+    let chunks: Buffer[] = [];
+    let total = 0;
+    let done = false;
+
+    const cleanup = (): void => {
+      done = true;
+      clearTimeout(timer);
+      socket.removeListener('data', onData);
+      socket.removeListener('error', onFail);
+      socket.removeListener('end', onFail);
+      socket.removeListener('close', onFail);
+    };
+    const onFail = (): void => {
+      // Error, half-close or close before a full ClientHello: nothing worth serving.
+      cleanup();
+      owned.delete(socket);
+      socket.destroy();
+    };
+    const toTarget = (): void => {
+      cleanup();
+      owned.delete(socket);
+      handOver(socket, Buffer.concat(chunks, total), target);
+    };
+    const timer = setTimeout(() => {
+      emit({ event: 'client_hello_timeout', remoteAddress: socket.remoteAddress });
+      toTarget();
+    }, helloTimeoutMs);
+
+    const onData = (chunk: Buffer): void => {
+      if (done) return;
+      chunks.push(chunk);
+      total += chunk.length;
+      const buffered = Buffer.concat(chunks, total);
+      chunks = [buffered];
+      const hello = parseClientHello(buffered);
+      if (hello.kind === 'incomplete' && total < MAX_HELLO_BYTES) return;
+      if (
+        hello.kind === 'hello' &&
+        hello.serverName !== null &&
+        hello.alpn.includes(ACME_TLS_ALPN) &&
+        store.alpnChallengeContext(hello.serverName) !== undefined
+      ) {
+        cleanup();
+        // Stays in `owned` until it closes: the challenge server is ours to shut down.
+        socket.once('close', () => owned.delete(socket));
+        handOver(socket, buffered, acmeServer);
+        return;
+      }
+      toTarget();
+    };
+
+    socket.on('data', onData);
+    socket.on('error', onFail);
+    socket.on('end', onFail);
+    socket.on('close', onFail);
+  }
+
+  const server = createNetServer(handleConnection);
+  // A connection reset between accept and handover surfaces here; it concerns one socket only.
+  server.on('clientError', () => undefined);
+
+  return {
+    server,
+    handleConnection,
+    listen(port, host) {
+      return new Promise((resolve, reject) => {
+        const onError = (err: Error): void => reject(err);
+        server.once('error', onError);
+        server.listen(port, host, () => {
+          server.removeListener('error', onError);
+          resolve(server.address() as AddressInfo);
+        });
+      });
+    },
+    close() {
+      return new Promise((resolve) => {
+        server.close(() => resolve());
+        for (const socket of owned) socket.destroy();
+        owned.clear();
+      });
+    },
+  };
+}

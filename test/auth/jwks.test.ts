@@ -1,0 +1,124 @@
+// JWKS lifecycle against a real IdP: rotation, outages, start with the IdP down, token cache.
+import t from 'tap';
+import { createAuthenticator } from '../../src/auth/index.js';
+import type { AuthOutcome } from '../../src/auth/index.js';
+import { authConfig, count, fakeClock, getToken, issuerConfig, signingKeys, startIdp } from './_fixtures.js';
+
+const reasonOf = (o: AuthOutcome): string => (o.kind === 'invalid' ? o.reason : o.kind === 'unavailable' ? `unavailable:${o.reason}` : o.kind);
+const bearer = (token: string): string => `Bearer ${token}`;
+
+t.test('key rotation at the IdP is picked up without restart', async (t) => {
+  let idp = await startIdp({ keys: await signingKeys('old') });
+  t.teardown(() => idp.close());
+  const clock = fakeClock();
+  const refreshes: string[] = [];
+  const auth = createAuthenticator(authConfig([issuerConfig(idp)]), { now: clock.now, onJwksRefresh: (_i, r) => refreshes.push(r) });
+  t.teardown(() => auth.close());
+  await auth.start();
+  t.equal(reasonOf(await auth.authenticate(bearer(await getToken(idp)))), 'authenticated');
+
+  // the IdP restarts with new keys (new kids) on the same issuer URL
+  const port = idp.port;
+  await idp.close();
+  idp = await startIdp({ port, keys: await signingKeys('new') });
+  const rotated = await getToken(idp);
+  t.match(JSON.parse(Buffer.from(rotated.split('.')[0] as string, 'base64url').toString()), { kid: 'new-es256' });
+  clock.advance(31_000);
+  t.equal(reasonOf(await auth.authenticate(bearer(rotated))), 'authenticated', 'new kid → refresh → verified');
+  t.equal(count(idp, 'GET /jwks'), 1);
+  t.same(refreshes, ['ok', 'ok']);
+});
+
+t.test('IdP down: cached keys keep verifying, stale keys are kept', async (t) => {
+  const idp = await startIdp();
+  const clock = fakeClock();
+  const refreshes: string[] = [];
+  const auth = createAuthenticator(authConfig([issuerConfig(idp)]), {
+    now: clock.now, jwksMaxAge: 60_000, onJwksRefresh: (_i, r) => refreshes.push(r),
+  });
+  t.teardown(() => auth.close());
+  await auth.start();
+  const tokens = await Promise.all([getToken(idp), getToken(idp), getToken(idp)]);
+  await idp.close();
+  t.equal(reasonOf(await auth.authenticate(bearer(tokens[0] as string))), 'authenticated');
+  clock.advance(120_000); // keys now older than jwksMaxAge: a background refresh is tried and fails
+  t.equal(reasonOf(await auth.authenticate(bearer(tokens[1] as string))), 'authenticated');
+  // let the background refresh fail, then verify again with the old keys
+  for (let i = 0; i < 50 && refreshes.length < 2; i++) await new Promise((r) => setTimeout(r, 20));
+  t.same(refreshes, ['ok', 'error']);
+  t.equal(reasonOf(await auth.authenticate(bearer(tokens[2] as string))), 'authenticated');
+  t.ok(auth.ready(), 'still ready: it has keys');
+});
+
+t.test('IdP down at start: start() resolves, not ready, 503 not 401, recovers', async (t) => {
+  const keys = await signingKeys('boot');
+  let idp = await startIdp({ keys });
+  const token = await getToken(idp);
+  const port = idp.port;
+  await idp.close();
+  const clock = fakeClock();
+  const auth = createAuthenticator(authConfig([issuerConfig(idp)]), { now: clock.now, httpTimeout: 2_000 });
+  t.teardown(() => auth.close());
+  await auth.start();
+  t.equal(auth.ready(), false);
+  t.equal(reasonOf(await auth.authenticate(bearer(token))), 'unavailable:jwks_unavailable');
+  t.equal(reasonOf(await auth.authenticate(bearer(token))), 'unavailable:jwks_unavailable', 'within the cooldown: no new fetch');
+
+  idp = await startIdp({ port, keys });
+  t.teardown(() => idp.close());
+  t.equal(reasonOf(await auth.authenticate(bearer(token))), 'unavailable:jwks_unavailable', 'still cooling down');
+  t.equal(count(idp, 'GET /jwks'), 0, 'a flood while cooling down does not reach the IdP');
+  clock.advance(31_000);
+  t.equal(reasonOf(await auth.authenticate(bearer(token))), 'authenticated');
+  t.ok(auth.ready());
+});
+
+t.test('discovery must name the configured issuer', async (t) => {
+  const idp = await startIdp();
+  t.teardown(() => idp.close());
+  const clock = fakeClock();
+  // Same server, but configured under another spelling of its issuer: discovery says otherwise.
+  const other = issuerConfig(idp, { issuer: idp.issuer.replace('127.0.0.1', 'localhost') });
+  const auth = createAuthenticator(authConfig([other]), { now: clock.now });
+  t.teardown(() => auth.close());
+  await auth.start();
+  t.equal(auth.ready(), false);
+  t.equal(count(idp, 'GET /jwks'), 0, 'no keys fetched from an untrusted document');
+});
+
+t.test('verified-token cache: hit returns the same outcome; never served past exp', async (t) => {
+  const idp = await startIdp({ accessTokenTTL: 60 });
+  t.teardown(() => idp.close());
+  const clock = fakeClock();
+  const auth = createAuthenticator(authConfig([issuerConfig(idp)]), { now: clock.now });
+  t.teardown(() => auth.close());
+  await auth.start();
+  const token = await getToken(idp);
+  const first = await auth.authenticate(bearer(token));
+  t.equal(first.kind, 'authenticated');
+  t.equal(await auth.authenticate(bearer(token)), first, 'cache hit: the identical frozen object, no re-verification');
+  if (first.kind !== 'authenticated') return;
+  clock.advance(first.principal.expiresAt - clock.now() - 1);
+  t.equal(await auth.authenticate(bearer(token)), first, '1 ms before exp: still served');
+  clock.advance(1);
+  t.equal(reasonOf(await auth.authenticate(bearer(token))), 'expired', 'at exp: re-verified and refused');
+  clock.advance(-10_000);
+  const again = await auth.authenticate(bearer(token));
+  t.equal(again.kind, 'authenticated');
+  t.not(again, first, 'the expired entry was dropped, not resurrected');
+});
+
+t.test('verified-token cache is bounded (LRU)', async (t) => {
+  const idp = await startIdp();
+  t.teardown(() => idp.close());
+  const auth = createAuthenticator(authConfig([issuerConfig(idp)]), { cacheSize: 2 });
+  t.teardown(() => auth.close());
+  await auth.start();
+  const [a, b, c] = await Promise.all([getToken(idp), getToken(idp), getToken(idp)]);
+  const oa = await auth.authenticate(bearer(a as string));
+  const ob = await auth.authenticate(bearer(b as string));
+  t.equal(await auth.authenticate(bearer(a as string)), oa, 'a is now most recent');
+  await auth.authenticate(bearer(c as string)); // evicts b
+  t.equal(await auth.authenticate(bearer(a as string)), oa);
+  t.not(await auth.authenticate(bearer(b as string)), ob, 'b was evicted and verified again');
+});

@@ -1,0 +1,103 @@
+// Pure parts: header parsing, WWW-Authenticate, claims mapping, LRU, introspection verdicts.
+import t from 'tap';
+import fc from 'fast-check';
+import { parseAuthorization } from '../../src/auth/header.js';
+import { wwwAuthenticate } from '../../src/auth/index.js';
+import { buildPrincipal, readClaimPath, toStringList } from '../../src/auth/claims.js';
+import { ExpiringLru } from '../../src/auth/lru.js';
+import { judgeIntrospection } from '../../src/auth/introspection.js';
+import type { IssuerConfig } from '../../src/config/types.js';
+
+t.test('parseAuthorization', async (t) => {
+  t.equal(parseAuthorization(undefined), null);
+  t.equal(parseAuthorization([]), null);
+  t.same(parseAuthorization('Bearer abc.DEF-_~+/=='), { token: 'abc.DEF-_~+/==' });
+  t.same(parseAuthorization('bEaReR   abc'), { token: 'abc' }, '1*SP');
+  const reason = (h: string | string[]): string | undefined => {
+    const r = parseAuthorization(h);
+    return r !== null && 'kind' in r ? r.reason : undefined;
+  };
+  t.equal(reason(''), 'malformed_header');
+  t.equal(reason('Bearer'), 'malformed_header');
+  t.equal(reason('Bearer '), 'malformed_header');
+  t.equal(reason('Bearer a=b'), 'malformed_header', '= only at the end');
+  t.equal(reason('Bearer a\tb'), 'malformed_header');
+  t.equal(reason('Bearer a b'), 'malformed_header');
+  t.equal(reason('Bearer "abc"'), 'malformed_header');
+  t.equal(reason('Basic'), 'not_bearer');
+  t.equal(reason('Basic dXNlcjpwYXNz'), 'not_bearer');
+  t.equal(reason('Bearerx abc'), 'not_bearer');
+  t.equal(reason('Bearer a, Bearer b'), 'multiple_headers');
+  t.equal(reason(['Bearer a', 'Bearer b']), 'multiple_headers');
+  t.equal(reason(`Bearer ${'a'.repeat(8192)}`), undefined, 'exactly 8 KiB is allowed');
+  t.equal(reason(`Bearer ${'a'.repeat(8193)}`), 'token_too_large');
+  t.equal(reason(`Bearer ${'a'.repeat(1 << 20)}`), 'token_too_large');
+  // never throws, whatever the input; a token, when returned, only has b64token characters
+  fc.assert(fc.property(fc.string({ unit: 'binary', maxLength: 200 }), (s) => {
+    const r = parseAuthorization(`Bearer ${s}`);
+    return r === null || 'kind' in r || /^[A-Za-z0-9\-._~+/]+=*$/.test(r.token);
+  }));
+});
+
+t.test('wwwAuthenticate', async (t) => {
+  t.equal(wwwAuthenticate('api', null), 'Bearer realm="api"');
+  t.equal(wwwAuthenticate('api', { kind: 'anonymous' }), 'Bearer realm="api"');
+  t.equal(
+    wwwAuthenticate('api', { kind: 'invalid', status: 401, error: 'invalid_token', reason: 'expired' }),
+    'Bearer realm="api", error="invalid_token", error_description="The access token is invalid"',
+  );
+  t.match(wwwAuthenticate('api', { kind: 'invalid', status: 400, error: 'invalid_request', reason: 'multiple_headers' }), /error="invalid_request"/);
+  t.match(wwwAuthenticate('api', 'insufficient_scope'), /^Bearer realm="api", error="insufficient_scope", error_description="[^"]+"$/);
+  t.equal(wwwAuthenticate('a"b\\c\r\nSet-Cookie: x=1\u00e9', null), 'Bearer realm="a\\"b\\\\c??Set-Cookie: x=1?"');
+  t.notMatch(wwwAuthenticate('x', { kind: 'invalid', status: 401, error: 'invalid_token', reason: 'unknown_issuer' }), /issuer/, 'reason not leaked');
+});
+
+t.test('claims', async (t) => {
+  const claims = { realm_access: { roles: ['a', 'b', 3] }, 'https://x.test/roles': 'c d', groups: 'e,f , g' };
+  t.same(toStringList(readClaimPath(claims, 'realm_access.roles')), ['a', 'b']);
+  t.same(toStringList(readClaimPath(claims, 'https://x.test/roles')), ['c', 'd']);
+  t.same(toStringList(readClaimPath(claims, 'groups')), ['e', 'f', 'g']);
+  t.equal(readClaimPath(claims, 'realm_access.__proto__'), undefined);
+  t.equal(readClaimPath(claims, 'constructor'), undefined);
+  t.same(toStringList(readClaimPath(claims, 'missing.path')), []);
+  const ctx = { issuer: 'i', rolesClaim: 'roles', tokenType: 'jwt' as const, expiresAt: 1 };
+  t.equal(buildPrincipal({ sub: '' }, ctx), 'missing_sub');
+  t.equal(buildPrincipal({ sub: 42 }, ctx), 'missing_sub');
+  t.match(buildPrincipal({ sub: 's', scp: ['x', 'y'], azp: 'c', email: 5 }, ctx), { scopes: ['x', 'y'], clientId: 'c', email: null, roles: [] });
+  t.match(buildPrincipal({ sub: 's', scope: 'a,b c' }, ctx), { scopes: ['a,b', 'c'] }, 'scope splits on spaces only (RFC 6749 §3.3)');
+});
+
+t.test('ExpiringLru', async (t) => {
+  const lru = new ExpiringLru<string>(2);
+  lru.set('a', 'A', 100);
+  lru.set('b', 'B', 100);
+  t.equal(lru.get('a', 0), 'A');
+  lru.set('c', 'C', 100);
+  t.equal(lru.get('b', 0), undefined, 'least recently used evicted');
+  t.equal(lru.get('a', 99), 'A');
+  t.equal(lru.get('a', 100), undefined, 'expired at expiresAt');
+  t.equal(lru.get('a', 0), undefined, 'and dropped');
+  t.equal(lru.size, 1);
+  t.throws(() => new ExpiringLru(0));
+});
+
+t.test('judgeIntrospection', async (t) => {
+  const issuer: IssuerConfig = {
+    issuer: 'https://idp.test', audiences: ['api'], algorithms: ['RS256'], jwksUri: null, rolesClaim: 'roles',
+    clockSkew: 0, introspection: null, caBundle: null,
+  };
+  const cfg = { endpoint: null, clientId: 'c', clientSecret: 's', cache: 60_000 };
+  const now = 1_000_000_000_000;
+  const ok = { active: true, sub: 'u', iss: 'https://idp.test', aud: 'api', exp: now / 1000 + 30 };
+  t.match(judgeIntrospection(ok, issuer, cfg, now), { ok: true, cacheUntil: now + 30_000, principal: { subject: 'u', expiresAt: now + 30_000 } });
+  t.match(judgeIntrospection({ ...ok, exp: now / 1000 + 3600 }, issuer, cfg, now), { ok: true, cacheUntil: now + 60_000 });
+  t.match(judgeIntrospection({ active: false }, issuer, cfg, now), { ok: false, reason: 'inactive_token' });
+  t.match(judgeIntrospection({ active: 'true', sub: 'u' }, issuer, cfg, now), { ok: false, reason: 'introspection_failed' });
+  t.match(judgeIntrospection('<html>', issuer, cfg, now), { ok: false, reason: 'introspection_failed' });
+  t.match(judgeIntrospection({ ...ok, iss: 'https://evil.test' }, issuer, cfg, now), { reason: 'bad_issuer' });
+  t.match(judgeIntrospection({ ...ok, aud: ['x'] }, issuer, cfg, now), { reason: 'bad_audience' });
+  t.match(judgeIntrospection({ ...ok, exp: now / 1000 }, issuer, cfg, now), { reason: 'expired' });
+  t.match(judgeIntrospection({ ...ok, nbf: now / 1000 + 10 }, issuer, cfg, now), { reason: 'not_yet_valid' });
+  t.match(judgeIntrospection({ ...ok, exp: '1' }, issuer, cfg, now), { reason: 'bad_claims' });
+  t.match(judgeIntrospection({ active: true, sub: 'u' }, issuer, cfg, now), { ok: true, cacheUntil: now + 60_000 }, 'no exp: cache time');
+});

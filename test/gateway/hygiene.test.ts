@@ -1,0 +1,127 @@
+// Request hygiene, attack-first: raw bytes over real TLS. The upstream must never see any of these.
+import t from 'tap';
+import { LOOPBACK_LISTEN, rawTls, startGateway, startUpstream, statusOf } from '../helpers/gateway.js';
+
+const yaml = (origin: string) => `${LOOPBACK_LISTEN}
+limits: { max_body_size: 1kb, headers_timeout: 1s, request_timeout: 2s }
+sites:
+  - hosts: [app.test]
+    upstream: ${origin}
+    routes:
+      - { path: /, access: public }
+      - { path: /admin, access: deny }
+      - { path: /upload, access: public, max_body_size: 4kb }
+`;
+
+t.test('smuggling-shaped requests are refused before the upstream', async (t) => {
+  const up = await startUpstream(t);
+  const gw = await startGateway(t, yaml(up.origin));
+  const cases: Array<[string, string]> = [
+    ['CL + TE', 'POST / HTTP/1.1\r\nHost: app.test\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n'],
+    ['duplicate CL (different)', 'POST / HTTP/1.1\r\nHost: app.test\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde'],
+    ['duplicate CL (same)', 'POST / HTTP/1.1\r\nHost: app.test\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc'],
+    ['TE obfuscated: xchunked', 'POST / HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n'],
+    ['TE obfuscated: chunked, identity', 'POST / HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n'],
+    ['TE with space before colon', 'POST / HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n'],
+    ['TE folded (obs-fold)', 'POST / HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding:\r\n chunked\r\n\r\n0\r\n\r\n'],
+    ['TE + CL, TE second', 'POST / HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n'],
+    ['bad chunk size', 'POST / HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n'],
+    ['bare LF line endings', 'GET / HTTP/1.1\nHost: app.test\n\n'],
+    ['negative CL', 'POST / HTTP/1.1\r\nHost: app.test\r\nContent-Length: -1\r\n\r\n'],
+  ];
+  for (const [name, bytes] of cases) {
+    const res = await rawTls(gw.port, gw.ca, bytes);
+    const status = statusOf(res);
+    t.ok(status === 400 || status === 0, `${name}: refused (got ${status || 'connection closed'})`);
+  }
+  t.equal(up.seen.length, 0, 'the upstream saw none of them');
+});
+
+t.test('request-target must be origin-form; TRACE and CONNECT are refused', async (t) => {
+  const up = await startUpstream(t);
+  const gw = await startGateway(t, yaml(up.origin));
+  const abs = await rawTls(gw.port, gw.ca, 'GET http://evil.example/ HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n');
+  t.equal(statusOf(abs), 400, 'absolute-form refused');
+  const star = await rawTls(gw.port, gw.ca, 'OPTIONS * HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n');
+  t.equal(statusOf(star), 400, 'asterisk-form refused');
+  const trace = await rawTls(gw.port, gw.ca, 'TRACE / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n');
+  t.equal(statusOf(trace), 405, 'TRACE refused');
+  const connect = await rawTls(gw.port, gw.ca, 'CONNECT app.test:443 HTTP/1.1\r\nHost: app.test:443\r\nConnection: close\r\n\r\n');
+  t.ok([400, 405].includes(statusOf(connect)) || statusOf(connect) === 0, `CONNECT refused (${statusOf(connect)})`);
+  t.equal(up.seen.length, 0);
+});
+
+t.test('Host is required and must be a configured site', async (t) => {
+  const up = await startUpstream(t);
+  const gw = await startGateway(t, yaml(up.origin));
+  const none = await rawTls(gw.port, gw.ca, 'GET / HTTP/1.1\r\nConnection: close\r\n\r\n');
+  t.equal(statusOf(none), 400, 'no Host');
+  const other = await gw.request({ host: 'evil.example', servername: 'app.test' });
+  t.equal(other.status, 421, 'unknown Host');
+  const two = await rawTls(gw.port, gw.ca, 'GET / HTTP/1.1\r\nHost: app.test\r\nHost: evil.example\r\nConnection: close\r\n\r\n');
+  t.equal(statusOf(two), 400, 'two Host headers');
+  const junk = await gw.request({ host: 'app.test@evil.example', servername: 'app.test' });
+  t.equal(junk.status, 400, 'userinfo-shaped Host');
+  t.equal(up.seen.length, 0);
+});
+
+t.test('body limits: Content-Length and chunked, per route', async (t) => {
+  const up = await startUpstream(t);
+  const gw = await startGateway(t, yaml(up.origin));
+  const big = await gw.request({ method: 'POST', path: '/', body: 'x'.repeat(2048), headers: { 'content-type': 'text/plain' } });
+  t.equal(big.status, 413, 'declared length over the default limit');
+  const chunked = await rawTls(
+    gw.port,
+    gw.ca,
+    `POST / HTTP/1.1\r\nHost: app.test\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n${'400\r\n' + 'y'.repeat(1024) + '\r\n'}${'400\r\n' + 'y'.repeat(1024) + '\r\n'}0\r\n\r\n`,
+  );
+  t.equal(statusOf(chunked), 413, 'chunked body over the limit');
+  t.notOk(up.seen.some((r) => r.body.length > 1024), 'the upstream never got an oversized body');
+  const okUpload = await gw.request({ method: 'POST', path: '/upload', body: 'z'.repeat(3000), headers: { 'content-type': 'text/plain' } });
+  t.equal(okUpload.status, 200, 'a route may raise its limit');
+  t.equal(up.seen.at(-1)?.body.length, 3000);
+});
+
+t.test('oversized headers get 431', async (t) => {
+  const up = await startUpstream(t);
+  const gw = await startGateway(t, yaml(up.origin));
+  const res = await rawTls(gw.port, gw.ca, `GET / HTTP/1.1\r\nHost: app.test\r\nX-Big: ${'a'.repeat(20000)}\r\nConnection: close\r\n\r\n`);
+  t.equal(statusOf(res), 431);
+  t.equal(up.seen.length, 0);
+});
+
+t.test('slowloris: headers that never finish are cut off', async (t) => {
+  const up = await startUpstream(t);
+  const gw = await startGateway(t, yaml(up.origin));
+  const res = await rawTls(gw.port, gw.ca, 'GET / HTTP/1.1\r\nHost: app.test\r\nX-Slow: ', { waitMs: 5000 });
+  t.equal(statusOf(res), 408, 'closed with 408 by the headers timeout');
+  t.equal(up.seen.length, 0);
+});
+
+t.test('paths: one canonical form for policy and upstream', async (t) => {
+  const up = await startUpstream(t);
+  const gw = await startGateway(t, yaml(up.origin));
+  const forward: Array<[string, string]> = [
+    ['/a/./b/../c', '/a/c'],
+    ['//a///b', '/a/b'],
+    ['/%61%62c', '/abc'],
+    ['/a/%2e%2e/b', '/b'],
+    ['/x?q=%2e%2e/../y', '/x?q=%2e%2e/../y'],
+  ];
+  for (const [sent, expected] of forward) {
+    const res = await gw.request({ path: sent });
+    t.equal(res.status, 200, sent);
+    t.equal(up.seen.at(-1)?.url, expected, `${sent} → upstream sees ${expected}`);
+  }
+  const denied = ['/admin', '/ADMIN', '/Admin/', '/%61dmin', '/public/../admin', '//admin', '/admin;jsessionid=1', '/./admin', '/admin/%2e/x', '/x/..%2fadmin'];
+  const before = up.seen.length;
+  for (const p of denied) {
+    const res = await rawTls(gw.port, gw.ca, `GET ${p} HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n`);
+    t.ok([400, 403].includes(statusOf(res)), `${p} → ${statusOf(res)}`);
+  }
+  for (const p of ['/a%2fb', '/a%5cb', '/a\\b', '/a%00b', '/a%zz', '/a%']) {
+    const res = await rawTls(gw.port, gw.ca, `GET ${p} HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n`);
+    t.equal(statusOf(res), 400, `${p} refused`);
+  }
+  t.equal(up.seen.length, before, 'none of the refused paths reached the upstream');
+});

@@ -1,0 +1,221 @@
+/**
+ * Test harness: a real gateway (real TLS, real listeners on ephemeral loopback ports) in front of
+ * real upstream HTTP servers, built from YAML exactly as `portcullis start` would build it.
+ */
+import http from 'node:http';
+import https from 'node:https';
+import tls from 'node:tls';
+import { mkdtempSync, writeFileSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import pino from 'pino';
+import { loadConfigFile } from '../../src/config/index.js';
+import { buildGateway, type Gateway } from '../../src/gateway.js';
+import { prepareCertificates } from '../../src/server/certificates.js';
+
+export interface Tap {
+  teardown(fn: () => unknown): void;
+}
+
+export interface SeenRequest {
+  method: string;
+  url: string;
+  headers: http.IncomingHttpHeaders;
+  rawHeaders: string[];
+  body: Buffer;
+}
+
+export interface Upstream {
+  origin: string;
+  port: number;
+  seen: SeenRequest[];
+  server: http.Server;
+}
+
+/** A real upstream that records every request it sees and answers with `respond` (default: 200 JSON echo). */
+export async function startUpstream(
+  t: Tap,
+  respond?: (req: http.IncomingMessage, res: http.ServerResponse, body: Buffer) => void,
+): Promise<Upstream> {
+  const seen: SeenRequest[] = [];
+  const server = http.createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      const body = Buffer.concat(chunks);
+      seen.push({ method: req.method!, url: req.url!, headers: req.headers, rawHeaders: req.rawHeaders, body });
+      if (respond) return respond(req, res, body);
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ method: req.method, url: req.url, headers: req.headers, body: body.toString('utf8') }));
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const port = (server.address() as { port: number }).port;
+  t.teardown(() => new Promise<void>((r) => { server.closeAllConnections(); server.close(() => r()); }));
+  return { origin: `http://127.0.0.1:${port}`, port, seen, server };
+}
+
+export interface LogRecord {
+  [key: string]: unknown;
+  msg?: string;
+  level?: string | number;
+}
+
+export interface RunningGateway {
+  gw: Gateway;
+  port: number;
+  httpPort: number | null;
+  adminPort: number | null;
+  ca: string;
+  dir: string;
+  configPath: string;
+  logs: LogRecord[];
+  request(opts: ClientRequest): Promise<ClientResponse>;
+}
+
+export interface ClientRequest {
+  method?: string;
+  path?: string;
+  host?: string;
+  servername?: string;
+  headers?: Record<string, string | string[]>;
+  body?: string | Buffer;
+}
+
+export interface ClientResponse {
+  status: number;
+  headers: http.IncomingHttpHeaders;
+  body: string;
+}
+
+export function memoryLogger(logs: LogRecord[]): pino.Logger {
+  const stream = new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      for (const line of chunk.toString('utf8').split('\n')) if (line) logs.push(JSON.parse(line) as LogRecord);
+      cb();
+    },
+  });
+  return pino({ level: 'debug', formatters: { level: (label) => ({ level: label }) } }, stream);
+}
+
+/**
+ * Writes `yaml` to a temp dir as gateway.yml (listeners default to 127.0.0.1:0, storage to the
+ * temp dir: certificates come from the local development CA whose root is returned as `ca`).
+ */
+export async function startGateway(t: Tap, yaml: string, env: Record<string, string> = {}): Promise<RunningGateway> {
+  const dir = mkdtempSync(join(tmpdir(), 'portcullis-test-'));
+  const configPath = join(dir, 'gateway.yml');
+  writeFileSync(configPath, yaml);
+  const { config } = await loadConfigFile(configPath, { ...process.env, ...env });
+  const logs: LogRecord[] = [];
+  const logger = memoryLogger(logs);
+  const certificates = await prepareCertificates(config, logger);
+  const gw = await buildGateway({ config, logger, certificates });
+  const addrs = await gw.listen();
+  t.teardown(async () => {
+    await gw.close(1000);
+    rmSync(dir, { recursive: true, force: true });
+  });
+  let ca = '';
+  try {
+    ca = readFileSync(join(config.tls.storage, 'local-ca', 'root.crt'), 'utf8');
+  } catch {
+    // certificates brought by the test: it knows its own CA
+  }
+  const port = addrs.https.port;
+  return {
+    gw,
+    port,
+    httpPort: addrs.http?.port ?? null,
+    adminPort: addrs.admin?.port ?? null,
+    ca,
+    dir,
+    configPath,
+    logs,
+    request: (opts) => httpsRequest(port, ca, opts),
+  };
+}
+
+/** Listener block for test configs: every listener on an ephemeral loopback port. */
+export const LOOPBACK_LISTEN = `listen:
+  https: 127.0.0.1:0
+  http: 127.0.0.1:0
+  admin: 127.0.0.1:0
+`;
+
+export function httpsRequest(port: number, ca: string, opts: ClientRequest): Promise<ClientResponse> {
+  const host = opts.host ?? 'app.test';
+  return new Promise((resolve, reject) => {
+    const req = https.request(
+      {
+        host: '127.0.0.1',
+        port,
+        method: opts.method ?? 'GET',
+        path: opts.path ?? '/',
+        servername: opts.servername ?? (host.includes(':') ? undefined : host),
+        ca,
+        agent: false,
+        headers: { host, ...(opts.headers ?? {}) },
+      },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => resolve({ status: res.statusCode!, headers: res.headers, body: Buffer.concat(chunks).toString('utf8') }));
+        res.on('error', reject);
+      },
+    );
+    req.on('error', reject);
+    if (opts.body !== undefined) req.write(opts.body);
+    req.end();
+  });
+}
+
+export function httpRequest(port: number, opts: ClientRequest): Promise<ClientResponse> {
+  return new Promise((resolve, reject) => {
+    const req = http.request(
+      { host: '127.0.0.1', port, method: opts.method ?? 'GET', path: opts.path ?? '/', agent: false, headers: { host: opts.host ?? 'app.test', ...(opts.headers ?? {}) } },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => resolve({ status: res.statusCode!, headers: res.headers, body: Buffer.concat(chunks).toString('utf8') }));
+      },
+    );
+    req.on('error', reject);
+    if (opts.body !== undefined) req.write(opts.body);
+    req.end();
+  });
+}
+
+/**
+ * Sends raw bytes over a TLS connection (HTTP/1.1 ALPN) and returns everything the gateway sent
+ * back until it closed the connection or `waitMs` passed.
+ */
+export function rawTls(port: number, ca: string, bytes: string | Buffer, opts: { servername?: string; waitMs?: number } = {}): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    const socket = tls.connect({ host: '127.0.0.1', port, ca, servername: opts.servername ?? 'app.test', ALPNProtocols: ['http/1.1'] }, () => {
+      socket.write(bytes);
+    });
+    const timer = setTimeout(() => {
+      socket.destroy();
+      resolve(Buffer.concat(chunks).toString('latin1'));
+    }, opts.waitMs ?? 2000);
+    socket.on('data', (c: Buffer) => chunks.push(c));
+    socket.on('close', () => {
+      clearTimeout(timer);
+      resolve(Buffer.concat(chunks).toString('latin1'));
+    });
+    socket.on('error', (err) => {
+      clearTimeout(timer);
+      if (chunks.length) resolve(Buffer.concat(chunks).toString('latin1'));
+      else reject(err);
+    });
+  });
+}
+
+/** The status code of the first response in a raw HTTP/1.1 byte string, or 0. */
+export function statusOf(raw: string): number {
+  const m = /^HTTP\/1\.[01] (\d{3})/.exec(raw);
+  return m ? Number(m[1]) : 0;
+}

@@ -1,0 +1,105 @@
+import t from 'tap';
+import { canonicalizePath, PathRejections, type PathRejection } from '../../src/policy/index.js';
+
+const accepted: [raw: string, canonical: string][] = [
+  ['/', '/'],
+  ['/a/b', '/a/b'],
+  ['/a/b/', '/a/b/'],
+  // dot-segments, RFC 3986 §5.2.4
+  ['/a/./b/../c', '/a/c'],
+  ['/a/b/..', '/a/'],
+  ['/a/.', '/a/'],
+  ['/..', '/'],
+  ['/.', '/'],
+  ['/../../etc/passwd', '/etc/passwd'],
+  ['/a/..', '/'],
+  ['/a/%2E%2E/', '/'],
+  ['/%2e%2e', '/'],
+  ['/a/%2e%2E/b', '/b'],
+  ['/a/.%2e/b', '/b'],
+  ['/a/%2e/b', '/a/b'],
+  ['/admin/..%2E/x', '/admin/.../x'], // three dots is a name
+  ['/.../x', '/.../x'],
+  ['/a/.b/..c', '/a/.b/..c'],
+  // repeated slashes collapse, trailing slash kept
+  ['//x//y/', '/x/y/'],
+  ['//', '/'],
+  ['///a', '/a'],
+  ['/a//..//b', '/b'],
+  // unreserved escapes are decoded, others upper-cased
+  ['/%61dmin', '/admin'],
+  ['/%41%7e%2D%5f%2e%30', '/A~-_.0'],
+  ['/a%3bb', '/a%3Bb'],
+  ['/a%3Fb', '/a%3Fb'],
+  ['/%e9', '/%E9'],
+  ['/%25', '/%25'],
+  ['/%2561', '/%2561'],
+  // raw characters outside pchar are encoded byte-wise
+  ['/a b', '/a%20b'],
+  ['/"<>`{}|^', '/%22%3C%3E%60%7B%7D%7C%5E'],
+  ['/a#b', '/a%23b'],
+  ['/[x]', '/%5Bx%5D'],
+  ['/\u00e9', '/%E9'], // latin1 byte as Node gives it
+  ['/\u00ff\u0080', '/%FF%80'],
+  ['/日本', '/%E6%97%A5%E6%9C%AC'], // a decoded JS string: UTF-8
+  ['/😀', '/%F0%9F%98%80'],
+  // kept as is
+  ["/a;b=c/d!$&'()*+,=:@~", "/a;b=c/d!$&'()*+,=:@~"],
+  ['/admin;jsessionid=1/x', '/admin;jsessionid=1/x'],
+];
+
+t.test('accepted paths', async (t) => {
+  for (const [raw, canonical] of accepted) {
+    const r = canonicalizePath(raw);
+    t.same(r, { ok: true, path: canonical }, JSON.stringify(raw));
+    // idempotent and stable under WHATWG URL parsing
+    t.same(canonicalizePath(canonical), { ok: true, path: canonical }, `idempotent ${JSON.stringify(raw)}`);
+    t.equal(new URL(canonical, 'http://x').pathname, canonical, `WHATWG ${JSON.stringify(raw)}`);
+  }
+});
+
+const rejected: [raw: string, reason: PathRejection][] = [
+  ['', 'not_origin_form'],
+  ['a/b', 'not_origin_form'],
+  ['*', 'not_origin_form'],
+  ['http://evil/x', 'not_origin_form'],
+  ['%2F', 'not_origin_form'],
+  ['/a%2fb', 'encoded_slash'],
+  ['/a%2Fb', 'encoded_slash'],
+  ['/admin%2f..%2fx', 'encoded_slash'],
+  ['/a%5cb', 'backslash'],
+  ['/a%5Cb', 'backslash'],
+  ['/a\\b', 'backslash'],
+  ['/\\\\evil', 'backslash'],
+  ['/%00', 'control_char'],
+  ['/a\u0000b', 'control_char'],
+  ['/a%01', 'control_char'],
+  ['/a%1F', 'control_char'],
+  ['/a%7f', 'control_char'],
+  ['/a\u007f', 'control_char'],
+  ['/a\tb', 'control_char'],
+  ['/a\r\nb', 'control_char'],
+  ['/a%0d%0aSet-Cookie:x', 'control_char'],
+  ['/%zz', 'bad_encoding'],
+  ['/%', 'bad_encoding'],
+  ['/a%', 'bad_encoding'],
+  ['/%4', 'bad_encoding'],
+  ['/%G1', 'bad_encoding'],
+  ['/%1G', 'bad_encoding'],
+  ['/%%41', 'bad_encoding'],
+  ['/\ud800x', 'bad_encoding'],
+];
+
+t.test('rejected paths', async (t) => {
+  for (const [raw, reason] of rejected) {
+    t.same(canonicalizePath(raw), { ok: false, reason }, JSON.stringify(raw));
+  }
+  t.same(new Set(Object.values(PathRejections)), new Set(rejected.map(([, r]) => r)), 'every reason is exercised');
+});
+
+t.test('an already canonical path comes back as the same string', async (t) => {
+  const p = '/api/v1/users/42;x=1/~me';
+  const r = canonicalizePath(p);
+  t.ok(r.ok);
+  if (r.ok) t.equal(r.path, p);
+});

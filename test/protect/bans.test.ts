@@ -1,0 +1,73 @@
+import t from 'tap';
+import { BanList } from '../../src/protect/index.js';
+import type { BanRules } from '../../src/protect/index.js';
+import { MemoryStore } from '../../src/state/index.js';
+
+const rules: BanRules = { authFailures: 3, windowMs: 60_000, durationMs: 300_000 };
+
+function setup(t: { teardown: (fn: () => unknown) => void }) {
+  let now = 5_000_000;
+  const clock = { now: () => now, advance: (ms: number) => { now += ms; } };
+  const store = new MemoryStore({ now: clock.now, sweepIntervalMs: 0 });
+  t.teardown(() => store.close());
+  return { clock, store, bans: new BanList({ store, now: clock.now }) };
+}
+
+t.test('the Nth failure in the window bans; the ban expires by itself', async (t) => {
+  const { clock, bans } = setup(t);
+  t.same(await bans.recordAuthFailure('ip:192.0.2.1', rules), { banned: false, failures: 1 });
+  t.same(await bans.recordAuthFailure('ip:192.0.2.1', rules), { banned: false, failures: 2 });
+  t.same(await bans.isBanned('ip:192.0.2.1'), { banned: false });
+  t.same(await bans.recordAuthFailure('ip:192.0.2.1', rules), { banned: true, failures: 3, retryAfterMs: 300_000 });
+  t.same(await bans.isBanned('ip:192.0.2.1'), { banned: true, retryAfterMs: 300_000 });
+  t.same(await bans.isBanned('ip:192.0.2.2'), { banned: false }, 'other clients unaffected');
+  t.equal(bans.activeBans(), 1);
+  clock.advance(299_999);
+  t.same(await bans.isBanned('ip:192.0.2.1'), { banned: true, retryAfterMs: 1 });
+  clock.advance(1);
+  t.same(await bans.isBanned('ip:192.0.2.1'), { banned: false });
+  t.equal(bans.activeBans(), 0);
+  t.same(await bans.recordAuthFailure('ip:192.0.2.1', rules), { banned: false, failures: 1 }, 'counting starts afresh');
+});
+
+t.test('failures spread over more than the window do not ban (slow guessing is the window\'s job)', async (t) => {
+  const { clock, bans } = setup(t);
+  await bans.recordAuthFailure('c', rules);
+  await bans.recordAuthFailure('c', rules);
+  clock.advance(60_000);
+  t.same(await bans.recordAuthFailure('c', rules), { banned: false, failures: 1 });
+  t.same(await bans.isBanned('c'), { banned: false });
+});
+
+t.test('an attacker spreading failures over many keys is counted per key; bans:null records nothing', async (t) => {
+  const { bans } = setup(t);
+  for (let i = 0; i < 10; i++) await bans.recordAuthFailure(`ip:192.0.2.${i}`, rules);
+  t.equal(bans.activeBans(), 0);
+  t.same(await bans.recordAuthFailure('x', null), { banned: false, failures: 0 });
+  for (let i = 0; i < 5; i++) await bans.recordAuthFailure('x', null);
+  t.same(await bans.isBanned('x'), { banned: false });
+});
+
+t.test('unban lifts the ban and the failure count', async (t) => {
+  const { bans } = setup(t);
+  for (let i = 0; i < 3; i++) await bans.recordAuthFailure('c', rules);
+  await bans.unban('c');
+  t.same(await bans.isBanned('c'), { banned: false });
+  t.equal(bans.activeBans(), 0);
+});
+
+t.test('the gauge is bounded', async (t) => {
+  const { store, clock } = setup(t);
+  const bans = new BanList({ store, now: clock.now, maxTracked: 2 });
+  const one = { ...rules, authFailures: 1 };
+  for (const k of ['a', 'b', 'c']) await bans.recordAuthFailure(k, one);
+  t.equal(bans.activeBans(), 2);
+  t.same(await bans.isBanned('a'), { banned: true, retryAfterMs: 300_000 }, 'the ban itself is unaffected');
+});
+
+t.test('invalid rules are misuse', async (t) => {
+  const { bans } = setup(t);
+  await t.rejects(bans.recordAuthFailure('c', { ...rules, authFailures: 0 }), TypeError);
+  await t.rejects(bans.recordAuthFailure('c', { ...rules, windowMs: 0 }), TypeError);
+  await t.rejects(bans.recordAuthFailure('c', { ...rules, durationMs: Number.NaN }), TypeError);
+});

@@ -1,0 +1,107 @@
+import t from 'tap';
+import { MemoryStore } from '../../src/state/index.js';
+
+function fakeClock(start = 1_000_000): { now: () => number; advance: (ms: number) => void } {
+  let now = start;
+  return { now: () => now, advance: (ms) => { now += ms; } };
+}
+
+t.test('incr is a fixed window: later hits do not extend it', async (t) => {
+  const clock = fakeClock();
+  const store = new MemoryStore({ now: clock.now, sweepIntervalMs: 0 });
+  t.teardown(() => store.close());
+  t.same(await store.incr('k', 1000), { count: 1, ttlMs: 1000 });
+  clock.advance(400);
+  t.same(await store.incr('k', 1000), { count: 2, ttlMs: 600 });
+  clock.advance(599);
+  t.same(await store.incr('k', 1000), { count: 3, ttlMs: 1 });
+  clock.advance(1);
+  t.same(await store.incr('k', 1000), { count: 1, ttlMs: 1000 }, 'a new window starts at 1');
+});
+
+t.test('keys are independent', async (t) => {
+  const store = new MemoryStore({ now: fakeClock().now, sweepIntervalMs: 0 });
+  t.teardown(() => store.close());
+  await store.incr('a', 1000);
+  await store.incr('a', 1000);
+  t.equal((await store.incr('b', 1000)).count, 1);
+});
+
+t.test('get/set/delete with expiry', async (t) => {
+  const clock = fakeClock();
+  const store = new MemoryStore({ now: clock.now, sweepIntervalMs: 0 });
+  t.teardown(() => store.close());
+  t.equal(await store.get('x'), null);
+  await store.set('x', 'v', 500);
+  t.same(await store.get('x'), { value: 'v', ttlMs: 500 });
+  clock.advance(499);
+  t.same(await store.get('x'), { value: 'v', ttlMs: 1 });
+  clock.advance(1);
+  t.equal(await store.get('x'), null, 'expired exactly at ttl');
+  await store.set('y', 'w', 500);
+  await store.delete('y');
+  t.equal(await store.get('y'), null);
+  await store.delete('never-there');
+  t.equal((await store.incr('x', 100)).count, 1, 'counter on an expired key restarts');
+});
+
+t.test('counters are readable through get; incr on a non-counter is a coded error', async (t) => {
+  const store = new MemoryStore({ now: fakeClock().now, sweepIntervalMs: 0 });
+  t.teardown(() => store.close());
+  await store.incr('c', 1000);
+  await store.incr('c', 1000);
+  t.same(await store.get('c'), { value: '2', ttlMs: 1000 });
+  await store.set('s', 'banned', 1000);
+  await t.rejects(store.incr('s', 1000), { code: 'GW_ERR_INTERNAL' });
+});
+
+t.test('bounded: a flood of keys evicts expired first, then the oldest', async (t) => {
+  const clock = fakeClock();
+  const store = new MemoryStore({ now: clock.now, sweepIntervalMs: 0, maxEntries: 3 });
+  t.teardown(() => store.close());
+  await store.set('short', '1', 10);
+  await store.set('old', '1', 10_000);
+  await store.set('mid', '1', 10_000);
+  clock.advance(10);
+  await store.set('new1', '1', 10_000);
+  t.equal(store.size, 3);
+  t.not(await store.get('old'), null, 'the expired entry was dropped instead of a live one');
+  for (let i = 0; i < 1000; i++) await store.incr(`flood${i}`, 10_000);
+  t.equal(store.size, 3, 'never above maxEntries');
+  t.equal(await store.get('old'), null, 'oldest live entries were evicted');
+  t.not(await store.get('flood999'), null);
+});
+
+t.test('sweep removes expired entries without reads', async (t) => {
+  const clock = fakeClock();
+  const store = new MemoryStore({ now: clock.now, sweepIntervalMs: 0 });
+  t.teardown(() => store.close());
+  await store.set('a', '1', 100);
+  await store.set('b', '1', 200);
+  clock.advance(150);
+  t.equal(store.sweep(), 1);
+  t.equal(store.size, 1);
+});
+
+t.test('the periodic sweep timer is unref\'d and cleared on close', async (t) => {
+  const clock = fakeClock();
+  const store = new MemoryStore({ now: clock.now, sweepIntervalMs: 5 });
+  await store.set('a', '1', 1);
+  clock.advance(1);
+  t.equal(store.size, 1, 'not yet swept: nothing has read the key');
+  // Timers fire in deadline order, so the 5 ms sweep runs before this 25 ms timeout resolves.
+  await new Promise((resolve) => setTimeout(resolve, 25));
+  t.equal(store.size, 0, 'the background sweep dropped the expired key');
+  await store.close();
+  await t.rejects(store.get('a'), { code: 'GW_ERR_INTERNAL' }, 'closed store refuses use');
+});
+
+t.test('rejects nonsensical windows and options', async (t) => {
+  const store = new MemoryStore({ sweepIntervalMs: 0 });
+  t.teardown(() => store.close());
+  await t.rejects(store.incr('k', 0), TypeError);
+  await t.rejects(store.incr('k', Number.NaN), TypeError);
+  await t.rejects(store.set('k', 'v', -1), TypeError);
+  t.throws(() => new MemoryStore({ maxEntries: 0 }), TypeError);
+  t.throws(() => new MemoryStore({ sweepIntervalMs: -1 }), TypeError);
+});
