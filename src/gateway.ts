@@ -1,31 +1,43 @@
 /**
  * buildGateway: the one place that knows the request pipeline's order (drawn in docs/pipeline.md).
  *
- *   TLS (SNI → certificate) → onRequest resolve → onRequest authorize → preParsing body limit
- *   → handler proxy (→ upstream, retries on connect failure) → onSend response headers
- *   → onResponse access log + metrics;  errors → safe error body (http/errors).
+ *   TCP front (TLS-ALPN-01 peek only while a challenge is pending) → TLS (SNI → certificate)
+ *   → onRequest resolve      host → site, canonical path → route, body size, CSRF, active ban
+ *   → onRequest authorize    bearer token → principal, route access rule, ban counting
+ *   → route onRequest        rate limit (@fastify/rate-limit; key may use the principal)
+ *   → preParsing             body limit for streamed bodies
+ *   → handler                proxy to the upstream (failover on connect failure)
+ *   → onSend                 security headers on the gateway's own answers, request id
+ *   → onResponse             access log + metrics
+ *   errors → one safe body (http/errors), never an exception text.
  *
- * Three listeners: HTTPS (this Fastify app), HTTP (redirects + ACME HTTP-01) and admin
- * (health, readiness, metrics). Configuration changes are applied by swapping one RuntimeState.
+ * Three listeners: HTTPS (this Fastify app behind the TLS front), HTTP (redirects + ACME HTTP-01)
+ * and admin (health, readiness, metrics). A configuration change swaps one RuntimeState.
  */
 import type { AddressInfo, Socket } from 'node:net';
-import type { Server as HttpServer } from 'node:http';
+import type { Server as HttpServer, IncomingHttpHeaders } from 'node:http';
 import type { TLSSocket } from 'node:tls';
 import { Transform, type TransformCallback } from 'node:stream';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import httpProxy from '@fastify/http-proxy';
+import rateLimit from '@fastify/rate-limit';
 import type { GatewayConfig, ListenAddress } from './config/types.js';
 import { GatewayError, type GatewayErrorCode } from './errors.js';
 import { renderError } from './http/errors.js';
 import { redactUrl, type Logger } from './observability/logging.js';
+import { createMetrics, UNMATCHED, type GatewayMetrics } from './observability/metrics.js';
+import { createSecurityEvents, openSecurityLog, type SecurityEvents, type SecurityLog } from './observability/events.js';
 import { buildRuntimeState, type RuntimeState } from './runtime.js';
 import { hasDuplicate, newContext, resolveRequest, PROXIED_METHODS, type RawRequestView } from './pipeline/resolve.js';
 import type { RequestContext } from './pipeline/context.js';
+import type { RouteProtection } from './pipeline/protect.js';
 import { buildUpstreamHeaders, stripResponseHeaders, type HeaderBag } from './proxy/headers.js';
 import { classifyUpstreamError, isConnectFailure } from './proxy/upstream-errors.js';
 import { authorizeRequest } from './pipeline/authorize.js';
 import { createAuthenticatorFor } from './pipeline/auth-factory.js';
-import { CertificateStore, tlsServerOptions } from './tls/index.js';
+import { CertificateStore, createTlsFront, type TlsFront } from './tls/index.js';
+import { applySecurityHeaders, BanList, checkCsrf, gatewayRateLimitOptions, hardenSetCookies, ipKey } from './protect/index.js';
+import { MemoryStore, type Store } from './state/index.js';
 import { createRedirectServer } from './server/redirect.js';
 import { createAdminServer } from './server/admin.js';
 import { SlowlorisGuard } from './server/slowloris.js';
@@ -37,6 +49,10 @@ export interface GatewayOptions {
   /** Certificates to serve; when omitted the gateway loads `config.tls.certificates`. */
   readonly certificates?: CertificateStore;
   readonly version?: string;
+  /** Shared state for rate limits and bans (default: in memory). */
+  readonly store?: Store;
+  /** ACME HTTP-01 key authorizations by token, served on the HTTP listener. */
+  readonly http01?: { get(token: string): string | undefined };
 }
 
 export interface ListenerAddresses {
@@ -48,6 +64,8 @@ export interface ListenerAddresses {
 export interface Gateway {
   readonly app: FastifyInstance;
   readonly certificates: CertificateStore;
+  readonly metrics: GatewayMetrics;
+  readonly events: SecurityEvents;
   /** The state new requests get. */
   current(): RuntimeState;
   listen(): Promise<ListenerAddresses>;
@@ -58,6 +76,8 @@ export interface Gateway {
   close(graceMs?: number): Promise<void>;
   ready(): { ready: boolean; checks: Record<string, boolean> };
 }
+
+const UNSAFE_METHODS = new Set(['POST', 'PUT', 'PATCH', 'DELETE']);
 
 function peerOf(req: FastifyRequest): string {
   return req.raw.socket?.remoteAddress ?? '';
@@ -72,6 +92,10 @@ function rawView(req: FastifyRequest): RawRequestView {
     peer: peerOf(req),
     httpVersionMajor: req.raw.httpVersionMajor,
   };
+}
+
+function protectionOf(ctx: RequestContext): RouteProtection {
+  return (ctx.route && ctx.state.protections.get(ctx.route)) || ctx.state.fallbackProtection;
 }
 
 /** Sends the gateway's own safe error body. */
@@ -100,27 +124,29 @@ class BodyLimit extends Transform {
   }
 }
 
-function listenOptions(addr: ListenAddress): { host: string; port: number } {
-  return { host: addr.host, port: addr.port };
-}
-
 export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
   const logger = options.logger;
-  const certificates = options.certificates ?? new CertificateStore({ minVersion: options.config.tls.minVersion });
-  if (!options.certificates) await certificates.loadFiles(options.config.tls.certificates);
-
-  let authenticator: Authenticator | null = createAuthenticatorFor(options.config, logger);
-  let state = buildRuntimeState(options.config, authenticator);
   const cfg0 = options.config;
+  const certificates = options.certificates ?? new CertificateStore({ minVersion: cfg0.tls.minVersion });
+  if (!options.certificates) await certificates.loadFiles(cfg0.tls.certificates);
+
+  const metrics = createMetrics({ version: options.version ?? '0.0.0' });
+  const securityLog: SecurityLog = openSecurityLog(cfg0.log.securityFile, logger);
+  const events = createSecurityEvents(securityLog.logger);
+  const store = options.store ?? new MemoryStore();
+  const bans = new BanList({ store });
+  metrics.setBansActiveProvider(() => bans.activeBans());
+  metrics.setCertificateProvider(() => [...certificates.expiries()].map(([host, notAfter]) => ({ host, notAfter })));
+
+  const newAuthenticator = (config: GatewayConfig): Authenticator | null =>
+    createAuthenticatorFor(config, logger, (issuer, result) => metrics.jwksRefresh(issuer, result === 'ok' ? 'success' : 'failure'));
+  let authenticator = newAuthenticator(cfg0);
+  let state = buildRuntimeState(cfg0, authenticator);
   const slowloris = new SlowlorisGuard(cfg0.limits.headersTimeout, cfg0.limits.requestTimeout);
 
   const app = Fastify({
     http2: true,
-    https: {
-      allowHTTP1: true,
-      ...tlsServerOptions(cfg0.tls.minVersion),
-      SNICallback: certificates.sniCallback,
-    },
+    https: { ...certificates.serverOptions(), allowHTTP1: true },
     loggerInstance: logger,
     disableRequestLogging: true,
     requestIdHeader: false,
@@ -129,7 +155,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     keepAliveTimeout: cfg0.timeouts.idle,
     // Bodies are streamed to the upstream; the limit is enforced per route by BodyLimit.
     bodyLimit: Number.MAX_SAFE_INTEGER,
-    // find-my-way refuses malformed percent-encoding with FST_ERR_BAD_URL; answered below.
+    // find-my-way refuses malformed percent-encoding with FST_ERR_BAD_URL; answered safely here.
     frameworkErrors: (err, request, reply) => {
       const req = request as unknown as FastifyRequest;
       if (!req.gw) req.gw = newContext(state, rawView(req), process.hrtime.bigint());
@@ -139,18 +165,50 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
   }) as unknown as FastifyInstance;
 
   const server = app.server as unknown as HttpServer;
+  certificates.bindServer(server as never);
   slowloris.attach(server);
 
   app.decorateRequest('gw', null as unknown as RequestContext);
 
-  // 1. resolve: request line and headers → site, route, canonical path. Cheapest checks first.
+  // 1. resolve: request line and headers → site, route, canonical path; cheap refusals first,
+  //    before any body byte is read and before any crypto.
   app.addHook('onRequest', async function resolve(request, reply) {
-    const ctx = newContext(state, rawView(request), process.hrtime.bigint());
+    const view = rawView(request);
+    const ctx = newContext(state, view, process.hrtime.bigint());
     request.gw = ctx;
-    const refusal = resolveRequest(ctx.state, rawView(request), ctx);
+    const refusal = resolveRequest(ctx.state, view, ctx);
     if (refusal) {
       ctx.reason = refusal.reason;
       return sendError(reply, refusal.status, refusal.code);
+    }
+    const prot = protectionOf(ctx);
+    if (prot.bans) {
+      const ban = await bans.isBanned(ipKey(ctx.clientIp));
+      if (ban.banned) {
+        ctx.reason = 'banned';
+        events.emit('banned', { ...who(ctx), reason: 'ban_active' });
+        return sendError(reply, 429, 'GW_ERR_BANNED', { 'retry-after': String(Math.max(1, Math.ceil(ban.retryAfterMs / 1000))) });
+      }
+    }
+    // CSRF (Fetch Metadata / Origin): only unsafe methods that carry cookies are at risk.
+    if (prot.csrf.enabled && UNSAFE_METHODS.has(view.method) && view.headers.cookie !== undefined) {
+      const port = publicPort(ctx.state);
+      const verdict = checkCsrf(
+        {
+          method: view.method,
+          hasCookie: true,
+          secFetchSite: single(view.headers['sec-fetch-site']),
+          origin: single(view.headers.origin),
+          ownOrigin: port === 443 ? `https://${ctx.host}` : `https://${ctx.host}:${port}`,
+        },
+        prot.csrf,
+      );
+      if (!verdict.allow) {
+        ctx.reason = `csrf_${verdict.reason}`;
+        metrics.csrfRejected(ctx.site!.id);
+        events.emit('csrf_rejected', { ...who(ctx), reason: verdict.reason, origin: single(view.headers.origin), method: view.method });
+        return sendError(reply, 403, 'GW_ERR_CSRF');
+      }
     }
     // The canonical path is what the upstream gets (and what WebSocket proxying reads).
     request.raw.url = ctx.path + ctx.query;
@@ -162,14 +220,25 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
   // 2. authorize: bearer token → principal, then the route's access rule.
   app.addHook('onRequest', async function authorize(request, reply) {
     const ctx = request.gw;
-    // Two Authorization headers: Node kept the first; present both to the authenticator so it refuses.
-    const authorization = hasDuplicate(request.raw.rawHeaders, 'authorization') ? authorizationValues(request.raw.rawHeaders) : request.headers.authorization;
+    // Two Authorization headers: Node kept the first; hand both over so the authenticator refuses.
+    const authorization = hasDuplicate(request.raw.rawHeaders, 'authorization') ? headerValues(request.raw.rawHeaders, 'authorization') : request.headers.authorization;
     const refusal = await authorizeRequest(ctx, authorization);
-    if (refusal) {
-      ctx.reason = refusal.reason;
-      return sendError(reply, refusal.status, refusal.code, refusal.headers);
+    if (!refusal) return undefined;
+    ctx.reason = refusal.reason;
+    if (refusal.status === 403) {
+      metrics.accessDenied(ctx.site!.id, ctx.route!.id);
+      events.emit('access_denied', { ...who(ctx), reason: refusal.reason, required_roles: ctx.route!.roles });
+    } else if (refusal.code === 'GW_ERR_INVALID_TOKEN' || (refusal.status === 400 && refusal.reason.startsWith('token_'))) {
+      const reason = refusal.reason.replace(/^token_/, '');
+      metrics.authFailure(reason);
+      events.emit('auth_failed', { ...who(ctx), reason });
+      const prot = protectionOf(ctx);
+      if (prot.bans) {
+        const result = await bans.recordAuthFailure(ipKey(ctx.clientIp), prot.bans);
+        if (result.banned) events.emit('banned', { ...who(ctx), reason: 'auth_failures', failures: result.failures, duration_ms: prot.bans.durationMs });
+      }
     }
-    return undefined;
+    return sendError(reply, refusal.status, refusal.code, refusal.headers);
   });
 
   // 3. body limit for bodies without (or lying about) Content-Length.
@@ -181,22 +250,28 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     return payload.pipe(counted);
   });
 
-  // 4. response headers on every answer, proxied or the gateway's own.
+  // 4. security headers on the gateway's own answers (proxied ones got theirs in rewriteHeaders).
   app.addHook('onSend', async function responseHeaders(request, reply, payload) {
-    const ctx = request.gw;
+    const ctx = request.gw as RequestContext | undefined;
     if (ctx) {
       reply.header('x-request-id', ctx.requestId);
-      if (ctx.state.hsts) reply.header('strict-transport-security', ctx.state.hsts);
+      if (!ctx.proxied) {
+        const prot = protectionOf(ctx);
+        const set = prot.headers;
+        for (const [k, v] of Object.entries(set.common)) reply.header(k, v);
+        for (const [k, v] of Object.entries(set.httpsOnly)) reply.header(k, v);
+        for (const [k, v] of Object.entries(set.gatewayOnly)) reply.header(k, v);
+      }
     }
-    reply.header('x-content-type-options', 'nosniff');
     return payload;
   });
 
-  // 5. access log.
+  // 5. access log and metrics.
   app.addHook('onResponse', async function accessLog(request, reply) {
-    const ctx = request.gw;
+    const ctx = request.gw as RequestContext | undefined;
     if (!ctx) return;
-    const durationMs = Number(process.hrtime.bigint() - ctx.startedAt) / 1e6;
+    const seconds = Number(process.hrtime.bigint() - ctx.startedAt) / 1e9;
+    metrics.observeRequest(ctx.site?.id ?? UNMATCHED, ctx.route?.id ?? UNMATCHED, request.raw.method ?? 'GET', reply.statusCode, seconds);
     const len = reply.getHeader('content-length');
     logger.info(
       {
@@ -204,14 +279,14 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
         request_id: ctx.requestId,
         ip: ctx.clientIp,
         method: request.raw.method,
-        host: ctx.host,
+        host: ctx.host || undefined,
         path: redactUrl(ctx.path ? ctx.path + ctx.query : request.raw.url ?? ''),
         status: reply.statusCode,
         bytes: len === undefined ? undefined : Number(len),
-        duration_ms: Math.round(durationMs * 1000) / 1000,
+        duration_ms: Math.round(seconds * 1e6) / 1000,
         site: ctx.site?.id,
         route: ctx.route?.id,
-        upstream: ctx.upstream,
+        upstream: ctx.proxied ? ctx.upstream : undefined,
         user: ctx.principal?.subject,
         reason: ctx.reason ?? undefined,
         http: request.raw.httpVersion,
@@ -222,13 +297,14 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
 
   app.setErrorHandler(function safeErrors(err: Error & { statusCode?: number; code?: string }, request, reply) {
     const ctx = request.gw as RequestContext | undefined;
+    if (ctx) ctx.proxied = false;
     const gwErr = findGatewayError(err);
     if (gwErr?.statusCode) {
-      if (ctx) ctx.reason = gwErr.code;
-      return sendError(reply, gwErr.statusCode, gwErr.code);
+      if (ctx) ctx.reason ??= gwErr.code;
+      return sendError(reply, gwErr.statusCode, gwErr.code, rateLimitHeaders(reply));
     }
     const status = err.statusCode && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 500;
-    if (ctx) ctx.reason = err.code ?? 'error';
+    if (ctx) ctx.reason ??= err.code ?? 'error';
     if (status >= 500) request.log.error({ err, request_id: ctx?.requestId }, 'request failed');
     else request.log.info({ err: { code: err.code, message: err.message }, request_id: ctx?.requestId }, 'request refused');
     const code: GatewayErrorCode = status === 413 ? 'GW_ERR_BODY_TOO_LARGE' : status === 431 ? 'GW_ERR_HEADERS_TOO_LARGE' : status >= 500 ? 'GW_ERR_INTERNAL' : 'GW_ERR_BAD_REQUEST';
@@ -236,14 +312,29 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
   });
 
   app.setNotFoundHandler(function notFound(request, reply) {
-    // Only reached for requests the wildcard route does not take: unsupported methods and
-    // targets that are not origin-form (resolve answers most of these first).
-    const ctx = request.gw as RequestContext | undefined;
-    if (ctx && reply.sent) return reply;
+    // Only reached for requests the wildcard route does not take: methods outside the proxied set.
     const method = request.raw.method ?? '';
     if (!(PROXIED_METHODS as readonly string[]).includes(method)) return sendError(reply, 405, 'GW_ERR_METHOD_NOT_ALLOWED');
     return sendError(reply, 404, 'GW_ERR_NO_ROUTE');
   });
+
+  // Registered before the proxy's routes: @fastify/rate-limit hooks each route as it is added.
+  await app.register(
+    rateLimit,
+    gatewayRateLimitOptions({
+      store,
+      getRules: (request) => (request.gw?.route ? protectionOf(request.gw).rateLimit : null),
+      clientIp: (request) => request.gw.clientIp,
+      subject: (request) => request.gw.principal?.subject ?? null,
+      onExceeded: (request, key) => {
+        const ctx = request.gw;
+        ctx.reason = 'rate_limited';
+        metrics.rateLimited(ctx.site!.id, ctx.route!.id);
+        const rl = protectionOf(ctx).rateLimit;
+        events.emit('rate_limited', { ...who(ctx), reason: 'limit_exceeded', key, limit: rl?.max, window_ms: rl?.windowMs });
+      },
+    }) as never,
+  );
 
   await app.register(httpProxy, {
     upstream: '',
@@ -261,21 +352,22 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     replyOptions: {
       getUpstream: (request: FastifyRequest) => request.gw.upstream ?? '',
       rewriteRequestHeaders: (request: FastifyRequest, headers: HeaderBag) => upstreamHeaders(request, headers, false),
-      rewriteHeaders: (headers: HeaderBag) => {
-        stripResponseHeaders(headers);
-        return headers;
-      },
+      rewriteHeaders: (headers: IncomingHttpHeaders, request: FastifyRequest) => responseHeadersFromUpstream(headers, request),
       onError: (reply: FastifyReply, { error }: { error: Error }) => onUpstreamError(reply, error),
-    } as never,
+    },
     wsClientOptions: {
       rewriteRequestHeaders: (_headers: HeaderBag, request: FastifyRequest) => {
         const h = upstreamHeaders(request, { ...(request.headers as HeaderBag) }, true);
         for (const name of Object.keys(h)) if (name.startsWith('sec-websocket-') || name === 'connection' || name === 'upgrade') delete h[name];
         return h;
       },
-    } as never,
+    },
     handler: (request: FastifyRequest, reply: FastifyReply, _dest: string, opts: object) => proxyRequest(request, reply, opts),
   } as never);
+
+  function who(ctx: RequestContext): { ip: string; user?: string; site?: string; route?: string; request_id: string } {
+    return { ip: ctx.clientIp, user: ctx.principal?.subject, site: ctx.site?.id, route: ctx.route?.id, request_id: ctx.requestId };
+  }
 
   function upstreamHeaders(request: FastifyRequest, headers: HeaderBag, websocket: boolean): HeaderBag {
     const ctx = request.gw;
@@ -296,23 +388,41 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     });
   }
 
+  function responseHeadersFromUpstream(headers: IncomingHttpHeaders, request: FastifyRequest): IncomingHttpHeaders {
+    const ctx = request.gw;
+    stripResponseHeaders(headers as HeaderBag);
+    const prot = protectionOf(ctx);
+    const out = applySecurityHeaders(headers, prot.headers, prot.headerMode, { https: true });
+    const cookies = out['set-cookie'];
+    if (cookies !== undefined) out['set-cookie'] = hardenSetCookies(Array.isArray(cookies) ? cookies : [cookies], prot.cookies, { https: true });
+    return out;
+  }
+
   function proxyRequest(request: FastifyRequest, reply: FastifyReply, opts: object): FastifyReply {
     const ctx = request.gw;
+    ctx.proxied = true;
     const route = ctx.route!;
     const pool = ctx.state.pools.get(route)!;
     const tried = [pool.targets.findIndex((t) => t.origin === ctx.upstream)];
+    const started = process.hrtime.bigint();
     // Path only: reply-from takes the query from req.url untouched (and would refuse `../` in it).
     return reply.from(ctx.path, {
       ...opts,
       getUpstream: () => ctx.upstream ?? '',
       timeout: route.timeouts.response,
+      onResponse: (_req: FastifyRequest, rep: FastifyReply, res: { stream: unknown }) => {
+        metrics.upstreamAttempt(ctx.upstream ?? '', Number(process.hrtime.bigint() - started) / 1e9);
+        rep.send(res.stream);
+      },
       // Failover: a target that refused the connection never saw the request, so the next
       // target may get it whatever the method. Anything else is not retried (not idempotent-safe).
       retryDelay: ({ err, req }: { err?: Error; req: { url: URL } }) => {
         if (!err || !isConnectFailure(err)) return null;
         const last = tried[tried.length - 1]!;
+        const kind = classifyUpstreamError(err);
+        metrics.upstreamAttempt(ctx.upstream ?? '', Number(process.hrtime.bigint() - started) / 1e9, kind);
+        if (!pool.isDown(last)) events.emit('upstream_down', { ...who(ctx), upstream: ctx.upstream ?? '', reason: kind });
         pool.markDown(last);
-        logger.warn({ request_id: ctx.requestId, upstream: ctx.upstream, err: { code: (err as { code?: string }).code } }, 'upstream connect failed');
         const next = pool.after(tried);
         if (next === -1) return null;
         tried.push(next);
@@ -326,6 +436,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
 
   function onUpstreamError(reply: FastifyReply, error: Error): void {
     const ctx = reply.request.gw;
+    ctx.proxied = false;
     const gwErr = findGatewayError(error);
     if (gwErr?.statusCode) {
       ctx.reason = gwErr.code;
@@ -334,17 +445,13 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     }
     const kind = classifyUpstreamError(error);
     ctx.reason = `upstream_${kind}`;
+    if (kind !== 'connect_refused' && kind !== 'connect_timeout') metrics.upstreamAttempt(ctx.upstream ?? '', 0, kind);
     reply.request.log.warn({ request_id: ctx.requestId, upstream: ctx.upstream, reason: kind, err: { code: rootCode(error) } }, 'upstream request failed');
     if (kind === 'connect_timeout' || kind === 'response_timeout') sendError(reply, 504, 'GW_ERR_UPSTREAM_TIMEOUT');
     else sendError(reply, 502, kind === 'bad_response' ? 'GW_ERR_UPSTREAM_BAD_RESPONSE' : 'GW_ERR_UPSTREAM_UNAVAILABLE');
   }
 
-  /** The port clients use for HTTPS: configured, or (port 0 in tests) the one actually bound. */
-  function publicPort(st: RuntimeState): number {
-    const p = st.config.listen.publicHttpsPort;
-    return p === 0 && addrs ? addrs.https.port : p;
-  }
-
+  let front: TlsFront | null = null;
   let redirect: HttpServer | null = null;
   let admin: HttpServer | null = null;
   let addrs: ListenerAddresses | null = null;
@@ -355,28 +462,44 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     s.once('close', () => tlsSockets.delete(s));
   });
 
+  /** The port clients use for HTTPS: configured, or (port 0 in tests) the one actually bound. */
+  function publicPort(st: RuntimeState): number {
+    const p = st.config.listen.publicHttpsPort;
+    return p === 0 && addrs ? addrs.https.port : p;
+  }
+
   const gateway: Gateway = {
     app,
     certificates,
+    metrics,
+    events,
     current: () => state,
     async listen() {
       const cfg = state.config;
-      await app.listen(listenOptions(cfg.listen.https));
-      const https = app.server.address() as AddressInfo;
+      await app.ready();
+      // The TLS front owns the HTTPS port and hands connections to the HTTP/2 server.
+      front = createTlsFront({
+        store: certificates,
+        target: server as never,
+        onEvent: (ev) => logger.info({ ...ev }, 'tls front'),
+      });
+      const https = await front.listen(cfg.listen.https.port, cfg.listen.https.host);
       addrs = { https, http: null, admin: null };
-      let http: AddressInfo | null = null;
       if (cfg.listen.http) {
-        redirect = createRedirectServer({ current: () => state, logger, httpsPort: () => publicPort(state) });
+        redirect = createRedirectServer({ current: () => state, logger, httpsPort: () => publicPort(state), challenges: options.http01, headersTimeout: cfg.limits.headersTimeout });
         await listenOn(redirect, cfg.listen.http);
-        http = redirect.address() as AddressInfo;
+        addrs.http = redirect.address() as AddressInfo;
       }
-      let adm: AddressInfo | null = null;
       if (cfg.listen.admin) {
-        admin = createAdminServer({ ready: () => gateway.ready(), logger });
+        admin = createAdminServer({
+          ready: () => gateway.ready(),
+          logger,
+          metrics: () => metrics.exposition(),
+          metricsToken: () => state.config.admin.metricsToken,
+        });
         await listenOn(admin, cfg.listen.admin);
-        adm = admin.address() as AddressInfo;
+        addrs.admin = admin.address() as AddressInfo;
       }
-      addrs = { https, http, admin: adm };
       listening = true;
       if (authenticator) authenticator.start().catch((err: unknown) => logger.error({ err }, 'token validation start failed'));
       return addrs;
@@ -393,12 +516,10 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
       const sameAuth = JSON.stringify(config.auth) === JSON.stringify(old.config.auth);
       let nextAuth = authenticator;
       if (!sameAuth) {
-        nextAuth = createAuthenticatorFor(config, logger);
+        nextAuth = newAuthenticator(config);
         if (nextAuth && listening) await nextAuth.start();
       }
-      if (JSON.stringify(config.tls.certificates) !== JSON.stringify(old.config.tls.certificates) || !options.certificates) {
-        await certificates.loadFiles(config.tls.certificates);
-      }
+      if (!options.certificates) await certificates.loadFiles(config.tls.certificates);
       state = buildRuntimeState(config, nextAuth, old);
       if (nextAuth !== authenticator) {
         const previous = authenticator;
@@ -409,7 +530,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     },
     async close(graceMs = state.config.shutdownGrace) {
       listening = false;
-      const closing = Promise.all([app.close(), closeServer(redirect), closeServer(admin)]);
+      const closing = Promise.all([front?.close(), app.close(), closeServer(redirect), closeServer(admin)]);
       const timer = new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), graceMs).unref());
       const outcome = await Promise.race([closing.then(() => 'closed' as const), timer]);
       if (outcome === 'timeout') {
@@ -421,6 +542,8 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
       }
       slowloris.close();
       await authenticator?.close();
+      await store.close();
+      await securityLog.close();
     },
     ready() {
       const checks = {
@@ -434,10 +557,24 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
   return gateway;
 }
 
-function authorizationValues(rawHeaders: readonly string[]): string[] {
+function single(v: string | string[] | undefined): string | undefined {
+  return Array.isArray(v) ? v[0] : v;
+}
+
+function headerValues(rawHeaders: readonly string[], lowerName: string): string[] {
   const out: string[] = [];
-  for (let i = 0; i < rawHeaders.length; i += 2) if (rawHeaders[i]!.toLowerCase() === 'authorization') out.push(rawHeaders[i + 1]!);
+  for (let i = 0; i < rawHeaders.length; i += 2) if (rawHeaders[i]!.toLowerCase() === lowerName) out.push(rawHeaders[i + 1]!);
   return out;
+}
+
+/** @fastify/rate-limit put its headers on the reply before throwing; keep them on our error body. */
+function rateLimitHeaders(reply: FastifyReply): Record<string, string> | undefined {
+  const out: Record<string, string> = {};
+  for (const name of ['retry-after', 'ratelimit-limit', 'ratelimit-remaining', 'ratelimit-reset']) {
+    const v = reply.getHeader(name);
+    if (v !== undefined) out[name] = String(v);
+  }
+  return Object.keys(out).length ? out : undefined;
 }
 
 function findGatewayError(err: unknown): GatewayError | null {

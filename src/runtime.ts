@@ -8,6 +8,7 @@ import { compileRouteTable, type RouteTable } from './policy/index.js';
 import { compileTrust, type TrustFn } from './proxy/forwarded.js';
 import { UpstreamPool } from './proxy/upstreams.js';
 import type { Authenticator } from './auth/index.js';
+import { compileProtections, type RouteProtection } from './pipeline/protect.js';
 
 export interface RuntimeState {
   readonly config: GatewayConfig;
@@ -22,6 +23,10 @@ export interface RuntimeState {
   readonly identityHeaders: readonly [string, string, string];
   /** `Strict-Transport-Security` value, or null when disabled. */
   readonly hsts: string | null;
+  /** Compiled protections per route. */
+  readonly protections: ReadonlyMap<RouteConfig, RouteProtection>;
+  /** For responses to requests that matched no route (unknown host, bad path, …). */
+  readonly fallbackProtection: RouteProtection;
 }
 
 export function hstsValue(hsts: GatewayConfig['tls']['hsts']): string | null {
@@ -56,6 +61,7 @@ export function buildRuntimeState(
       pools.set(route, pool);
     }
   }
+  const protections = compileProtections(config);
   const ih = config.auth.identityHeaders;
   const identityHeaders = [ih.user.toLowerCase(), ih.email.toLowerCase(), ih.roles.toLowerCase()] as const;
   return {
@@ -71,5 +77,7 @@ export function buildRuntimeState(
       'x-real-ip', 'x-request-id',
     ],
     hsts: hstsValue(config.tls.hsts),
+    protections: protections.routes,
+    fallbackProtection: protections.fallback,
   };
 }

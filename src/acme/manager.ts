@@ -29,6 +29,8 @@ import { attachTransport, caGet, type Transport } from './transport.js';
 import type { AcmeEvent, AcmeManager, AcmeManagerOptions, AcmeOrderSpec, AcmeStatus, OrderReason, SiteStatus } from './types.js';
 
 const ACCOUNT_GONE = 'urn:ietf:params:acme:error:accountDoesNotExist';
+/** Longest `stop()` waits for an order in flight, milliseconds. */
+const STOP_GRACE = 3000;
 
 interface SiteState {
   readonly spec: AcmeOrderSpec;
@@ -252,6 +254,7 @@ export function createAcmeManager(opts: AcmeManagerOptions): AcmeManager {
     try {
       cert = await order(s);
     } catch (err) {
+      if (stopped) return; // aborted by stop(): not a CA failure
       const failure = transport?.lastFailure() ?? null;
       // acme-client turns socket errors into a TypeError; the transport saw the real cause.
       const why = failure && (failure.problem !== null || err instanceof TypeError) ? failure.detail : errMsg(err);
@@ -399,7 +402,13 @@ export function createAcmeManager(opts: AcmeManagerOptions): AcmeManager {
       stopped = true;
       if (timer) clearTimeout(timer);
       timer = null;
-      await chain;
+      // An order in flight fails fast instead of holding shutdown for its request timeouts. Its
+      // requests now fail at once, but acme-client may still sleep between status polls, so
+      // shutdown waits at most STOP_GRACE for it; the leftover only ends in a swallowed error.
+      transport?.abort();
+      let graceTimer: NodeJS.Timeout | undefined;
+      await Promise.race([chain, new Promise<void>((r) => { graceTimer = setTimeout(r, STOP_GRACE); })]);
+      clearTimeout(graceTimer);
       transport?.detach();
       transport = null;
     },

@@ -66,7 +66,19 @@ export function ariCertId(certPem: string): string {
   const cert = new x509.X509Certificate(certPem);
   const aki = cert.getExtension(x509.AuthorityKeyIdentifierExtension);
   if (!aki?.keyId) throw new GatewayError('GW_ERR_ACME', 'certificate has no authority key identifier');
-  return `${b64url(aki.keyId)}.${b64url(cert.serialNumber)}`;
+  return `${b64url(aki.keyId)}.${b64url(derIntegerContent(cert.serialNumber))}`;
+}
+
+/**
+ * The DER content octets of a positive INTEGER given as hex. Parsers report the serial as a
+ * number (leading zero octets dropped), but DER keeps a 0x00 octet when the high bit is set, and
+ * RFC 9773's certID is built from those octets (its own example: serial 00:87:65:43:21).
+ */
+export function derIntegerContent(hex: string): string {
+  let h = hex.toLowerCase().replace(/^(00)+/, '');
+  if (h.length % 2 === 1) h = `0${h}`;
+  if (h === '') return '00';
+  return Number.parseInt(h.slice(0, 1), 16) >= 8 ? `00${h}` : h;
 }
 
 /**
@@ -94,6 +106,9 @@ export function parseRetryAfter(value: unknown, now: number): number | null {
   if (typeof value !== 'string' || value.trim() === '') return null;
   const v = value.trim();
   if (/^\d+$/.test(v)) return Number(v) * 1000;
+  // Only IMF-fixdate (the form RFC 9110 requires senders to use): Date.parse alone would accept
+  // "-5" or "2" as years.
+  if (!/^[A-Za-z]{3}, \d{2} [A-Za-z]{3} \d{4} \d{2}:\d{2}:\d{2} GMT$/.test(v)) return null;
   const at = Date.parse(v);
   return Number.isFinite(at) ? Math.max(0, at - now) : null;
 }
@@ -127,7 +142,7 @@ export function safeName(raw: string): string {
   const cleaned = raw.toLowerCase().replace(/[^a-z0-9._-]/g, '_').replace(/^\.+/, '_');
   if (cleaned === raw && cleaned.length > 0 && cleaned.length <= 100) return cleaned;
   const hash = createHash('sha256').update(raw).digest('hex').slice(0, 10);
-  return `${cleaned.slice(0, 80)}-${hash}`;
+  return `${cleaned.slice(0, 80) || '_'}-${hash}`;
 }
 
 /** Storage folder for a directory URL: its host (and port), made safe. */

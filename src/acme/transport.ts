@@ -42,6 +42,8 @@ export interface Transport {
   reset(): void;
   /** Last failure seen for our origin since `reset()`, ignoring badNonce (acme-client retries it). */
   lastFailure(): CaFailure | null;
+  /** Destroys requests in flight and fails every later one at once (used by `stop()`). */
+  abort(): void;
   detach(): void;
 }
 
@@ -51,6 +53,8 @@ export function attachTransport(opts: { directoryUrl: string; caPem: string | nu
   const origin = new URL(opts.directoryUrl).origin;
   const agent = opts.caPem === null ? null : new https.Agent({ ca: opts.caPem, keepAlive: true });
   let last: CaFailure | null = null;
+  let aborted = false;
+  const live = new Set<ClientRequest>();
 
   const ours = (cfg: Cfg): boolean => {
     try {
@@ -65,9 +69,12 @@ export function attachTransport(opts: { directoryUrl: string; caPem: string | nu
   const transport = {
     request(options: RequestOptions, cb: (res: IncomingMessage) => void): ClientRequest {
       const req = (options.protocol === 'http:' ? http : https).request(options, cb);
+      live.add(req);
+      req.on('close', () => live.delete(req));
       req.on('error', (err: NodeJS.ErrnoException) => {
         last = { problem: null, status: null, detail: err.code ? `${err.code}: ${err.message}` : err.message, retryAfterMs: null };
       });
+      if (aborted) req.destroy(new Error('ACME manager stopped'));
       return req;
     },
   };
@@ -104,6 +111,10 @@ export function attachTransport(opts: { directoryUrl: string; caPem: string | nu
       last = null;
     },
     lastFailure: () => last,
+    abort: () => {
+      aborted = true;
+      for (const req of live) req.destroy(new Error('ACME manager stopped'));
+    },
     detach: () => {
       acme.axios.interceptors.request.eject(reqId);
       acme.axios.interceptors.response.eject(resId);

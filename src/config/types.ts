@@ -98,7 +98,7 @@ export interface RouteConfig {
 export interface SiteConfig {
   /** Stable id for logs/metrics: YAML `id`, else the first host. */
   readonly id: string;
-  /** Lower-case host names, may include one leading `*.` wildcard label. */
+  /** Lower-case host names, may include one leading `*.` wildcard label; IP literals as `192.0.2.1` or `[::1]` (compressed). */
   readonly hosts: readonly string[];
   readonly upstream: readonly UpstreamTarget[];
   readonly routes: readonly RouteConfig[];

@@ -62,6 +62,8 @@ export interface GatewayMetrics {
   readonly contentType: string;
   /** The exposition text of every family. */
   metrics(): Promise<string>;
+  /** Text and Content-Type together: the shape `server/admin.ts`'s `metrics` option expects. */
+  exposition(): Promise<{ contentType: string; body: string }>;
 
   /** One finished client request. `status` is the HTTP status sent; `seconds` its total duration. */
   observeRequest(site: string, route: string, method: string, status: number, seconds: number): void;
@@ -292,6 +294,7 @@ export function createMetrics(options: MetricsOptions): GatewayMetrics {
     registry,
     contentType: registry.contentType,
     metrics: () => registry.metrics(),
+    exposition: async () => ({ contentType: registry.contentType, body: await registry.metrics() }),
 
     observeRequest(site, route, method, status, seconds) {
       const s = sites.value(site);

@@ -119,6 +119,7 @@ export function newContext(state: RuntimeState, req: RawRequestView, startedAt: 
     query: '',
     principal: null,
     upstream: null,
+    proxied: false,
     reason: null,
   };
 }

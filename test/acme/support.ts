@@ -115,3 +115,26 @@ export async function tlsAuthorized(certPem: string, keyPem: string, servername:
 }
 
 export const serialOf = (certPem: string): string => new X509Certificate(certPem).serialNumber;
+
+/** A self-signed certificate (with an AKI, so RFC 9773 certIDs work) and its PKCS#8 key, as PEM. */
+export async function makeCert(opts: { hosts: string[]; notBefore: Date; notAfter: Date; serial?: string }): Promise<{ certPem: string; keyPem: string }> {
+  const x509 = await import('@peculiar/x509');
+  const { webcrypto } = await import('node:crypto');
+  const alg = { name: 'ECDSA', namedCurve: 'P-256', hash: 'SHA-256' };
+  const keys = await webcrypto.subtle.generateKey(alg, true, ['sign', 'verify']);
+  const cert = await x509.X509CertificateGenerator.createSelfSigned({
+    serialNumber: opts.serial ?? '0a1b2c3d',
+    name: `CN=${opts.hosts[0] ?? 'x'}`,
+    notBefore: opts.notBefore,
+    notAfter: opts.notAfter,
+    signingAlgorithm: alg,
+    keys,
+    extensions: [
+      new x509.SubjectAlternativeNameExtension(opts.hosts.map((value) => ({ type: 'dns' as const, value }))),
+      new x509.AuthorityKeyIdentifierExtension('69885B6B87464041E1B37B847BA0AE2CDE01C8D4'),
+    ],
+  });
+  const pkcs8 = Buffer.from(await webcrypto.subtle.exportKey('pkcs8', keys.privateKey)).toString('base64');
+  const keyPem = `-----BEGIN PRIVATE KEY-----\n${pkcs8.match(/.{1,64}/g)?.join('\n') ?? ''}\n-----END PRIVATE KEY-----\n`;
+  return { certPem: cert.toString('pem'), keyPem };
+}

@@ -47,6 +47,9 @@ t.test('exactly the documented portcullis_ families, with help, types and label 
     t.same(metric.labelNames, want?.labels, `${f.name} labels`);
   }
   t.match(m.contentType, /^text\/plain; version=0\.0\.4/);
+  const e = await m.exposition();
+  t.equal(e.contentType, m.contentType);
+  t.match(e.body, /^# HELP portcullis_build_info /m);
 });
 
 t.test('default process metrics keep their standard names (no portcullis_ prefix)', async (t) => {
