@@ -154,10 +154,14 @@ async function start(configPath: string, watchFile: boolean, io: Io): Promise<nu
         for (const w of next.warnings) logger.warn({ config: configPath }, w);
         await prepareCertificates(next.config, logger, gateway.certificates);
         await gateway.reload(next.config);
-        logger.info({ event: 'config_reloaded', trigger: why }, 'configuration reloaded');
+        gateway.metrics.configReload('success');
+        gateway.events.emit('config_reloaded', { file: configPath, reason: why });
+        logger.info({ trigger: why }, 'configuration reloaded');
       } catch (err) {
         const problems = err instanceof ConfigError ? formatProblems(err.problems).split('\n') : [(err as Error).message];
-        logger.error({ event: 'config_rejected', trigger: why, problems }, 'configuration rejected; the previous configuration keeps serving');
+        gateway.metrics.configReload('failure');
+        gateway.events.emit('config_rejected', { file: configPath, reason: why, problems });
+        logger.error({ trigger: why, problems }, 'configuration rejected; the previous configuration keeps serving');
       }
     });
   };

@@ -340,6 +340,8 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     upstream: '',
     prefix: '/',
     websocket: true,
+    // The gateway writes one access line per request itself.
+    disableRequestLogging: true,
     httpMethods: [...PROXIED_METHODS],
     undici: {
       connections: 256,

@@ -25,7 +25,7 @@ export function pinningPlan() {
   const taskset = which('taskset');
   const cpus = os.availableParallelism?.() ?? os.cpus().length;
   if (!taskset || cpus < 2) return null;
-  return { taskset, server: '0', client: cpus === 2 ? '1' : `1-${cpus - 1}` };
+  return { taskset, server: '0', client: cpus === 2 ? '1' : `1-${cpus - 1}`, clientCores: cpus - 1 };
 }
 
 /** [cmd, args] wrapped in `taskset -c CPUS` when a plan exists. */

@@ -409,8 +409,10 @@ export function createAcmeManager(opts: AcmeManagerOptions): AcmeManager {
       let graceTimer: NodeJS.Timeout | undefined;
       await Promise.race([chain, new Promise<void>((r) => { graceTimer = setTimeout(r, STOP_GRACE); })]);
       clearTimeout(graceTimer);
-      transport?.detach();
-      transport = null;
+      // Detach only once the order has really ended: until then its (aborted) requests must keep
+      // going through our transport, not through acme-client's defaults.
+      const tr = transport;
+      void chain.then(() => tr?.detach());
     },
 
     status(): AcmeStatus {

@@ -114,7 +114,8 @@ t.test('methods: /admin is GET/POST for admins, every other method hits the deny
   // Methods the gateway never proxies.
   for (const method of ['TRACE', 'CONNECT', 'PROPFIND']) {
     const raw = await rawTls(gw.port, gw.ca, `${method} /admin HTTP/1.1\r\nHost: app.test\r\nAuthorization: Bearer ${adminToken}\r\nConnection: close\r\n\r\n`);
-    t.ok([400, 405].includes(statusOf(raw)), `${method}: refused (${statusOf(raw)})`);
+    // CONNECT: Node's server has no 'connect' listener and drops the connection (status 0).
+    t.ok([0, 400, 405].includes(statusOf(raw)), `${method}: refused (${statusOf(raw) || 'connection closed'})`);
   }
   t.equal(up.seen.length, 0);
 });
@@ -122,9 +123,15 @@ t.test('methods: /admin is GET/POST for admins, every other method hits the deny
 t.test('public and authenticated routes: neighbours of /health and /admin are not confused', async (t) => {
   const up = await startUpstream(t);
   const gw = await startGateway(t, policyYaml(idp.issuer, up.origin));
-  for (const path of ['/health', '/HEALTH', '/health/', '/health;x', '/health/deep', '/admin/../health']) {
+  for (const path of ['/health', '/health/', '/health/deep', '/admin/../health', '/%68ealth']) {
     const res = await gw.request({ path });
     t.equal(res.status, 200, `${path}: public`);
+  }
+  // Only the matching view makes these /health; a case-sensitive or `;`-unaware upstream would
+  // serve them from "/", so the gateway applies the stricter of the two routes (authenticated).
+  for (const path of ['/HEALTH', '/Health/x', '/health;x']) {
+    t.equal((await gw.request({ path })).status, 401, `${path}: strictest candidate route applies`);
+    t.equal(lastAccess(gw)?.route, 'app.test:3');
   }
   for (const path of ['/healthz', '/health-admin', '/administrator', '/admins', '/']) {
     t.equal((await gw.request({ path })).status, 401, `${path}: not public, needs a token`);
@@ -172,8 +179,11 @@ t.test('a site without a "/" route: unmatched paths are 404 and never proxied', 
   for (const path of ['/', '/other', '/healthz', '/apiv2', '/api/../other', '/API2', '/%2561dmin']) {
     t.equal((await gw.request({ path, headers: bearer(adminToken) })).status, 404, `${path}: 404`);
   }
-  t.equal((await gw.request({ path: '/API/x', headers: bearer(userToken) })).status, 200, '/API/x matches /api');
+  t.equal((await gw.request({ path: '/api/x', headers: bearer(userToken) })).status, 200, '/api/x matches /api');
+  // A case-sensitive upstream would not serve /API/x from /api, and there is no "/" route: 404 is
+  // the strictest reading.
+  t.equal((await gw.request({ path: '/API/x', headers: bearer(userToken) })).status, 404, '/API/x: 404');
   t.equal((await gw.request({ path: '/health/../admin', headers: bearer(userToken) })).status, 403);
   t.equal(up.seen.length, 1);
-  t.equal(up.seen[0]?.url, '/API/x');
+  t.equal(up.seen[0]?.url, '/api/x');
 });

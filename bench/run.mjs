@@ -1,0 +1,245 @@
+#!/usr/bin/env node
+// Portcullis benchmark harness (issue 7). Plain ESM JavaScript so that it runs without a TS loader;
+// it benchmarks the BUILT gateway (dist/), so run `npm run build` first (`npm run bench` does).
+//
+//   node bench/run.mjs [--quick] [--json] [--duration 10s] [--rounds 3] [--only a,b]
+//                      [--tool wrk|autocannon] [--workers N] [--idle [--idle-connections 10000]]
+//                      [--out FILE]
+//
+// Systems: direct (the upstream itself, plain HTTP: the ceiling), nginx, caddy (skipped when not
+// installed), proxy-only and full (the gateway). Scenarios: keep-alive with 64 connections, with
+// 1 connection, and a new TLS handshake per request. Systems run interleaved, round after round;
+// the table shows medians.
+import { parseArgs } from 'node:util';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir, cpus, totalmem, release, availableParallelism } from 'node:os';
+import { join } from 'node:path';
+import http from 'node:http';
+import { generateKeyPair, exportJWK, SignJWT } from 'jose';
+import { pinningPlan, sampleRss, treeRss } from './lib/proc.mjs';
+import { systems, workerSystems, makeCertificate, startUpstream, ISSUER, AUDIENCE } from './lib/systems.mjs';
+import { pickLoadGenerator, runLoad } from './lib/load.mjs';
+import { summarize, ratios, targets, formatTable, parseDurationMs } from './lib/stats.mjs';
+import { idleBenchmark } from './lib/idle.mjs';
+
+const USAGE = `usage: node bench/run.mjs [--quick] [--json] [--duration 10s] [--rounds 3] [--only direct,nginx,caddy,proxy-only,full]
+                         [--scenarios c64,c1,handshake] [--tool wrk|autocannon] [--workers N] [--out FILE]
+       node bench/run.mjs --idle [--idle-connections 10000] [--json]`;
+
+const SCENARIOS = {
+  c64: { connections: 64, close: false },
+  c1: { connections: 1, close: false },
+  // A fresh TCP connection and full TLS handshake for every request (wrk does not resume sessions).
+  handshake: { connections: 16, close: true },
+};
+
+function log(...args) {
+  process.stderr.write(`[bench] ${args.join(' ')}\n`);
+}
+
+function options() {
+  const { values } = parseArgs({
+    options: {
+      quick: { type: 'boolean' },
+      json: { type: 'boolean' },
+      duration: { type: 'string' },
+      warmup: { type: 'string' },
+      rounds: { type: 'string' },
+      only: { type: 'string' },
+      scenarios: { type: 'string' },
+      tool: { type: 'string' },
+      workers: { type: 'string' },
+      out: { type: 'string' },
+      idle: { type: 'boolean' },
+      'idle-connections': { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
+  if (values.help) {
+    process.stdout.write(`${USAGE}\n`);
+    process.exit(0);
+  }
+  const quick = values.quick ?? false;
+  const o = {
+    quick,
+    json: values.json ?? false,
+    durationMs: parseDurationMs(values.duration ?? (quick ? '2s' : '10s')),
+    warmupMs: parseDurationMs(values.warmup ?? (quick ? '1s' : '3s')),
+    rounds: Number(values.rounds ?? 3),
+    only: values.only ? values.only.split(',').map((s) => s.trim()).filter(Boolean) : null,
+    scenarios: (values.scenarios ?? 'c64,c1,handshake').split(',').map((s) => s.trim()),
+    tool: values.tool ?? null,
+    workers: values.workers ? Number(values.workers) : 0,
+    out: values.out ?? null,
+    idle: values.idle ?? false,
+    idleConnections: Number(values['idle-connections'] ?? 10_000),
+  };
+  if (!Number.isInteger(o.rounds) || o.rounds < 1) throw new Error('--rounds must be a positive integer');
+  for (const s of o.scenarios) if (!SCENARIOS[s]) throw new Error(`unknown scenario ${s} (known: ${Object.keys(SCENARIOS).join(', ')})`);
+  return o;
+}
+
+function machine() {
+  const cpu = cpus()[0]?.model ?? 'unknown';
+  return {
+    cpu,
+    cores: availableParallelism(),
+    memoryGiB: Math.round((totalmem() / 2 ** 30) * 10) / 10,
+    node: process.version,
+    kernel: release(),
+  };
+}
+
+/** A tiny JWKS endpoint and an ES256 token it verifies (roles: [admin]). */
+async function startJwks() {
+  const { publicKey, privateKey } = await generateKeyPair('ES256', { extractable: true });
+  const jwk = { ...(await exportJWK(publicKey)), kid: 'bench-1', alg: 'ES256', use: 'sig' };
+  const body = JSON.stringify({ keys: [jwk] });
+  const server = http.createServer((req, res) => {
+    res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'max-age=3600' });
+    res.end(body);
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  const token = await new SignJWT({ roles: ['admin'], email: 'bench@example.com' })
+    .setProtectedHeader({ alg: 'ES256', kid: 'bench-1', typ: 'JWT' })
+    .setIssuer(ISSUER)
+    .setAudience(AUDIENCE)
+    .setSubject('bench-user')
+    .setIssuedAt()
+    .setExpirationTime('6h')
+    .sign(privateKey);
+  return {
+    uri: `http://127.0.0.1:${server.address().port}/jwks`,
+    token,
+    stop: () => new Promise((r) => { server.closeAllConnections(); server.close(() => r()); }),
+  };
+}
+
+async function main() {
+  const o = options();
+  const plan = pinningPlan();
+  const tool = pickLoadGenerator(o.tool);
+  const dir = mkdtempSync(join(tmpdir(), 'portcullis-bench-'));
+  const cleanups = [];
+  const cleanup = async () => {
+    while (cleanups.length) {
+      try {
+        await cleanups.pop()();
+      } catch (err) {
+        log(`cleanup: ${err.message}`);
+      }
+    }
+    rmSync(dir, { recursive: true, force: true });
+  };
+  process.once('SIGINT', () => void cleanup().then(() => process.exit(130)));
+  process.once('SIGTERM', () => void cleanup().then(() => process.exit(143)));
+  try {
+    const cert = await makeCertificate(dir);
+    // The shared upstream runs on the load generator's core: the server under test gets its
+    // core to itself, and every proxied system pays the same upstream cost.
+    const upstream = await startUpstream(plan, plan ? 'client' : null);
+    cleanups.push(() => upstream.stop());
+    const jwks = await startJwks();
+    cleanups.push(() => jwks.stop());
+    const ctx = { plan, dir, cert, upstream, jwks };
+
+    if (o.idle) {
+      const result = await idleBenchmark(ctx, o, log);
+      result.machine = machine();
+      if (o.out) writeFileSync(o.out, `${JSON.stringify(result, null, 2)}\n`);
+      process.stdout.write(o.json ? `${JSON.stringify(result, null, 2)}\n` : `${result.text}\n`);
+      return 0;
+    }
+
+    if (!tool) throw new Error('no load generator: install wrk (Debian: wrk) or run `npm install` in bench/ for autocannon');
+    const all = [...systems(), ...(o.workers > 0 ? workerSystems(o.workers) : [])];
+    if (o.only) {
+      const unknown = o.only.filter((n) => !all.some((s) => s.name === n));
+      if (unknown.length) throw new Error(`unknown system(s) in --only: ${unknown.join(', ')} (known: ${all.map((s) => s.name).join(', ')})`);
+    }
+    const wanted = all.filter((s) => !o.only || o.only.includes(s.name));
+    const skipped = [];
+    const running = [];
+    for (const s of wanted) {
+      const why = s.available();
+      if (why) {
+        skipped.push({ system: s.name, reason: why });
+        log(`skip ${s.name}: ${why}`);
+        continue;
+      }
+      try {
+        const inst = await s.start(ctx);
+        cleanups.push(() => inst.stop());
+        await inst.check();
+        running.push({ name: s.name, ...inst });
+        log(`started ${s.name} at ${inst.url} (pid ${inst.pid})`);
+      } catch (err) {
+        skipped.push({ system: s.name, reason: err.message });
+        log(`FAILED ${s.name}: ${err.message}`);
+      }
+    }
+    if (running.length === 0) throw new Error('no system could be started');
+
+    const clientCores = plan ? plan.clientCores : 1;
+    const load = (inst, scenario, durationMs) =>
+      runLoad({ tool, plan, dir, url: inst.url, headers: inst.headers, ...SCENARIOS[scenario], durationMs, clientCores });
+
+    for (const inst of running) {
+      log(`warm-up ${inst.name}`);
+      await load(inst, 'c64', o.warmupMs);
+    }
+
+    const samples = [];
+    for (let round = 1; round <= o.rounds; round++) {
+      // Rotate the start so that no system always runs first (or right after the same one).
+      const order = running.map((_, i) => running[(i + round - 1) % running.length]);
+      for (const scenario of o.scenarios) {
+        for (const inst of order) {
+          const sampler = sampleRss(inst.pid);
+          const r = await load(inst, scenario, o.durationMs);
+          const rssBytes = sampler.stop();
+          samples.push({ system: inst.name, scenario, round, ...r, rssBytes });
+          log(`round ${round} ${scenario} ${inst.name}: ${r.rps.toFixed(0)} req/s p50 ${r.p50Ms.toFixed(2)} ms p99 ${r.p99Ms.toFixed(2)} ms RSS ${rssBytes == null ? '-' : (rssBytes / 2 ** 20).toFixed(1)} MB non-2xx ${r.non2xx} errors ${r.errors}`);
+        }
+      }
+    }
+    const idleRss = Object.fromEntries(running.map((i) => [i.name, treeRss(i.pid)]));
+    const rows = summarize(samples);
+    const rs = ratios(rows);
+    const tg = targets(rows, rs);
+    const m = machine();
+    const result = {
+      machine: m,
+      settings: {
+        tool,
+        pinning: plan ? { server: plan.server, client: plan.client } : null,
+        durationMs: o.durationMs,
+        warmupMs: o.warmupMs,
+        rounds: o.rounds,
+        scenarios: Object.fromEntries(o.scenarios.map((s) => [s, SCENARIOS[s]])),
+        upstreamBodyBytes: upstream.bodyBytes,
+      },
+      skipped,
+      rows,
+      ratios: rs,
+      targets: tg,
+      rssAfterLoadBytes: idleRss,
+      samples,
+    };
+    const title = `Portcullis benchmark — ${m.cpu}, ${m.cores} cores, Node ${m.node}, ${tool}${plan ? `, server on CPU ${plan.server}, load on CPU ${plan.client}` : ', no CPU pinning'}`;
+    result.text = `${formatTable(rows, rs, { title, targets: tg })}${skipped.length ? `\n\nskipped:\n${skipped.map((s) => `- ${s.system}: ${s.reason}`).join('\n')}` : ''}`;
+    if (o.out) writeFileSync(o.out, `${JSON.stringify(result, null, 2)}\n`);
+    process.stdout.write(o.json ? `${JSON.stringify(result, null, 2)}\n` : `${result.text}\n`);
+    return 0;
+  } finally {
+    await cleanup();
+  }
+}
+
+main().then(
+  (code) => process.exit(code),
+  (err) => {
+    process.stderr.write(`bench: ${err.stack ?? err}\n`);
+    process.exit(1);
+  },
+);
