@@ -186,6 +186,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
       const ban = await bans.isBanned(ipKey(ctx.clientIp));
       if (ban.banned) {
         ctx.reason = 'banned';
+        metrics.rateLimited(ctx.site!.id, ctx.route!.id);
         events.emit('banned', { ...who(ctx), reason: 'ban_active' });
         return sendError(reply, 429, 'GW_ERR_BANNED', { 'retry-after': String(Math.max(1, Math.ceil(ban.retryAfterMs / 1000))) });
       }

@@ -257,7 +257,7 @@ export function createAcmeManager(opts: AcmeManagerOptions): AcmeManager {
       if (stopped) return; // aborted by stop(): not a CA failure
       const failure = transport?.lastFailure() ?? null;
       // acme-client turns socket errors into a TypeError; the transport saw the real cause.
-      const why = failure && (failure.problem !== null || err instanceof TypeError) ? failure.detail : errMsg(err);
+      const why = failure !== null && err instanceof TypeError ? failure.detail : errMsg(err);
       const t = now();
       s.failures += 1;
       s.lastError = why;

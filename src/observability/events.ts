@@ -66,7 +66,7 @@ export const COMMON_SECURITY_FIELDS: readonly string[] = Object.freeze(['ip', 'u
 
 /** Every event, its level and fields — the README's table is generated from this. */
 export const SECURITY_EVENTS: readonly SecurityEventInfo[] = Object.freeze([
-  { name: 'auth_failed', level: 'warn', description: 'A request had missing, invalid or expired credentials (HTTP 401).', fields: ['issuer'] },
+  { name: 'auth_failed', level: 'warn', description: 'A request presented an invalid, expired or malformed token (HTTP 401, or 400 for two Authorization headers). A request without any token is not a failure.', fields: ['issuer'] },
   { name: 'access_denied', level: 'warn', description: 'An authenticated user lacked a required role, or the route is `access: deny` (HTTP 403).', fields: ['required_roles'] },
   { name: 'rate_limited', level: 'warn', description: 'A request exceeded a rate limit (HTTP 429).', fields: ['key', 'limit', 'window_ms'] },
   { name: 'banned', level: 'warn', description: 'A client key was banned after repeated authentication failures.', fields: ['key', 'duration_ms', 'failures'] },

@@ -171,7 +171,7 @@ export function createMetrics(options: MetricsOptions): GatewayMetrics {
   });
   const authFailures = new Counter({
     name: 'portcullis_auth_failures_total',
-    help: 'Requests whose credentials were missing or rejected, by reason.',
+    help: 'Requests whose token was rejected (invalid, expired, malformed), by reason.',
     labelNames: ['reason'] as const,
     registers,
   });

@@ -51,8 +51,10 @@ sites:
 });
 
 t.test('a single Set-Cookie (not an array) and per-route cookie rules', async (t) => {
-  const up = await startUpstream(t, (_req, res) => {
-    res.writeHead(200, { 'content-type': 'text/plain', 'set-cookie': 'one=1; Path=/' });
+  const up = await startUpstream(t, (req, res) => {
+    // The app itself asks for SameSite=None under /appnone/.
+    const cookie = req.url!.startsWith('/appnone/') ? 'x=1; SameSite=None' : 'one=1; Path=/';
+    res.writeHead(200, { 'content-type': 'text/plain', 'set-cookie': cookie });
     res.end('ok');
   });
   const gw = await startGateway(t, `${LOOPBACK_LISTEN}
@@ -62,16 +64,20 @@ sites:
     cookies: { same_site: Strict }
     routes:
       - { path: /, access: public }
-      - { path: /legacy/, access: public, cookies: { same_site: null, http_only: false } }
-      - { path: /embed/, access: public, cookies: { same_site: None, secure: false } }
+      - { path: /legacy/, access: public, cookies: { same_site: null, http_only: false, secure: false } }
+      - { path: /embed/, access: public, cookies: { same_site: None } }
+      - { path: /appnone/, access: public, cookies: { secure: false, http_only: false } }
 `);
   const site = await gw.request({ path: '/' });
   t.same(all(site.headers['set-cookie']), ['one=1; Path=/; Secure; HttpOnly; SameSite=Strict'], 'site-level same_site');
   const legacy = await gw.request({ path: '/legacy/x' });
-  t.same(all(legacy.headers['set-cookie']), ['one=1; Path=/; Secure'], 'route: no SameSite added, no HttpOnly; secure inherited');
+  t.same(all(legacy.headers['set-cookie']), ['one=1; Path=/'], 'route with hardening off: untouched');
   const embed = await gw.request({ path: '/embed/x' });
-  // SameSite=None without Secure is dropped by browsers, so Secure is still added over HTTPS.
-  t.same(all(embed.headers['set-cookie']), ['one=1; Path=/; Secure; HttpOnly; SameSite=None'], 'SameSite=None forces Secure even with secure: false');
+  t.same(all(embed.headers['set-cookie']), ['one=1; Path=/; Secure; HttpOnly; SameSite=None'], 'route same_site: None');
+  // SameSite=None without Secure is dropped by browsers (RFC 6265bis §5.7), so Secure is added
+  // over HTTPS even with secure: false rather than letting the cookie vanish.
+  const appNone = await gw.request({ path: '/appnone/x' });
+  t.same(all(appNone.headers['set-cookie']), ['x=1; SameSite=None; Secure'], 'app SameSite=None gets Secure even with secure: false');
 });
 
 t.test('cookies on the gateway own answers are not invented, and a 401 passes no upstream cookie', async (t) => {
