@@ -4,7 +4,10 @@
 //
 //   node bench/run.mjs [--quick] [--json] [--duration 10s] [--rounds 3] [--only a,b]
 //                      [--tool wrk|autocannon] [--workers N] [--idle [--idle-connections 10000]]
-//                      [--out FILE]
+//                      [--out FILE] [--cpu-prof DIR]
+//
+// --cpu-prof DIR: the gateway processes run with `node --cpu-prof`; their profiles land in DIR
+// when the run ends (summarize one with `node bench/profile-summary.mjs FILE`).
 //
 // Systems: direct (the upstream itself, plain HTTP: the ceiling), nginx, caddy (skipped when not
 // installed), proxy-only and full (the gateway). Scenarios: keep-alive with 64 connections, with
@@ -13,7 +16,7 @@
 import { parseArgs } from 'node:util';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir, cpus, totalmem, release, availableParallelism } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import http from 'node:http';
 import { generateKeyPair, exportJWK, SignJWT } from 'jose';
 import { pinningPlan, sampleRss, treeRss } from './lib/proc.mjs';
@@ -50,6 +53,7 @@ function options() {
       tool: { type: 'string' },
       workers: { type: 'string' },
       out: { type: 'string' },
+      'cpu-prof': { type: 'string' },
       idle: { type: 'boolean' },
       'idle-connections': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
@@ -71,6 +75,7 @@ function options() {
     tool: values.tool ?? null,
     workers: values.workers ? Number(values.workers) : 0,
     out: values.out ?? null,
+    cpuProfDir: values['cpu-prof'] ? resolve(values['cpu-prof']) : null,
     idle: values.idle ?? false,
     idleConnections: Number(values['idle-connections'] ?? 10_000),
   };
@@ -141,7 +146,7 @@ async function main() {
     cleanups.push(() => upstream.stop());
     const jwks = await startJwks();
     cleanups.push(() => jwks.stop());
-    const ctx = { plan, dir, cert, upstream, jwks };
+    const ctx = { plan, dir, cert, upstream, jwks, cpuProfDir: o.cpuProfDir };
 
     if (o.idle) {
       const result = await idleBenchmark(ctx, o, log);

@@ -41,6 +41,7 @@ import { MemoryStore, type Store } from './state/index.js';
 import { createRedirectServer } from './server/redirect.js';
 import { createAdminServer } from './server/admin.js';
 import { SlowlorisGuard } from './server/slowloris.js';
+import { createCertificateAutomation } from './server/acme.js';
 import type { Authenticator } from './auth/index.js';
 
 export interface GatewayOptions {
@@ -51,8 +52,6 @@ export interface GatewayOptions {
   readonly version?: string;
   /** Shared state for rate limits and bans (default: in memory). */
   readonly store?: Store;
-  /** ACME HTTP-01 key authorizations by token, served on the HTTP listener. */
-  readonly http01?: { get(token: string): string | undefined };
 }
 
 export interface ListenerAddresses {
@@ -137,6 +136,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
   const bans = new BanList({ store });
   metrics.setBansActiveProvider(() => bans.activeBans());
   metrics.setCertificateProvider(() => [...certificates.expiries()].map(([host, notAfter]) => ({ host, notAfter })));
+  const automation = createCertificateAutomation({ certificates, logger, metrics, events });
 
   const newAuthenticator = (config: GatewayConfig): Authenticator | null =>
     createAuthenticatorFor(config, logger, (issuer, result) => metrics.jwksRefresh(issuer, result === 'ok' ? 'success' : 'failure'));
@@ -146,7 +146,12 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
 
   const app = Fastify({
     http2: true,
-    https: { ...certificates.serverOptions(), allowHTTP1: true },
+    https: {
+      ...certificates.serverOptions(),
+      allowHTTP1: true,
+      // HTTP/2 header block limit; the HTTP/1.1 one is set on the server below.
+      settings: { maxHeaderListSize: cfg0.limits.maxHeaderSize },
+    },
     loggerInstance: logger,
     disableRequestLogging: true,
     requestIdHeader: false,
@@ -165,6 +170,9 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
   }) as unknown as FastifyInstance;
 
   const server = app.server as unknown as HttpServer;
+  // Node's HTTP/1.1 parser reads this from the server object for connections the http2 server
+  // hands to it (allowHTTP1); beyond it the client gets 431.
+  (server as HttpServer & { maxHeaderSize?: number }).maxHeaderSize = cfg0.limits.maxHeaderSize;
   certificates.bindServer(server as never);
   slowloris.attach(server);
 
@@ -489,7 +497,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
       const https = await front.listen(cfg.listen.https.port, cfg.listen.https.host);
       addrs = { https, http: null, admin: null };
       if (cfg.listen.http) {
-        redirect = createRedirectServer({ current: () => state, logger, httpsPort: () => publicPort(state), challenges: options.http01, headersTimeout: cfg.limits.headersTimeout });
+        redirect = createRedirectServer({ current: () => state, logger, httpsPort: () => publicPort(state), challenges: automation.http01, headersTimeout: cfg.limits.headersTimeout });
         await listenOn(redirect, cfg.listen.http);
         addrs.http = redirect.address() as AddressInfo;
       }
@@ -504,6 +512,8 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
         addrs.admin = admin.address() as AddressInfo;
       }
       listening = true;
+      // Stored certificates are installed at once; orders run in the background.
+      await automation.start(cfg);
       if (authenticator) authenticator.start().catch((err: unknown) => logger.error({ err }, 'token validation start failed'));
       return addrs;
     },
@@ -524,6 +534,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
       }
       if (!options.certificates) await certificates.loadFiles(config.tls.certificates);
       state = buildRuntimeState(config, nextAuth, old);
+      if (listening) await automation.reload(config);
       if (nextAuth !== authenticator) {
         const previous = authenticator;
         authenticator = nextAuth;
@@ -533,6 +544,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     },
     async close(graceMs = state.config.shutdownGrace) {
       listening = false;
+      await automation.stop();
       const closing = Promise.all([front?.close(), app.close(), closeServer(redirect), closeServer(admin)]);
       const timer = new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), graceMs).unref());
       const outcome = await Promise.race([closing.then(() => 'closed' as const), timer]);

@@ -124,9 +124,10 @@ function httpGet(port) {
 }
 
 /** Starts the gateway CLI on a config file; rejects with the CLI's own output when it fails. */
-async function startGateway({ name, plan, pin, configPath, port, dir }) {
+async function startGateway({ name, plan, pin, configPath, port, dir, cpuProfDir }) {
   const lines = [];
-  const [cmd, args] = pin ? pinned(plan, 'server', process.execPath, [GATEWAY_CLI, 'start', '--config', configPath]) : [process.execPath, [GATEWAY_CLI, 'start', '--config', configPath]];
+  const nodeArgs = [...(cpuProfDir ? ['--cpu-prof', '--cpu-prof-dir', cpuProfDir, '--cpu-prof-name', `${name}.cpuprofile`] : []), GATEWAY_CLI, 'start', '--config', configPath];
+  const [cmd, args] = pin ? pinned(plan, 'server', process.execPath, nodeArgs) : [process.execPath, nodeArgs];
   const proc = startChild(cmd, args, { cwd: dir, onLine: (l) => lines.length < 200 && lines.push(l) });
   try {
     await waitForPort(port, 20_000, proc.child);
@@ -266,7 +267,7 @@ function gatewaySystem(name, full, workers = 0) {
       const problem = await validateGatewayConfig(configPath);
       if (problem) throw new Error(`${name}: the generated configuration is refused by \`portcullis validate\`:\n${problem}`);
       // Several workers cannot share one pinned core: a multi-worker gateway runs unpinned.
-      const proc = await startGateway({ name, plan: ctx.plan, pin: ctx.plan !== null && workers === 0, configPath, port, dir: ctx.dir });
+      const proc = await startGateway({ name, plan: ctx.plan, pin: ctx.plan !== null && workers === 0, configPath, port, dir: ctx.dir, cpuProfDir: ctx.cpuProfDir });
       const headers = full ? { authorization: `Bearer ${ctx.jwks.token}` } : {};
       return {
         url: `https://${HOST}:${port}/`,

@@ -4,7 +4,7 @@ import t from 'tap';
 import { randomBytes } from 'node:crypto';
 import { rawTls, startGateway, startUpstream, statusOf } from '../helpers/gateway.js';
 import {
-  ADMIN_CLAIMS, JWT_AUD, USER_CLAIMS, bearer, count, goodClaims, hs256WithPublicKey, idpToken, lastAccess, payloadOf, policyYaml,
+  ADMIN_CLAIMS, JWT_AUD, USER_CLAIMS, bearer, count, goodClaims, hs256WithPublicKey, idpToken, lastAccess, policyYaml,
   privateKey, publicJwk, sign, signingKeys, startIdp, tamper, unsignedToken,
 } from './_support.js';
 
@@ -170,6 +170,5 @@ t.test('a flood of unknown kids does not hammer the IdP', async (t) => {
   );
   t.same(new Set(results), new Set([401]), 'every random kid is refused');
   t.ok(count(idp, 'GET /jwks') - jwksBefore <= 1, `at most one JWKS refresh per cooldown (saw ${count(idp, 'GET /jwks') - jwksBefore})`);
-  t.equal(up.seen.length, 1);
-  t.equal(payloadOf(await idpToken(idp)).iss, idp.issuer);
+  t.equal(up.seen.length, 1, 'none of them reached the upstream');
 });

@@ -46,7 +46,9 @@ type Tap = { teardown(fn: () => unknown): void };
 /** Opens a WebSocket through the gateway: 'open' or the HTTP status the gateway refused it with. */
 function connect(t: Tap, port: number, ca: string, path: string, headers: Record<string, string>): Promise<{ ws: WebSocket | null; status: number; wwwAuthenticate?: string }> {
   return new Promise((resolve, reject) => {
-    const ws = new WebSocket(`wss://127.0.0.1:${port}${path}`, { ca, servername: 'app.test', headers: { host: 'app.test', ...headers } });
+    // `servername` is a tls.connect option ws passes through; its typings do not list it.
+    const options = { ca, servername: 'app.test', headers: { host: 'app.test', ...headers } };
+    const ws = new WebSocket(`wss://127.0.0.1:${port}${path}`, options);
     t.teardown(() => ws.terminate());
     ws.once('open', () => resolve({ ws, status: 101 }));
     ws.once('unexpected-response', (_req, res) => {

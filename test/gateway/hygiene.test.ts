@@ -90,6 +90,16 @@ t.test('oversized headers get 431', async (t) => {
   t.equal(up.seen.length, 0);
 });
 
+t.test('limits.max_header_size is enforced', async (t) => {
+  const up = await startUpstream(t);
+  const gw = await startGateway(t, yaml(up.origin).replace('limits: {', 'limits: { max_header_size: 2kb,'));
+  const small = await rawTls(gw.port, gw.ca, `GET / HTTP/1.1\r\nHost: app.test\r\nX-Ok: ${'a'.repeat(1000)}\r\nConnection: close\r\n\r\n`);
+  t.equal(statusOf(small), 200);
+  const big = await rawTls(gw.port, gw.ca, `GET / HTTP/1.1\r\nHost: app.test\r\nX-Big: ${'a'.repeat(4000)}\r\nConnection: close\r\n\r\n`);
+  t.equal(statusOf(big), 431);
+  t.equal(up.seen.length, 1);
+});
+
 t.test('slowloris: headers that never finish are cut off', async (t) => {
   const up = await startUpstream(t);
   const gw = await startGateway(t, yaml(up.origin));

@@ -25,7 +25,10 @@ export interface TestIssuer {
   token(sub: string, claims?: JWTPayload): Promise<string>;
 }
 
-/** A minimal token issuer on an ephemeral loopback port: GET /jwks.json serves the public key. */
+/**
+ * A minimal token issuer on an ephemeral loopback port: GET /jwks.json serves the public key, and
+ * OIDC discovery (`/.well-known/openid-configuration`) points at it for configs without jwks_uri.
+ */
 export async function startIssuer(t: Tap, audience = 'https://api.app.test'): Promise<TestIssuer> {
   const { publicKey, privateKey } = await generateKeyPair('ES256');
   const jwk = { ...(await exportJWK(publicKey)), alg: 'ES256', use: 'sig', kid: 'ops-e2e-1' };
@@ -35,6 +38,11 @@ export async function startIssuer(t: Tap, audience = 'https://api.app.test'): Pr
       fetches++;
       res.writeHead(200, { 'content-type': 'application/json' });
       res.end(JSON.stringify({ keys: [jwk] }));
+      return;
+    }
+    if (req.url === '/.well-known/openid-configuration') {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ issuer, jwks_uri: `${issuer}/jwks.json`, id_token_signing_alg_values_supported: ['ES256'] }));
       return;
     }
     res.writeHead(404).end();
@@ -194,15 +202,4 @@ export function spawnCli(t: Tap, args: readonly string[], env: Record<string, st
       });
     },
   };
-}
-
-/** A free loopback port (for configs that must name one, e.g. the image's fixed listener ports remapped). */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = http.createServer().once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as { port: number };
-      s.close(() => resolve(port));
-    });
-  });
 }

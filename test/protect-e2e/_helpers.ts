@@ -1,5 +1,15 @@
 // Shared bits for the edge-protection end-to-end tests (test/protect-e2e/*.test.ts).
-import type { LogRecord } from '../helpers/gateway.js';
+import http from 'node:http';
+import net from 'node:net';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { SignJWT, exportJWK, generateKeyPair } from 'jose';
+import { loadConfigFile } from '../../src/config/index.js';
+import { buildGateway } from '../../src/gateway.js';
+import { prepareCertificates } from '../../src/server/certificates.js';
+import { MemoryStore } from '../../src/state/index.js';
+import { httpsRequest, memoryLogger, type LogRecord, type RunningGateway, type Tap } from '../helpers/gateway.js';
 
 /** Security-event lines (`security: true`) named `event`, in the order they were logged. */
 export function securityEvents(logs: readonly LogRecord[], event: string): LogRecord[] {
@@ -8,7 +18,6 @@ export function securityEvents(logs: readonly LogRecord[], event: string): LogRe
 
 /** A loopback port nothing listens on (bound, then closed): connecting to it is refused. */
 export async function deadPort(): Promise<number> {
-  const net = await import('node:net');
   return new Promise((resolve, reject) => {
     const s = net.createServer().once('error', reject);
     s.listen(0, '127.0.0.1', () => {
@@ -21,4 +30,105 @@ export async function deadPort(): Promise<number> {
 /** Values of a header that may be repeated, as an array. */
 export function all(v: string | string[] | undefined): string[] {
   return v === undefined ? [] : Array.isArray(v) ? v : [v];
+}
+
+/** A clock the test moves by hand (epoch milliseconds). */
+export interface FakeClock {
+  now(): number;
+  advance(ms: number): void;
+}
+
+export function fakeClock(start = Date.now()): FakeClock {
+  let now = start;
+  return { now: () => now, advance: (ms) => { now += ms; } };
+}
+
+/**
+ * Like the harness's `startGateway`, but the rate-limit / ban store is a MemoryStore on `clock`,
+ * so windows and ban durations elapse when the test says so (no sleeping).
+ */
+export async function startGatewayOnClock(t: Tap, yaml: string, clock: FakeClock): Promise<RunningGateway> {
+  const dir = mkdtempSync(join(tmpdir(), 'portcullis-pe2e-'));
+  const configPath = join(dir, 'gateway.yml');
+  writeFileSync(configPath, yaml);
+  const { config } = await loadConfigFile(configPath, process.env);
+  const logs: LogRecord[] = [];
+  const logger = memoryLogger(logs);
+  const certificates = await prepareCertificates(config, logger);
+  const store = new MemoryStore({ now: clock.now });
+  const gw = await buildGateway({ config, logger, certificates, store });
+  const addrs = await gw.listen();
+  t.teardown(async () => {
+    await gw.close(1000);
+    rmSync(dir, { recursive: true, force: true });
+  });
+  const ca = readFileSync(join(config.tls.storage, 'local-ca', 'root.crt'), 'utf8');
+  const port = addrs.https.port;
+  return {
+    gw,
+    port,
+    httpPort: addrs.http?.port ?? null,
+    adminPort: addrs.admin?.port ?? null,
+    ca,
+    dir,
+    configPath,
+    logs,
+    request: (opts) => httpsRequest(port, ca, opts),
+  };
+}
+
+/**
+ * A minimal token issuer: an ES256 key whose JWKS is served on loopback, and tokens minted with
+ * jose for any subject. `forged()` signs with a key the JWKS does not hold (a bad token).
+ */
+export interface TestIssuer {
+  issuer: string;
+  jwksUri: string;
+  audience: string;
+  token(sub: string): Promise<string>;
+  forged(sub: string): Promise<string>;
+  /** The `auth:` YAML block for this issuer. */
+  yaml: string;
+}
+
+export async function startIssuer(t: Tap): Promise<TestIssuer> {
+  const { privateKey, publicKey } = await generateKeyPair('ES256', { extractable: true });
+  const other = await generateKeyPair('ES256');
+  const jwk = { ...(await exportJWK(publicKey)), kid: 'k1', alg: 'ES256', use: 'sig' };
+  const server = http.createServer((req, res) => {
+    if (req.url === '/jwks') {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ keys: [jwk] }));
+      return;
+    }
+    res.writeHead(404);
+    res.end();
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  t.teardown(() => new Promise<void>((r) => { server.closeAllConnections(); server.close(() => r()); }));
+  const issuer = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
+  const audience = 'https://api.app.test';
+  const mint = (key: Parameters<SignJWT['sign']>[0], sub: string): Promise<string> =>
+    new SignJWT({ scope: 'api' })
+      .setProtectedHeader({ alg: 'ES256', kid: 'k1', typ: 'at+jwt' })
+      .setIssuer(issuer)
+      .setAudience(audience)
+      .setSubject(sub)
+      .setIssuedAt()
+      .setExpirationTime('10m')
+      .sign(key);
+  return {
+    issuer,
+    jwksUri: `${issuer}/jwks`,
+    audience,
+    token: (sub) => mint(privateKey, sub),
+    forged: (sub) => mint(other.privateKey, sub),
+    yaml: `auth:
+  issuers:
+    - issuer: ${issuer}
+      audiences: [${audience}]
+      algorithms: [ES256]
+      jwks_uri: ${issuer}/jwks
+`,
+  };
 }

@@ -1,0 +1,115 @@
+/**
+ * Certificate automation for the running gateway: an ACME manager whose certificates go straight
+ * into the live certificate store (no restart, no dropped connection), whose HTTP-01 answers are
+ * served by the HTTP listener and whose TLS-ALPN-01 answers by the HTTPS listener's TLS front.
+ */
+import type { GatewayConfig } from '../config/types.js';
+import { createAcmeManager, Http01Challenges, type AcmeEvent, type AcmeManager } from '../acme/index.js';
+import type { CertificateStore } from '../tls/index.js';
+import type { Logger } from '../observability/logging.js';
+import type { GatewayMetrics } from '../observability/metrics.js';
+import type { SecurityEvents } from '../observability/events.js';
+
+/** Does a certificate with these SANs cover `host` (exact, or a wildcard for exactly one label)? */
+export function sanCovers(sans: readonly string[], host: string): boolean {
+  if (sans.includes(host)) return true;
+  const dot = host.indexOf('.');
+  return dot > 0 && sans.includes(`*${host.slice(dot)}`);
+}
+
+/** Per site, the hosts no certificate you bring covers: those are ordered. */
+export function acmeOrders(config: GatewayConfig, certificates: CertificateStore): Array<{ siteId: string; hosts: string[] }> {
+  const brought = certificates.list().filter((c) => c.source === 'file');
+  const orders: Array<{ siteId: string; hosts: string[] }> = [];
+  for (const site of config.sites) {
+    const hosts = site.hosts.filter((h) => !brought.some((c) => sanCovers(c.hosts, h)));
+    if (hosts.length > 0) orders.push({ siteId: site.id, hosts });
+  }
+  return orders;
+}
+
+export interface CertificateAutomation {
+  readonly http01: Http01Challenges;
+  start(config: GatewayConfig): Promise<void>;
+  stop(): Promise<void>;
+  /** Apply a reloaded configuration: a changed `tls.acme` block or host set restarts the manager. */
+  reload(config: GatewayConfig): Promise<void>;
+}
+
+export function createCertificateAutomation(deps: {
+  certificates: CertificateStore;
+  logger: Logger;
+  metrics: GatewayMetrics;
+  events: SecurityEvents;
+}): CertificateAutomation {
+  const http01 = new Http01Challenges();
+  const log = deps.logger.child({ component: 'acme' });
+  let manager: AcmeManager | null = null;
+  let signature = '';
+
+  const onEvent = (ev: AcmeEvent): void => {
+    switch (ev.event) {
+      case 'cert_issued':
+        deps.metrics.acmeOrder('success');
+        deps.events.emit('cert_issued', { site: ev.site, hosts: ev.hosts, not_after: new Date(ev.notAfter).toISOString(), issuer: 'acme' });
+        break;
+      case 'cert_renewal_failed':
+        deps.metrics.acmeOrder('failure');
+        deps.events.emit('cert_renewal_failed', {
+          site: ev.site,
+          hosts: ev.hosts,
+          reason: ev.problem ?? 'order_failed',
+          error: ev.reason,
+          retry_at: new Date(Date.now() + ev.retryInMs).toISOString(),
+        });
+        break;
+      case 'cert_storage_invalid':
+        log.warn({ ...ev }, 'stored certificate unusable: it will be ordered again');
+        break;
+      default:
+        log.info({ ...ev }, ev.event);
+    }
+  };
+
+  async function start(config: GatewayConfig): Promise<void> {
+    const acme = config.tls.acme;
+    if (!acme) return;
+    const orders = acmeOrders(config, deps.certificates);
+    signature = JSON.stringify([acme, orders]);
+    if (orders.length === 0) return;
+    manager = createAcmeManager({
+      config: acme,
+      storageDir: config.tls.storage,
+      orders,
+      sink: { install: (siteId, _hosts, certPem, keyPem) => void deps.certificates.loadFromPem(`acme:${siteId}`, certPem, keyPem, 'acme') },
+      http01,
+      tlsAlpn01: {
+        set: (host, certPem, keyPem) => deps.certificates.setAlpnChallenge(host, { certPem, keyPem }),
+        delete: (host) => deps.certificates.clearAlpnChallenge(host),
+      },
+      logger: log,
+      events: onEvent,
+    });
+    await manager.start();
+  }
+
+  async function stop(): Promise<void> {
+    const m = manager;
+    manager = null;
+    await m?.stop();
+  }
+
+  return {
+    http01,
+    start,
+    stop,
+    async reload(config) {
+      const acme = config.tls.acme;
+      const next = acme ? JSON.stringify([acme, acmeOrders(config, deps.certificates)]) : '';
+      if (next === signature) return;
+      await stop();
+      signature = '';
+      await start(config);
+    },
+  };
+}
