@@ -32,7 +32,7 @@ const USAGE = `usage: node bench/run.mjs [--quick] [--json] [--duration 10s] [--
 const SCENARIOS = {
   c64: { connections: 64, close: false },
   c1: { connections: 1, close: false },
-  // A fresh TCP connection and full TLS handshake for every request (wrk does not resume sessions).
+  // A fresh TCP connection and TLS handshake for every request.
   handshake: { connections: 16, close: true },
 };
 

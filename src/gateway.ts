@@ -2,9 +2,10 @@
  * buildGateway: the one place that knows the request pipeline's order (drawn in docs/pipeline.md).
  *
  *   TCP front (TLS-ALPN-01 peek only while a challenge is pending) → TLS (SNI → certificate)
- *   → onRequest resolve      host → site, canonical path → route, body size, CSRF, active ban
+ *   → onRequest resolve      host → site, canonical path → route, body size, active ban, CSRF
+ *   → onRequest rate limit   keys ip / header:NAME (@fastify/rate-limit), before any crypto
  *   → onRequest authorize    bearer token → principal, route access rule, ban counting
- *   → route onRequest        rate limit (@fastify/rate-limit; key may use the principal)
+ *   → onRequest rate limit   key user (needs the principal)
  *   → preParsing             body limit for streamed bodies
  *   → handler                proxy to the upstream (failover on connect failure)
  *   → onSend                 security headers on the gateway's own answers, request id
@@ -18,12 +19,13 @@ import type { AddressInfo, Socket } from 'node:net';
 import type { Server as HttpServer, IncomingHttpHeaders } from 'node:http';
 import type { TLSSocket } from 'node:tls';
 import { Transform, type TransformCallback } from 'node:stream';
-import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import Fastify, { LogController, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import httpProxy from '@fastify/http-proxy';
 import rateLimit from '@fastify/rate-limit';
 import type { GatewayConfig, ListenAddress } from './config/types.js';
 import { GatewayError, type GatewayErrorCode } from './errors.js';
-import { renderError } from './http/errors.js';
+import { renderError, statusText } from './http/errors.js';
+import { randomUUID } from 'node:crypto';
 import { redactUrl, type Logger } from './observability/logging.js';
 import { createMetrics, UNMATCHED, type GatewayMetrics } from './observability/metrics.js';
 import { createSecurityEvents, openSecurityLog, type SecurityEvents, type SecurityLog } from './observability/events.js';
@@ -153,13 +155,31 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
       settings: { maxHeaderListSize: cfg0.limits.maxHeaderSize },
     },
     loggerInstance: logger,
-    disableRequestLogging: true,
+    // The gateway writes one access line per request itself (onResponse).
+    logController: new LogController({ disableRequestLogging: true }),
     requestIdHeader: false,
     return503OnClosing: true,
     http2SessionTimeout: cfg0.timeouts.idle,
     keepAliveTimeout: cfg0.timeouts.idle,
     // Bodies are streamed to the upstream; the limit is enforced per route by BodyLimit.
     bodyLimit: Number.MAX_SAFE_INTEGER,
+    // Requests the HTTP/1.1 parser refuses (smuggling shapes, oversized headers, timeouts) never
+    // reach a hook: answer them here with the same safe body, and log them.
+    clientErrorHandler: (err: Error & { code?: string }, socket: import('node:net').Socket) => {
+      if (err.code === 'ECONNRESET' || socket.destroyed) return;
+      const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
+      const code: GatewayErrorCode = status === 431 ? 'GW_ERR_HEADERS_TOO_LARGE' : status === 408 ? 'GW_ERR_REQUEST_TIMEOUT' : 'GW_ERR_BAD_REQUEST';
+      const requestId = randomUUID();
+      const out = renderError(status, code, requestId, undefined);
+      logger.info({ type: 'access', request_id: requestId, ip: socket.remoteAddress, status, reason: `parser_${(err.code ?? 'error').toLowerCase()}` }, 'request');
+      if (socket.writable) {
+        socket.write(
+          `HTTP/1.1 ${status} ${statusText(status)}\r\nContent-Type: ${out.contentType}\r\nContent-Length: ${Buffer.byteLength(out.body)}\r\n` +
+            `X-Request-Id: ${requestId}\r\nX-Content-Type-Options: nosniff\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n${out.body}`,
+        );
+      }
+      socket.destroy();
+    },
     // find-my-way refuses malformed percent-encoding with FST_ERR_BAD_URL; answered safely here.
     frameworkErrors: (err, request, reply) => {
       const req = request as unknown as FastifyRequest;
@@ -177,6 +197,28 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
   slowloris.attach(server);
 
   app.decorateRequest('gw', null as unknown as RequestContext);
+
+  // @fastify/rate-limit, registered without route hooks: the pipeline calls its limiter itself so
+  // that ip- and header-keyed limits run BEFORE token verification (a token-guessing flood is
+  // limited like any other) and user-keyed limits right after it (they need the token subject).
+  await app.register(rateLimit, {
+    ...gatewayRateLimitOptions({
+      store,
+      getRules: (request) => (request.gw?.route ? protectionOf(request.gw).rateLimit : null),
+      clientIp: (request) => request.gw.clientIp,
+      subject: (request) => request.gw.principal?.subject ?? null,
+      onExceeded: (request, key) => {
+        const ctx = request.gw;
+        ctx.reason = 'rate_limited';
+        metrics.rateLimited(ctx.site!.id, ctx.route!.id);
+        const rl = protectionOf(ctx).rateLimit;
+        events.emit('rate_limited', { ...who(ctx), reason: 'limit_exceeded', key, limit: rl?.max, window_ms: rl?.windowMs });
+      },
+    }),
+    global: false,
+  } as never);
+  const limiter = (app as unknown as { rateLimit(): (req: FastifyRequest, reply: FastifyReply) => Promise<void> }).rateLimit();
+
 
   // 1. resolve: request line and headers → site, route, canonical path; cheap refusals first,
   //    before any body byte is read and before any crypto.
@@ -226,7 +268,13 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     return undefined;
   });
 
-  // 2. authorize: bearer token → principal, then the route's access rule.
+  // 2. rate limit by client address or header, before any crypto.
+  app.addHook('onRequest', async function rateLimitEarly(request, reply) {
+    const rl = request.gw.route ? protectionOf(request.gw).rateLimit : null;
+    if (rl && rl.key !== 'user') await limiter(request, reply);
+  });
+
+  // 3. authorize: bearer token → principal, then the route's access rule.
   app.addHook('onRequest', async function authorize(request, reply) {
     const ctx = request.gw;
     // Two Authorization headers: Node kept the first; hand both over so the authenticator refuses.
@@ -250,7 +298,13 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     return sendError(reply, refusal.status, refusal.code, refusal.headers);
   });
 
-  // 3. body limit for bodies without (or lying about) Content-Length.
+  // 4. rate limit by token subject (anonymous callers fall back to their address).
+  app.addHook('onRequest', async function rateLimitByUser(request, reply) {
+    const rl = request.gw.route ? protectionOf(request.gw).rateLimit : null;
+    if (rl && rl.key === 'user') await limiter(request, reply);
+  });
+
+  // 5. body limit for bodies without (or lying about) Content-Length.
   app.addHook('preParsing', async function bodyLimit(request, _reply, payload) {
     const limit = request.gw.route?.maxBodySize;
     if (limit === undefined) return payload;
@@ -259,7 +313,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     return payload.pipe(counted);
   });
 
-  // 4. security headers on the gateway's own answers (proxied ones got theirs in rewriteHeaders).
+  // 6. security headers on the gateway's own answers (proxied ones got theirs in rewriteHeaders).
   app.addHook('onSend', async function responseHeaders(request, reply, payload) {
     const ctx = request.gw as RequestContext | undefined;
     if (ctx) {
@@ -275,7 +329,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     return payload;
   });
 
-  // 5. access log and metrics.
+  // 7. access log and metrics.
   app.addHook('onResponse', async function accessLog(request, reply) {
     const ctx = request.gw as RequestContext | undefined;
     if (!ctx) return;
@@ -291,7 +345,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
         host: ctx.host || undefined,
         path: redactUrl(ctx.path ? ctx.path + ctx.query : request.raw.url ?? ''),
         status: reply.statusCode,
-        bytes: len === undefined ? undefined : Number(len),
+        bytes: len !== undefined ? Number(len) : ctx.bytes ?? undefined,
         duration_ms: Math.round(seconds * 1e6) / 1000,
         site: ctx.site?.id,
         route: ctx.route?.id,
@@ -326,24 +380,6 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     if (!(PROXIED_METHODS as readonly string[]).includes(method)) return sendError(reply, 405, 'GW_ERR_METHOD_NOT_ALLOWED');
     return sendError(reply, 404, 'GW_ERR_NO_ROUTE');
   });
-
-  // Registered before the proxy's routes: @fastify/rate-limit hooks each route as it is added.
-  await app.register(
-    rateLimit,
-    gatewayRateLimitOptions({
-      store,
-      getRules: (request) => (request.gw?.route ? protectionOf(request.gw).rateLimit : null),
-      clientIp: (request) => request.gw.clientIp,
-      subject: (request) => request.gw.principal?.subject ?? null,
-      onExceeded: (request, key) => {
-        const ctx = request.gw;
-        ctx.reason = 'rate_limited';
-        metrics.rateLimited(ctx.site!.id, ctx.route!.id);
-        const rl = protectionOf(ctx).rateLimit;
-        events.emit('rate_limited', { ...who(ctx), reason: 'limit_exceeded', key, limit: rl?.max, window_ms: rl?.windowMs });
-      },
-    }) as never,
-  );
 
   await app.register(httpProxy, {
     upstream: '',
@@ -421,9 +457,22 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
       ...opts,
       getUpstream: () => ctx.upstream ?? '',
       timeout: route.timeouts.response,
-      onResponse: (_req: FastifyRequest, rep: FastifyReply, res: { stream: unknown }) => {
+      onResponse: (_req: FastifyRequest, rep: FastifyReply, res: { headers: IncomingHttpHeaders; stream: NodeJS.ReadableStream }) => {
         metrics.upstreamAttempt(ctx.upstream ?? '', Number(process.hrtime.bigint() - started) / 1e9);
-        rep.send(res.stream);
+        if (res.headers['content-length'] !== undefined || request.raw.method === 'HEAD') {
+          rep.send(res.stream);
+          return;
+        }
+        // Chunked response: count what is sent, for the access log.
+        ctx.bytes = 0;
+        const counter = new Transform({
+          transform(chunk: Buffer, _enc, cb) {
+            ctx.bytes! += chunk.length;
+            cb(null, chunk);
+          },
+        });
+        res.stream.on('error', (err) => counter.destroy(err));
+        rep.send(res.stream.pipe(counter));
       },
       // Failover: a target that refused the connection never saw the request, so the next
       // target may get it whatever the method. Anything else is not retried (not idempotent-safe).

@@ -26,6 +26,8 @@ export interface RequestContext {
   principal: Principal | null;
   /** Origin of the upstream target that served (or was last tried for) the request. */
   upstream: string | null;
+  /** Bytes of a streamed response without Content-Length, counted while sending. */
+  bytes?: number;
   /** The response comes from the upstream (its security headers were applied on the way through). */
   proxied: boolean;
   /** Why the gateway refused the request, for the access log (never sent to the client). */

@@ -9,7 +9,7 @@
  */
 
 /** Why a raw path was refused; each maps to a 400 `GW_ERR_BAD_PATH`. */
-export type PathRejection = 'not_origin_form' | 'encoded_slash' | 'backslash' | 'control_char' | 'bad_encoding';
+export type PathRejection = 'not_origin_form' | 'encoded_slash' | 'backslash' | 'control_char' | 'bad_encoding' | 'double_encoding';
 
 /** Reason codes of {@link canonicalizePath} rejections (logged, never sent to the client). */
 export const PathRejections = {
@@ -23,7 +23,14 @@ export const PathRejections = {
   CONTROL_CHAR: 'control_char',
   /** `%` not followed by two hex digits, or a lone UTF-16 surrogate. */
   BAD_ENCODING: 'bad_encoding',
+  /**
+   * `%25` followed by two hex digits (`%2561` = an encoded `%61`): an upstream that decodes twice
+   * would see a different path (`/%2561dmin` → `/admin`) than the one the policy was applied to.
+   */
+  DOUBLE_ENCODING: 'double_encoding',
 } as const satisfies Record<string, PathRejection>;
+
+const DOUBLE_ENCODED = /%25[0-9A-Fa-f]{2}/;
 
 export type CanonicalPathResult = { ok: true; path: string } | { ok: false; reason: PathRejection };
 
@@ -157,5 +164,8 @@ function slowPath(raw: string): CanonicalPathResult {
     i = j + 1;
   }
   if (out.length === 0) return { ok: true, path: '/' };
-  return { ok: true, path: '/' + out.join('/') + (trailingSlash ? '/' : '') };
+  const path = '/' + out.join('/') + (trailingSlash ? '/' : '');
+  // Checked on the result, so `%25%36%31` (whose %36%31 decode to the unreserved `61`) is caught too.
+  if (path.includes('%25') && DOUBLE_ENCODED.test(path)) return { ok: false, reason: 'double_encoding' };
+  return { ok: true, path };
 }

@@ -45,8 +45,13 @@ export function stripRequestHeaders(headers: HeaderBag, gatewayOwned: readonly s
     delete headers[name];
   }
   for (const name of gatewayOwned) delete headers[name];
-  // HTTP/2 pseudo-headers never go upstream (reply-from filters them too; this keeps the rule local).
-  for (const name of Object.keys(headers)) if (name.charCodeAt(0) === 58 /* ':' */) delete headers[name];
+  for (const name of Object.keys(headers)) {
+    // HTTP/2 pseudo-headers never go upstream (reply-from filters them too; this keeps the rule local).
+    if (name.charCodeAt(0) === 58 /* ':' */) delete headers[name];
+    // CGI, WSGI, Rack and PHP map both `-` and `_` to `_` (X_Auth_User → HTTP_X_AUTH_USER), so an
+    // underscore spelling of a gateway-owned header would reach the app under the same name.
+    else if (name.includes('_') && gatewayOwned.includes(name.replace(/_/g, '-'))) delete headers[name];
+  }
 }
 
 /** Removes hop-by-hop and internals-leaking headers from an upstream response, in place. */

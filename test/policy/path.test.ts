@@ -33,7 +33,8 @@ const accepted: [raw: string, canonical: string][] = [
   ['/a%3Fb', '/a%3Fb'],
   ['/%e9', '/%E9'],
   ['/%25', '/%25'],
-  ['/%2561', '/%2561'],
+  ['/100%25', '/100%25'],
+  ['/%25zz', '/%25zz'],
   // raw characters outside pchar are encoded byte-wise
   ['/a b', '/a%20b'],
   ['/"<>`{}|^', '/%22%3C%3E%60%7B%7D%7C%5E'],
@@ -88,6 +89,10 @@ const rejected: [raw: string, reason: PathRejection][] = [
   ['/%1G', 'bad_encoding'],
   ['/%%41', 'bad_encoding'],
   ['/\ud800x', 'bad_encoding'],
+  ['/%2561', 'double_encoding'],
+  ['/%2561dmin', 'double_encoding'],
+  ['/%25%36%31dmin', 'double_encoding'],
+  ['/a/%25%64F', 'double_encoding'],
 ];
 
 t.test('rejected paths', async (t) => {

@@ -229,6 +229,8 @@ t.test('(c) a path is refused exactly when it holds a refused construct', async 
     // eslint-disable-next-line no-control-regex
     control_char: (s: string) => /[\x00-\x1f\x7f]/.test(s) || /%(?:[01][0-9a-f]|7f)/i.test(s),
     bad_encoding: (s: string) => /%(?![0-9a-f]{2})/i.test(s) || /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/.test(s),
+    // after decoding escapes of hex digits (`%25%36%31` is `%2561` once `%36%31` are decoded)
+    double_encoding: (s: string) => /%25[0-9a-f]{2}/i.test(s.replace(/%(3[0-9]|4[1-6]|6[1-6])/gi, (_m, h: string) => String.fromCharCode(parseInt(h, 16)))),
   };
   fc.assert(
     fc.property(fc.oneof(rawPath, fc.string({ unit: 'binary' }).map((s) => '/' + s)), (raw) => {

@@ -1,6 +1,7 @@
 // CSRF through the real gateway: forged cross-site requests that carry a cookie are refused with
 // 403 and never reach the upstream; same-origin, safe methods, bearer-only and trusted origins pass.
 import t from 'tap';
+import http2 from 'node:http2';
 import { LOOPBACK_LISTEN, startGateway, startUpstream } from '../helpers/gateway.js';
 import { securityEvents } from './_helpers.js';
 
@@ -79,4 +80,30 @@ sites:
   t.match(events[1], { reason: 'origin_mismatch' });
   t.match(events[2], { reason: 'null_origin' });
   t.notMatch(JSON.stringify(events), /victim/, 'cookie values never reach the security log');
+});
+
+t.test('over HTTP/2 too: a forged POST is refused, a same-origin one passes', async (t) => {
+  const up = await startUpstream(t);
+  const gw = await startGateway(t, `${LOOPBACK_LISTEN}
+sites:
+  - hosts: [app.test]
+    upstream: ${up.origin}
+    routes: [{ id: web, path: /, access: public }]
+`);
+  const session = http2.connect(`https://127.0.0.1:${gw.port}`, { ca: gw.ca, servername: 'app.test' });
+  t.teardown(() => session.close());
+  const post = (path: string, headers: Record<string, string | string[]>): Promise<number> =>
+    new Promise((resolve, reject) => {
+      const req = session.request({ ':method': 'POST', ':path': path, ':authority': 'app.test', 'content-type': FORM, ...headers });
+      req.on('response', (h) => resolve(Number(h[':status'])));
+      req.on('error', reject);
+      req.resume();
+      req.end('amount=1');
+    });
+  // RFC 9113 §8.2.3: HTTP/2 clients may split the Cookie header into several fields.
+  t.equal(await post('/forged', { cookie: ['sid=victim', 'theme=dark'], 'sec-fetch-site': 'cross-site', origin: 'https://evil.test' }), 403);
+  t.equal(await post('/forged', { cookie: 'sid=victim', origin: 'null' }), 403);
+  t.equal(await post('/mine', { cookie: 'sid=me', 'sec-fetch-site': 'same-origin', origin: `https://app.test:${gw.port}` }), 200);
+  t.same(up.seen.map((r) => r.url), ['/mine'], 'only the same-origin POST reached the upstream');
+  t.equal(securityEvents(gw.logs, 'csrf_rejected').length, 2);
 });

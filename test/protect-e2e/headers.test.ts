@@ -1,8 +1,9 @@
 // Security headers through the real gateway: on proxied responses and on every answer the gateway
 // writes itself (401, 403, 404, 421, 429, 502), with `upstream: keep|override` and per-route overrides.
 import t, { type Test } from 'tap';
+import http2 from 'node:http2';
 import type { IncomingHttpHeaders } from 'node:http';
-import { LOOPBACK_LISTEN, startGateway, startUpstream } from '../helpers/gateway.js';
+import { LOOPBACK_LISTEN, httpRequest, startGateway, startUpstream } from '../helpers/gateway.js';
 import { deadPort } from './_helpers.js';
 
 const HSTS = 'max-age=31536000; includeSubDomains';
@@ -163,4 +164,36 @@ sites:
   t.equal(plain.headers['x-frame-options'], 'DENY', 'frame options on by default');
   const own = await gw.request({ path: '/own/' });
   t.equal(own.headers['content-security-policy'], "default-src 'self';frame-ancestors https://partner.example");
+});
+
+t.test('HTTP/2 responses carry the same headers; the plain-HTTP redirect carries no HSTS', async (t) => {
+  const up = await startUpstream(t);
+  const gw = await startGateway(t, `${LOOPBACK_LISTEN}
+sites:
+  - hosts: [app.test]
+    upstream: ${up.origin}
+    routes: [{ path: /app/, access: public }, { path: /private/ }]
+`);
+  const session = http2.connect(`https://127.0.0.1:${gw.port}`, { ca: gw.ca, servername: 'app.test' });
+  t.teardown(() => session.close());
+  const get = (path: string): Promise<http2.IncomingHttpHeaders> =>
+    new Promise((resolve, reject) => {
+      const req = session.request({ ':path': path, ':authority': 'app.test' });
+      req.on('response', resolve);
+      req.on('error', reject);
+      req.resume();
+      req.end();
+    });
+  for (const [path, status] of [['/app/x', 200], ['/private/x', 401]] as const) {
+    const h = await get(path);
+    t.equal(h[':status'], status);
+    t.equal(h['x-content-type-options'], 'nosniff', `h2 ${status}: nosniff`);
+    t.equal(h['x-frame-options'], 'DENY', `h2 ${status}: frame options`);
+    t.equal(h['strict-transport-security'], HSTS, `h2 ${status}: HSTS`);
+  }
+  // RFC 6797 §7.2: an HSTS host MUST NOT include the header over non-secure transport.
+  const redirect = await httpRequest(gw.httpPort!, { path: '/app/x' });
+  t.equal(redirect.status, 301);
+  t.notOk(redirect.headers['strict-transport-security'], 'no HSTS over plain HTTP');
+  t.equal(redirect.headers['x-content-type-options'], 'nosniff');
 });
