@@ -54,10 +54,12 @@ export function buildPrincipal(
   claims: Claims,
   ctx: { issuer: string; rolesClaim: string; tokenType: 'jwt' | 'opaque'; expiresAt: number },
 ): Principal | AuthFailureReason {
-  const sub = claims['sub'];
+  const clientId = claims['client_id'] ?? claims['azp'];
+  // RFC 9068 §2.2 makes `sub` mandatory in JWT access tokens; RFC 7662 §2.2 leaves it optional in
+  // introspection answers, where a client_credentials token is identified by its `client_id`.
+  const sub = claims['sub'] ?? (ctx.tokenType === 'opaque' ? clientId : undefined);
   if (typeof sub !== 'string' || sub.length === 0) return 'missing_sub';
   const email = claims['email'];
-  const clientId = claims['client_id'] ?? claims['azp'];
   // RFC 8693 §4.2 `scope` (space separated); some IdPs (Azure, Okta) send `scp` as an array.
   const scope = claims['scope'] ?? claims['scp'];
   return Object.freeze({

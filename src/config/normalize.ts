@@ -509,6 +509,8 @@ export function normalize(raw: GatewayFile, ctx: NormalizeContext): NormalizeRes
           if (!TOKEN.test(upper)) c.fail([...rat, 'methods', mi], 'is not a valid HTTP method');
           else if (!methods.includes(upper)) methods.push(upper);
         }
+        // RFC 9110 §9.3.2: HEAD is GET without the body; a route that allows GET allows HEAD.
+        if (methods.includes('GET') && !methods.includes('HEAD')) methods.push('HEAD');
       }
       const matchKey = `${routePath} ${methods === null ? '*' : [...methods].sort().join(',')}`;
       const prevMatch = seenMatch.get(matchKey);

@@ -185,7 +185,7 @@ const Route = Type.Object(
   {
     id: Type.Optional(NonEmpty('Stable id for logs and metrics; default `<site id>:<index>`. Unique.')),
     path: NonEmpty('Path prefix, canonical: starts with /, no . or .. segments, no //, no %, \\, ?, #.'),
-    methods: Type.Optional(Type.Array(NonEmpty('HTTP method.'), { minItems: 1, description: 'Methods this route matches (upper-cased); default: any.' })),
+    methods: Type.Optional(Type.Array(NonEmpty('HTTP method.'), { minItems: 1, description: 'Methods this route matches (upper-cased; GET implies HEAD); default: any.' })),
     access: Type.Optional(
       Type.Union([Type.Literal('public'), Type.Literal('authenticated'), Type.Literal('deny')], {
         description: 'public: no token needed; authenticated: a valid token (default); deny: always refused.',

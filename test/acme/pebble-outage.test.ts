@@ -10,6 +10,9 @@ import type { Pebble } from '../helpers/pebble-harness.mjs';
 import { createAcmeManager } from '../../src/acme/index.js';
 import type { AcmeEvent, AcmeManagerOptions } from '../../src/acme/index.js';
 import { EventLog, RecordingSink, quietLogger, serialOf, startHttp01, startTlsAlpn01, tlsAuthorized } from './support.js';
+import { requireBinary } from '../helpers/requires.js';
+
+requireBinary(t, '/usr/bin/pebble', 'pebble');
 
 const http01 = await startHttp01();
 t.teardown(() => http01.close());

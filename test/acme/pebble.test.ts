@@ -12,6 +12,9 @@ import { createAcmeManager } from '../../src/acme/index.js';
 import type { AcmeManager, AcmeManagerOptions } from '../../src/acme/index.js';
 import type { AcmeConfig } from '../../src/config/types.js';
 import { EventLog, RecordingSink, quietLogger, serialOf, splitPem, startHttp01, startTlsAlpn01, tlsAuthorized } from './support.js';
+import { requireBinary } from '../helpers/requires.js';
+
+requireBinary(t, '/usr/bin/pebble', 'pebble');
 
 const http01 = await startHttp01();
 t.teardown(() => http01.close());

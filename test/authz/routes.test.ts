@@ -101,15 +101,17 @@ t.test('methods: /admin is GET/POST for admins, every other method hits the deny
       t.equal(lastAccess(gw)?.reason, 'route_denied');
     }
   }
-  // HEAD is not listed in [GET, POST]: it falls to the deny route (for admins too). A non-admin must
-  // in any case never get a HEAD through.
+  // methods: [GET, POST] implies HEAD (RFC 9110 §9.3.2); a non-admin never gets a HEAD through.
   for (const path of ['/admin', '/Admin/', '//admin;x']) {
     const user = await gw.request({ method: 'HEAD', path, headers: bearer(userToken) });
     t.equal(user.status, 403, `HEAD ${path}: refused to a user`);
   }
-  const adminHead = await gw.request({ method: 'HEAD', path: '/admin', headers: bearer(adminToken) });
-  t.equal(adminHead.status, 403, 'HEAD /admin is denied even for admins (methods: [GET, POST] does not imply HEAD)');
   t.equal(up.seen.length, 0, 'nothing reached the upstream');
+  const adminHead = await gw.request({ method: 'HEAD', path: '/admin', headers: bearer(adminToken) });
+  t.equal(adminHead.status, 200, 'HEAD /admin is allowed for admins: GET implies HEAD');
+  t.equal(up.seen.length, 1);
+  t.equal(up.seen[0]?.method, 'HEAD');
+  up.seen.length = 0;
 
   // Methods the gateway never proxies.
   for (const method of ['TRACE', 'CONNECT', 'PROPFIND']) {

@@ -122,7 +122,7 @@ t.test('routes: ids, methods, fallbacks for body size, upstream and timeouts', a
   t.same(site.upstream.map((u) => u.origin), ['http://127.0.0.1:1', 'https://backend.example.com']);
   const [a, b, c] = site.routes;
   t.same([a?.id, b?.id, c?.id], ['web:0', 'up', 'web:2']);
-  t.same(a?.methods, ['GET', 'POST']);
+  t.same(a?.methods, ['GET', 'POST', 'HEAD'], 'GET implies HEAD');
   t.same([a?.access, a?.roles], ['authenticated', ['x']]);
   t.same([a?.maxBodySize, b?.maxBodySize], [2048, 3072]);
   t.same(a?.upstream, site.upstream);

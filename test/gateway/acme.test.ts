@@ -11,6 +11,9 @@ import { loadConfigFile } from '../../src/config/index.js';
 import { buildGateway } from '../../src/gateway.js';
 import { prepareCertificates } from '../../src/server/certificates.js';
 import { memoryLogger, startUpstream, type LogRecord } from '../helpers/gateway.js';
+import { requireBinary } from '../helpers/requires.js';
+
+requireBinary(t, '/usr/bin/pebble', 'pebble');
 
 const work = mkdtempSync(join(tmpdir(), 'gw-acme-'));
 t.teardown(() => rmSync(work, { recursive: true, force: true }));
