@@ -80,8 +80,8 @@ interface Proc {
   exited: Promise<number | null>;
 }
 
-function startCli(t: { teardown(fn: () => void): void }, file: string): Proc {
-  const child = spawn(process.execPath, [CLI, 'start', '--config', file], { stdio: ['ignore', 'pipe', 'pipe'] });
+function startCli(t: { teardown(fn: () => void): void }, file: string, extra: string[] = []): Proc {
+  const child = spawn(process.execPath, [CLI, 'start', '--config', file, ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
   const logs: Array<Record<string, unknown>> = [];
   const waiters: Array<{ pred: (l: Record<string, unknown>) => boolean; resolve: (l: Record<string, unknown>) => void }> = [];
   createInterface({ input: child.stdout! }).on('line', (line) => {
@@ -164,4 +164,24 @@ t.test('start, reload on SIGHUP (bad file refused, good file applied), drain on 
   const drained = await draining;
   t.equal(drained.status, 200, 'in-flight request completed during shutdown');
   t.equal(await proc.exited, 0, 'exit 0');
+});
+
+t.test('--watch: a changed file is validated and applied without a signal', async (t) => {
+  const dir = tmp(t);
+  const file = join(dir, 'gw.yml');
+  const up = await startUpstream(t);
+  writeFileSync(file, config(up.origin, '[{ path: /, access: deny }]'));
+  const proc = startCli(t, file, ['--watch']);
+  const started = await proc.waitFor((l) => l.msg === 'portcullis started');
+  const port = (started.https as { port: number }).port;
+  const ca = readFileSync(join(dir, 'certs', 'local-ca', 'root.crt'), 'utf8');
+  t.equal((await httpsRequest(port, ca, { path: '/x' })).status, 403);
+  writeFileSync(file, 'sites: [ broken\n');
+  await proc.waitFor((l) => l.event === 'config_rejected');
+  t.equal((await httpsRequest(port, ca, { path: '/x' })).status, 403, 'a broken file changes nothing');
+  writeFileSync(file, config(up.origin, '[{ path: /, access: public }]'));
+  await proc.waitFor((l) => l.event === 'config_reloaded');
+  t.equal((await httpsRequest(port, ca, { path: '/x' })).status, 200, 'the edited rules apply');
+  proc.kill('SIGTERM');
+  t.equal(await proc.exited, 0);
 });

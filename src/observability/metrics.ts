@@ -141,7 +141,12 @@ export function createMetrics(options: MetricsOptions): GatewayMetrics {
   const registers = [registry];
   const max = options.maxLabelValues ?? 1000;
 
-  if (options.defaultMetrics !== false) collectDefaultMetrics({ register: registry });
+  if (options.defaultMetrics !== false) {
+    collectDefaultMetrics({ register: registry });
+    // These three gauges break Prometheus' naming rule (`_total` is for counters: promtool check
+    // metrics flags them); `nodejs_active_handles{type}` and friends carry the same numbers.
+    for (const name of ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total']) registry.removeSingleMetric(name);
+  }
 
   const requests = new Counter({
     name: 'portcullis_http_requests_total',

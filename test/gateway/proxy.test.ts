@@ -162,3 +162,36 @@ t.test('upstream too slow: 504', async (t) => {
   t.equal(res.status, 504);
   t.match(res.body, /GW_ERR_UPSTREAM_TIMEOUT/);
 });
+
+t.test('logs: one access line per request; credentials never reach a log line', async (t) => {
+  const up = await startUpstream(t, (_req, res) => {
+    res.writeHead(200, { 'set-cookie': 'sid=SECRET-SESSION-VALUE; Path=/', 'content-type': 'text/plain' });
+    res.end('ok');
+  });
+  const gw = await startGateway(t, site(up.origin));
+  const res = await gw.request({
+    path: '/cb?code=SECRET-OAUTH-CODE&state=xyz&access_token=SECRET-AT&Password=SECRET-PW',
+    headers: { authorization: 'Bearer SECRET-BEARER', cookie: 'sid=SECRET-COOKIE', 'proxy-authorization': 'Basic SECRET-PROXY' },
+  });
+  t.equal(res.status, 200);
+  const all = JSON.stringify(gw.logs);
+  for (const secret of ['SECRET-OAUTH-CODE', 'SECRET-AT', 'SECRET-PW', 'SECRET-BEARER', 'SECRET-COOKIE', 'SECRET-PROXY', 'SECRET-SESSION-VALUE']) {
+    t.notOk(all.includes(secret), `${secret} is not logged`);
+  }
+  const access = gw.logs.filter((l) => l.type === 'access');
+  t.equal(access.length, 1, 'exactly one access line');
+  t.match(access[0], {
+    request_id: res.headers['x-request-id'],
+    ip: '127.0.0.1',
+    method: 'GET',
+    host: 'app.test',
+    path: '/cb?code=[REDACTED]&state=xyz&access_token=[REDACTED]&Password=[REDACTED]',
+    status: 200,
+    bytes: 2,
+    route: 'app.test:0',
+    site: 'app.test',
+    upstream: up.origin,
+  });
+  t.type(access[0]!.duration_ms, 'number');
+  t.ok(access[0]!.time, 'timestamped');
+});
