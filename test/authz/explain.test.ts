@@ -32,7 +32,7 @@ t.test('--roles: canonical path, route, requirement and decision', async (t) => 
   t.equal(admin.code, 0, 'exit 0 when allowed');
   t.match(admin.out, /^request: +GET app\.test\/health\/\.\.\/ADMIN;x=1\/users$/m, 'the raw path as typed');
   t.match(admin.out, /^canonical path: \/ADMIN;x=1\/users$/m);
-  t.match(admin.out, /^route: +app\.test:1 +path \/admin +methods GET,POST$/m);
+  t.match(admin.out, /^route: +app\.test:1 +path \/admin +methods GET,POST,HEAD$/m);
   t.match(admin.out, /^requires: +a valid token with any of roles: admin$/m);
   t.match(admin.out, /^caller: +explain roles=\[admin\]$/m);
   t.match(admin.out, /^decision: +ALLOW \(200\) reason=role_granted$/m);
