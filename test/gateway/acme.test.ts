@@ -22,7 +22,7 @@ function connect(port: number, servername: string, ca: string): Promise<{ author
   return new Promise((resolve) => {
     const s = tls.connect({ host: '127.0.0.1', port, servername, ca, ALPNProtocols: ['http/1.1'] }, () => {
       const cert = s.getPeerCertificate();
-      resolve({ authorized: s.authorized, issuer: cert.issuer?.CN });
+      resolve({ authorized: s.authorized, issuer: String(cert.issuer?.CN ?? '') });
       s.destroy();
     });
     s.on('error', (err) => resolve({ authorized: false, error: err.message }));

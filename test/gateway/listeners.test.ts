@@ -121,7 +121,7 @@ t.test('WebSocket upgrades are proxied', async (t) => {
   });
   const port = (wss.address() as { port: number }).port;
   const gw = await startGateway(t, yaml(`http://127.0.0.1:${port}`));
-  const ws = new WebSocket(`wss://127.0.0.1:${gw.port}/chat/../socket?room=1`, { ca: gw.ca, servername: 'app.test', headers: { host: 'app.test', 'x-forwarded-for': '6.6.6.6' } });
+  const ws = new WebSocket(`wss://127.0.0.1:${gw.port}/chat/../socket?room=1`, { ca: gw.ca, servername: 'app.test', headers: { host: 'app.test', 'x-forwarded-for': '6.6.6.6' } } as object);
   t.teardown(() => ws.terminate());
   await new Promise<void>((resolve, reject) => {
     ws.once('open', () => resolve());

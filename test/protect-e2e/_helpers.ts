@@ -1,15 +1,9 @@
 // Shared bits for the edge-protection end-to-end tests (test/protect-e2e/*.test.ts).
 import http from 'node:http';
 import net from 'node:net';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { SignJWT, exportJWK, generateKeyPair } from 'jose';
-import { loadConfigFile } from '../../src/config/index.js';
-import { buildGateway } from '../../src/gateway.js';
-import { prepareCertificates } from '../../src/server/certificates.js';
 import { MemoryStore } from '../../src/state/index.js';
-import { httpsRequest, memoryLogger, type LogRecord, type RunningGateway, type Tap } from '../helpers/gateway.js';
+import { startGateway, type LogRecord, type RunningGateway, type Tap } from '../helpers/gateway.js';
 
 /** Security-event lines (`security: true`) named `event`, in the order they were logged. */
 export function securityEvents(logs: readonly LogRecord[], event: string): LogRecord[] {
@@ -47,34 +41,8 @@ export function fakeClock(start = Date.now()): FakeClock {
  * Like the harness's `startGateway`, but the rate-limit / ban store is a MemoryStore on `clock`,
  * so windows and ban durations elapse when the test says so (no sleeping).
  */
-export async function startGatewayOnClock(t: Tap, yaml: string, clock: FakeClock): Promise<RunningGateway> {
-  const dir = mkdtempSync(join(tmpdir(), 'portcullis-pe2e-'));
-  const configPath = join(dir, 'gateway.yml');
-  writeFileSync(configPath, yaml);
-  const { config } = await loadConfigFile(configPath, process.env);
-  const logs: LogRecord[] = [];
-  const logger = memoryLogger(logs);
-  const certificates = await prepareCertificates(config, logger);
-  const store = new MemoryStore({ now: clock.now });
-  const gw = await buildGateway({ config, logger, certificates, store });
-  const addrs = await gw.listen();
-  t.teardown(async () => {
-    await gw.close(1000);
-    rmSync(dir, { recursive: true, force: true });
-  });
-  const ca = readFileSync(join(config.tls.storage, 'local-ca', 'root.crt'), 'utf8');
-  const port = addrs.https.port;
-  return {
-    gw,
-    port,
-    httpPort: addrs.http?.port ?? null,
-    adminPort: addrs.admin?.port ?? null,
-    ca,
-    dir,
-    configPath,
-    logs,
-    request: (opts) => httpsRequest(port, ca, opts),
-  };
+export function startGatewayOnClock(t: Tap, yaml: string, clock: FakeClock): Promise<RunningGateway> {
+  return startGateway(t, yaml, {}, { store: new MemoryStore({ now: clock.now }) });
 }
 
 /**
