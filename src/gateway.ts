@@ -43,7 +43,7 @@ import { MemoryStore, type Store } from './state/index.js';
 import { createRedirectServer } from './server/redirect.js';
 import { createAdminServer } from './server/admin.js';
 import { SlowlorisGuard } from './server/slowloris.js';
-import { createCertificateAutomation } from './server/acme.js';
+import { createCertificateAutomation, type AcmeTuning } from './server/acme.js';
 import type { Authenticator } from './auth/index.js';
 
 export interface GatewayOptions {
@@ -54,6 +54,8 @@ export interface GatewayOptions {
   readonly version?: string;
   /** Shared state for rate limits and bans (default: in memory). */
   readonly store?: Store;
+  /** ACME scheduling (clock, intervals); the defaults suit production. */
+  readonly acme?: AcmeTuning;
 }
 
 export interface ListenerAddresses {
@@ -138,7 +140,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
   const bans = new BanList({ store });
   metrics.setBansActiveProvider(() => bans.activeBans());
   metrics.setCertificateProvider(() => [...certificates.expiries()].map(([host, notAfter]) => ({ host, notAfter })));
-  const automation = createCertificateAutomation({ certificates, logger, metrics, events });
+  const automation = createCertificateAutomation({ certificates, logger, metrics, events, tuning: options.acme });
 
   const newAuthenticator = (config: GatewayConfig): Authenticator | null =>
     createAuthenticatorFor(config, logger, (issuer, result) => metrics.jwksRefresh(issuer, result === 'ok' ? 'success' : 'failure'));

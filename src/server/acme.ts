@@ -4,7 +4,7 @@
  * served by the HTTP listener and whose TLS-ALPN-01 answers by the HTTPS listener's TLS front.
  */
 import type { GatewayConfig } from '../config/types.js';
-import { createAcmeManager, Http01Challenges, type AcmeEvent, type AcmeManager } from '../acme/index.js';
+import { createAcmeManager, Http01Challenges, type AcmeEvent, type AcmeManager, type AcmeManagerOptions } from '../acme/index.js';
 import type { CertificateStore } from '../tls/index.js';
 import type { Logger } from '../observability/logging.js';
 import type { GatewayMetrics } from '../observability/metrics.js';
@@ -36,11 +36,15 @@ export interface CertificateAutomation {
   reload(config: GatewayConfig): Promise<void>;
 }
 
+/** Scheduling knobs of the ACME manager (clock, check interval, backoff): tests drive time with them. */
+export type AcmeTuning = Partial<Pick<AcmeManagerOptions, 'now' | 'random' | 'checkInterval' | 'backoffMin' | 'backoffMax' | 'pollMin' | 'pollMax'>>;
+
 export function createCertificateAutomation(deps: {
   certificates: CertificateStore;
   logger: Logger;
   metrics: GatewayMetrics;
   events: SecurityEvents;
+  tuning?: AcmeTuning;
 }): CertificateAutomation {
   const http01 = new Http01Challenges();
   const log = deps.logger.child({ component: 'acme' });
@@ -89,6 +93,7 @@ export function createCertificateAutomation(deps: {
       },
       logger: log,
       events: onEvent,
+      ...deps.tuning,
     });
     await manager.start();
   }

@@ -38,13 +38,13 @@ async function waitAuthorized(port: number, host: string, ca: string, ms = 40_00
   return false;
 }
 
-async function gatewayWith(yaml: string, logs: LogRecord[]) {
+async function gatewayWith(yaml: string, logs: LogRecord[], acmeTuning?: Parameters<typeof buildGateway>[0]['acme']) {
   const file = join(work, `gw-${Math.random().toString(36).slice(2)}.yml`);
   writeFileSync(file, yaml);
   const { config } = await loadConfigFile(file);
   const logger = memoryLogger(logs);
   const certificates = await prepareCertificates(config, logger);
-  const gw = await buildGateway({ config, logger, certificates });
+  const gw = await buildGateway({ config, logger, certificates, acme: acmeTuning });
   await gw.listen();
   return gw;
 }
@@ -102,3 +102,59 @@ sites:
     t.equal(logs2.filter((l) => l.event === 'cert_issued').length, 0, 'no new order');
   });
 }
+
+await t.test('renewal replaces the certificate served by a running gateway, without a restart', async (t) => {
+  const httpPort = await freePort();
+  const httpsPort = await freePort();
+  const pebble = await startPebble({ httpPort, tlsPort: httpsPort });
+  t.teardown(() => pebble.stop());
+  const root = await pebble.getRootPem();
+  const caBundle = join(work, 'pebble-ca-renew.pem');
+  writeFileSync(caBundle, pebble.listenerCaPem);
+  const up = await startUpstream(t);
+  let skew = 0;
+  const logs: LogRecord[] = [];
+  const gw = await gatewayWith(
+    `listen: { https: 127.0.0.1:${httpsPort}, http: 127.0.0.1:${httpPort}, admin: null }
+tls:
+  storage: ${join(work, 'storage-renew')}
+  acme: { email: ops@app.test, directory: ${pebble.directoryUrl}, ca_bundle: ${caBundle}, renew_before: 30d }
+sites:
+  - { id: app, hosts: [app.test], upstream: ${up.origin}, routes: [{ path: /, access: public }] }
+`,
+    logs,
+    // The manager's clock can be moved forward; its periodic check runs every 300 ms of real time.
+    { now: () => Date.now() + skew, checkInterval: 300, random: () => 0.5 },
+  );
+  t.teardown(() => gw.close(1000));
+  t.ok(await waitAuthorized(httpsPort, 'app.test', root), 'first certificate served');
+  const serial = async (): Promise<string> =>
+    new Promise((resolve) => {
+      const s = tls.connect({ host: '127.0.0.1', port: httpsPort, servername: 'app.test', ca: root }, () => {
+        resolve(s.getPeerCertificate().serialNumber);
+        s.destroy();
+      });
+      s.on('error', () => resolve(''));
+    });
+  const first = await serial();
+  // A connection opened before the renewal keeps working across it.
+  const kept = tls.connect({ host: '127.0.0.1', port: httpsPort, servername: 'app.test', ca: root, ALPNProtocols: ['http/1.1'] });
+  await new Promise((r) => kept.once('secureConnect', r));
+  t.teardown(() => kept.destroy());
+  const notAfter = gw.certificates.expiries().get('app.test')!.getTime();
+  skew = notAfter - Date.now() - 10 * 86_400_000; // 10 days left: inside renew_before (30d)
+  let renewed = '';
+  for (let i = 0; i < 120 && (renewed === '' || renewed === first); i++) {
+    await new Promise((r) => setTimeout(r, 250));
+    renewed = await serial();
+  }
+  t.not(renewed, first, 'a new certificate is served by the same listener');
+  t.ok(logs.some((l) => l.event === 'cert_issued'), 'cert_issued event');
+  kept.write('GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n');
+  const answer = await new Promise<string>((resolve) => {
+    let buf = '';
+    kept.on('data', (c: Buffer) => (buf += c.toString()));
+    kept.on('close', () => resolve(buf));
+  });
+  t.match(answer, /^HTTP\/1\.1 200/, 'the connection opened before the renewal still works');
+});

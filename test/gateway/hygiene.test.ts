@@ -1,5 +1,6 @@
 // Request hygiene, attack-first: raw bytes over real TLS. The upstream must never see any of these.
 import t from 'tap';
+import tls from 'node:tls';
 import { LOOPBACK_LISTEN, rawTls, startGateway, startUpstream, statusOf } from '../helpers/gateway.js';
 
 const yaml = (origin: string) => `${LOOPBACK_LISTEN}
@@ -106,6 +107,30 @@ t.test('slowloris: headers that never finish are cut off', async (t) => {
   const res = await rawTls(gw.port, gw.ca, 'GET / HTTP/1.1\r\nHost: app.test\r\nX-Slow: ', { waitMs: 5000 });
   t.equal(statusOf(res), 408, 'closed with 408 by the headers timeout');
   t.equal(up.seen.length, 0);
+});
+
+t.test('a body that never finishes is cut off by request_timeout', async (t) => {
+  const up = await startUpstream(t);
+  const gw = await startGateway(t, yaml(up.origin));
+  // Headers arrive at once, then the body stalls after 5 of its 100 bytes.
+  const outcome = await new Promise<{ closedByGateway: boolean; data: string }>((resolve) => {
+    let data = '';
+    const s = tls.connect({ host: '127.0.0.1', port: gw.port, ca: gw.ca, servername: 'app.test', ALPNProtocols: ['http/1.1'] }, () => {
+      s.write('POST / HTTP/1.1\r\nHost: app.test\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\nhello');
+    });
+    const timer = setTimeout(() => {
+      s.destroy();
+      resolve({ closedByGateway: false, data });
+    }, 8000);
+    s.on('data', (c: Buffer) => (data += c.toString('latin1')));
+    s.on('close', () => {
+      clearTimeout(timer);
+      resolve({ closedByGateway: true, data });
+    });
+    s.on('error', () => undefined);
+  });
+  t.ok(outcome.closedByGateway, 'the gateway closed the stalled request (request_timeout: 2s)');
+  t.notOk(up.seen.some((r) => r.body.length === 100), 'the upstream never received a complete body');
 });
 
 t.test('paths: one canonical form for policy and upstream', async (t) => {
