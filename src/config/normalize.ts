@@ -538,9 +538,9 @@ export function normalize(raw: GatewayFile, ctx: NormalizeContext): NormalizeRes
         upstream: route.upstream !== undefined ? upstreams(c, [...rat, 'upstream'], route.upstream) : upstream,
         maxBodySize: route.max_body_size !== undefined ? c.size([...rat, 'max_body_size'], route.max_body_size) : siteBody,
         timeouts: {
-          connect: rto.connect !== undefined ? c.duration([...rat, 'timeouts', 'connect'], rto.connect) : timeouts.connect,
+          connect: timeouts.connect,
           response: rto.response !== undefined ? c.duration([...rat, 'timeouts', 'response'], rto.response) : timeouts.response,
-          idle: rto.idle !== undefined ? c.duration([...rat, 'timeouts', 'idle'], rto.idle) : timeouts.idle,
+          idle: timeouts.idle,
         },
         protect: toProtect(merged),
       });

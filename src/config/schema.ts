@@ -172,14 +172,20 @@ const protectionProperties = () => ({
 });
 
 const Timeouts = (top: boolean) =>
-  Type.Object(
-    {
-      connect: Type.Optional(Duration('Time to open a connection to the upstream.', top ? DEFAULTS.timeouts.connect : undefined)),
-      response: Type.Optional(Duration("Time from sending the request to receiving the upstream's response headers.", top ? DEFAULTS.timeouts.response : undefined)),
-      idle: Type.Optional(Duration('Idle time of a keep-alive connection.', top ? DEFAULTS.timeouts.idle : undefined)),
-    },
-    { ...Closed, description: top ? 'Upstream timeouts.' : 'Per-route override of the top-level upstream timeouts (per key).' },
-  );
+  top
+    ? Type.Object(
+        {
+          connect: Type.Optional(Duration('Time to open a connection to the upstream.', DEFAULTS.timeouts.connect)),
+          response: Type.Optional(Duration("Time from sending the request to receiving the upstream's response headers (and the longest pause while its body streams).", DEFAULTS.timeouts.response)),
+          idle: Type.Optional(Duration('Idle time of a keep-alive connection (client and upstream).', DEFAULTS.timeouts.idle)),
+        },
+        { ...Closed, description: 'Upstream timeouts.' },
+      )
+    : // Connections are pooled per upstream, not per route: only the per-request timeout can differ.
+      Type.Object(
+        { response: Type.Optional(Duration("Time from sending the request to receiving the upstream's response headers (and the longest pause while its body streams).")) },
+        { ...Closed, description: 'Per-route override of timeouts.response (connect and idle are per upstream connection: top level only).' },
+      );
 
 const Route = Type.Object(
   {

@@ -34,6 +34,7 @@ const cases: Case[] = [
   { name: 'duration pattern', yaml: SITE + 'shutdown_grace: 10 seconds\n', path: 'shutdown_grace', line: 4, col: 17, message: 'must be a duration' },
   { name: 'size pattern', yaml: SITE + 'limits:\n  max_body_size: 1.5mb\n', path: 'limits.max_body_size', line: 5, col: 18, message: 'must be a size' },
   { name: 'wrong type in a union', yaml: 'sites:\n  - hosts: [a.example.com]\n    upstream: 8000\n', path: 'sites.0.upstream', line: 3, col: 15, message: 'must be a string or a list' },
+  { name: 'a route cannot set connect/idle timeouts (pooled per upstream)', yaml: 'sites:\n  - hosts: [a.example.com]\n    upstream: http://127.0.0.1:1\n    routes: [{ path: /, timeouts: { connect: 1s } }]\n', path: 'sites.0.routes.0.timeouts.connect', line: 4, col: 37, message: 'unknown key "connect"' },
   { name: 'unknown top-level key', yaml: SITE + 'tsl: {}\n', path: 'tsl', line: 4, col: 1, message: 'unknown key "tsl" (did you mean "tls"?)' },
   { name: '__proto__ is just an unknown key', yaml: SITE + '__proto__: { admin: true }\n', path: '__proto__', line: 4, col: 1, message: 'unknown key "__proto__"' },
   { name: 'YAML syntax error', yaml: 'sites: [\n', path: '', line: 2, col: 1, message: 'YAML syntax error' },
