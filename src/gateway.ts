@@ -98,7 +98,9 @@ function rawView(req: FastifyRequest): RawRequestView {
 }
 
 function protectionOf(ctx: RequestContext): RouteProtection {
-  return (ctx.route && ctx.state.protections.get(ctx.route)) || ctx.state.fallbackProtection;
+  if (ctx.route) return ctx.state.protections.get(ctx.route)!;
+  if (ctx.site) return ctx.state.siteProtections.get(ctx.site)!;
+  return ctx.state.fallbackProtection;
 }
 
 /** Sends the gateway's own safe error body. */

@@ -25,7 +25,9 @@ export interface RuntimeState {
   readonly hsts: string | null;
   /** Compiled protections per route. */
   readonly protections: ReadonlyMap<RouteConfig, RouteProtection>;
-  /** For responses to requests that matched no route (unknown host, bad path, …). */
+  /** Per site, for its requests that matched no route. */
+  readonly siteProtections: ReadonlyMap<SiteConfig, RouteProtection>;
+  /** For requests that matched no site (unknown host, bad request line, …). */
   readonly fallbackProtection: RouteProtection;
 }
 
@@ -78,6 +80,7 @@ export function buildRuntimeState(
     ],
     hsts: hstsValue(config.tls.hsts),
     protections: protections.routes,
+    siteProtections: protections.sites,
     fallbackProtection: protections.fallback,
   };
 }

@@ -3,7 +3,7 @@
  * helmet at load time, so a request only copies a few strings), cookie rules, CSRF rules, the
  * rate limit and the ban rule — each already merged top level → site → route by the config.
  */
-import type { GatewayConfig, ProtectConfig, RouteConfig } from '../config/types.js';
+import type { GatewayConfig, ProtectConfig, RouteConfig, SiteConfig } from '../config/types.js';
 import { computeSecurityHeaders, type BanRules, type CookieRules, type CsrfRules, type RouteRateLimit, type SecurityHeaderSet } from '../protect/index.js';
 
 export interface RouteProtection {
@@ -49,8 +49,20 @@ export function compileProtection(p: ProtectConfig, routeId: string, config: Gat
   };
 }
 
-export function compileProtections(config: GatewayConfig): { routes: Map<RouteConfig, RouteProtection>; fallback: RouteProtection } {
+export interface CompiledProtections {
+  readonly routes: Map<RouteConfig, RouteProtection>;
+  /** For a site's requests that match none of its routes (404 and the like). */
+  readonly sites: Map<SiteConfig, RouteProtection>;
+  /** For requests that match no site. */
+  readonly fallback: RouteProtection;
+}
+
+export function compileProtections(config: GatewayConfig): CompiledProtections {
   const routes = new Map<RouteConfig, RouteProtection>();
-  for (const site of config.sites) for (const route of site.routes) routes.set(route, compileProtection(route.protect, route.id, config));
-  return { routes, fallback: compileProtection(config.protect, 'unmatched', config) };
+  const sites = new Map<SiteConfig, RouteProtection>();
+  for (const site of config.sites) {
+    sites.set(site, compileProtection(site.protect, `${site.id}:unmatched`, config));
+    for (const route of site.routes) routes.set(route, compileProtection(route.protect, route.id, config));
+  }
+  return { routes, sites, fallback: compileProtection(config.protect, 'unmatched', config) };
 }

@@ -18,6 +18,7 @@
  */
 
 import { createHash } from 'node:crypto';
+import { isIPv4 } from 'node:net';
 import ipaddr from 'ipaddr.js';
 import type { RateLimitKeySpec } from './types.js';
 
@@ -41,8 +42,16 @@ function bounded(part: string): string {
   return `sha256:${createHash('sha256').update(part).digest('base64url')}`;
 }
 
-/** `ip:<address>` (IPv4) or `ip:<network>/64` (IPv6). */
-export function ipKey(ip: string): string {
+/** What a dual-stack socket reports for an IPv4 client (RFC 4291 §2.5.5.2), as Node spells it. */
+const V4_MAPPED_PREFIX = '::ffff:';
+
+/** Keys of addresses that took the slow path; bounded, see {@link ipKey}. */
+const slowKeys = new Map<string, string>();
+/** Entries kept in {@link slowKeys} before it is emptied. */
+export const SLOW_KEY_CACHE_SIZE = 4096;
+
+/** The ipaddr.js path: any address form, IPv6 masked to its /64. */
+function ipKeySlow(ip: string): string {
   let address: ipaddr.IPv4 | ipaddr.IPv6;
   try {
     // process() turns IPv4-mapped IPv6 into IPv4.
@@ -57,6 +66,38 @@ export function ipKey(ip: string): string {
   const network = ipaddr.IPv6.networkAddressFromCIDR(`${address.toNormalizedString()}/${IPV6_PREFIX}`);
   return `ip:${network.toString()}/${IPV6_PREFIX}`;
 }
+
+/**
+ * `ip:<address>` (IPv4) or `ip:<network>/64` (IPv6).
+ *
+ * This runs for every request (rate limit and ban lookups), so the common shapes skip ipaddr.js:
+ * `net.isIPv4` accepts only canonical dotted decimal (no leading zeros, no short forms), which is
+ * exactly the text ipaddr.js would print back, so the key is the address itself; Node's
+ * `::ffff:a.b.c.d` spelling of an IPv4-mapped address is keyed like its IPv4 address, as
+ * ipaddr.js' process() does. Everything else (IPv6, odd spellings, non-addresses) goes through
+ * ipaddr.js; its results are memoized in a map that is emptied when it reaches
+ * {@link SLOW_KEY_CACHE_SIZE} entries, so a client rotating addresses inside its /64 costs at most
+ * what it cost before and cannot grow memory. The memo holds a pure function's results: a hit
+ * returns exactly what ipaddr.js computed for the same input.
+ */
+export function ipKey(ip: string): string {
+  if (isIPv4(ip)) return `ip:${ip}`;
+  if (ip.startsWith(V4_MAPPED_PREFIX)) {
+    const v4 = ip.slice(V4_MAPPED_PREFIX.length);
+    if (isIPv4(v4)) return `ip:${v4}`;
+  }
+  let key = slowKeys.get(ip);
+  if (key === undefined) {
+    key = ipKeySlow(ip);
+    if (slowKeys.size >= SLOW_KEY_CACHE_SIZE) slowKeys.clear();
+    // Only short inputs are memoized: a socket address is at most ~45 characters plus a zone id.
+    if (ip.length <= MAX_KEY_PART) slowKeys.set(ip, key);
+  }
+  return key;
+}
+
+/** ipaddr.js only, no fast path or memo: the reference {@link ipKey} must agree with (tests). */
+export const ipKeyReference = ipKeySlow;
 
 function headerValue(headers: ClientIdentity['headers'], name: string): string | undefined {
   const raw = headers[name.toLowerCase()];

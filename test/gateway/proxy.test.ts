@@ -195,3 +195,22 @@ t.test('logs: one access line per request; credentials never reach a log line', 
   t.type(access[0]!.duration_ms, 'number');
   t.ok(access[0]!.time, 'timestamped');
 });
+
+t.test("a site's protection blocks also shape its own 404s; unknown hosts get the top level", async (t) => {
+  const up = await startUpstream(t);
+  const gw = await startGateway(t, `${LOOPBACK_LISTEN}
+headers: { frame_options: DENY }
+sites:
+  - hosts: [app.test]
+    upstream: ${up.origin}
+    headers: { frame_options: SAMEORIGIN }
+    routes: [{ path: /api, access: public }]
+`);
+  const notFound = await gw.request({ path: '/nothing-here' });
+  t.equal(notFound.status, 404);
+  t.equal(notFound.headers['x-frame-options'], 'SAMEORIGIN', 'site level');
+  const unknown = await gw.request({ host: 'other.test', servername: 'app.test' });
+  t.equal(unknown.status, 421);
+  t.equal(unknown.headers['x-frame-options'], 'DENY', 'top level');
+  t.equal(up.seen.length, 0);
+});
