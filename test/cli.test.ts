@@ -185,3 +185,30 @@ t.test('--watch: a changed file is validated and applied without a signal', asyn
   proc.kill('SIGTERM');
   t.equal(await proc.exited, 0);
 });
+
+t.test('SIGHUP reloads certificate files: a replaced file is served, a removed one is not', async (t) => {
+  const { ensureLocalCertificate } = await import('../src/tls/index.js');
+  const dir = tmp(t);
+  const file = join(dir, 'gw.yml');
+  const up = await startUpstream(t);
+  // Two certificates from a CA of the test's own (a separate storage dir).
+  const a = await ensureLocalCertificate(join(dir, 'ca-a'), ['app.test']);
+  writeFileSync(join(dir, 'a.pem'), a.certPem);
+  writeFileSync(join(dir, 'a.key'), a.keyPem);
+  const b = await ensureLocalCertificate(join(dir, 'ca-b'), ['app.test']);
+  writeFileSync(join(dir, 'b.pem'), b.certPem);
+  writeFileSync(join(dir, 'b.key'), b.keyPem);
+  const withCert = (name: string) => `${config(up.origin)}tls:\n  certificates: [{ cert: ${name}.pem, key: ${name}.key }]\n`;
+  writeFileSync(file, withCert('a'));
+  const proc = startCli(t, file);
+  const started = await proc.waitFor((l) => l.msg === 'portcullis started');
+  const port = (started.https as { port: number }).port;
+  t.equal((await httpsRequest(port, a.rootPem, { path: '/' })).status, 200, 'certificate A served');
+  writeFileSync(file, withCert('b'));
+  proc.kill('SIGHUP');
+  await proc.waitFor((l) => l.event === 'config_reloaded');
+  t.equal((await httpsRequest(port, b.rootPem, { path: '/' })).status, 200, 'certificate B served after reload');
+  await t.rejects(httpsRequest(port, a.rootPem, { path: '/' }), 'certificate A no longer served');
+  proc.kill('SIGTERM');
+  t.equal(await proc.exited, 0);
+});

@@ -208,29 +208,70 @@ export function applySecurityHeaders(
   mode: 'keep' | 'override',
   context: ApplyContext,
 ): ResponseHeaders {
+  // Runs once per proxied response: index loops over precomputed entry lists, no Map unless the
+  // app used an upper-case header name (undici and Node give lower-case names, so normally none).
   const out: ResponseHeaders = {};
-  const present = new Map<string, string>(); // lower-case name → the key used in `out`
-  for (const [name, value] of Object.entries(existing)) {
+  // lower-case name → every key of `out` spelled that way in another case (RFC 9110 §5.1: one field)
+  let mixedCase: Map<string, string[]> | null = null;
+  const names = Object.keys(existing);
+  for (let i = 0; i < names.length; i++) {
+    const name = names[i]!;
+    const value = existing[name];
+    if (value === undefined) continue;
     const lower = name.toLowerCase();
-    if (value === undefined || STRIPPED_RESPONSE_HEADERS.includes(lower)) continue;
+    if (STRIPPED.has(lower)) continue;
     out[name] = value;
-    present.set(lower, name);
-  }
-  const add = (headers: HeaderMap): void => {
-    for (const [name, value] of Object.entries(headers)) {
-      const existingKey = present.get(name);
-      if (existingKey !== undefined) {
-        if (mode === 'keep') continue;
-        delete out[existingKey];
-      }
-      out[name] = value;
-      present.set(name, name);
+    if (lower !== name) {
+      mixedCase ??= new Map();
+      const keys = mixedCase.get(lower);
+      if (keys === undefined) mixedCase.set(lower, [name]);
+      else keys.push(name);
     }
-  };
-  add(computed.common);
-  if (context.https) add(computed.httpsOnly);
-  if (context.gatewayGenerated === true) add(computed.gatewayOnly);
+  }
+  const entries = entriesOf(computed);
+  add(out, mixedCase, entries.common, mode);
+  if (context.https) add(out, mixedCase, entries.httpsOnly, mode);
+  if (context.gatewayGenerated === true) add(out, mixedCase, entries.gatewayOnly, mode);
   // For IncomingHttpHeaders input the output is IncomingHttpHeaders too: only single-valued
   // string headers are added, none of which has an array type there.
   return out;
+}
+
+const STRIPPED = new Set(STRIPPED_RESPONSE_HEADERS);
+
+type Entries = readonly (readonly [string, string])[];
+interface SetEntries {
+  readonly common: Entries;
+  readonly httpsOnly: Entries;
+  readonly gatewayOnly: Entries;
+}
+
+/** A header set is frozen and built once per route, so its entry lists are computed once too. */
+const entryCache = new WeakMap<SecurityHeaderSet, SetEntries>();
+function entriesOf(computed: SecurityHeaderSet): SetEntries {
+  let entries = entryCache.get(computed);
+  if (entries === undefined) {
+    entries = { common: Object.entries(computed.common), httpsOnly: Object.entries(computed.httpsOnly), gatewayOnly: Object.entries(computed.gatewayOnly) };
+    // Only frozen sets are cached: an unfrozen one could change after the first response.
+    if (Object.isFrozen(computed) && Object.isFrozen(computed.common) && Object.isFrozen(computed.httpsOnly) && Object.isFrozen(computed.gatewayOnly)) {
+      entryCache.set(computed, entries);
+    }
+  }
+  return entries;
+}
+
+function add(out: ResponseHeaders, mixedCase: Map<string, string[]> | null, headers: Entries, mode: 'keep' | 'override'): void {
+  for (let i = 0; i < headers.length; i++) {
+    const [name, value] = headers[i]!;
+    const other = mixedCase?.get(name);
+    if (Object.hasOwn(out, name) || other !== undefined) {
+      if (mode === 'keep') continue;
+      // Override: every spelling of the app's header goes, so no variant survives next to ours.
+      if (other !== undefined) {
+        for (const key of other) delete out[key];
+        mixedCase!.delete(name);
+      }
+    }
+    out[name] = value;
+  }
 }

@@ -14,10 +14,15 @@ export async function prepareCertificates(config: GatewayConfig, logger: Logger,
   if (config.tls.certificates.length > 0) {
     await certs.loadFiles(config.tls.certificates);
   }
+  // On reload: a certificate file no longer configured stops being served.
+  const wanted = new Set(config.tls.certificates.map((c) => c.cert));
+  for (const entry of certs.list()) if (entry.source === 'file' && !wanted.has(entry.id)) certs.remove(entry.id);
+  if (config.tls.certificates.length > 0 || config.tls.acme !== null) certs.remove(LOCAL_CA_ID);
   if (config.tls.certificates.length === 0 && config.tls.acme === null) {
     const hosts = [...new Set(config.sites.flatMap((s) => s.hosts))];
     const local = await ensureLocalCertificate(config.tls.storage, hosts);
     certs.loadFromPem(LOCAL_CA_ID, local.certPem, local.keyPem, 'local-ca');
+    for (const warning of local.warnings) logger.warn({ root_ca: local.rootPath }, warning);
     logger.warn(
       { root_ca: local.rootPath, hosts },
       'NO CERTIFICATES CONFIGURED: serving certificates from a LOCAL DEVELOPMENT CA. Clients will not trust them unless they trust ' +
