@@ -33,7 +33,7 @@ import { buildRuntimeState, type RuntimeState } from './runtime.js';
 import { hasDuplicate, newContext, resolveRequest, PROXIED_METHODS, type RawRequestView } from './pipeline/resolve.js';
 import type { RequestContext } from './pipeline/context.js';
 import type { RouteProtection } from './pipeline/protect.js';
-import { buildUpstreamHeaders, stripResponseHeaders, type HeaderBag } from './proxy/headers.js';
+import { buildUpstreamHeaders, withoutHopByHopResponseHeaders, type HeaderBag } from './proxy/headers.js';
 import { classifyUpstreamError, isConnectFailure } from './proxy/upstream-errors.js';
 import { authorizeRequest } from './pipeline/authorize.js';
 import { createAuthenticatorFor } from './pipeline/auth-factory.js';
@@ -312,6 +312,10 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
   app.addHook('preParsing', async function bodyLimit(request, _reply, payload) {
     const limit = request.gw.route?.maxBodySize;
     if (limit === undefined) return payload;
+    // RFC 9112 §6.3: an HTTP/1.x request with neither Content-Length nor Transfer-Encoding has no
+    // body (HTTP/2 bodies need no framing header, so they are always counted).
+    const h = request.raw.headers;
+    if (request.raw.httpVersionMajor === 1 && h['content-length'] === undefined && h['transfer-encoding'] === undefined) return payload;
     const counted = new BodyLimit(limit);
     payload.on('error', (err) => counted.destroy(err));
     return payload.pipe(counted);
@@ -441,9 +445,8 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
 
   function responseHeadersFromUpstream(headers: IncomingHttpHeaders, request: FastifyRequest): IncomingHttpHeaders {
     const ctx = request.gw;
-    stripResponseHeaders(headers as HeaderBag);
     const prot = protectionOf(ctx);
-    const out = applySecurityHeaders(headers, prot.headers, prot.headerMode, { https: true });
+    const out = applySecurityHeaders(withoutHopByHopResponseHeaders(headers as HeaderBag) as IncomingHttpHeaders, prot.headers, prot.headerMode, { https: true });
     const cookies = out['set-cookie'];
     if (cookies !== undefined) out['set-cookie'] = hardenSetCookies(Array.isArray(cookies) ? cookies : [cookies], prot.cookies, { https: true });
     return out;

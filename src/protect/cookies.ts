@@ -25,11 +25,26 @@ export interface CookieContext {
   readonly https: boolean;
 }
 
-// RFC 6265bis §5.7: CTLs other than HTAB make the browser ignore the whole line.
-// eslint-disable-next-line no-control-regex
-const CONTROL_CHARS = /[\x00-\x08\x0a-\x1f\x7f]/;
-// RFC 6265 §5.2: leading/trailing whitespace around names and values is removed (SP and HTAB).
-const trimWsp = (s: string): string => s.replace(/^[ \t]+|[ \t]+$/g, '');
+// This runs for every Set-Cookie of every proxied response, so parsing is index arithmetic on
+// the line (no split, no regular expression, no substring unless it can matter).
+
+/** RFC 6265bis §5.7: CTLs other than HTAB make the browser ignore the whole line. */
+function hasControlChar(line: string): boolean {
+  for (let i = 0; i < line.length; i++) {
+    const c = line.charCodeAt(i);
+    if (c <= 0x08 || (c >= 0x0a && c <= 0x1f) || c === 0x7f) return true;
+  }
+  return false;
+}
+
+const isWsp = (c: number): boolean => c === 0x20 || c === 0x09;
+
+/** `line[from, to)` without leading/trailing SP and HTAB (RFC 6265 §5.2). */
+function trimmed(line: string, from: number, to: number): string {
+  while (from < to && isWsp(line.charCodeAt(from))) from++;
+  while (to > from && isWsp(line.charCodeAt(to - 1))) to--;
+  return line.slice(from, to);
+}
 
 interface ParsedCookie {
   readonly name: string;
@@ -40,25 +55,35 @@ interface ParsedCookie {
 }
 
 function parseSetCookie(line: string): ParsedCookie | null {
-  if (CONTROL_CHARS.test(line)) return null;
-  const [pair = '', ...attributes] = line.split(';');
-  const eq = pair.indexOf('=');
-  const name = eq === -1 ? '' : trimWsp(pair.slice(0, eq));
-  const value = eq === -1 ? trimWsp(pair) : trimWsp(pair.slice(eq + 1));
-  if (name === '' && value === '') return null;
+  if (hasControlChar(line)) return null;
+  const semi = line.indexOf(';');
+  const pairEnd = semi === -1 ? line.length : semi;
+  let eq = line.indexOf('=');
+  if (eq >= pairEnd) eq = -1;
+  const name = eq === -1 ? '' : trimmed(line, 0, eq);
+  if (name === '' && trimmed(line, eq + 1, pairEnd) === '') return null;
   let secure = false;
   let httpOnly = false;
   let sameSite: ParsedCookie['sameSite'] = null;
-  for (const attribute of attributes) {
-    const aeq = attribute.indexOf('=');
-    const attrName = trimWsp(aeq === -1 ? attribute : attribute.slice(0, aeq)).toLowerCase();
-    const attrValue = aeq === -1 ? '' : trimWsp(attribute.slice(aeq + 1)).toLowerCase();
-    if (attrName === 'secure') secure = true;
-    else if (attrName === 'httponly') httpOnly = true;
-    else if (attrName === 'samesite' && (attrValue === 'lax' || attrValue === 'strict' || attrValue === 'none')) {
+  // Each further `;`-separated part is an attribute (a trailing `;` gives an empty one: ignored).
+  for (let pos = pairEnd; pos < line.length; ) {
+    const from = pos + 1;
+    let to = line.indexOf(';', from);
+    if (to === -1) to = line.length;
+    pos = to;
+    let aeq = line.indexOf('=', from);
+    if (aeq >= to) aeq = -1;
+    const attrName = trimmed(line, from, aeq === -1 ? to : aeq);
+    // Only three names matter, all ASCII letters of length 6 or 8; no other name can lower-case to them.
+    if (attrName.length !== 6 && attrName.length !== 8) continue;
+    const lower = attrName.toLowerCase();
+    if (lower === 'secure') secure = true;
+    else if (lower === 'httponly') httpOnly = true;
+    else if (lower === 'samesite' && aeq !== -1) {
+      const attrValue = trimmed(line, aeq + 1, to).toLowerCase();
       // An unrecognised SameSite value counts as "not set": browsers then apply their own
       // default, so the configured value (appended, hence last) is the better choice.
-      sameSite = attrValue;
+      if (attrValue === 'lax' || attrValue === 'strict' || attrValue === 'none') sameSite = attrValue;
     }
   }
   return { name, secure, httpOnly, sameSite };
@@ -80,13 +105,15 @@ export function hardenSetCookie(line: string, rules: CookieRules, context: Cooki
   const addSecure = !cookie.secure && context.https && (rules.secure || sameSiteNone);
   const addHttpOnly = !cookie.httpOnly && rules.httpOnly && !rules.httpOnlyExcept.includes(cookie.name);
 
-  const added: string[] = [];
-  if (addSecure) added.push('Secure');
-  if (addHttpOnly) added.push('HttpOnly');
-  if (addSameSite) added.push(`SameSite=${String(rules.sameSite)}`);
-  if (added.length === 0) return line;
+  if (!addSecure && !addHttpOnly && !addSameSite) return line;
   // Only trailing separators are dropped before appending, so "a=b; " does not become "a=b; ; Secure".
-  return `${line.replace(/[ \t;]+$/, '')}; ${added.join('; ')}`;
+  let end = line.length;
+  for (let c = line.charCodeAt(end - 1); end > 0 && (c === 0x20 || c === 0x09 || c === 0x3b); c = line.charCodeAt(end - 1)) end--;
+  let out = end === line.length ? line : line.slice(0, end);
+  if (addSecure) out += '; Secure';
+  if (addHttpOnly) out += '; HttpOnly';
+  if (addSameSite) out += `; SameSite=${String(rules.sameSite)}`;
+  return out;
 }
 
 /**

@@ -36,16 +36,26 @@ export function connectionTokens(value: string | string[] | number | undefined):
  * names (identity headers, X-Forwarded-*, Forwarded, X-Request-Id) — the caller sets those after.
  */
 export function stripRequestHeaders(headers: HeaderBag, gatewayOwned: readonly string[], keepUpgrade: boolean): void {
-  for (const name of connectionTokens(headers.connection)) {
-    if (keepUpgrade && name === 'upgrade') continue;
-    delete headers[name];
+  // Per request: `delete` only what is there (deleting turns the object into a slow dictionary;
+  // a read of an absent name does not), and no token array unless a Connection header exists.
+  if (headers.connection !== undefined) {
+    for (const name of connectionTokens(headers.connection)) {
+      if (keepUpgrade && name === 'upgrade') continue;
+      delete headers[name];
+    }
   }
-  for (const name of HOP_BY_HOP) {
+  for (let i = 0; i < HOP_BY_HOP.length; i++) {
+    const name = HOP_BY_HOP[i]!;
     if (keepUpgrade && (name === 'connection' || name === 'upgrade')) continue;
-    delete headers[name];
+    if (Object.hasOwn(headers, name)) delete headers[name];
   }
-  for (const name of gatewayOwned) delete headers[name];
-  for (const name of Object.keys(headers)) {
+  for (let i = 0; i < gatewayOwned.length; i++) {
+    const name = gatewayOwned[i]!;
+    if (Object.hasOwn(headers, name)) delete headers[name];
+  }
+  const names = Object.keys(headers);
+  for (let i = 0; i < names.length; i++) {
+    const name = names[i]!;
     // HTTP/2 pseudo-headers never go upstream (reply-from filters them too; this keeps the rule local).
     if (name.charCodeAt(0) === 58 /* ':' */) delete headers[name];
     // CGI, WSGI, Rack and PHP map both `-` and `_` to `_` (X_Auth_User → HTTP_X_AUTH_USER), so an
@@ -56,9 +66,29 @@ export function stripRequestHeaders(headers: HeaderBag, gatewayOwned: readonly s
 
 /** Removes hop-by-hop and internals-leaking headers from an upstream response, in place. */
 export function stripResponseHeaders(headers: HeaderBag): void {
-  for (const name of connectionTokens(headers.connection)) delete headers[name];
-  for (const name of HOP_BY_HOP) delete headers[name];
-  for (const name of LEAKY_RESPONSE_HEADERS) delete headers[name];
+  if (headers.connection !== undefined) for (const name of connectionTokens(headers.connection)) delete headers[name];
+  for (let i = 0; i < HOP_BY_HOP.length; i++) if (Object.hasOwn(headers, HOP_BY_HOP[i]!)) delete headers[HOP_BY_HOP[i]!];
+  for (let i = 0; i < LEAKY_RESPONSE_HEADERS.length; i++) if (Object.hasOwn(headers, LEAKY_RESPONSE_HEADERS[i]!)) delete headers[LEAKY_RESPONSE_HEADERS[i]!];
+}
+
+const RESPONSE_DROPPED: ReadonlySet<string> = new Set([...HOP_BY_HOP, ...LEAKY_RESPONSE_HEADERS]);
+
+/**
+ * What {@link stripResponseHeaders} leaves, as a NEW object (the input is not touched). Same
+ * names removed; use it where the caller copies the headers anyway: it skips the `delete`s that
+ * turn the upstream's header object into a slow dictionary on every response (issue 7).
+ * Names are compared as given (undici and Node hand over lower-case names), like the in-place form.
+ */
+export function withoutHopByHopResponseHeaders(headers: HeaderBag): HeaderBag {
+  const named = headers.connection !== undefined ? connectionTokens(headers.connection) : null;
+  const out: HeaderBag = {};
+  const names = Object.keys(headers);
+  for (let i = 0; i < names.length; i++) {
+    const name = names[i]!;
+    if (RESPONSE_DROPPED.has(name) || (named !== null && named.includes(name))) continue;
+    out[name] = headers[name];
+  }
+  return out;
 }
 
 export interface UpstreamHeaderInput {
