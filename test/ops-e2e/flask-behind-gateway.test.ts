@@ -6,44 +6,11 @@
  */
 import t from 'tap';
 import https from 'node:https';
-import { spawn, spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import { join } from 'node:path';
 import { LOOPBACK_LISTEN, startGateway, type RunningGateway } from '../helpers/gateway.js';
-import { ROOT } from '../ops/tools.js';
-import { authYaml, startIssuer, type Tap, type TestIssuer } from './_support.js';
+import { FLASK_SKIP as SKIP, startExampleApp } from '../ops/tools.js';
+import { authYaml, startIssuer, type TestIssuer } from './_support.js';
 
-// Debian's interpreter first: a pyenv/venv python3 earlier on PATH may not have Debian's Flask.
-const PYTHON = existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
-const hasFlask = spawnSync(PYTHON, ['-c', 'import flask, werkzeug.middleware.proxy_fix'], { stdio: 'ignore' }).status === 0;
-const SKIP = hasFlask ? false : `${PYTHON} cannot import flask (apt-get install python3-flask); CI installs it, so this runs there`;
 const CLIENT_ADDRESS = '127.0.0.2';
-
-/** app.py as shipped, on an ephemeral loopback port (Werkzeug prints the port it got). */
-async function startFlask(t: Tap): Promise<string> {
-  const child = spawn(PYTHON, [join(ROOT, 'docker/example-app/app.py')], {
-    env: { PATH: process.env.PATH ?? '/usr/bin:/bin', PORT: '0', FLASK_SECRET_KEY: 'ops-e2e-only' },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  t.teardown(async () => {
-    if (child.exitCode === null && child.signalCode === null) {
-      const exited = new Promise((r) => child.once('exit', r));
-      child.kill('SIGTERM');
-      await exited;
-    }
-  });
-  return new Promise<string>((resolve, reject) => {
-    let log = '';
-    const onData = (d: Buffer): void => {
-      log += d.toString('utf8');
-      const m = /Running on (http:\/\/127\.0\.0\.1:\d+)/.exec(log);
-      if (m !== null) resolve(m[1]!);
-    };
-    child.stdout.on('data', onData);
-    child.stderr.on('data', onData);
-    child.once('exit', (code) => reject(new Error(`app.py exited (${code}) before listening:\n${log}`)));
-  });
-}
 
 /** docker/gateway.yml's routes, plus a public site on the same app to see what anonymous requests carry. */
 function gatewayYaml(iss: TestIssuer, app: string): string {
@@ -115,7 +82,7 @@ const FORGED: Array<[string, string]> = [
 
 t.test('the Flask example app behind the running gateway', { skip: SKIP }, async (t) => {
   const iss = await startIssuer(t);
-  const app = await startFlask(t);
+  const app = await startExampleApp(t, { FLASK_SECRET_KEY: 'ops-e2e-only' });
   const gw = await startGateway(t, gatewayYaml(iss, app));
   const alice = await iss.token('alice', { roles: ['admin', 'dev'], email: 'alice@app.test' });
   const bob = await iss.token('bob', { roles: ['user'] });

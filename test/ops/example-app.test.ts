@@ -3,43 +3,10 @@
  * ProxyFix must turn the gateway's X-Forwarded-* into the right scheme/host/remote_addr.
  */
 import t from 'tap';
-import { spawn, spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import { join } from 'node:path';
-import { ROOT } from './tools.js';
-
-// Debian's interpreter first: a pyenv/venv python3 earlier on PATH may not have Debian's Flask.
-const PYTHON = existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
-const hasFlask = spawnSync(PYTHON, ['-c', 'import flask, werkzeug.middleware.proxy_fix'], { stdio: 'ignore' }).status === 0;
-const SKIP = hasFlask ? false : `${PYTHON} cannot import flask (apt-get install python3-flask); CI installs it, so this check runs there`;
-
-async function startApp(t: { teardown(fn: () => unknown): void }, env: Record<string, string> = {}): Promise<string> {
-  const child = spawn(PYTHON, [join(ROOT, 'docker/example-app/app.py')], {
-    env: { PATH: process.env.PATH ?? '/usr/bin:/bin', PORT: '0', SESSION_COOKIE_SECURE: '1', ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  t.teardown(async () => {
-    if (child.exitCode === null && child.signalCode === null) {
-      const exited = new Promise((r) => child.once('exit', r));
-      child.kill('SIGTERM');
-      await exited;
-    }
-  });
-  return new Promise<string>((resolve, reject) => {
-    let log = '';
-    const onData = (d: Buffer) => {
-      log += d.toString('utf8');
-      const m = /Running on (http:\/\/127\.\d+\.\d+\.\d+:\d+)/.exec(log);
-      if (m !== null) resolve(m[1]!);
-    };
-    child.stdout.on('data', onData);
-    child.stderr.on('data', onData);
-    child.once('exit', (code) => reject(new Error(`app exited (${code}) before listening:\n${log}`)));
-  });
-}
+import { FLASK_SKIP as SKIP, startExampleApp } from './tools.js';
 
 t.test('the example app behind a simulated gateway hop', { skip: SKIP }, async (t) => {
-  const base = await startApp(t);
+  const base = await startExampleApp(t, { SESSION_COOKIE_SECURE: '1' });
   t.match(base, /^http:\/\/127\.0\.0\.1:/, 'binds loopback by default');
 
   const health = await fetch(`${base}/health`);
@@ -72,7 +39,7 @@ t.test('the example app behind a simulated gateway hop', { skip: SKIP }, async (
 });
 
 t.test('ProxyFix trusts only the last hop: a client-forged X-Forwarded-For prefix is ignored', { skip: SKIP }, async (t) => {
-  const base = await startApp(t);
+  const base = await startExampleApp(t, { SESSION_COOKIE_SECURE: '1' });
   const who = await fetch(`${base}/api/whoami`, { headers: { 'X-Forwarded-For': '10.0.0.1, 198.51.100.7', 'X-Forwarded-Proto': 'https' } });
   const body = (await who.json()) as { remote_addr: string; scheme: string; user: string | null; roles: string[] };
   t.equal(body.remote_addr, '198.51.100.7', 'the address the gateway appended, not the forged one');
@@ -81,7 +48,7 @@ t.test('ProxyFix trusts only the last hop: a client-forged X-Forwarded-For prefi
 });
 
 t.test('/admin needs the admin role; the form POST sets a hardened session cookie', { skip: SKIP }, async (t) => {
-  const base = await startApp(t, { FLASK_SECRET_KEY: 'test-only-key' });
+  const base = await startExampleApp(t, { SESSION_COOKIE_SECURE: '1', FLASK_SECRET_KEY: 'test-only-key' });
   t.equal((await fetch(`${base}/admin`, { headers: { 'X-Auth-User': 'bob', 'X-Auth-Roles': 'dev' } })).status, 403);
   t.equal((await fetch(`${base}/admin`)).status, 403);
   const ok = await fetch(`${base}/admin`, { headers: { 'X-Auth-User': 'alice', 'X-Auth-Roles': 'dev, admin' } });
@@ -107,7 +74,7 @@ t.test('/admin needs the admin role; the form POST sets a hardened session cooki
 });
 
 t.test('HOST changes the bind address (another loopback address here; 0.0.0.0 in Docker)', { skip: SKIP }, async (t) => {
-  const base = await startApp(t, { HOST: '127.0.0.2' });
+  const base = await startExampleApp(t, { SESSION_COOKIE_SECURE: '1', HOST: '127.0.0.2' });
   t.match(base, /^http:\/\/127\.0\.0\.2:/);
   t.equal((await fetch(`${base}/health`)).status, 200);
 });

@@ -1,7 +1,7 @@
 /**
  * Helpers shared by the ops tests: locating and running `promtool` (Debian package `prometheus`).
  */
-import { execFile, spawnSync } from 'node:child_process';
+import { execFile, spawn, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -44,4 +44,38 @@ export function run(file: string, args: readonly string[], input?: string, cwd =
 export function promtool(args: readonly string[], input?: string): Promise<RunResult> {
   if (PROMTOOL === null) throw new Error('promtool is not installed');
   return run(PROMTOOL, args, input);
+}
+
+// --- the example Flask app (docker/example-app/app.py), run as shipped ---------------------------
+
+/** Debian's interpreter first: a pyenv/venv python3 earlier on PATH may not have Debian's Flask. */
+export const PYTHON = existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
+const hasFlask = spawnSync(PYTHON, ['-c', 'import flask, werkzeug.middleware.proxy_fix'], { stdio: 'ignore' }).status === 0;
+/** `skip` value for tests that need the app: false, or why they cannot run here. */
+export const FLASK_SKIP: string | false = hasFlask ? false : `${PYTHON} cannot import flask (apt-get install python3-flask); CI installs it, so this runs there`;
+
+/** Starts app.py on an ephemeral port (Werkzeug prints the port it got); resolves its base URL. */
+export async function startExampleApp(t: { teardown(fn: () => unknown): void }, env: Record<string, string> = {}): Promise<string> {
+  const child = spawn(PYTHON, [join(ROOT, 'docker/example-app/app.py')], {
+    env: { PATH: process.env.PATH ?? '/usr/bin:/bin', PORT: '0', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  t.teardown(async () => {
+    if (child.exitCode === null && child.signalCode === null) {
+      const exited = new Promise((r) => child.once('exit', r));
+      child.kill('SIGTERM');
+      await exited;
+    }
+  });
+  return new Promise<string>((resolve, reject) => {
+    let log = '';
+    const onData = (d: Buffer): void => {
+      log += d.toString('utf8');
+      const m = /Running on (http:\/\/127\.\d+\.\d+\.\d+:\d+)/.exec(log);
+      if (m !== null) resolve(m[1]!);
+    };
+    child.stdout.on('data', onData);
+    child.stderr.on('data', onData);
+    child.once('exit', (code) => reject(new Error(`app.py exited (${code}) before listening:\n${log}`)));
+  });
 }
