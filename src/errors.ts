@@ -11,12 +11,10 @@ export const ErrorCodes = {
   // configuration (startup / reload)
   GW_ERR_CONFIG_INVALID: 'configuration is invalid',
   GW_ERR_CONFIG_READ: 'configuration file cannot be read',
-  GW_ERR_CONFIG_ENV_MISSING: 'environment variable is not set',
   // request hygiene
   GW_ERR_BAD_REQUEST: 'bad request',
   GW_ERR_BAD_PATH: 'request path is not acceptable',
   GW_ERR_METHOD_NOT_ALLOWED: 'method not allowed',
-  GW_ERR_UNKNOWN_HOST: 'unknown host',
   GW_ERR_MISDIRECTED: 'misdirected request',
   GW_ERR_NO_ROUTE: 'no route',
   GW_ERR_BODY_TOO_LARGE: 'request body too large',
