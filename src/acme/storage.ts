@@ -12,32 +12,13 @@
  * a crash between them leaves a key/certificate mismatch, which `loadSite` detects and reports
  * like any other corruption: the site is simply ordered again.
  */
-import { randomBytes, createPrivateKey, X509Certificate as NodeX509 } from 'node:crypto';
+import { createPrivateKey, X509Certificate as NodeX509 } from 'node:crypto';
 import { promises as fs } from 'node:fs';
-import { join, dirname, basename } from 'node:path';
+import { join } from 'node:path';
 import * as x509 from '@peculiar/x509';
 import { directoryFolder, safeName, sameHosts } from './policy.js';
+import { writeFileAtomic } from '../tls/atomic.js';
 
-/** Writes `data` to `path` atomically with the given mode. */
-export async function writeFileAtomic(path: string, data: string, mode: number): Promise<void> {
-  const tmp = join(dirname(path), `.${basename(path)}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
-  // 'wx': never follow or reuse an existing file at the temp name (symlink planted in the dir).
-  const fh = await fs.open(tmp, 'wx', mode);
-  try {
-    await fh.writeFile(data, 'utf8');
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  try {
-    // The umask may have narrowed the mode at creation; make it exact.
-    await fs.chmod(tmp, mode);
-    await fs.rename(tmp, path);
-  } catch (err) {
-    await fs.rm(tmp, { force: true });
-    throw err;
-  }
-}
 
 export interface StoredCert {
   readonly certPem: string;

@@ -6,6 +6,7 @@
  * own headers (reply-from does this first), so `Connection: X-Forwarded-For` or
  * `Connection: X-Auth-User` cannot remove what the gateway sets.
  */
+import { plainAddress } from './forwarded.js';
 
 /** Lower-case names never forwarded in either direction. */
 export const HOP_BY_HOP = [
@@ -64,20 +65,13 @@ export function stripRequestHeaders(headers: HeaderBag, gatewayOwned: readonly s
   }
 }
 
-/** Removes hop-by-hop and internals-leaking headers from an upstream response, in place. */
-export function stripResponseHeaders(headers: HeaderBag): void {
-  if (headers.connection !== undefined) for (const name of connectionTokens(headers.connection)) delete headers[name];
-  for (let i = 0; i < HOP_BY_HOP.length; i++) if (Object.hasOwn(headers, HOP_BY_HOP[i]!)) delete headers[HOP_BY_HOP[i]!];
-  for (let i = 0; i < LEAKY_RESPONSE_HEADERS.length; i++) if (Object.hasOwn(headers, LEAKY_RESPONSE_HEADERS[i]!)) delete headers[LEAKY_RESPONSE_HEADERS[i]!];
-}
-
 const RESPONSE_DROPPED: ReadonlySet<string> = new Set([...HOP_BY_HOP, ...LEAKY_RESPONSE_HEADERS]);
 
 /**
- * What {@link stripResponseHeaders} leaves, as a NEW object (the input is not touched). Same
- * names removed; use it where the caller copies the headers anyway: it skips the `delete`s that
- * turn the upstream's header object into a slow dictionary on every response (issue 7).
- * Names are compared as given (undici and Node hand over lower-case names), like the in-place form.
+ * An upstream response's headers without hop-by-hop headers, the headers its `Connection` names,
+ * and internals-leaking ones, as a NEW object (the input is not touched): no `delete`s, which
+ * would turn the header object into a slow dictionary on every response (issue 7). Names are
+ * compared as given (undici and Node hand over lower-case names).
  */
 export function withoutHopByHopResponseHeaders(headers: HeaderBag): HeaderBag {
   const named = headers.connection !== undefined ? connectionTokens(headers.connection) : null;
@@ -120,7 +114,7 @@ export function buildUpstreamHeaders(headers: HeaderBag, input: UpstreamHeaderIn
   delete headers.expect;
   if (!input.forwardToken) delete headers.authorization;
   headers.host = input.host;
-  const peer = input.peer.startsWith('::ffff:') && input.peer.includes('.') ? input.peer.slice(7) : input.peer;
+  const peer = plainAddress(input.peer);
   if (input.trustedPeer) {
     const xff = Array.isArray(clientXff) ? clientXff.join(', ') : clientXff;
     headers['x-forwarded-for'] = xff ? `${xff}, ${peer}` : peer;

@@ -3,7 +3,8 @@ import t from 'tap';
 import { mkdtempSync, rmSync, readdirSync, statSync, writeFileSync, readFileSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { AcmeStorage, certValidity, writeFileAtomic } from '../../src/acme/storage.js';
+import { AcmeStorage, certValidity } from '../../src/acme/storage.js';
+import { writeFileAtomic } from '../../src/tls/atomic.js';
 import { makeCert } from './support.js';
 
 const DIR_URL = 'https://ca.example:14000/dir';
@@ -38,7 +39,8 @@ t.test('writeFileAtomic: exact mode despite umask, replaces, leaves no temp file
   await writeFileAtomic(link, 'new', 0o600);
   t.equal(readFileSync(target, 'utf8'), 'precious', 'symlink target untouched');
   t.equal(readFileSync(link, 'utf8'), 'new');
-  await t.rejects(writeFileAtomic(join(d, 'missing-dir', 'f'), 'x', 0o600), { code: 'ENOENT' });
+  await writeFileAtomic(join(d, 'missing-dir', 'f'), 'x', 0o600);
+  t.equal(statSync(join(d, 'missing-dir')).mode & 0o777, 0o700, 'a missing directory is created private');
 });
 
 t.test('site round trip; layout and modes', async (t) => {

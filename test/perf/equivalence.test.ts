@@ -10,7 +10,7 @@ import ipaddr from 'ipaddr.js';
 import { ipKey, ipKeyReference, SLOW_KEY_CACHE_SIZE } from '../../src/protect/client-key.js';
 import { hardenSetCookie } from '../../src/protect/cookies.js';
 import { applySecurityHeaders, type SecurityHeaderSet } from '../../src/protect/headers.js';
-import { stripRequestHeaders, stripResponseHeaders, withoutHopByHopResponseHeaders, HOP_BY_HOP, LEAKY_RESPONSE_HEADERS, connectionTokens, type HeaderBag } from '../../src/proxy/headers.js';
+import { stripRequestHeaders, withoutHopByHopResponseHeaders, HOP_BY_HOP, LEAKY_RESPONSE_HEADERS, connectionTokens, type HeaderBag } from '../../src/proxy/headers.js';
 import type { CookieRules } from '../../src/protect/types.js';
 
 // ---------------------------------------------------------------- ipKey
@@ -242,7 +242,7 @@ function referenceStripResponse(headers: HeaderBag): void {
   for (const name of LEAKY_RESPONSE_HEADERS) delete headers[name];
 }
 
-t.test('stripRequestHeaders / stripResponseHeaders agree with the reference', async (t) => {
+t.test('stripRequestHeaders agrees with the reference', async (t) => {
   const owned = ['x-auth-user', 'x-auth-email', 'x-auth-roles', 'x-forwarded-for', 'x-request-id'];
   fc.assert(
     fc.property(bag, fc.boolean(), (headers, keepUpgrade) => {
@@ -250,18 +250,14 @@ t.test('stripRequestHeaders / stripResponseHeaders agree with the reference', as
       const b = { ...headers };
       stripRequestHeaders(a, owned, keepUpgrade);
       referenceStripRequest(b, owned, keepUpgrade);
-      const c = { ...headers };
-      const d = { ...headers };
-      stripResponseHeaders(c);
-      referenceStripResponse(d);
-      return JSON.stringify(a) === JSON.stringify(b) && JSON.stringify(c) === JSON.stringify(d);
+      return JSON.stringify(a) === JSON.stringify(b);
     }),
     { numRuns: 5000 },
   );
   t.pass('5000 generated header bags agree');
 });
 
-t.test('withoutHopByHopResponseHeaders = stripResponseHeaders on a copy, input untouched', async (t) => {
+t.test('withoutHopByHopResponseHeaders = the reference strip on a copy, input untouched', async (t) => {
   fc.assert(
     fc.property(bag, (headers) => {
       const before = JSON.stringify(headers);
