@@ -15,6 +15,9 @@ import { createLogger } from './observability/logging.js';
 import { buildGateway } from './gateway.js';
 import { prepareCertificates } from './server/certificates.js';
 import { explain, formatExplanation } from './pipeline/explain.js';
+import { runPrimary, WORKER_ENV } from './cluster/primary.js';
+import { runWorker } from './cluster/worker.js';
+import cluster from 'node:cluster';
 
 const here = dirname(fileURLToPath(import.meta.url));
 
@@ -129,12 +132,14 @@ async function validate(configPath: string, io: Io): Promise<number> {
 }
 
 async function start(configPath: string, watchFile: boolean, io: Io): Promise<number> {
+  if (process.env[WORKER_ENV] === '1' && cluster.isWorker) return runWorker(configPath, version());
   let loaded;
   try {
     loaded = await loadConfigFile(configPath);
   } catch (err) {
     return reportConfigError(err, io);
   }
+  if (loaded.config.workers > 1) return runPrimary(configPath, watchFile, loaded, version());
   const { config, warnings } = loaded;
   const logger = createLogger(config.log);
   for (const w of warnings) logger.warn({ config: configPath }, w);

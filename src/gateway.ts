@@ -43,7 +43,7 @@ import { MemoryStore, type Store } from './state/index.js';
 import { createRedirectServer } from './server/redirect.js';
 import { createAdminServer } from './server/admin.js';
 import { SlowlorisGuard } from './server/slowloris.js';
-import { createCertificateAutomation, type AcmeTuning } from './server/acme.js';
+import { createCertificateAutomation, type AcmeTuning, type CertificateAutomation } from './server/acme.js';
 import type { Authenticator } from './auth/index.js';
 
 export interface GatewayOptions {
@@ -56,6 +56,13 @@ export interface GatewayOptions {
   readonly store?: Store;
   /** ACME scheduling (clock, intervals); the defaults suit production. */
   readonly acme?: AcmeTuning;
+  /**
+   * Who obtains certificates. Default: this gateway runs its own ACME manager. A cluster worker
+   * passes `followerAutomation()` and applies the primary's certificates and challenges itself.
+   */
+  readonly certificateAutomation?: CertificateAutomation;
+  /** Serve the admin listener (default true). Cluster workers leave it to the primary, which aggregates. */
+  readonly adminListener?: boolean;
 }
 
 export interface ListenerAddresses {
@@ -142,7 +149,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
   const bans = new BanList({ store });
   metrics.setBansActiveProvider(() => bans.activeBans());
   metrics.setCertificateProvider(() => [...certificates.expiries()].map(([host, notAfter]) => ({ host, notAfter })));
-  const automation = createCertificateAutomation({ certificates, logger, metrics, events, tuning: options.acme });
+  const automation = options.certificateAutomation ?? createCertificateAutomation({ certificates, logger, metrics, events, tuning: options.acme });
 
   const newAuthenticator = (config: GatewayConfig): Authenticator | null =>
     createAuthenticatorFor(config, logger, (issuer, result) => metrics.jwksRefresh(issuer, result === 'ok' ? 'success' : 'failure'));
@@ -557,7 +564,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
         await listenOn(redirect, cfg.listen.http);
         addrs.http = redirect.address() as AddressInfo;
       }
-      if (cfg.listen.admin) {
+      if (cfg.listen.admin && options.adminListener !== false) {
         admin = createAdminServer({
           ready: () => gateway.ready(),
           logger,

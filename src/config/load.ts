@@ -21,6 +21,8 @@ export interface LoadResult {
   readonly config: GatewayConfig;
   /** Risky but legal settings, formatted like problems (`FILE:LINE:COL: path: message`). */
   readonly warnings: string[];
+  /** The YAML text this came from (cluster workers get exactly the text the primary validated). */
+  readonly text: string;
 }
 
 const defaultReadFile: ReadFile = (p) => readFileSync(p, 'utf8');
@@ -115,7 +117,7 @@ export function parseConfig(text: string, filePath: string, env: NodeJS.ProcessE
   const warnings = place(result.warnings)
     .sort((a, b) => a.line - b.line || a.col - b.col)
     .map((w) => `${w.file}:${w.line}:${w.col}: ${w.path === '' ? '' : `${w.path}: `}${w.message}`);
-  return { config: deepFreeze(result.config), warnings };
+  return { config: deepFreeze(result.config), warnings, text };
 }
 
 /**

@@ -14,6 +14,9 @@ export const RATE_LIMIT_KEY_PATTERN = "^(ip|user|header:[A-Za-z0-9!#$%&'*+.^_`|~
 export const SCHEMA_ID = 'https://portcullis.dev/schemas/gateway.schema.json';
 
 /** Defaults, in the file's own notation (the normalizer parses them like user input). */
+/** More processes than this is a typo, not a plan (each holds its own caches and upstream pools). */
+export const MAX_WORKERS = 64;
+
 export const DEFAULTS = {
   listen: { https: '0.0.0.0:8443', http: '0.0.0.0:8080', admin: '127.0.0.1:9090' },
   tls: {
@@ -348,6 +351,13 @@ export const GatewayFileSchema = Type.Object(
     ),
     timeouts: Type.Optional(Timeouts(true)),
     shutdown_grace: Type.Optional(Duration('Time in-flight requests get to finish on SIGTERM.', DEFAULTS.shutdown_grace)),
+    workers: Type.Optional(
+      Type.Union([Type.Integer({ minimum: 1, maximum: MAX_WORKERS }), Type.Literal('auto')], {
+        description:
+          'Gateway processes sharing the listeners (1: a single process; auto: one per CPU the process may run on). Rate limits, bans and ACME stay global. Changes need a restart.',
+        default: 1,
+      }),
+    ),
     admin: Type.Optional(
       Type.Object(
         { metrics_token: Type.Optional(Nullable(NonEmpty('Token.'), 'Bearer token required on /metrics; null: none. Use ${ENV}.', null)) },

@@ -180,6 +180,8 @@ export interface GatewayConfig {
   readonly timeouts: TimeoutsConfig;
   /** Milliseconds to let in-flight requests finish on SIGTERM. */
   readonly shutdownGrace: number;
+  /** Gateway processes (node:cluster workers); 1 = the process itself serves. `auto` is resolved at load. */
+  readonly workers: number;
   readonly sites: readonly SiteConfig[];
   readonly admin: AdminConfig;
   /** The top-level protection blocks with defaults: applies to requests that match no site. */

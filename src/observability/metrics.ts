@@ -85,6 +85,10 @@ export interface GatewayMetrics {
   setBansActiveProvider(provider: () => number): void;
   /** Where `portcullis_tls_certificate_expiry_timestamp_seconds` reads certificates at scrape time. */
   setCertificateProvider(provider: () => readonly CertificateExpiry[]): void;
+  /** Where `portcullis_workers` reads the number of serving processes (default: 1, this process). */
+  setWorkersProvider(provider: () => number): void;
+  /** A cluster worker died and is being replaced. */
+  workerRestart(): void;
 }
 
 /** Caps the number of distinct values of one label; values past the cap are reported as `other`. */
@@ -220,6 +224,8 @@ export function createMetrics(options: MetricsOptions): GatewayMetrics {
     help: 'notAfter of the certificate served for each host, as a Unix timestamp in seconds.',
     labelNames: ['host'] as const,
     registers,
+    // With workers every process serves the same certificates: merged, not summed.
+    aggregator: 'max',
     collect() {
       // Rebuilt on every scrape so a host removed by a reload disappears instead of going stale.
       this.reset();
@@ -259,6 +265,23 @@ export function createMetrics(options: MetricsOptions): GatewayMetrics {
     name: 'portcullis_build_info',
     help: 'Always 1; labels carry the gateway version and the Node.js version.',
     labelNames: ['version', 'node'] as const,
+    registers,
+    aggregator: 'first',
+  });
+  let workersProvider: () => number = () => 1;
+  new Gauge({
+    name: 'portcullis_workers',
+    help: 'Gateway processes serving requests (workers: N; 1 for a single process).',
+    registers,
+    // Every worker reports 1 and the primary the live count: the merge takes the primary's.
+    aggregator: 'max',
+    collect() {
+      this.set(workersProvider());
+    },
+  });
+  const workerRestarts = new Counter({
+    name: 'portcullis_worker_restarts_total',
+    help: 'Cluster workers that exited unexpectedly and were replaced.',
     registers,
   });
   buildInfo.set({ version: options.version, node: process.version }, 1);
@@ -366,6 +389,12 @@ export function createMetrics(options: MetricsOptions): GatewayMetrics {
     },
     setCertificateProvider(provider) {
       certProvider = provider;
+    },
+    setWorkersProvider(provider) {
+      workersProvider = provider;
+    },
+    workerRestart() {
+      workerRestarts.inc();
     },
   };
 }

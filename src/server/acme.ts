@@ -28,6 +28,34 @@ export function acmeOrders(config: GatewayConfig, certificates: CertificateStore
   return orders;
 }
 
+/**
+ * Everything the ACME manager changes in this process, reported so that other processes serving
+ * the same listeners (cluster workers) can apply the same change: with `workers: N` one manager
+ * runs in the primary and every worker must present the new certificate and answer the challenges
+ * (the CA's validation request reaches whichever worker the connection lands on).
+ */
+export interface CertificateMirror {
+  installed(id: string, certPem: string, keyPem: string): void;
+  alpnSet(host: string, certPem: string, keyPem: string): void;
+  alpnCleared(host: string): void;
+  http01Set(token: string, keyAuthorization: string): void;
+  http01Deleted(token: string): void;
+}
+
+class MirroredHttp01Challenges extends Http01Challenges {
+  constructor(private readonly mirror: CertificateMirror) {
+    super();
+  }
+  override set(token: string, keyAuthorization: string): void {
+    super.set(token, keyAuthorization);
+    this.mirror.http01Set(token, keyAuthorization);
+  }
+  override delete(token: string): void {
+    super.delete(token);
+    this.mirror.http01Deleted(token);
+  }
+}
+
 export interface CertificateAutomation {
   readonly http01: Http01Challenges;
   start(config: GatewayConfig): Promise<void>;
@@ -45,8 +73,10 @@ export function createCertificateAutomation(deps: {
   metrics: GatewayMetrics;
   events: SecurityEvents;
   tuning?: AcmeTuning;
+  mirror?: CertificateMirror;
 }): CertificateAutomation {
-  const http01 = new Http01Challenges();
+  const mirror = deps.mirror;
+  const http01 = mirror ? new MirroredHttp01Challenges(mirror) : new Http01Challenges();
   const log = deps.logger.child({ component: 'acme' });
   let manager: AcmeManager | null = null;
   let signature = '';
@@ -85,11 +115,22 @@ export function createCertificateAutomation(deps: {
       config: acme,
       storageDir: config.tls.storage,
       orders,
-      sink: { install: (siteId, _hosts, certPem, keyPem) => void deps.certificates.loadFromPem(`acme:${siteId}`, certPem, keyPem, 'acme') },
+      sink: {
+        install: (siteId, _hosts, certPem, keyPem) => {
+          deps.certificates.loadFromPem(`acme:${siteId}`, certPem, keyPem, 'acme');
+          mirror?.installed(`acme:${siteId}`, certPem, keyPem);
+        },
+      },
       http01,
       tlsAlpn01: {
-        set: (host, certPem, keyPem) => deps.certificates.setAlpnChallenge(host, { certPem, keyPem }),
-        delete: (host) => deps.certificates.clearAlpnChallenge(host),
+        set: (host, certPem, keyPem) => {
+          deps.certificates.setAlpnChallenge(host, { certPem, keyPem });
+          mirror?.alpnSet(host, certPem, keyPem);
+        },
+        delete: (host) => {
+          deps.certificates.clearAlpnChallenge(host);
+          mirror?.alpnCleared(host);
+        },
       },
       logger: log,
       events: onEvent,
@@ -116,5 +157,19 @@ export function createCertificateAutomation(deps: {
       signature = '';
       await start(config);
     },
+  };
+}
+
+/**
+ * The automation of a cluster worker: no manager of its own (the primary runs the only one); the
+ * worker applies the primary's {@link CertificateMirror} reports to its certificate store and to
+ * this HTTP-01 table, which its HTTP listener serves.
+ */
+export function followerAutomation(): CertificateAutomation {
+  return {
+    http01: new Http01Challenges(),
+    start: async () => undefined,
+    stop: async () => undefined,
+    reload: async () => undefined,
   };
 }

@@ -6,8 +6,13 @@ import http from 'node:http';
 import { timingSafeEqual, createHash } from 'node:crypto';
 import type { Logger } from '../observability/logging.js';
 
+export interface Readiness {
+  ready: boolean;
+  checks: Record<string, boolean>;
+}
+
 export interface AdminServerOptions {
-  readonly ready: () => { ready: boolean; checks: Record<string, boolean> };
+  readonly ready: () => Readiness | Promise<Readiness>;
   readonly logger: Logger;
   readonly metrics?: () => Promise<{ contentType: string; body: string }>;
   readonly metricsToken?: () => string | null;
@@ -30,8 +35,16 @@ export function createAdminServer(opts: AdminServerOptions): http.Server {
     if (req.method !== 'GET' && req.method !== 'HEAD') return json(405, { error: 'method not allowed' });
     if (path === '/healthz') return json(200, { status: 'ok' });
     if (path === '/readyz') {
-      const r = opts.ready();
-      return json(r.ready ? 200 : 503, { status: r.ready ? 'ready' : 'not ready', checks: r.checks });
+      Promise.resolve()
+        .then(() => opts.ready())
+        .then(
+          (r) => json(r.ready ? 200 : 503, { status: r.ready ? 'ready' : 'not ready', checks: r.checks }),
+          (err: unknown) => {
+            opts.logger.error({ err }, 'readiness check failed');
+            json(503, { status: 'not ready', checks: {} });
+          },
+        );
+      return;
     }
     if (path === '/metrics' && opts.metrics) {
       const token = opts.metricsToken?.() ?? null;

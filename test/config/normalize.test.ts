@@ -28,6 +28,7 @@ t.test('every default', async (t) => {
     limits: { maxBodySize: 1_048_576, maxHeaderSize: 16_384, headersTimeout: 10_000, requestTimeout: 60_000 },
     timeouts: { connect: 5000, response: 60_000, idle: 60_000 },
     shutdownGrace: 10_000,
+    workers: 1,
     auth: { issuers: [], identityHeaders: { user: 'X-Auth-User', email: 'X-Auth-Email', roles: 'X-Auth-Roles' }, forwardToken: true, realm: 'portcullis' },
     sites: [
       {

@@ -143,9 +143,11 @@ export interface CliProcess {
 }
 
 /** `node dist/cli.js <args>` in APP_DIR, like the image's CMD (cwd /app, exec form, no shell). */
-export function spawnCli(t: Tap, args: readonly string[], env: Record<string, string>): CliProcess {
+export function spawnCli(t: Tap, args: readonly string[], env: Record<string, string>, options: { detached?: boolean } = {}): CliProcess {
   const child = spawn(process.execPath, ['dist/cli.js', ...args], {
     cwd: APP_DIR,
+    // detached: its own process group, so a test can signal the group like a terminal does.
+    detached: options.detached ?? false,
     env: { PATH: process.env.PATH ?? '/usr/bin:/bin', NODE_ENV: 'production', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });

@@ -1,0 +1,343 @@
+/**
+ * The primary of `workers: N`: forks N gateway workers that share the HTTPS and HTTP listeners
+ * (node:cluster distributes connections) and keeps, once for the whole host, what must not be
+ * split per worker:
+ *
+ * - the rate-limit / ban store (workers reach it through {@link RemoteStore}): a client spreading
+ *   requests over connections that land on different workers is still counted once;
+ * - the one ACME manager: its certificates and HTTP-01 / TLS-ALPN-01 answers are mirrored to every
+ *   worker (a CA's validation connection can land on any of them), and to late joiners;
+ * - the admin listener: readiness of all workers, and metrics aggregated over all processes with
+ *   prom-client's `AggregatorRegistry.aggregate` (counters and histograms summed);
+ * - signals and the configuration: SIGHUP / --watch validate once, then every worker applies the
+ *   same text; SIGTERM drains every worker and exits 0 when all did.
+ *
+ * A worker that dies is replaced; a crash loop (5 exits within a minute) stops the gateway with
+ * exit code 1 rather than flapping forever.
+ */
+import cluster, { type Worker } from 'node:cluster';
+import { watch } from 'node:fs';
+import { dirname } from 'node:path';
+import type { AddressInfo } from 'node:net';
+import type { Server as HttpServer } from 'node:http';
+import pino from 'pino';
+import { AggregatorRegistry } from 'prom-client';
+import { loadConfigFile, type LoadResult } from '../config/index.js';
+import type { ListenAddress } from '../config/types.js';
+import { createLogger } from '../observability/logging.js';
+import { createMetrics } from '../observability/metrics.js';
+import { createSecurityEvents, openSecurityLog } from '../observability/events.js';
+import { prepareCertificates } from '../server/certificates.js';
+import { createCertificateAutomation, type CertificateMirror } from '../server/acme.js';
+import { createAdminServer } from '../server/admin.js';
+import { MemoryStore, serveStoreCall } from '../state/index.js';
+import { RpcPeer } from './rpc.js';
+import { problemsOf, type PemPair, type ReloadResult, type Snapshot, type WorkerHello } from './protocol.js';
+
+/** Set in a worker's environment: the CLI's `start` then runs {@link runWorker}. */
+export const WORKER_ENV = 'PORTCULLIS_CLUSTER_WORKER';
+
+const CRASH_WINDOW_MS = 60_000;
+const CRASH_LIMIT = 5;
+const RESTART_DELAY_MS = 1_000;
+/** Extra time after `shutdown_grace` before a worker that has not exited is killed. */
+const EXIT_MARGIN_MS = 5_000;
+
+interface Member {
+  readonly worker: Worker;
+  readonly peer: RpcPeer;
+  /** Has pulled the snapshot: from then on it gets every certificate/challenge change. */
+  synced: boolean;
+  listening: boolean;
+  https: AddressInfo | null;
+  http: AddressInfo | null;
+}
+
+export async function runPrimary(configPath: string, watchFile: boolean, loaded: LoadResult, version: string): Promise<number> {
+  let current = loaded;
+  const size = loaded.config.workers;
+  const log = createLogger(loaded.config.log, loaded.config.log.file ? undefined : pino.destination({ dest: 1, sync: true })).child({ role: 'primary' });
+  for (const w of loaded.warnings) log.warn({ config: configPath }, w);
+
+  // Once, before any worker: creates the local development CA (if used) so workers only read it.
+  const certificates = await prepareCertificates(loaded.config, log);
+  const metrics = createMetrics({ version });
+  metrics.setCertificateProvider(() => [...certificates.expiries()].map(([host, notAfter]) => ({ host, notAfter })));
+  const securityLog = openSecurityLog(loaded.config.log.securityFile, log);
+  const events = createSecurityEvents(securityLog.logger);
+  const store = new MemoryStore();
+
+  const members = new Map<number, Member>();
+  const snapshot = { certificates: new Map<string, PemPair>(), alpn: new Map<string, PemPair>(), http01: new Map<string, string>() };
+  const broadcast = (method: string, params: unknown): void => {
+    for (const m of members.values()) if (m.synced) m.peer.notify(method, params);
+  };
+  const mirror: CertificateMirror = {
+    installed(id, certPem, keyPem) {
+      snapshot.certificates.set(id, { certPem, keyPem });
+      broadcast('tls.install', { id, certPem, keyPem });
+    },
+    alpnSet(host, certPem, keyPem) {
+      snapshot.alpn.set(host, { certPem, keyPem });
+      broadcast('tls.alpnSet', { host, certPem, keyPem });
+    },
+    alpnCleared(host) {
+      snapshot.alpn.delete(host);
+      broadcast('tls.alpnClear', { host });
+    },
+    http01Set(token, keyAuthorization) {
+      snapshot.http01.set(token, keyAuthorization);
+      broadcast('acme.http01Set', { token, keyAuthorization });
+    },
+    http01Deleted(token) {
+      snapshot.http01.delete(token);
+      broadcast('acme.http01Delete', { token });
+    },
+  };
+  const automation = createCertificateAutomation({ certificates, logger: log, metrics, events, mirror });
+
+  let stopping = false;
+  let started = false;
+  const crashes: number[] = [];
+  let onStartupChange: () => void = () => undefined;
+  let shutdown: (code: number, why: string) => void = () => undefined;
+
+  function handle(member: Member, method: string, params: unknown): unknown {
+    switch (method) {
+      case 'hello':
+        return { text: current.text } satisfies WorkerHello;
+      case 'snapshot':
+        member.synced = true;
+        return {
+          certificates: [...snapshot.certificates].map(([id, p]) => ({ id, ...p })),
+          alpn: [...snapshot.alpn].map(([host, p]) => ({ host, ...p })),
+          http01: [...snapshot.http01],
+        } satisfies Snapshot;
+      case 'listening': {
+        const p = params as { https: AddressInfo; http: AddressInfo | null };
+        member.listening = true;
+        member.https = p.https;
+        member.http = p.http;
+        onStartupChange();
+        return null;
+      }
+      default: {
+        const answer = serveStoreCall(store, method, params);
+        if (answer === undefined) throw new Error(`unknown method ${method}`);
+        return answer;
+      }
+    }
+  }
+
+  function fork(): Member {
+    const worker = cluster.fork({ [WORKER_ENV]: '1' });
+    const member: Member = {
+      worker,
+      peer: new RpcPeer(worker, (method, params) => handle(member, method, params)),
+      synced: false,
+      listening: false,
+      https: null,
+      http: null,
+    };
+    members.set(worker.id, member);
+    worker.on('exit', (code, signal) => {
+      member.peer.close();
+      members.delete(worker.id);
+      if (stopping) return;
+      if (!started) {
+        onStartupChange();
+        return;
+      }
+      log.error({ worker: worker.id, pid: worker.process.pid, code, signal }, 'worker exited unexpectedly');
+      metrics.workerRestart();
+      const now = Date.now();
+      crashes.push(now);
+      while (crashes.length > 0 && crashes[0]! < now - CRASH_WINDOW_MS) crashes.shift();
+      if (crashes.length >= CRASH_LIMIT) {
+        shutdown(1, `${crashes.length} worker exits within ${CRASH_WINDOW_MS / 1000}s`);
+        return;
+      }
+      setTimeout(() => {
+        if (!stopping) fork();
+      }, RESTART_DELAY_MS).unref();
+    });
+    return member;
+  }
+
+  const live = (): Member[] => [...members.values()];
+  metrics.setWorkersProvider(() => live().filter((m) => m.listening).length);
+
+  // Start: every worker listening, or the first one that dies takes the start down with it.
+  for (let i = 0; i < size; i++) fork();
+  const startup = await new Promise<'ok' | 'failed'>((resolve) => {
+    onStartupChange = () => {
+      if (members.size < size) resolve('failed');
+      else if (live().every((m) => m.listening)) resolve('ok');
+    };
+  });
+  onStartupChange = () => undefined;
+  if (startup === 'failed') {
+    log.error('a worker failed to start: stopping');
+    await stopWorkers(5_000);
+    await closeAll(null);
+    return 1;
+  }
+  started = true;
+
+  let admin: HttpServer | null = null;
+  let adminAddr: AddressInfo | null = null;
+  if (loaded.config.listen.admin) {
+    admin = createAdminServer({
+      ready: readiness,
+      logger: log,
+      metrics: aggregatedMetrics,
+      metricsToken: () => current.config.admin.metricsToken,
+    });
+    try {
+      await listenOn(admin, loaded.config.listen.admin);
+    } catch (err) {
+      log.error({ err }, 'admin listener failed');
+      await stopWorkers(5_000);
+      await closeAll(null);
+      return 1;
+    }
+    adminAddr = admin.address() as AddressInfo;
+  }
+  // Orders need the HTTP listener (HTTP-01), which exists now in every worker.
+  await automation.start(loaded.config);
+  const first = live()[0]!;
+  log.info({ version, node: process.version, workers: size, https: first.https, http: first.http, admin: adminAddr }, 'portcullis started');
+
+  async function readiness(): Promise<{ ready: boolean; checks: Record<string, boolean> }> {
+    const members = live();
+    const answers = await Promise.all(
+      members.map((m) => m.peer.call<{ ready: boolean; checks: Record<string, boolean> }>('ready', undefined, 2_000).catch(() => null)),
+    );
+    const checks = {
+      config: true,
+      workers: members.length === size && members.every((m) => m.listening),
+      listeners: answers.every((a) => a?.checks.listeners === true),
+      certificates: answers.every((a) => a?.checks.certificates === true),
+    };
+    return { ready: Object.values(checks).every(Boolean), checks };
+  }
+
+  async function aggregatedMetrics(): Promise<{ contentType: string; body: string }> {
+    const parts = await Promise.all(live().map((m) => m.peer.call<object[]>('metrics', undefined, 3_000).catch(() => null)));
+    const all = [await metrics.registry.getMetricsAsJSON(), ...parts.filter((p): p is object[] => p !== null)];
+    const merged = AggregatorRegistry.aggregate(all);
+    return { contentType: merged.contentType, body: await merged.metrics() };
+  }
+
+  let reloading: Promise<void> = Promise.resolve();
+  const reload = (why: string): void => {
+    reloading = reloading.then(async () => {
+      if (stopping) return;
+      let next: LoadResult;
+      try {
+        next = await loadConfigFile(configPath);
+        await prepareCertificates(next.config, log, certificates);
+      } catch (err) {
+        const problems = problemsOf(err);
+        metrics.configReload('failure');
+        events.emit('config_rejected', { file: configPath, reason: why, problems });
+        log.error({ trigger: why, problems }, 'configuration rejected; the previous configuration keeps serving');
+        return;
+      }
+      for (const w of next.warnings) log.warn({ config: configPath }, w);
+      if (next.config.workers !== size) log.warn({ workers: next.config.workers, running: size }, 'workers changed: it takes effect on the next restart');
+      current = next;
+      const results = await Promise.all(
+        live().map(async (m) => ({
+          m,
+          r: await m.peer.call<ReloadResult>('reload', { text: next.text }, 60_000).catch((err: unknown): ReloadResult => ({ ok: false, problems: problemsOf(err) })),
+        })),
+      );
+      await automation.reload(next.config);
+      const failed = results.filter((x) => !x.r.ok);
+      for (const { m, r } of failed) {
+        // Validated here, refused there (e.g. a file that changed in between): a fresh worker
+        // starts from the accepted text, so no worker keeps serving an older configuration.
+        log.error({ worker: m.worker.id, problems: r.ok ? [] : r.problems }, 'worker could not apply the configuration: replacing it');
+        m.worker.kill('SIGKILL');
+      }
+      metrics.configReload('success');
+      events.emit('config_reloaded', { file: configPath, reason: why });
+      log.info({ trigger: why, workers: results.length - failed.length }, 'configuration reloaded');
+    });
+  };
+  process.on('SIGHUP', () => reload('SIGHUP'));
+  if (watchFile) {
+    let timer: NodeJS.Timeout | undefined;
+    watch(dirname(configPath), (_event, name) => {
+      if (name && !configPath.endsWith(name)) return;
+      clearTimeout(timer);
+      timer = setTimeout(() => reload('watch'), 200);
+    });
+  }
+
+  async function stopWorkers(graceMs: number): Promise<boolean> {
+    const exits = live().map(
+      (m) =>
+        new Promise<boolean>((resolve) => {
+          if (m.worker.isDead()) return resolve(m.worker.process.exitCode === 0);
+          m.worker.once('exit', (code) => resolve(code === 0));
+          if (!m.peer.notify('shutdown')) m.worker.kill('SIGTERM');
+        }),
+    );
+    const timer = setTimeout(() => {
+      for (const m of live()) if (!m.worker.isDead()) m.worker.kill('SIGKILL');
+    }, graceMs + EXIT_MARGIN_MS);
+    const clean = (await Promise.all(exits)).every(Boolean);
+    clearTimeout(timer);
+    return clean;
+  }
+
+  async function closeAll(server: HttpServer | null): Promise<void> {
+    await automation.stop();
+    if (server?.listening) {
+      await new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeIdleConnections();
+      });
+    }
+    await store.close();
+    await securityLog.close();
+  }
+
+  return new Promise<number>((resolve) => {
+    shutdown = (code, why) => {
+      if (stopping) return;
+      stopping = true;
+      const grace = current.config.shutdownGrace;
+      log.info({ reason: why, grace_ms: grace }, 'shutting down');
+      void (async () => {
+        const clean = await stopWorkers(grace);
+        await closeAll(admin);
+        log.info({ clean }, clean ? 'shut down cleanly' : 'shut down; some workers did not exit cleanly');
+        resolve(clean ? code : 1);
+      })();
+    };
+    const onSignal = (signal: string): void => {
+      if (stopping) {
+        log.warn({ signal }, 'second signal: exiting now');
+        for (const m of live()) m.worker.kill('SIGKILL');
+        resolve(1);
+        return;
+      }
+      shutdown(0, signal);
+    };
+    process.on('SIGTERM', () => onSignal('SIGTERM'));
+    process.on('SIGINT', () => onSignal('SIGINT'));
+  });
+}
+
+function listenOn(server: HttpServer, addr: ListenAddress): Promise<void> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(addr.port, addr.host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+}

@@ -1,0 +1,125 @@
+/**
+ * A cluster worker (`workers: N`): a whole gateway (TLS, pipeline, proxy) on the listeners it
+ * shares with its siblings, minus what must exist once per host, which the primary owns:
+ *
+ * - rate-limit counters and bans: a {@link RemoteStore} served by the primary's store;
+ * - certificates from ACME and the challenge answers: applied from the primary's reports;
+ * - the admin listener (health, readiness, aggregated metrics);
+ * - signals and the configuration file: the worker runs the exact text the primary validated.
+ *
+ * A worker ignores SIGINT/SIGTERM/SIGHUP (a terminal's Ctrl-C reaches the whole process group;
+ * draining twice would turn into "second signal: exit now"), and drains and exits when the
+ * primary says so or disappears.
+ */
+import cluster from 'node:cluster';
+import pino from 'pino';
+import { parseConfig, type LoadResult } from '../config/index.js';
+import { createLogger, type Logger } from '../observability/logging.js';
+import { buildGateway, type Gateway } from '../gateway.js';
+import { prepareCertificates } from '../server/certificates.js';
+import { followerAutomation } from '../server/acme.js';
+import { RemoteStore } from '../state/index.js';
+import { RpcPeer } from './rpc.js';
+import { problemsOf, type ReloadResult, type Snapshot, type WorkerHello } from './protocol.js';
+
+export async function runWorker(configPath: string, version: string): Promise<number> {
+  for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(signal, () => undefined);
+
+  let gateway: Gateway | null = null;
+  let logger: Logger | null = null;
+  let stopping: Promise<number> | null = null;
+  let done: (code: number) => void = () => undefined;
+  const exited = new Promise<number>((resolve) => (done = resolve));
+  const automation = followerAutomation();
+
+  const stop = (why: string): Promise<number> => {
+    stopping ??= (async () => {
+      peer.close();
+      if (!gateway) return 0;
+      logger?.info({ reason: why }, 'worker shutting down');
+      try {
+        await gateway.close();
+        return 0;
+      } catch (err) {
+        logger?.error({ err }, 'worker shutdown failed');
+        return 1;
+      }
+    })().then((code) => {
+      done(code);
+      return code;
+    });
+    return stopping;
+  };
+
+  const peer = new RpcPeer(process as never, (method, params) => {
+    const p = params as Record<string, string>;
+    switch (method) {
+      case 'tls.install':
+        return void gateway!.certificates.loadFromPem(p.id!, p.certPem!, p.keyPem!, 'acme');
+      case 'tls.alpnSet':
+        return gateway!.certificates.setAlpnChallenge(p.host!, { certPem: p.certPem!, keyPem: p.keyPem! });
+      case 'tls.alpnClear':
+        return gateway!.certificates.clearAlpnChallenge(p.host!);
+      case 'acme.http01Set':
+        return automation.http01.set(p.token!, p.keyAuthorization!);
+      case 'acme.http01Delete':
+        return automation.http01.delete(p.token!);
+      case 'metrics':
+        return gateway!.metrics.registry.getMetricsAsJSON();
+      case 'ready':
+        return gateway!.ready();
+      case 'reload':
+        return reload(p.text!);
+      case 'shutdown':
+        return void stop('primary asked');
+      default:
+        throw new Error(`unknown method ${method}`);
+    }
+  });
+  // The primary is gone (killed, crashed): nobody will route to us or stop us; drain and leave.
+  process.once('disconnect', () => void stop('primary disconnected'));
+
+  const hello = await peer.call<WorkerHello>('hello');
+  let loaded: LoadResult = parseConfig(hello.text, configPath);
+  const config = loaded.config;
+  const id = cluster.worker?.id ?? 0;
+  // stdout is a pipe shared with the siblings: one write per line keeps lines whole (writes up to
+  // PIPE_BUF are atomic); a file is opened O_APPEND, where whole buffered writes never interleave.
+  logger = createLogger(config.log, config.log.file ? undefined : pino.destination({ dest: 1, sync: true })).child({ worker: id });
+  const log = logger;
+
+  const certificates = await prepareCertificates(config, log);
+  gateway = await buildGateway({
+    config,
+    logger: log,
+    certificates,
+    version,
+    store: new RemoteStore((method, params) => peer.call(method, params)),
+    certificateAutomation: automation,
+    adminListener: false,
+  });
+  const gw = gateway;
+
+  async function reload(text: string): Promise<ReloadResult> {
+    try {
+      const next = parseConfig(text, configPath);
+      await prepareCertificates(next.config, log, gw.certificates);
+      await gw.reload(next.config);
+      loaded = next;
+      return { ok: true };
+    } catch (err) {
+      return { ok: false, problems: problemsOf(err) };
+    }
+  }
+
+  // Certificates and challenges the primary's ACME manager already has, then live updates.
+  const snapshot = await peer.call<Snapshot>('snapshot');
+  for (const c of snapshot.certificates) gw.certificates.loadFromPem(c.id, c.certPem, c.keyPem, 'acme');
+  for (const a of snapshot.alpn) gw.certificates.setAlpnChallenge(a.host, { certPem: a.certPem, keyPem: a.keyPem });
+  for (const [token, keyAuthorization] of snapshot.http01) automation.http01.set(token, keyAuthorization);
+
+  const addrs = await gw.listen();
+  await peer.call('listening', { https: addrs.https, http: addrs.http, pid: process.pid });
+  log.info({ pid: process.pid, config_workers: loaded.config.workers }, 'worker listening');
+  return exited;
+}

@@ -1,0 +1,165 @@
+// The cluster's request/response layer and the remote store on top of it, over an in-memory channel
+// that behaves like node:cluster IPC (asynchronous, JSON-cloned, shared with foreign messages).
+import t from 'tap';
+import { EventEmitter } from 'node:events';
+import { RpcPeer, type MessagePort } from '../../src/cluster/rpc.js';
+import { MemoryStore, RemoteStore, serveStoreCall } from '../../src/state/index.js';
+import { GatewayError } from '../../src/errors.js';
+
+interface Pipe {
+  a: MessagePort & EventEmitter;
+  b: MessagePort & EventEmitter;
+  cut(): void;
+}
+
+function pipe(): Pipe {
+  let open = true;
+  const mk = (): MessagePort & EventEmitter => Object.assign(new EventEmitter(), { send: (_m: unknown): unknown => undefined });
+  const a = mk();
+  const b = mk();
+  const wire = (from: typeof a, to: typeof b): void => {
+    from.send = (m: unknown) => {
+      if (!open) throw Object.assign(new Error('Channel closed'), { code: 'ERR_IPC_CHANNEL_CLOSED' });
+      const copy: unknown = JSON.parse(JSON.stringify(m));
+      setImmediate(() => to.emit('message', copy));
+      return true;
+    };
+  };
+  wire(a, b);
+  wire(b, a);
+  return { a, b, cut: () => (open = false) };
+}
+
+t.test('calls, results, notifications, errors with their code', async (t) => {
+  const { a, b } = pipe();
+  const seen: Array<[string, unknown]> = [];
+  const server = new RpcPeer(b, (method, params) => {
+    seen.push([method, params]);
+    if (method === 'add') return (params as number[]).reduce((x, y) => x + y, 0);
+    if (method === 'later') return new Promise((r) => setTimeout(() => r({ ok: true }), 10));
+    if (method === 'nothing') return undefined;
+    if (method === 'typed') throw new GatewayError('GW_ERR_ACME', 'no order');
+    if (method === 'rejects') return Promise.reject(new Error('boom'));
+    if (method === 'foreign-code') throw Object.assign(new Error('x'), { code: 'EACCES' });
+    throw new Error(`unknown ${method}`);
+  });
+  const client = new RpcPeer(a, () => undefined);
+  t.teardown(() => {
+    server.close();
+    client.close();
+  });
+  t.equal(await client.call('add', [1, 2, 3]), 6);
+  t.same(await client.call('later'), { ok: true });
+  t.equal(await client.call('nothing'), null, 'undefined travels as null');
+  await t.rejects(client.call('typed'), { code: 'GW_ERR_ACME', message: 'no order' });
+  await t.rejects(client.call('rejects'), { code: 'GW_ERR_INTERNAL', message: 'boom' });
+  await t.rejects(client.call('foreign-code'), { code: 'GW_ERR_INTERNAL' }, 'a code outside the table is not trusted');
+  t.ok(client.notify('add', [5]));
+  await new Promise((r) => setTimeout(r, 20));
+  t.same(seen.at(-1), ['add', [5]], 'notification delivered');
+  // Concurrent calls are matched to their own answers.
+  const many = await Promise.all(Array.from({ length: 50 }, (_, i) => client.call('add', [i, 1])));
+  t.same(many, Array.from({ length: 50 }, (_, i) => i + 1));
+});
+
+t.test('foreign messages on the channel are ignored', async (t) => {
+  const { a, b } = pipe();
+  let calls = 0;
+  const server = new RpcPeer(b, () => ++calls);
+  const client = new RpcPeer(a, () => undefined);
+  t.teardown(() => {
+    server.close();
+    client.close();
+  });
+  for (const m of [null, 'text', 42, { cmd: 'NODE_CLUSTER' }, { type: 'prom-client:getMetricsReq', requestId: 1 }, { pcl: 2, m: 'x' }, { pcl: 1 }, { pcl: 1, id: 999, r: 1 }]) {
+    b.emit('message', m);
+    a.emit('message', m);
+  }
+  t.equal(calls, 0);
+  t.equal(await client.call('count'), 1);
+});
+
+t.test('a peer that never answers: the call fails at its deadline; a late answer is dropped', async (t) => {
+  const { a, b } = pipe();
+  const server = new RpcPeer(b, () => new Promise((r) => setTimeout(() => r('late'), 80)));
+  const client = new RpcPeer(a, () => undefined, { timeoutMs: 20 });
+  t.teardown(() => {
+    server.close();
+    client.close();
+  });
+  await t.rejects(client.call('slow'), { code: 'GW_ERR_INTERNAL', message: /did not answer slow within 20 ms/ });
+  await new Promise((r) => setTimeout(r, 120));
+  t.equal(await client.call('slow', undefined, 500), 'late');
+});
+
+t.test('closed channel: pending and new calls fail, notify reports false', async (t) => {
+  const { a, b, cut } = pipe();
+  const server = new RpcPeer(b, () => new Promise(() => undefined));
+  const client = new RpcPeer(a, () => undefined);
+  t.teardown(() => server.close());
+  const pending = client.call('forever');
+  client.close();
+  await t.rejects(pending, { code: 'GW_ERR_INTERNAL', message: /closed/ });
+  await t.rejects(client.call('x'), { code: 'GW_ERR_INTERNAL' });
+  t.equal(client.notify('x'), false);
+  // The transport itself gone (worker died): send throws inside; the caller sees a rejection.
+  const other = new RpcPeer(a, () => undefined);
+  cut();
+  await t.rejects(other.call('x'), { code: 'GW_ERR_INTERNAL', message: /closed/ });
+  t.equal(other.notify('x'), false);
+  other.close();
+});
+
+t.test('RemoteStore over the channel behaves like the store it reaches', async (t) => {
+  const { a, b } = pipe();
+  let now = 1_000_000;
+  const backing = new MemoryStore({ now: () => now, sweepIntervalMs: 0 });
+  const server = new RpcPeer(b, (method, params) => {
+    const r = serveStoreCall(backing, method, params);
+    if (r === undefined) throw new Error('not a store method');
+    return r;
+  });
+  const client = new RpcPeer(a, () => undefined);
+  t.teardown(() => {
+    server.close();
+    client.close();
+  });
+  // Two "workers" sharing the one store: counts add up across them.
+  const w1 = new RemoteStore((m, p) => client.call(m, p));
+  const w2 = new RemoteStore((m, p) => client.call(m, p));
+  t.same(await w1.incr('rl:k', 60_000), { count: 1, ttlMs: 60_000 });
+  now += 1_000;
+  t.same(await w2.incr('rl:k', 60_000), { count: 2, ttlMs: 59_000 });
+  t.same(await w1.incr('rl:k', 60_000), { count: 3, ttlMs: 59_000 });
+  await w2.set('ban:1.2.3.4', 'x', 5_000);
+  t.same(await w1.get('ban:1.2.3.4'), { value: 'x', ttlMs: 5_000 });
+  t.equal(await w1.get('absent'), null);
+  await w1.delete('ban:1.2.3.4');
+  t.equal(await w2.get('ban:1.2.3.4'), null);
+  // Errors keep their code across the process boundary.
+  await w1.set('text', 'not-a-number', 5_000);
+  await t.rejects(w2.incr('text', 1_000), { code: 'GW_ERR_INTERNAL', message: /does not hold a counter/ });
+  await t.rejects(w2.incr('k', -1), { message: /windowMs/ });
+  // Closing a client does not close the shared store.
+  await w1.close();
+  await t.rejects(w1.get('rl:k'), { code: 'GW_ERR_INTERNAL' });
+  t.same(await w2.get('rl:k'), { value: '3', ttlMs: 59_000 });
+  await backing.close();
+});
+
+t.test('serveStoreCall refuses malformed parameters from the other process', async (t) => {
+  const store = new MemoryStore({ sweepIntervalMs: 0 });
+  t.teardown(() => store.close());
+  t.equal(serveStoreCall(store, 'metrics', []), undefined, 'not a store method');
+  for (const [method, params] of [
+    ['state.incr', ['k']],
+    ['state.incr', [1, 1000]],
+    ['state.get', [{}]],
+    ['state.set', ['k', 5, 1000]],
+    ['state.set', ['k', 'v', '1000']],
+    ['state.delete', null],
+  ] as const) {
+    t.throws(() => serveStoreCall(store, method, params), { code: 'GW_ERR_INTERNAL' }, `${method} ${JSON.stringify(params)}`);
+  }
+  t.equal(store.size, 0, 'nothing was written');
+});
