@@ -71,6 +71,9 @@ ${['a', 'b', 'c', 'd', 'e'].map((h) => `  - { id: ${h}, hosts: [${h}.test], upst
       const answeredBy = new Set(cli.logs().filter((l) => l.reason === 'acme_http01' && l.status === 200).map((l) => l.worker));
       // Pebble opens a connection per validation; round robin hands them to both workers.
       t.same([...answeredBy].sort(), [1, 2], 'HTTP-01 answered by both workers');
+    } else {
+      const servedBy = new Set(cli.logs().filter((l) => l.event === 'tls_alpn_challenge_served').map((l) => l.worker));
+      t.same([...servedBy].sort(), [1, 2], 'TLS-ALPN-01 answered by both workers');
     }
     const m = parseExposition((await scrape(adminPort)).body);
     t.equal(total(m, 'portcullis_acme_orders_total', { result: 'success' }), 5, 'five orders, made once for the host (not once per worker)');
