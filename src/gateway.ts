@@ -2,10 +2,11 @@
  * buildGateway: the one place that knows the request pipeline's order (drawn in docs/pipeline.md).
  *
  *   TCP front (TLS-ALPN-01 peek only while a challenge is pending) → TLS (SNI → certificate)
- *   → onRequest resolve      host → site, canonical path → route, body size, active ban, CSRF
- *   → onRequest rate limit   keys ip / header:NAME (@fastify/rate-limit), before any crypto
- *   → onRequest authorize    bearer token → principal, route access rule, ban counting
- *   → onRequest rate limit   key user (needs the principal)
+ *   → onRequest, one hook in four steps:
+ *       resolve              host → site, canonical path → route, body size, active ban, CSRF
+ *       rate limit           keys ip / header:NAME (@fastify/rate-limit), before any crypto
+ *       authorize            bearer token → principal, route access rule, ban counting
+ *       rate limit           key user (needs the principal)
  *   → preParsing             body limit for streamed bodies
  *   → handler                proxy to the upstream (failover on connect failure)
  *   → onSend                 security headers on the gateway's own answers, request id
@@ -231,9 +232,22 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
   const limiter = (app as unknown as { rateLimit(): (req: FastifyRequest, reply: FastifyReply) => Promise<void> }).rateLimit();
 
 
+  // 1-4 run as ONE onRequest hook (each Fastify hook costs a dispatch and a promise per request),
+  // in this order: resolve → limit by address/header → authorize → limit by user.
+  app.addHook('onRequest', async function gate(request, reply) {
+    if ((await resolve(request, reply)) !== undefined) return reply;
+    const rl = protectionOf(request.gw).rateLimit;
+    // 2. rate limit by client address or header, before any crypto.
+    if (rl && rl.key !== 'user') await limiter(request, reply);
+    if ((await authorize(request, reply)) !== undefined) return reply;
+    // 4. rate limit by token subject (anonymous callers fall back to their address).
+    if (rl && rl.key === 'user') await limiter(request, reply);
+    return undefined;
+  });
+
   // 1. resolve: request line and headers → site, route, canonical path; cheap refusals first,
   //    before any body byte is read and before any crypto.
-  app.addHook('onRequest', async function resolve(request, reply) {
+  async function resolve(request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply | undefined> {
     const view = rawView(request);
     const ctx = newContext(state, view, process.hrtime.bigint());
     request.gw = ctx;
@@ -277,16 +291,10 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     const pool = ctx.state.pools.get(ctx.route!)!;
     ctx.upstream = pool.targets[pool.pick()]!.origin;
     return undefined;
-  });
-
-  // 2. rate limit by client address or header, before any crypto.
-  app.addHook('onRequest', async function rateLimitEarly(request, reply) {
-    const rl = request.gw.route ? protectionOf(request.gw).rateLimit : null;
-    if (rl && rl.key !== 'user') await limiter(request, reply);
-  });
+  }
 
   // 3. authorize: bearer token → principal, then the route's access rule.
-  app.addHook('onRequest', async function authorize(request, reply) {
+  async function authorize(request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply | undefined> {
     const ctx = request.gw;
     // Two Authorization headers: Node kept the first; hand both over so the authenticator refuses.
     const authorization = hasDuplicate(request.raw.rawHeaders, 'authorization') ? headerValues(request.raw.rawHeaders, 'authorization') : request.headers.authorization;
@@ -307,13 +315,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
       }
     }
     return sendError(reply, refusal.status, refusal.code, refusal.headers);
-  });
-
-  // 4. rate limit by token subject (anonymous callers fall back to their address).
-  app.addHook('onRequest', async function rateLimitByUser(request, reply) {
-    const rl = request.gw.route ? protectionOf(request.gw).rateLimit : null;
-    if (rl && rl.key === 'user') await limiter(request, reply);
-  });
+  }
 
   // 5. body limit for bodies without (or lying about) Content-Length.
   app.addHook('preParsing', async function bodyLimit(request, _reply, payload) {
