@@ -32,6 +32,8 @@ const FAMILIES: Record<string, { type: string; labels: string[] }> = {
   portcullis_jwks_refreshes_total: { type: 'counter', labels: ['issuer', 'result'] },
   portcullis_config_reloads_total: { type: 'counter', labels: ['result'] },
   portcullis_build_info: { type: 'gauge', labels: ['version', 'node'] },
+  portcullis_workers: { type: 'gauge', labels: [] },
+  portcullis_worker_restarts_total: { type: 'counter', labels: [] },
 };
 
 t.test('exactly the documented portcullis_ families, with help, types and label names', async (t) => {
