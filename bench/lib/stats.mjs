@@ -120,6 +120,13 @@ export function ratios(rows) {
     proxyOnlyOverDirect: ratio(get('proxy-only', 'c64', 'rps'), get('direct', 'c64', 'rps')),
     fullP99OverNginxP99: ratio(get('full', 'c64', 'p99Ms'), get('nginx', 'c64', 'p99Ms')),
     handshakesFullOverNginx: ratio(get('full', 'handshake', 'rps'), get('nginx', 'handshake', 'rps')),
+    // `--workers N` adds a system `full-wN`: how much N processes gain over one.
+    workers: [...new Set(rows.map((x) => x.system).filter((name) => /^full-w\d+$/.test(name)))].map((name) => ({
+      system: name,
+      overFull: ratio(get(name, 'c64', 'rps'), full64),
+      overNginx: ratio(get(name, 'c64', 'rps'), get('nginx', 'c64', 'rps')),
+      overCaddy: ratio(get(name, 'c64', 'rps'), get('caddy', 'c64', 'rps')),
+    })),
     addedLatencyMs: {
       'proxy-only': added('proxy-only'),
       full: added('full'),
@@ -175,6 +182,9 @@ export function formatTable(rows, rs, meta = {}) {
   lines.push(`proxy-only / direct    ${r(rs.proxyOnlyOverDirect)}`);
   lines.push(`full p99 / nginx p99   ${r(rs.fullP99OverNginxP99)}`);
   lines.push(`handshakes full/nginx  ${r(rs.handshakesFullOverNginx)}`);
+  for (const w of rs.workers ?? []) {
+    lines.push(`${`${w.system} / full`.padEnd(22)} ${r(w.overFull)}   (/ nginx ${r(w.overNginx)}, / Caddy ${r(w.overCaddy)})`);
+  }
   const added = Object.entries(rs.addedLatencyMs)
     .filter(([, v]) => v != null)
     .map(([k, v]) => `${k} ${v.toFixed(3)}`)
