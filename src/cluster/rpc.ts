@@ -11,6 +11,10 @@ import { ErrorCodes, GatewayError, type GatewayErrorCode } from '../errors.js';
 /** The two ends node:cluster gives us: `process` in a worker, a `Worker` in the primary. */
 export interface MessagePort {
   send(message: unknown): unknown;
+  /** `process.connected` in a worker. */
+  readonly connected?: boolean;
+  /** `Worker#isConnected()` in the primary. */
+  isConnected?(): boolean;
   on(event: 'message', listener: (message: unknown) => void): unknown;
   off(event: 'message', listener: (message: unknown) => void): unknown;
 }
@@ -18,6 +22,8 @@ export interface MessagePort {
 type Request = { pcl: 1; id: number; m: string; p: unknown };
 type Notification = { pcl: 1; m: string; p: unknown };
 type Response = { pcl: 1; id: number; r: unknown } | { pcl: 1; id: number; e: { code: string; message: string } };
+/** Several messages written in one IPC send. */
+type Batch = { pcl: 1; b: Array<Request | Notification | Response> };
 
 /** Handles the peer's calls and notifications; a thrown error goes back to the caller (code + message only). */
 export type RpcHandler = (method: string, params: unknown) => unknown;
@@ -37,6 +43,14 @@ export class RpcPeer {
   readonly #pending = new Map<number, Pending>();
   #nextId = 1;
   #closed = false;
+  /**
+   * Messages produced during one event-loop turn go out as one IPC write (flushed by setImmediate,
+   * i.e. later in the same turn): under load every request makes a store call, and one
+   * serialization + pipe write per batch instead of per message is what keeps the primary cheap.
+   */
+  #outbox: Array<Request | Notification | Response> = [];
+  #flushScheduled = false;
+  readonly #flush = (): void => this.#flushOutbox();
   readonly #onMessage = (message: unknown): void => this.#receive(message);
 
   constructor(port: MessagePort, handler: RpcHandler, options: { timeoutMs?: number } = {}) {
@@ -83,18 +97,54 @@ export class RpcPeer {
     }
   }
 
+  #connected(): boolean {
+    const port = this.#port;
+    if (typeof port.isConnected === 'function') return port.isConnected();
+    return port.connected !== false;
+  }
+
   #send(message: Request | Notification | Response): boolean {
-    try {
-      this.#port.send(message);
-      return true;
-    } catch {
-      // ERR_IPC_CHANNEL_CLOSED: the peer is gone; callers see a rejected call.
-      return false;
+    if (!this.#connected()) return false;
+    this.#outbox.push(message);
+    if (!this.#flushScheduled) {
+      this.#flushScheduled = true;
+      setImmediate(this.#flush);
     }
+    return true;
+  }
+
+  #flushOutbox(): void {
+    this.#flushScheduled = false;
+    const batch = this.#outbox;
+    this.#outbox = [];
+    if (batch.length === 0) return;
+    try {
+      this.#port.send(batch.length === 1 ? batch[0] : ({ pcl: 1, b: batch } satisfies Batch));
+    } catch {
+      // ERR_IPC_CHANNEL_CLOSED between the check and the write: the calls in this batch fail now
+      // rather than at their deadline.
+      for (const m of batch) {
+        if ('m' in m && 'id' in m) this.#fail(m.id, new GatewayError('GW_ERR_INTERNAL', `cluster channel closed (${m.m})`));
+      }
+    }
+  }
+
+  #fail(id: number, err: Error): void {
+    const pending = this.#pending.get(id);
+    if (!pending) return;
+    this.#pending.delete(id);
+    clearTimeout(pending.timer);
+    pending.reject(err);
   }
 
   #receive(message: unknown): void {
     if (typeof message !== 'object' || message === null || (message as { pcl?: unknown }).pcl !== 1) return;
+    const batch = (message as { b?: unknown }).b;
+    if (Array.isArray(batch)) {
+      // One level only: a batch inside a batch is not something we send.
+      for (const m of batch) if (typeof m === 'object' && m !== null && !('b' in m)) this.#receive(m);
+      return;
+    }
     const msg = message as { id?: unknown; m?: unknown; p?: unknown; r?: unknown; e?: { code: string; message: string } };
     if (typeof msg.m === 'string') {
       this.#dispatch(typeof msg.id === 'number' ? msg.id : undefined, msg.m, msg.p);

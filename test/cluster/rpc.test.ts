@@ -9,17 +9,29 @@ import { GatewayError } from '../../src/errors.js';
 interface Pipe {
   a: MessagePort & EventEmitter;
   b: MessagePort & EventEmitter;
+  /** IPC writes made by a (one per batch). */
+  writes: unknown[];
   cut(): void;
+  /** Like a peer dying between the connected check and the write. */
+  breakSilently(): void;
 }
 
 function pipe(): Pipe {
   let open = true;
-  const mk = (): MessagePort & EventEmitter => Object.assign(new EventEmitter(), { send: (_m: unknown): unknown => undefined });
+  let lying = false;
+  const writes: unknown[] = [];
+  const mk = (): MessagePort & EventEmitter => {
+    const port = Object.assign(new EventEmitter(), { send: (_m: unknown): unknown => undefined });
+    // Like process.connected: read at every send (Object.assign would copy a getter's value once).
+    Object.defineProperty(port, 'connected', { get: () => open || lying });
+    return port;
+  };
   const a = mk();
   const b = mk();
   const wire = (from: typeof a, to: typeof b): void => {
     from.send = (m: unknown) => {
       if (!open) throw Object.assign(new Error('Channel closed'), { code: 'ERR_IPC_CHANNEL_CLOSED' });
+      if (from === a) writes.push(m);
       const copy: unknown = JSON.parse(JSON.stringify(m));
       setImmediate(() => to.emit('message', copy));
       return true;
@@ -27,7 +39,16 @@ function pipe(): Pipe {
   };
   wire(a, b);
   wire(b, a);
-  return { a, b, cut: () => (open = false) };
+  return {
+    a,
+    b,
+    writes,
+    cut: () => (open = false),
+    breakSilently: () => {
+      open = false;
+      lying = true;
+    },
+  };
 }
 
 t.test('calls, results, notifications, errors with their code', async (t) => {
@@ -102,12 +123,55 @@ t.test('closed channel: pending and new calls fail, notify reports false', async
   await t.rejects(pending, { code: 'GW_ERR_INTERNAL', message: /closed/ });
   await t.rejects(client.call('x'), { code: 'GW_ERR_INTERNAL' });
   t.equal(client.notify('x'), false);
-  // The transport itself gone (worker died): send throws inside; the caller sees a rejection.
-  const other = new RpcPeer(a, () => undefined);
+  // The transport itself gone (worker died): the caller sees a rejection at once, not at the deadline.
+  const other = new RpcPeer(a, () => undefined, { timeoutMs: 60_000 });
   cut();
   await t.rejects(other.call('x'), { code: 'GW_ERR_INTERNAL', message: /closed/ });
   t.equal(other.notify('x'), false);
   other.close();
+});
+
+t.test('a channel that breaks between the check and the write still fails the calls at once', async (t) => {
+  const { a, b, breakSilently } = pipe();
+  const server = new RpcPeer(b, () => 1);
+  const client = new RpcPeer(a, () => undefined, { timeoutMs: 60_000 });
+  t.teardown(() => {
+    server.close();
+    client.close();
+  });
+  breakSilently();
+  const started = Date.now();
+  await t.rejects(Promise.all([client.call('x'), client.call('y')]), { code: 'GW_ERR_INTERNAL', message: /closed/ });
+  t.ok(Date.now() - started < 1_000);
+});
+
+t.test('calls made in one event-loop turn travel as one IPC write, answers too', async (t) => {
+  const { a, b, writes } = pipe();
+  let served = 0;
+  const server = new RpcPeer(b, (_m, p) => {
+    served++;
+    return p;
+  });
+  const client = new RpcPeer(a, () => undefined);
+  t.teardown(() => {
+    server.close();
+    client.close();
+  });
+  const answers = await Promise.all(Array.from({ length: 64 }, (_, i) => client.call('echo', i)));
+  t.same(answers, Array.from({ length: 64 }, (_, i) => i), 'each call got its own answer');
+  t.equal(served, 64);
+  t.equal(writes.length, 1, 'one write for 64 calls');
+  t.equal((writes[0] as { b: unknown[] }).b.length, 64);
+  // A lone call is sent as itself, not wrapped.
+  await client.call('echo', 'solo');
+  t.match(writes[1], { pcl: 1, m: 'echo', p: 'solo' });
+  // Nested batches are not ours: ignored.
+  let nested = 0;
+  const probe = new RpcPeer(b, () => ++nested);
+  b.emit('message', { pcl: 1, b: [{ pcl: 1, b: [{ pcl: 1, m: 'x', p: null }] }] });
+  await new Promise((r) => setTimeout(r, 10));
+  t.equal(nested, 0);
+  probe.close();
 });
 
 t.test('RemoteStore over the channel behaves like the store it reaches', async (t) => {
