@@ -182,7 +182,9 @@ export function createTlsFront(options: TlsFrontOptions): TlsFront {
     socket.on('close', onFail);
   }
 
-  const server = createNetServer(handleConnection);
+  // Nagle off, as Node's own HTTP servers do (http.Server's default): a response written as headers
+  // then body would otherwise wait for the client's delayed ACK (measured: p99 20 ms at 1 connection).
+  const server = createNetServer({ noDelay: true }, handleConnection);
   // A connection reset between accept and handover surfaces here; it concerns one socket only.
   server.on('clientError', () => undefined);
 

@@ -171,3 +171,18 @@ t.test('no pending challenge: connections go straight to the server (no peeking)
   t.equal(r.alpn, 'h2');
   t.equal(r.peer.subject, 'CN=normal');
 });
+
+t.test('accepted sockets have Nagle off, like Node HTTP servers (a headers-then-body response must not wait for a delayed ACK)', async (t) => {
+  const { app, port } = await setup(t);
+  const seen = once(app, 'connection');
+  const r = await probe(port, { ca: ca.certPem, servername: 'app.test', ALPNProtocols: ['http/1.1'] });
+  t.equal(r.peer.subject, 'CN=normal');
+  const [socket] = (await seen) as [net.Socket];
+  // Node keeps the requested state under an internal symbol (no public getter exists).
+  const sym = Object.getOwnPropertySymbols(socket).find((s) => s.description === 'kSetNoDelay');
+  if (sym === undefined) {
+    t.skip('this Node version keeps no readable noDelay state');
+    return;
+  }
+  t.equal((socket as unknown as Record<symbol, unknown>)[sym], true);
+});
