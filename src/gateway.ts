@@ -18,7 +18,7 @@
  */
 import type { AddressInfo, Socket } from 'node:net';
 import type { Server as HttpServer, IncomingHttpHeaders } from 'node:http';
-import type { TLSSocket } from 'node:tls';
+import type { Server as TlsServer, TLSSocket } from 'node:tls';
 import { Transform, type TransformCallback } from 'node:stream';
 import Fastify, { LogController, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import httpProxy from '@fastify/http-proxy';
@@ -86,6 +86,11 @@ export interface Gateway {
   /** Stop accepting, let in-flight requests finish for up to `graceMs`, then close everything. */
   close(graceMs?: number): Promise<void>;
   ready(): { ready: boolean; checks: Record<string, boolean> };
+  /**
+   * Replace the TLS session-ticket keys (48 bytes). Processes that share a port must share the
+   * keys, or a client resuming its session on another worker always falls back to a full handshake.
+   */
+  setTicketKeys(keys: Buffer): void;
 }
 
 const UNSAFE_METHODS = new Set(['POST', 'PUT', 'PATCH', 'DELETE']);
@@ -624,6 +629,9 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
       await authenticator?.close();
       await store.close();
       await securityLog.close();
+    },
+    setTicketKeys(keys) {
+      (server as unknown as TlsServer).setTicketKeys(keys);
     },
     ready() {
       const checks = {

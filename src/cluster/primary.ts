@@ -16,6 +16,7 @@
  * exit code 1 rather than flapping forever.
  */
 import cluster, { type Worker } from 'node:cluster';
+import { randomBytes } from 'node:crypto';
 import { watch } from 'node:fs';
 import { dirname } from 'node:path';
 import type { AddressInfo } from 'node:net';
@@ -37,6 +38,12 @@ import { problemsOf, type PemPair, type ReloadResult, type Snapshot, type Worker
 /** Set in a worker's environment: the CLI's `start` then runs {@link runWorker}. */
 export const WORKER_ENV = 'PORTCULLIS_CLUSTER_WORKER';
 
+/**
+ * Session-ticket keys are shared by the workers (a resumed session may land on any of them) and
+ * replaced this often, so that a stolen key cannot decrypt older sessions forever (forward
+ * secrecy of resumed sessions); the cost is one full handshake per client after each rotation.
+ */
+const TICKET_KEY_ROTATION_MS = 12 * 60 * 60 * 1000;
 const CRASH_WINDOW_MS = 60_000;
 const CRASH_LIMIT = 5;
 const RESTART_DELAY_MS = 1_000;
@@ -68,10 +75,16 @@ export async function runPrimary(configPath: string, watchFile: boolean, loaded:
   const store = new MemoryStore();
 
   const members = new Map<number, Member>();
+  let ticketKeys = randomBytes(48);
   const snapshot = { certificates: new Map<string, PemPair>(), alpn: new Map<string, PemPair>(), http01: new Map<string, string>() };
   const broadcast = (method: string, params: unknown): void => {
     for (const m of members.values()) if (m.synced) m.peer.notify(method, params);
   };
+  const rotation = setInterval(() => {
+    ticketKeys = randomBytes(48);
+    broadcast('tls.ticketKeys', { keys: ticketKeys.toString('base64') });
+  }, TICKET_KEY_ROTATION_MS);
+  rotation.unref();
   const mirror: CertificateMirror = {
     installed(id, certPem, keyPem) {
       snapshot.certificates.set(id, { certPem, keyPem });
@@ -112,6 +125,7 @@ export async function runPrimary(configPath: string, watchFile: boolean, loaded:
           certificates: [...snapshot.certificates].map(([id, p]) => ({ id, ...p })),
           alpn: [...snapshot.alpn].map(([host, p]) => ({ host, ...p })),
           http01: [...snapshot.http01],
+          ticketKeys: ticketKeys.toString('base64'),
         } satisfies Snapshot;
       case 'listening': {
         const p = params as { https: AddressInfo; http: AddressInfo | null };
@@ -294,6 +308,7 @@ export async function runPrimary(configPath: string, watchFile: boolean, loaded:
   }
 
   async function closeAll(server: HttpServer | null): Promise<void> {
+    clearInterval(rotation);
     await automation.stop();
     if (server?.listening) {
       await new Promise<void>((resolve) => {

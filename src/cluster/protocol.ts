@@ -3,7 +3,7 @@
  *
  * Worker → primary: `hello` (→ {@link WorkerHello}), `snapshot` (→ {@link Snapshot}), `listening`,
  * and the `state.*` calls of {@link RemoteStore}.
- * Primary → worker: `tls.install`, `tls.alpnSet`, `tls.alpnClear`, `acme.http01Set`,
+ * Primary → worker: `tls.install`, `tls.alpnSet`, `tls.alpnClear`, `tls.ticketKeys`, `acme.http01Set`,
  * `acme.http01Delete` (notifications), and the calls `metrics`, `ready`, `reload` (→
  * {@link ReloadResult}) and the notification `shutdown`.
  */
@@ -24,6 +24,8 @@ export interface Snapshot {
   readonly certificates: ReadonlyArray<{ readonly id: string } & PemPair>;
   readonly alpn: ReadonlyArray<{ readonly host: string } & PemPair>;
   readonly http01: ReadonlyArray<readonly [token: string, keyAuthorization: string]>;
+  /** TLS session-ticket keys, base64 (48 bytes): the same in every worker, so resumption works across them. */
+  readonly ticketKeys: string;
 }
 
 export type ReloadResult = { readonly ok: true } | { readonly ok: false; readonly problems: string[] };

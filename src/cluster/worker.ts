@@ -60,6 +60,8 @@ export async function runWorker(configPath: string, version: string): Promise<nu
         return gateway!.certificates.setAlpnChallenge(p.host!, { certPem: p.certPem!, keyPem: p.keyPem! });
       case 'tls.alpnClear':
         return gateway!.certificates.clearAlpnChallenge(p.host!);
+      case 'tls.ticketKeys':
+        return gateway!.setTicketKeys(Buffer.from(p.keys!, 'base64'));
       case 'acme.http01Set':
         return automation.http01.set(p.token!, p.keyAuthorization!);
       case 'acme.http01Delete':
@@ -117,6 +119,7 @@ export async function runWorker(configPath: string, version: string): Promise<nu
   for (const c of snapshot.certificates) gw.certificates.loadFromPem(c.id, c.certPem, c.keyPem, 'acme');
   for (const a of snapshot.alpn) gw.certificates.setAlpnChallenge(a.host, { certPem: a.certPem, keyPem: a.keyPem });
   for (const [token, keyAuthorization] of snapshot.http01) automation.http01.set(token, keyAuthorization);
+  gw.setTicketKeys(Buffer.from(snapshot.ticketKeys, 'base64'));
 
   const addrs = await gw.listen();
   await peer.call('listening', { https: addrs.https, http: addrs.http, pid: process.pid });

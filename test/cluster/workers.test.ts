@@ -5,6 +5,7 @@
 import t from 'tap';
 import { mkdtempSync, writeFileSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import tls from 'node:tls';
 import { join } from 'node:path';
 import { httpsRequest, startUpstream, type ClientResponse } from '../helpers/gateway.js';
 import { CLI_SKIP, parseExposition, pick, scrape, spawnCli, startIssuer, total, type CliProcess, type TestIssuer } from '../ops-e2e/_support.js';
@@ -72,6 +73,27 @@ t.test('two workers: shared listeners, global limits and bans, aggregated metric
     t.same(codes(rs), Array(8).fill(200));
     await cli.waitForLog((l) => l.type === 'access' && l.path === '/spread' && cli.logs().filter((x) => x.path === '/spread').length >= 8);
     t.same([...workersOf(cli, mark, '/spread')].sort(), [1, 2]);
+  });
+
+  await t.test('TLS sessions resume on any worker (the workers share the session-ticket keys)', async (t) => {
+    const ca = readFileSync(join(work, 'certs', 'local-ca', 'root.crt'), 'utf8');
+    let session: Buffer | undefined;
+    const reused: boolean[] = [];
+    for (let i = 0; i < 5; i++) {
+      await new Promise<void>((resolve, reject) => {
+        const s = tls.connect({ host: '127.0.0.1', port: port(cli, 'https'), servername: 'app.test', ca, session, ALPNProtocols: ['http/1.1'] }, () => {
+          reused.push(s.isSessionReused());
+          s.write('GET /resume HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n');
+        });
+        s.on('session', (next: Buffer) => (session ??= next));
+        s.on('data', () => undefined);
+        s.on('close', () => resolve());
+        s.on('error', reject);
+      });
+    }
+    t.same(reused, [false, true, true, true, true], 'the first handshake is full, every later one resumes');
+    await cli.waitForLog(() => cli.logs().filter((l) => l.path === '/resume').length >= 5);
+    t.same([...workersOf(cli, 0, '/resume')].sort(), [1, 2], 'and those connections reached both workers');
   });
 
   await t.test('rate limit is counted once across workers (max 6, 10 requests on 10 connections)', async (t) => {
