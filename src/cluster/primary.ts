@@ -56,6 +56,8 @@ interface Member {
   /** Has pulled the snapshot: from then on it gets every certificate/challenge change. */
   synced: boolean;
   listening: boolean;
+  /** The configuration text it started with (a reload may have happened while it was starting). */
+  text: string | null;
   https: AddressInfo | null;
   http: AddressInfo | null;
 }
@@ -118,6 +120,7 @@ export async function runPrimary(configPath: string, watchFile: boolean, loaded:
   function handle(member: Member, method: string, params: unknown): unknown {
     switch (method) {
       case 'hello':
+        member.text = current.text;
         return { text: current.text } satisfies WorkerHello;
       case 'snapshot':
         member.synced = true;
@@ -133,6 +136,8 @@ export async function runPrimary(configPath: string, watchFile: boolean, loaded:
         member.https = p.https;
         member.http = p.http;
         onStartupChange();
+        // Started from a text that a reload replaced meanwhile: bring it up to date.
+        if (member.text !== current.text) void applyTo(member, current.text);
         return null;
       }
       default: {
@@ -150,6 +155,7 @@ export async function runPrimary(configPath: string, watchFile: boolean, loaded:
       peer: new RpcPeer(worker, (method, params) => handle(member, method, params)),
       synced: false,
       listening: false,
+      text: null,
       https: null,
       http: null,
     };
@@ -243,6 +249,20 @@ export async function runPrimary(configPath: string, watchFile: boolean, loaded:
     return { contentType: merged.contentType, body: await merged.metrics() };
   }
 
+  /** Has one worker apply `text`; a worker that cannot is replaced. Resolves true when it applied. */
+  async function applyTo(member: Member, text: string): Promise<boolean> {
+    const r = await member.peer.call<ReloadResult>('reload', { text }, 60_000).catch((err: unknown): ReloadResult => ({ ok: false, problems: problemsOf(err) }));
+    if (r.ok) {
+      member.text = text;
+      return true;
+    }
+    // Validated here, refused there (e.g. a certificate file that changed in between): a fresh
+    // worker starts from the accepted text, so no worker keeps serving an older configuration.
+    log.error({ worker: member.worker.id, problems: r.problems }, 'worker could not apply the configuration: replacing it');
+    member.worker.kill('SIGKILL');
+    return false;
+  }
+
   let reloading: Promise<void> = Promise.resolve();
   const reload = (why: string): void => {
     reloading = reloading.then(async () => {
@@ -261,23 +281,12 @@ export async function runPrimary(configPath: string, watchFile: boolean, loaded:
       for (const w of next.warnings) log.warn({ config: configPath }, w);
       if (next.config.workers !== size) log.warn({ workers: next.config.workers, running: size }, 'workers changed: it takes effect on the next restart');
       current = next;
-      const results = await Promise.all(
-        live().map(async (m) => ({
-          m,
-          r: await m.peer.call<ReloadResult>('reload', { text: next.text }, 60_000).catch((err: unknown): ReloadResult => ({ ok: false, problems: problemsOf(err) })),
-        })),
-      );
+      // Workers still starting catch up when they report listening (see 'listening').
+      const results = await Promise.all(live().filter((m) => m.listening).map((m) => applyTo(m, next.text)));
       await automation.reload(next.config);
-      const failed = results.filter((x) => !x.r.ok);
-      for (const { m, r } of failed) {
-        // Validated here, refused there (e.g. a file that changed in between): a fresh worker
-        // starts from the accepted text, so no worker keeps serving an older configuration.
-        log.error({ worker: m.worker.id, problems: r.ok ? [] : r.problems }, 'worker could not apply the configuration: replacing it');
-        m.worker.kill('SIGKILL');
-      }
       metrics.configReload('success');
       events.emit('config_reloaded', { file: configPath, reason: why });
-      log.info({ trigger: why, workers: results.length - failed.length }, 'configuration reloaded');
+      log.info({ trigger: why, workers: results.filter(Boolean).length }, 'configuration reloaded');
     });
   };
   process.on('SIGHUP', () => reload('SIGHUP'));

@@ -34,15 +34,20 @@ export async function runWorker(configPath: string, version: string): Promise<nu
 
   const stop = (why: string): Promise<number> => {
     stopping ??= (async () => {
-      peer.close();
-      if (!gateway) return 0;
+      if (!gateway) {
+        peer.close();
+        return 0;
+      }
       logger?.info({ reason: why }, 'worker shutting down');
       try {
+        // The channel stays open while draining: requests still in flight need the shared store.
         await gateway.close();
         return 0;
       } catch (err) {
         logger?.error({ err }, 'worker shutdown failed');
         return 1;
+      } finally {
+        peer.close();
       }
     })().then((code) => {
       done(code);
