@@ -94,6 +94,8 @@ export interface Gateway {
 }
 
 const UNSAFE_METHODS = new Set(['POST', 'PUT', 'PATCH', 'DELETE']);
+/** How long a connection refused by the HTTP/1.1 parser may stay open to drain the client's input. */
+const LINGER_MS = 2_000;
 
 function peerOf(req: FastifyRequest): string {
   return req.raw.socket?.remoteAddress ?? '';
@@ -161,7 +163,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     createAuthenticatorFor(config, logger, (issuer, result) => metrics.jwksRefresh(issuer, result === 'ok' ? 'success' : 'failure'));
   let authenticator = newAuthenticator(cfg0);
   let state = buildRuntimeState(cfg0, authenticator);
-  const slowloris = new SlowlorisGuard(cfg0.limits.headersTimeout, cfg0.limits.requestTimeout);
+  const slowloris = new SlowlorisGuard(cfg0.limits.headersTimeout, cfg0.limits.requestTimeout, cfg0.timeouts.idle);
 
   const app = Fastify({
     http2: true,
@@ -183,19 +185,26 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     // Requests the HTTP/1.1 parser refuses (smuggling shapes, oversized headers, timeouts) never
     // reach a hook: answer them here with the same safe body, and log them.
     clientErrorHandler: (err: Error & { code?: string }, socket: import('node:net').Socket) => {
-      if (err.code === 'ECONNRESET' || socket.destroyed) return;
+      // writableEnded: already answered; the failed parser reports again for every later chunk.
+      if (err.code === 'ECONNRESET' || socket.destroyed || socket.writableEnded) return;
       const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
       const code: GatewayErrorCode = status === 431 ? 'GW_ERR_HEADERS_TOO_LARGE' : status === 408 ? 'GW_ERR_REQUEST_TIMEOUT' : 'GW_ERR_BAD_REQUEST';
       const requestId = randomUUID();
       const out = renderError(status, code, requestId, undefined);
       logger.info({ type: 'access', request_id: requestId, ip: socket.remoteAddress, status, reason: `parser_${(err.code ?? 'error').toLowerCase()}` }, 'request');
-      if (socket.writable) {
-        socket.write(
-          `HTTP/1.1 ${status} ${statusText(status)}\r\nContent-Type: ${out.contentType}\r\nContent-Length: ${Buffer.byteLength(out.body)}\r\n` +
-            `X-Request-Id: ${requestId}\r\nX-Content-Type-Options: nosniff\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n${out.body}`,
-        );
+      if (!socket.writable) {
+        socket.destroy();
+        return;
       }
-      socket.destroy();
+      // Lingering close: end() sends the answer, TLS close_notify and FIN, and the socket keeps
+      // reading (and dropping) what the client is still sending. Destroying it at once, with request
+      // bytes not yet read, makes the kernel answer with a TCP reset that can discard the answer at
+      // the client. The wait is bounded: the socket is destroyed after LINGER_MS whatever happens.
+      socket.end(
+        `HTTP/1.1 ${status} ${statusText(status)}\r\nContent-Type: ${out.contentType}\r\nContent-Length: ${Buffer.byteLength(out.body)}\r\n` +
+          `X-Request-Id: ${requestId}\r\nX-Content-Type-Options: nosniff\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n${out.body}`,
+      );
+      setTimeout(() => socket.destroy(), LINGER_MS).unref();
     },
     // find-my-way refuses malformed percent-encoding with FST_ERR_BAD_URL; answered safely here.
     frameworkErrors: (err, request, reply) => {
@@ -210,6 +219,9 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
   // Node's HTTP/1.1 parser reads this from the server object for connections the http2 server
   // hands to it (allowHTTP1); beyond it the client gets 431.
   (server as HttpServer & { maxHeaderSize?: number }).maxHeaderSize = cfg0.limits.maxHeaderSize;
+  // Fastify applies keepAliveTimeout only to its http1 servers; the http2 compat server's own
+  // default differs by Node version (none on 20, 5 s on 24). `timeouts.idle` is the one setting.
+  server.keepAliveTimeout = cfg0.timeouts.idle;
   certificates.bindServer(server as never);
   slowloris.attach(server);
 
@@ -538,9 +550,13 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
   let addrs: ListenerAddresses | null = null;
   let listening = false;
   const tlsSockets = new Set<Socket>();
+  // One shared listener (`this` is the socket) rather than a closure per connection.
+  const forgetTlsSocket = function (this: Socket): void {
+    tlsSockets.delete(this);
+  };
   server.on('secureConnection', (s: TLSSocket) => {
     tlsSockets.add(s);
-    s.once('close', () => tlsSockets.delete(s));
+    s.on('close', forgetTlsSocket);
   });
 
   /** The port clients use for HTTPS: configured, or (port 0 in tests) the one actually bound. */

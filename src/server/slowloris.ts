@@ -10,28 +10,39 @@ import type { Server as HttpServer, IncomingMessage, ServerResponse } from 'node
 import type { TLSSocket } from 'node:tls';
 
 const kTimer = Symbol('portcullis.headersTimer');
-type Guarded = TLSSocket & { [kTimer]?: NodeJS.Timeout };
+const kIdleSince = Symbol('portcullis.idleSinceBytes');
+type Guarded = TLSSocket & { [kTimer]?: NodeJS.Timeout; [kIdleSince]?: number };
 
 const TIMEOUT_RESPONSE = 'HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n';
 
 export class SlowlorisGuard {
   private readonly sockets = new Set<Guarded>();
 
+  /**
+   * @param keepAliveIdle how long a keep-alive connection may sit between requests (`timeouts.idle`):
+   *   then it is closed quietly (no 408 to a client that sent nothing). If the next request has
+   *   started by then, its headers get `headersTimeout` more before the 408.
+   */
   constructor(
     private readonly headersTimeout: number,
     private readonly requestTimeout: number,
-    private readonly keepAliveIdle = 5_000,
+    private readonly keepAliveIdle: number,
   ) {}
+
+  /** One shared 'close' listener (`this` is the socket): no closure or once-wrapper per connection. */
+  private readonly onClose = ((guard: SlowlorisGuard) =>
+    function (this: Guarded): void {
+      guard.disarm(this);
+      guard.sockets.delete(this);
+    })(this);
 
   attach(server: HttpServer): void {
     server.on('secureConnection', (socket: Guarded) => {
       if (socket.alpnProtocol === 'h2') return; // HTTP/2 sessions have their own idle timeout
       this.sockets.add(socket);
       this.arm(socket, this.headersTimeout);
-      socket.once('close', () => {
-        this.disarm(socket);
-        this.sockets.delete(socket);
-      });
+      // 'close' is emitted once per socket, so a plain listener is enough.
+      socket.on('close', this.onClose);
     });
     server.on('request', (req: IncomingMessage, res: ServerResponse) => {
       if (req.httpVersionMajor !== 1) return;
@@ -50,8 +61,7 @@ export class SlowlorisGuard {
       }
       res.once('finish', () => {
         clear();
-        // Keep-alive: the next request's headers must arrive within idle + headers time.
-        if (!socket.destroyed) this.arm(socket, this.keepAliveIdle + this.headersTimeout);
+        if (!socket.destroyed) this.armIdle(socket);
       });
     });
     server.on('upgrade', (req: IncomingMessage) => this.disarm(req.socket as Guarded));
@@ -63,6 +73,23 @@ export class SlowlorisGuard {
       socket.end(TIMEOUT_RESPONSE);
       socket.destroySoon();
     }, ms);
+    t.unref();
+    socket[kTimer] = t;
+  }
+
+  /** Between keep-alive requests: quiet close after `keepAliveIdle` unless the next request began. */
+  private armIdle(socket: Guarded): void {
+    this.disarm(socket);
+    socket[kIdleSince] = socket.bytesRead;
+    const t = setTimeout(() => {
+      socket[kTimer] = undefined;
+      if (socket.bytesRead === socket[kIdleSince]) {
+        socket.end();
+        socket.destroySoon();
+      } else {
+        this.arm(socket, this.headersTimeout);
+      }
+    }, this.keepAliveIdle);
     t.unref();
     socket[kTimer] = t;
   }

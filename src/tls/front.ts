@@ -7,8 +7,10 @@
  * (measured on Node 20: `ALPNCallback` even runs BEFORE `SNICallback`, since Node selects the SNI
  * context in OpenSSL's cert callback). `http2.createSecureServer` also owns `ALPNProtocols`.
  *
- * So a plain `net.Server` accepts the connection and, ONLY while a challenge is pending
- * (`store.hasAlpnChallenges()`), reads the first TLS record without consuming it: if the
+ * So a plain `net.Server` accepts the connection and waits for its first bytes. With no challenge
+ * pending (`store.hasAlpnChallenges()`) they are not parsed: the socket is handed over with them
+ * (for memory, see `handleConnection`). ONLY while a challenge is pending it reads the first TLS
+ * record without consuming it: if the
  * ClientHello offers `acme-tls/1` for a host with a pending challenge, the socket goes to a tiny
  * TLS server that presents the challenge certificate and negotiates `acme-tls/1`; everything else
  * (other hosts, other ALPN, malformed or fragmented hellos, timeouts) goes unchanged to the real
@@ -119,11 +121,13 @@ export function createTlsFront(options: TlsFrontOptions): TlsFront {
   }
 
   function handleConnection(socket: Socket): void {
-    // Fast path: no pending challenge, no peeking, no added latency, no parser exposure.
-    if (!store.hasAlpnChallenges()) {
-      target.emit('connection', socket);
-      return;
-    }
+    // The first bytes are always read here, even with no challenge pending (then nothing is
+    // parsed), for memory: a TLSSocket that gets its first bytes from JS (`initRead` feeds them to
+    // the TLSWrap) sizes its encrypted-input buffer (node's NodeBIO, kept for the life of the
+    // connection) to that chunk, 1 KiB minimum, then adds at most one 16 KiB buffer; one that reads
+    // the TCP handle first allocates libuv's suggested 64 KiB instead. Measured on Node 20 with
+    // 10 000 idle keep-alive connections: ~7 KB less RSS per connection. Side effect: reads from
+    // the TCP socket are then at most 16 KiB (TLS records are at most 16 KiB anyway).
     owned.add(socket);
     let chunks: Buffer[] = [];
     let total = 0;
@@ -149,12 +153,19 @@ export function createTlsFront(options: TlsFrontOptions): TlsFront {
       handOver(socket, Buffer.concat(chunks, total), target);
     };
     const timer = setTimeout(() => {
-      emit({ event: 'client_hello_timeout', remoteAddress: socket.remoteAddress });
+      if (store.hasAlpnChallenges()) emit({ event: 'client_hello_timeout', remoteAddress: socket.remoteAddress });
       toTarget();
     }, helloTimeoutMs);
 
     const onData = (chunk: Buffer): void => {
       if (done) return;
+      if (chunks.length === 0 && !store.hasAlpnChallenges()) {
+        // No challenge pending: no parsing, hand over with the first chunk.
+        cleanup();
+        owned.delete(socket);
+        handOver(socket, chunk, target);
+        return;
+      }
       chunks.push(chunk);
       total += chunk.length;
       const buffered = Buffer.concat(chunks, total);

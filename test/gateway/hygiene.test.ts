@@ -160,3 +160,51 @@ t.test('paths: one canonical form for policy and upstream', async (t) => {
   }
   t.equal(up.seen.length, before, 'none of the refused paths reached the upstream');
 });
+
+t.test('headers far over the limit (200 KB) still get a readable 431, not a connection reset', async (t) => {
+  const up = await startUpstream(t);
+  const gw = await startGateway(t, yaml(up.origin));
+  for (const size of [20_000, 200_000]) {
+    const res = await rawTls(gw.port, gw.ca, `GET / HTTP/1.1\r\nHost: app.test\r\nX-Big: ${'a'.repeat(size)}\r\n\r\n`, { waitMs: 4000 });
+    t.equal(statusOf(res), 431, `${size} bytes of header`);
+    t.match(res, /code: GW_ERR_HEADERS_TOO_LARGE/);
+  }
+  t.equal(up.seen.length, 0);
+});
+
+/** One request on a fresh TLS connection, then silence: when (ms after the response) and with what bytes does the gateway close it? */
+function idleClose(port: number, ca: string, watchMs: number): Promise<{ closedAfterMs: number | null; after: string }> {
+  return new Promise((resolve) => {
+    let answered = 0;
+    let after = '';
+    const s = tls.connect({ host: '127.0.0.1', port, ca, servername: 'app.test', ALPNProtocols: ['http/1.1'] }, () => {
+      s.write('GET / HTTP/1.1\r\nHost: app.test\r\n\r\n');
+    });
+    const timer = setTimeout(() => {
+      s.destroy();
+      resolve({ closedAfterMs: null, after });
+    }, watchMs);
+    s.on('data', (c: Buffer) => {
+      if (answered === 0) answered = Date.now();
+      else after += c.toString('latin1');
+    });
+    s.on('close', () => {
+      clearTimeout(timer);
+      resolve({ closedAfterMs: answered ? Date.now() - answered : null, after });
+    });
+    s.on('error', () => undefined);
+  });
+}
+
+t.test('timeouts.idle governs idle keep-alive connections: closed quietly after it, not before', async (t) => {
+  const up = await startUpstream(t);
+  const short = await startGateway(t, yaml(up.origin).replace('limits: {', 'timeouts: { idle: 1s }\nlimits: {'));
+  const a = await idleClose(short.port, short.ca, 6_000);
+  t.ok(a.closedAfterMs !== null && a.closedAfterMs >= 900, `closed after the 1 s idle time (${a.closedAfterMs} ms)`);
+  t.ok(a.closedAfterMs !== null && a.closedAfterMs < 3_000, 'and not much later');
+  t.equal(a.after, '', 'quietly: no 408 to a client that sent nothing');
+  // Longer than Node 24's own 5 s default for this server: still open at 6 s.
+  const long = await startGateway(t, yaml(up.origin).replace('limits: {', 'timeouts: { idle: 8s }\nlimits: {'));
+  const b = await idleClose(long.port, long.ca, 6_000);
+  t.equal(b.closedAfterMs, null, 'still open 6 s after the response with timeouts.idle: 8s');
+});
