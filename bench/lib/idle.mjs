@@ -81,7 +81,8 @@ export async function idleBenchmark(ctx, o, log) {
         rssBeforeMB: mb(before),
         rssAfterMB: mb(after),
         deltaMB: mb(after - before),
-        perConnectionKB: sockets.length ? Math.round(((after - before) / sockets.length / 1024) * 10) / 10 : null,
+        // Per connection still OPEN when RSS was read: connections the server already closed hold nothing.
+        perConnectionKB: stillOpen ? Math.round(((after - before) / stillOpen / 1024) * 10) / 10 : null,
       });
       log(`idle ${name}: ${stillOpen}/${n} open, RSS ${mb(before)} MB -> ${mb(after)} MB`);
       for (const s of sockets) s.destroy();
