@@ -3,7 +3,7 @@
 // it benchmarks the BUILT gateway (dist/), so run `npm run build` first (`npm run bench` does).
 //
 //   node bench/run.mjs [--quick] [--json] [--duration 10s] [--rounds 3] [--only a,b]
-//                      [--tool wrk|autocannon] [--workers N] [--idle [--idle-connections 10000]]
+//                      [--tool wrk|autocannon] [--workers N] [--ablate] [--idle [--idle-connections 10000]]
 //                      [--out FILE] [--cpu-prof DIR]
 //
 // --cpu-prof DIR: the gateway processes run with `node --cpu-prof`; their profiles land in DIR
@@ -20,13 +20,13 @@ import { join, resolve } from 'node:path';
 import http from 'node:http';
 import { generateKeyPair, exportJWK, SignJWT } from 'jose';
 import { pinningPlan, sampleRss, treeRss } from './lib/proc.mjs';
-import { systems, workerSystems, makeCertificate, startUpstream, ISSUER, AUDIENCE } from './lib/systems.mjs';
+import { systems, workerSystems, ablationSystems, makeCertificate, startUpstream, ISSUER, AUDIENCE } from './lib/systems.mjs';
 import { pickLoadGenerator, runLoad } from './lib/load.mjs';
 import { summarize, ratios, targets, formatTable, parseDurationMs } from './lib/stats.mjs';
 import { idleBenchmark } from './lib/idle.mjs';
 
 const USAGE = `usage: node bench/run.mjs [--quick] [--json] [--duration 10s] [--rounds 3] [--only direct,nginx,caddy,proxy-only,full]
-                         [--scenarios c64,c1,handshake] [--tool wrk|autocannon] [--workers N] [--out FILE]
+                         [--scenarios c64,c1,handshake] [--tool wrk|autocannon] [--workers N] [--ablate] [--out FILE]
        node bench/run.mjs --idle [--idle-connections 10000] [--json]`;
 
 const SCENARIOS = {
@@ -52,6 +52,7 @@ function options() {
       scenarios: { type: 'string' },
       tool: { type: 'string' },
       workers: { type: 'string' },
+      ablate: { type: 'boolean' },
       out: { type: 'string' },
       'cpu-prof': { type: 'string' },
       idle: { type: 'boolean' },
@@ -74,6 +75,7 @@ function options() {
     scenarios: (values.scenarios ?? 'c64,c1,handshake').split(',').map((s) => s.trim()),
     tool: values.tool ?? null,
     workers: values.workers ? Number(values.workers) : 0,
+    ablate: values.ablate ?? false,
     out: values.out ?? null,
     cpuProfDir: values['cpu-prof'] ? resolve(values['cpu-prof']) : null,
     idle: values.idle ?? false,
@@ -157,7 +159,7 @@ async function main() {
     }
 
     if (!tool) throw new Error('no load generator: install wrk (Debian: wrk) or run `npm install` in bench/ for autocannon');
-    const all = [...systems(), ...(o.workers > 0 ? workerSystems(o.workers) : [])];
+    const all = [...systems(), ...(o.workers > 0 ? workerSystems(o.workers) : []), ...(o.ablate ? ablationSystems() : [])];
     if (o.only) {
       const unknown = o.only.filter((n) => !all.some((s) => s.name === n));
       if (unknown.length) throw new Error(`unknown system(s) in --only: ${unknown.join(', ')} (known: ${all.map((s) => s.name).join(', ')})`);
