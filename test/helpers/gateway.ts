@@ -134,7 +134,16 @@ export async function startGateway(t: Tap, yaml: string, env: Record<string, str
     dir,
     configPath,
     logs,
-    request: (opts) => httpsRequest(port, ca, opts),
+    request: async (opts) => {
+      const res = await httpsRequest(port, ca, opts);
+      // The access line is written when the server side sees the response finish, which can come
+      // after the client read it: wait for it (by request id) so tests can read the log at once.
+      const id = res.headers['x-request-id'];
+      for (let i = 0; i < 200 && id !== undefined && !logs.some((l) => l.type === 'access' && l.request_id === id); i++) {
+        await new Promise((r) => setTimeout(r, 5));
+      }
+      return res;
+    },
   };
 }
 
