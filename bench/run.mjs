@@ -3,7 +3,7 @@
 // it benchmarks the BUILT gateway (dist/), so run `npm run build` first (`npm run bench` does).
 //
 //   node bench/run.mjs [--quick] [--json] [--duration 10s] [--rounds 3] [--only a,b]
-//                      [--tool wrk|autocannon] [--workers N] [--ablate] [--idle [--idle-connections 10000]]
+//                      [--tool wrk|autocannon] [--workers N] [--ablate] [--node-flags "..."] [--idle [--idle-connections 10000]]
 //                      [--out FILE] [--cpu-prof DIR]
 //
 // --cpu-prof DIR: the gateway processes run with `node --cpu-prof`; their profiles land in DIR
@@ -20,13 +20,13 @@ import { join, resolve } from 'node:path';
 import http from 'node:http';
 import { generateKeyPair, exportJWK, SignJWT } from 'jose';
 import { pinningPlan, sampleRss, treeRss } from './lib/proc.mjs';
-import { systems, workerSystems, ablationSystems, makeCertificate, startUpstream, ISSUER, AUDIENCE } from './lib/systems.mjs';
+import { systems, workerSystems, ablationSystems, imageNodeFlags, makeCertificate, startUpstream, ISSUER, AUDIENCE } from './lib/systems.mjs';
 import { pickLoadGenerator, runLoad } from './lib/load.mjs';
 import { summarize, ratios, targets, formatTable, parseDurationMs } from './lib/stats.mjs';
 import { idleBenchmark } from './lib/idle.mjs';
 
 const USAGE = `usage: node bench/run.mjs [--quick] [--json] [--duration 10s] [--rounds 3] [--only direct,nginx,caddy,proxy-only,full]
-                         [--scenarios c64,c1,handshake] [--tool wrk|autocannon] [--workers N] [--ablate] [--out FILE]
+                         [--scenarios c64,c1,handshake] [--tool wrk|autocannon] [--workers N] [--ablate] [--node-flags "..."] [--out FILE]
        node bench/run.mjs --idle [--idle-connections 10000] [--json]`;
 
 const SCENARIOS = {
@@ -53,6 +53,7 @@ function options() {
       tool: { type: 'string' },
       workers: { type: 'string' },
       ablate: { type: 'boolean' },
+      'node-flags': { type: 'string' },
       out: { type: 'string' },
       'cpu-prof': { type: 'string' },
       idle: { type: 'boolean' },
@@ -76,6 +77,7 @@ function options() {
     tool: values.tool ?? null,
     workers: values.workers ? Number(values.workers) : 0,
     ablate: values.ablate ?? false,
+    nodeFlags: values['node-flags'] === undefined ? imageNodeFlags() : values['node-flags'].split(' ').filter(Boolean),
     out: values.out ?? null,
     cpuProfDir: values['cpu-prof'] ? resolve(values['cpu-prof']) : null,
     idle: values.idle ?? false,
@@ -148,7 +150,7 @@ async function main() {
     cleanups.push(() => upstream.stop());
     const jwks = await startJwks();
     cleanups.push(() => jwks.stop());
-    const ctx = { plan, dir, cert, upstream, jwks, cpuProfDir: o.cpuProfDir };
+    const ctx = { plan, dir, cert, upstream, jwks, cpuProfDir: o.cpuProfDir, nodeFlags: o.nodeFlags };
 
     if (o.idle) {
       const result = await idleBenchmark(ctx, o, log);
@@ -225,6 +227,7 @@ async function main() {
         rounds: o.rounds,
         scenarios: Object.fromEntries(o.scenarios.map((s) => [s, SCENARIOS[s]])),
         upstreamBodyBytes: upstream.bodyBytes,
+        gatewayNodeFlags: o.nodeFlags,
       },
       skipped,
       rows,
@@ -233,7 +236,7 @@ async function main() {
       rssAfterLoadBytes: idleRss,
       samples,
     };
-    const title = `Portcullis benchmark — ${m.cpu}, ${m.cores} cores, Node ${m.node}, ${tool}${plan ? `, server on CPU ${plan.server}, load on CPU ${plan.client}` : ', no CPU pinning'}`;
+    const title = `Portcullis benchmark — ${m.cpu}, ${m.cores} cores, Node ${m.node}, ${tool}${plan ? `, server on CPU ${plan.server}, load on CPU ${plan.client}` : ', no CPU pinning'}${o.nodeFlags.length ? `, gateway run as node ${o.nodeFlags.join(' ')} (the image's CMD)` : ''}`;
     result.text = `${formatTable(rows, rs, { title, targets: tg })}${skipped.length ? `\n\nskipped:\n${skipped.map((s) => `- ${s.system}: ${s.reason}`).join('\n')}` : ''}`;
     if (o.out) writeFileSync(o.out, `${JSON.stringify(result, null, 2)}\n`);
     process.stdout.write(o.json ? `${JSON.stringify(result, null, 2)}\n` : `${result.text}\n`);

@@ -130,10 +130,26 @@ function httpGet(port) {
   });
 }
 
+/**
+ * The node flags of the Docker image's CMD (`node <flags> dist/cli.js start …`): the gateway is
+ * measured the way it is shipped. `--node-flags` overrides them (`--node-flags ""`: none).
+ */
+export function imageNodeFlags() {
+  const line = readFileSync(join(ROOT, 'Dockerfile'), 'utf8').split('\n').find((l) => l.startsWith('CMD ['));
+  if (!line) return [];
+  const cmd = JSON.parse(line.slice(4));
+  const script = cmd.indexOf('dist/cli.js');
+  return script > 1 ? cmd.slice(1, script) : [];
+}
+
 /** Starts the gateway CLI on a config file; rejects with the CLI's own output when it fails. */
-async function startGateway({ name, plan, pin, configPath, port, dir, cpuProfDir }) {
+async function startGateway({ name, plan, pin, configPath, port, dir, cpuProfDir, nodeFlags }) {
   const lines = [];
-  const nodeArgs = [...(cpuProfDir ? ['--cpu-prof', '--cpu-prof-dir', cpuProfDir, '--cpu-prof-name', `${name}.cpuprofile`] : []), GATEWAY_CLI, 'start', '--config', configPath];
+  const nodeArgs = [
+    ...nodeFlags,
+    ...(cpuProfDir ? ['--cpu-prof', '--cpu-prof-dir', cpuProfDir, '--cpu-prof-name', `${name}.cpuprofile`] : []),
+    GATEWAY_CLI, 'start', '--config', configPath,
+  ];
   const [cmd, args] = pin ? pinned(plan, 'server', process.execPath, nodeArgs) : [process.execPath, nodeArgs];
   const proc = startChild(cmd, args, { cwd: dir, onLine: (l) => lines.length < 200 && lines.push(l) });
   try {
@@ -274,7 +290,7 @@ function gatewaySystem(name, full, workers = 0, without = new Set()) {
       const problem = await validateGatewayConfig(configPath);
       if (problem) throw new Error(`${name}: the generated configuration is refused by \`portcullis validate\`:\n${problem}`);
       // Several workers cannot share one pinned core: a multi-worker gateway runs unpinned.
-      const proc = await startGateway({ name, plan: ctx.plan, pin: ctx.plan !== null && workers === 0, configPath, port, dir: ctx.dir, cpuProfDir: ctx.cpuProfDir });
+      const proc = await startGateway({ name, plan: ctx.plan, pin: ctx.plan !== null && workers === 0, configPath, port, dir: ctx.dir, cpuProfDir: ctx.cpuProfDir, nodeFlags: ctx.nodeFlags });
       const headers = full ? { authorization: `Bearer ${ctx.jwks.token}` } : {};
       return {
         url: `https://${HOST}:${port}/`,

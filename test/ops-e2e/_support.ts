@@ -143,8 +143,8 @@ export interface CliProcess {
 }
 
 /** `node dist/cli.js <args>` in APP_DIR, like the image's CMD (cwd /app, exec form, no shell). */
-export function spawnCli(t: Tap, args: readonly string[], env: Record<string, string>, options: { detached?: boolean } = {}): CliProcess {
-  const child = spawn(process.execPath, ['dist/cli.js', ...args], {
+export function spawnCli(t: Tap, args: readonly string[], env: Record<string, string>, options: { detached?: boolean; nodeArgs?: readonly string[] } = {}): CliProcess {
+  const child = spawn(process.execPath, [...(options.nodeArgs ?? []), 'dist/cli.js', ...args], {
     cwd: APP_DIR,
     // detached: its own process group, so a test can signal the group like a terminal does.
     detached: options.detached ?? false,
