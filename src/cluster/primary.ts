@@ -115,7 +115,23 @@ export async function runPrimary(configPath: string, watchFile: boolean, loaded:
   let started = false;
   const crashes: number[] = [];
   let onStartupChange: () => void = () => undefined;
-  let shutdown: (code: number, why: string) => void = () => undefined;
+  let admin: HttpServer | null = null;
+  let resolveExit: (code: number) => void = () => undefined;
+  const exit = new Promise<number>((resolve) => (resolveExit = resolve));
+
+  /** Drain every worker, close what the primary holds, exit with `code` (1 if a worker did not exit cleanly). */
+  function shutdown(code: number, why: string): void {
+    if (stopping) return;
+    stopping = true;
+    const grace = current.config.shutdownGrace;
+    log.info({ reason: why, grace_ms: grace }, 'shutting down');
+    void (async () => {
+      const clean = await stopWorkers(grace);
+      await closeAll(admin);
+      log.info({ clean }, clean ? 'shut down cleanly' : 'shut down; some workers did not exit cleanly');
+      resolveExit(clean ? code : 1);
+    })();
+  }
 
   function handle(member: Member, method: string, params: unknown): unknown {
     switch (method) {
@@ -204,7 +220,6 @@ export async function runPrimary(configPath: string, watchFile: boolean, loaded:
   }
   started = true;
 
-  let admin: HttpServer | null = null;
   let adminAddr: AddressInfo | null = null;
   if (loaded.config.listen.admin) {
     admin = createAdminServer({
@@ -305,7 +320,8 @@ export async function runPrimary(configPath: string, watchFile: boolean, loaded:
         new Promise<boolean>((resolve) => {
           if (m.worker.isDead()) return resolve(m.worker.process.exitCode === 0);
           m.worker.once('exit', (code) => resolve(code === 0));
-          if (!m.peer.notify('shutdown')) m.worker.kill('SIGTERM');
+          // A worker whose channel is already gone drains on 'disconnect' by itself.
+          m.peer.notify('shutdown');
         }),
     );
     const timer = setTimeout(() => {
@@ -329,31 +345,18 @@ export async function runPrimary(configPath: string, watchFile: boolean, loaded:
     await securityLog.close();
   }
 
-  return new Promise<number>((resolve) => {
-    shutdown = (code, why) => {
-      if (stopping) return;
-      stopping = true;
-      const grace = current.config.shutdownGrace;
-      log.info({ reason: why, grace_ms: grace }, 'shutting down');
-      void (async () => {
-        const clean = await stopWorkers(grace);
-        await closeAll(admin);
-        log.info({ clean }, clean ? 'shut down cleanly' : 'shut down; some workers did not exit cleanly');
-        resolve(clean ? code : 1);
-      })();
-    };
-    const onSignal = (signal: string): void => {
-      if (stopping) {
-        log.warn({ signal }, 'second signal: exiting now');
-        for (const m of live()) m.worker.kill('SIGKILL');
-        resolve(1);
-        return;
-      }
-      shutdown(0, signal);
-    };
-    process.on('SIGTERM', () => onSignal('SIGTERM'));
-    process.on('SIGINT', () => onSignal('SIGINT'));
-  });
+  const onSignal = (signal: string): void => {
+    if (stopping) {
+      log.warn({ signal }, 'second signal: exiting now');
+      for (const m of live()) m.worker.kill('SIGKILL');
+      resolveExit(1);
+      return;
+    }
+    shutdown(0, signal);
+  };
+  process.on('SIGTERM', () => onSignal('SIGTERM'));
+  process.on('SIGINT', () => onSignal('SIGINT'));
+  return exit;
 }
 
 function listenOn(server: HttpServer, addr: ListenAddress): Promise<void> {

@@ -62,10 +62,10 @@ function sigterm(cli: CliProcess): Promise<{ code: number | null; signal: NodeJS
 
 t.test('the image CMD on a copy of docker/gateway.yml: starts, HEALTHCHECK passes, serves, reloads, SIGTERM exits 0', { skip: CLI_SKIP }, async (t) => {
   const cmd = imageCmd();
-  const script = cmd.indexOf('dist/cli.js');
-  t.same(cmd.slice(script, script + 3), ['dist/cli.js', 'start', '--config'], 'the CMD this test runs');
+  const cliAt = cmd.indexOf('dist/cli.js');
+  t.same(cmd.slice(cliAt, cliAt + 3), ['dist/cli.js', 'start', '--config'], 'the CMD this test runs');
   t.equal(cmd[0], 'node');
-  const nodeFlags = cmd.slice(1, script);
+  const nodeFlags = cmd.slice(1, cliAt);
 
   const iss = await startIssuer(t, 'example-app');
   const up = await startUpstream(t);
@@ -89,7 +89,7 @@ t.test('the image CMD on a copy of docker/gateway.yml: starts, HEALTHCHECK passe
   writeFileSync(tokenFile, `${token}\n`, { mode: 0o444 });
   const env = { ...envExample(), PORTCULLIS_HOST: 'app.test', OIDC_ISSUER: iss.issuer, OIDC_AUDIENCE: 'example-app', METRICS_TOKEN_FILE: tokenFile };
 
-  const cli = spawnCli(t, [...cmd.slice(script + 1, script + 3), config], env, { nodeArgs: nodeFlags });
+  const cli = spawnCli(t, [...cmd.slice(cliAt + 1, cliAt + 3), config], env, { nodeArgs: nodeFlags });
   const ports = await started(cli);
   t.ok(ports.https > 0 && ports.admin > 0, 'listening');
   t.ok(cli.logs().some((l) => typeof l.msg === 'string' && l.msg.includes('LOCAL DEVELOPMENT CA')), 'says loudly that it serves local-CA certificates');
