@@ -34,6 +34,7 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
 # The gateway drains in-flight requests on SIGTERM and exits 0. Exec form (no shell, no npm) so
 # the signal reaches node directly. --max-semi-space-size=4: V8's young generation otherwise grows
 # to 32 MB (Node 20) / 64+ MB (Node 24) per process under load; capped at 4 MB, RSS under load drops
-# by 60-200 MB with no measured loss of throughput (BENCHMARKS.md). Workers inherit the flag.
+# by ~60-90 MB per process, for up to ~10-20 % less throughput (BENCHMARKS.md). Workers inherit the
+# flag. CPU-bound rather than memory-bound deployments can drop it.
 STOPSIGNAL SIGTERM
 CMD ["node", "--max-semi-space-size=4", "dist/cli.js", "start", "--config", "/etc/portcullis/gateway.yml"]
