@@ -31,7 +31,8 @@ import { createSecurityEvents, openSecurityLog } from '../observability/events.j
 import { prepareCertificates } from '../server/certificates.js';
 import { createCertificateAutomation, type CertificateMirror } from '../server/acme.js';
 import { createAdminServer } from '../server/admin.js';
-import { MemoryStore, serveStoreCall } from '../state/index.js';
+import { MemoryStore, serveStoreCall, writtenKey } from '../state/index.js';
+import { ACTIVE_BAN_KEY_PREFIX } from '../protect/index.js';
 import { RpcPeer } from './rpc.js';
 import { problemsOf, type PemPair, type ReloadResult, type Snapshot, type WorkerHello } from './protocol.js';
 
@@ -159,6 +160,15 @@ export async function runPrimary(configPath: string, watchFile: boolean, loaded:
       default: {
         const answer = serveStoreCall(store, method, params);
         if (answer === undefined) throw new Error(`unknown method ${method}`);
+        // Workers keep active-ban answers locally (no round trip per request): tell them about
+        // every write to such a key once it is applied, so a ban holds everywhere at once.
+        const key = writtenKey(method, params);
+        if (key !== null && key.startsWith(ACTIVE_BAN_KEY_PREFIX)) {
+          answer.then(
+            () => broadcast('state.invalidate', { key }),
+            () => undefined,
+          );
+        }
         return answer;
       }
     }

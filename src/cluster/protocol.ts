@@ -3,7 +3,7 @@
  *
  * Worker → primary: `hello` (→ {@link WorkerHello}), `snapshot` (→ {@link Snapshot}), `listening`,
  * and the `state.*` calls of {@link RemoteStore}.
- * Primary → worker: `tls.install`, `tls.alpnSet`, `tls.alpnClear`, `tls.ticketKeys`, `acme.http01Set`,
+ * Primary → worker: `state.invalidate`, `tls.install`, `tls.alpnSet`, `tls.alpnClear`, `tls.ticketKeys`, `acme.http01Set`,
  * `acme.http01Delete` (notifications), and the calls `metrics`, `ready`, `reload` (→
  * {@link ReloadResult}) and the notification `shutdown`.
  */

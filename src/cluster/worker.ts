@@ -19,6 +19,7 @@ import { buildGateway, type Gateway } from '../gateway.js';
 import { prepareCertificates } from '../server/certificates.js';
 import { followerAutomation } from '../server/acme.js';
 import { RemoteStore } from '../state/index.js';
+import { ACTIVE_BAN_KEY_PREFIX } from '../protect/index.js';
 import { RpcPeer } from './rpc.js';
 import { problemsOf, type ReloadResult, type Snapshot, type WorkerHello } from './protocol.js';
 
@@ -31,6 +32,8 @@ export async function runWorker(configPath: string, version: string): Promise<nu
   let done: (code: number) => void = () => undefined;
   const exited = new Promise<number>((resolve) => (done = resolve));
   const automation = followerAutomation();
+  // Active bans are read on every request: cached here, kept exact by the primary's invalidations.
+  const store: RemoteStore = new RemoteStore((method: string, params: unknown): Promise<unknown> => peer.call(method, params), { cachePrefixes: [ACTIVE_BAN_KEY_PREFIX] });
 
   const stop = (why: string): Promise<number> => {
     stopping ??= (async () => {
@@ -56,7 +59,7 @@ export async function runWorker(configPath: string, version: string): Promise<nu
     return stopping;
   };
 
-  const peer = new RpcPeer(process as never, (method, params) => {
+  const peer: RpcPeer = new RpcPeer(process as never, (method, params) => {
     const p = params as Record<string, string>;
     switch (method) {
       case 'tls.install':
@@ -67,6 +70,8 @@ export async function runWorker(configPath: string, version: string): Promise<nu
         return gateway!.certificates.clearAlpnChallenge(p.host!);
       case 'tls.ticketKeys':
         return gateway!.setTicketKeys(Buffer.from(p.keys!, 'base64'));
+      case 'state.invalidate':
+        return store.invalidate(p.key!);
       case 'acme.http01Set':
         return automation.http01.set(p.token!, p.keyAuthorization!);
       case 'acme.http01Delete':
@@ -101,7 +106,7 @@ export async function runWorker(configPath: string, version: string): Promise<nu
     logger: log,
     certificates,
     version,
-    store: new RemoteStore((method, params) => peer.call(method, params)),
+    store,
     certificateAutomation: automation,
     adminListener: false,
   });

@@ -40,6 +40,10 @@ function assertRules(rules: BanRules): void {
   }
 }
 
+const DEFAULT_PREFIX = 'ban:';
+/** Store key prefix of active bans (default prefix): read on every request of a route with bans. */
+export const ACTIVE_BAN_KEY_PREFIX = `${DEFAULT_PREFIX}on:`;
+
 export class BanList {
   readonly #store: Store;
   readonly #now: () => number;
@@ -51,7 +55,7 @@ export class BanList {
   constructor(options: BanListOptions) {
     this.#store = options.store;
     this.#now = options.now ?? Date.now;
-    this.#prefix = options.prefix ?? 'ban:';
+    this.#prefix = options.prefix ?? DEFAULT_PREFIX;
     this.#maxTracked = options.maxTracked ?? 100_000;
   }
 

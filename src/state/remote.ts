@@ -11,6 +11,26 @@ import type { CounterState, Store, StoredValue } from './store.js';
 
 export type RemoteCall = (method: string, params: unknown) => Promise<unknown>;
 
+export interface RemoteStoreOptions {
+  /**
+   * `get` answers for keys under these prefixes are kept locally, so a key read on every request
+   * (the active-ban check) costs no round trip. Correct only if the serving side calls
+   * {@link RemoteStore.invalidate} for every write to such a key, AFTER the write is applied (see
+   * {@link writtenKey}): until then a client may read the old value (one IPC hop of staleness).
+   */
+  readonly cachePrefixes?: readonly string[];
+  /** Most cached keys; the oldest are forgotten first. Default 10 000. */
+  readonly maxCached?: number;
+  /** Clock for the expiry of cached values. Default `Date.now`. */
+  readonly now?: () => number;
+}
+
+interface Cached {
+  readonly value: string | null;
+  /** Local clock; Infinity for an absent key (it stays absent until a write is announced). */
+  readonly expiresAt: number;
+}
+
 /** Method names on the wire. */
 const INCR = 'state.incr';
 const GET = 'state.get';
@@ -19,10 +39,22 @@ const DELETE = 'state.delete';
 
 export class RemoteStore implements Store {
   readonly #call: RemoteCall;
+  readonly #prefixes: readonly string[];
+  readonly #maxCached: number;
+  readonly #now: () => number;
+  readonly #cache = new Map<string, Cached>();
   #closed = false;
 
-  constructor(call: RemoteCall) {
+  constructor(call: RemoteCall, options: RemoteStoreOptions = {}) {
     this.#call = call;
+    this.#prefixes = options.cachePrefixes ?? [];
+    this.#maxCached = options.maxCached ?? 10_000;
+    this.#now = options.now ?? Date.now;
+  }
+
+  /** The serving side announced a write to `key`: forget what we know about it. */
+  invalidate(key: string): void {
+    this.#cache.delete(key);
   }
 
   async incr(key: string, windowMs: number): Promise<CounterState> {
@@ -32,7 +64,16 @@ export class RemoteStore implements Store {
 
   async get(key: string): Promise<StoredValue | null> {
     this.#assertOpen();
-    return (await this.#call(GET, [key])) as StoredValue | null;
+    if (!this.#cached(key)) return (await this.#call(GET, [key])) as StoredValue | null;
+    const hit = this.#cache.get(key);
+    const now = this.#now();
+    if (hit !== undefined && hit.expiresAt > now) {
+      return hit.value === null ? null : { value: hit.value, ttlMs: hit.expiresAt - now };
+    }
+    const answer = (await this.#call(GET, [key])) as StoredValue | null;
+    // Invalidations that arrived while the call was out were for writes the answer already reflects.
+    this.#remember(key, answer === null ? { value: null, expiresAt: Infinity } : { value: answer.value, expiresAt: this.#now() + answer.ttlMs });
+    return answer;
   }
 
   async set(key: string, value: string, ttlMs: number): Promise<void> {
@@ -48,11 +89,33 @@ export class RemoteStore implements Store {
   async close(): Promise<void> {
     // The store itself belongs to the serving process; closing a client only stops its use.
     this.#closed = true;
+    this.#cache.clear();
+  }
+
+  #cached(key: string): boolean {
+    for (const p of this.#prefixes) if (key.startsWith(p)) return true;
+    return false;
+  }
+
+  #remember(key: string, entry: Cached): void {
+    this.#cache.delete(key);
+    if (this.#cache.size >= this.#maxCached) {
+      const oldest = this.#cache.keys().next();
+      if (!oldest.done) this.#cache.delete(oldest.value);
+    }
+    this.#cache.set(key, entry);
   }
 
   #assertOpen(): void {
     if (this.#closed) throw new GatewayError('GW_ERR_INTERNAL', 'remote store used after close()');
   }
+}
+
+/** The key a call writes (incr, set, delete), or null for reads and other methods. */
+export function writtenKey(method: string, params: unknown): string | null {
+  if (method !== INCR && method !== SET && method !== DELETE) return null;
+  const key = Array.isArray(params) ? (params as unknown[])[0] : undefined;
+  return typeof key === 'string' ? key : null;
 }
 
 /**

@@ -3,7 +3,7 @@
 import t from 'tap';
 import { EventEmitter } from 'node:events';
 import { RpcPeer, type MessagePort } from '../../src/cluster/rpc.js';
-import { MemoryStore, RemoteStore, serveStoreCall } from '../../src/state/index.js';
+import { MemoryStore, RemoteStore, serveStoreCall, writtenKey } from '../../src/state/index.js';
 import { GatewayError } from '../../src/errors.js';
 
 interface Pipe {
@@ -226,4 +226,57 @@ t.test('serveStoreCall refuses malformed parameters from the other process', asy
     t.throws(() => serveStoreCall(store, method, params), { code: 'GW_ERR_INTERNAL' }, `${method} ${JSON.stringify(params)}`);
   }
   t.equal(store.size, 0, 'nothing was written');
+});
+
+t.test('RemoteStore read cache for a prefix: no round trip on a hit, exact after invalidate, expires with the value', async (t) => {
+  let now = 5_000_000;
+  const backing = new MemoryStore({ now: () => now, sweepIntervalMs: 0 });
+  t.teardown(() => backing.close());
+  const calls: string[] = [];
+  const call = async (m: string, p: unknown): Promise<unknown> => {
+    calls.push(`${m} ${JSON.stringify(p)}`);
+    return serveStoreCall(backing, m, p);
+  };
+  const w1 = new RemoteStore(call, { cachePrefixes: ['ban:on:'], now: () => now, maxCached: 3 });
+  const w2 = new RemoteStore(call, { cachePrefixes: ['ban:on:'], now: () => now });
+  // The serving side's duty: announce every write under the prefix, after it is applied.
+  const write = async (fn: () => Promise<unknown>, key: string): Promise<void> => {
+    await fn();
+    w1.invalidate(key);
+    w2.invalidate(key);
+  };
+
+  t.equal(await w1.get('ban:on:1.2.3.4'), null);
+  t.equal(await w1.get('ban:on:1.2.3.4'), null);
+  t.equal(calls.length, 1, 'an absent key is remembered');
+  await write(() => w2.set('ban:on:1.2.3.4', '1', 60_000), 'ban:on:1.2.3.4');
+  t.same(await w1.get('ban:on:1.2.3.4'), { value: '1', ttlMs: 60_000 }, 'the ban set by another worker is seen at once');
+  now += 10_000;
+  const before = calls.length;
+  t.same(await w1.get('ban:on:1.2.3.4'), { value: '1', ttlMs: 50_000 }, 'a hit keeps counting down');
+  t.equal(calls.length, before, 'no round trip');
+  now += 50_000;
+  t.equal(await w1.get('ban:on:1.2.3.4'), null, 'expired with the stored value');
+  t.equal(calls.length, before + 1, 'an expired entry is asked again');
+  // Unban elsewhere.
+  await write(() => w2.set('ban:on:9.9.9.9', '1', 60_000), 'ban:on:9.9.9.9');
+  t.ok(await w1.get('ban:on:9.9.9.9'));
+  await write(() => w2.delete('ban:on:9.9.9.9'), 'ban:on:9.9.9.9');
+  t.equal(await w1.get('ban:on:9.9.9.9'), null, 'an unban is seen at once');
+  // Other keys are never cached.
+  const n = calls.length;
+  await w1.get('rl:x');
+  await w1.get('rl:x');
+  t.equal(calls.length, n + 2);
+  // Bounded: the oldest cached key is forgotten first.
+  for (const k of ['a', 'b', 'c', 'd']) await w1.get(`ban:on:${k}`);
+  const m = calls.length;
+  await w1.get('ban:on:d');
+  t.equal(calls.length, m, 'the newest is still cached');
+  await w1.get('ban:on:a');
+  t.equal(calls.length, m + 1, 'the oldest was evicted');
+  t.equal(writtenKey('state.incr', ['k', 1]), 'k');
+  t.equal(writtenKey('state.delete', ['k']), 'k');
+  t.equal(writtenKey('metrics', ['k']), null);
+  t.equal(writtenKey('state.set', [42]), null);
 });
