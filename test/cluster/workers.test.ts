@@ -6,6 +6,7 @@ import t from 'tap';
 import { mkdtempSync, writeFileSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import tls from 'node:tls';
+import net from 'node:net';
 import { join } from 'node:path';
 import { httpsRequest, startUpstream, type ClientResponse } from '../helpers/gateway.js';
 import { CLI_SKIP, parseExposition, pick, scrape, spawnCli, startIssuer, total, type CliProcess, type TestIssuer } from '../ops-e2e/_support.js';
@@ -222,4 +223,36 @@ t.test('a worker that cannot listen fails the start with exit 1', async (t) => {
   t.equal(exit.code, 1);
   t.ok(cli.logs().some((l) => l.msg === 'a worker failed to start: stopping'), cli.stdout());
   t.match(cli.stderr(), /EADDRINUSE/);
+});
+
+t.test('the primary killed outright (SIGKILL): the workers notice, drain and exit; nothing keeps the ports', async (t) => {
+  const up = await startUpstream(t);
+  const iss = await startIssuer(t);
+  const file = join(work, 'gw-orphans.yml');
+  writeFileSync(file, yaml(up.origin, iss));
+  const cli = spawnCli(t, ['start', '--config', file], {});
+  await cli.waitForLog((l) => l.msg === 'portcullis started', 30_000);
+  await cli.waitForLog(() => cli.logs().filter((l) => l.msg === 'worker listening').length === 2);
+  const pids = cli.logs().filter((l) => l.msg === 'worker listening').map((l) => l.pid as number);
+  const httpsPort = port(cli, 'https');
+  cli.child.kill('SIGKILL');
+  await cli.exited;
+  const alive = (pid: number): boolean => {
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  for (let i = 0; i < 150 && pids.some(alive); i++) await new Promise((r) => setTimeout(r, 100));
+  t.same(pids.filter(alive), [], 'no orphaned worker');
+  // The port is free again: something else can listen on it.
+  const probe = net.createServer();
+  await new Promise<void>((resolve, reject) => {
+    probe.once('error', reject);
+    probe.listen(httpsPort, '127.0.0.1', () => resolve());
+  });
+  t.pass('the HTTPS port can be bound again');
+  await new Promise((r) => probe.close(r));
 });
