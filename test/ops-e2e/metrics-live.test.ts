@@ -6,7 +6,6 @@
  * security-event log file.
  */
 import t from 'tap';
-import http from 'node:http';
 import tls from 'node:tls';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, existsSync } from 'node:fs';
@@ -37,12 +36,12 @@ const FAMILIES: Record<string, readonly string[]> = {
 };
 
 /** A port nothing listens on: bound once, then closed. */
+/**
+ * An origin nothing listens on. Not a just-closed ephemeral port: under parallel suites another
+ * test's server can be given that port again. Port 1 (tcpmux) is privileged and unused here.
+ */
 async function deadOrigin(): Promise<string> {
-  const s = http.createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const port = (s.address() as { port: number }).port;
-  await new Promise<void>((r) => s.close(() => r()));
-  return `http://127.0.0.1:${port}`;
+  return 'http://127.0.0.1:1';
 }
 
 function siteYaml(iss: TestIssuer, upstream: string, dead: string, extra = ''): string {
@@ -294,7 +293,8 @@ t.test('log.security_file: events land in that file, not in the main log', async
   const gw = await startGateway(t, siteYaml(iss, up.origin, await deadOrigin(), `log:\n  security_file: ${file}\n`));
   t.ok(existsSync(file), 'created (with its directory) at startup');
   const secret = await iss.token('bob', { roles: ['user'] });
-  await traffic(gw, iss);
+  const seen = await traffic(gw, iss);
+  t.same(seen.broken, [502], 'the dead upstream was refused (the upstream_down event below needs that)');
   await gw.request({ path: '/api', headers: bearer(`${secret}x`) });
 
   const want = ['auth_failed', 'access_denied', 'rate_limited', 'csrf_rejected', 'upstream_down'];
