@@ -1,6 +1,5 @@
 // Shared bits for the edge-protection end-to-end tests (test/protect-e2e/*.test.ts).
 import http from 'node:http';
-import net from 'node:net';
 import { SignJWT, exportJWK, generateKeyPair } from 'jose';
 import { MemoryStore } from '../../src/state/index.js';
 import { startGateway, type LogRecord, type RunningGateway, type Tap } from '../helpers/gateway.js';
@@ -10,15 +9,12 @@ export function securityEvents(logs: readonly LogRecord[], event: string): LogRe
   return logs.filter((l) => l.security === true && l.event === event);
 }
 
-/** A loopback port nothing listens on (bound, then closed): connecting to it is refused. */
+/**
+ * A loopback port nothing listens on: connecting to it is refused. Not a just-closed ephemeral
+ * port (a parallel test's server can be given it again): port 1 (tcpmux) is privileged and unused.
+ */
 export async function deadPort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer().once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as { port: number };
-      s.close(() => resolve(port));
-    });
-  });
+  return 1;
 }
 
 /** Values of a header that may be repeated, as an array. */
