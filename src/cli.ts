@@ -7,7 +7,7 @@
  * in-flight requests for `shutdown_grace` and exit 0; a second signal exits at once.
  */
 import { parseArgs } from 'node:util';
-import { readFileSync, realpathSync, watch } from 'node:fs';
+import { readFileSync, realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { dirname, join } from 'node:path';
 import { loadConfigFile, ConfigError, formatProblems } from './config/index.js';
@@ -17,6 +17,7 @@ import { prepareCertificates } from './server/certificates.js';
 import { explain, formatExplanation } from './pipeline/explain.js';
 import { runPrimary, WORKER_ENV } from './cluster/primary.js';
 import { runWorker } from './cluster/worker.js';
+import { onReloadTriggers } from './server/lifecycle.js';
 import cluster from 'node:cluster';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -170,16 +171,7 @@ async function start(configPath: string, watchFile: boolean, io: Io): Promise<nu
       }
     });
   };
-  process.on('SIGHUP', () => reload('SIGHUP'));
-  if (watchFile) {
-    let timer: NodeJS.Timeout | undefined;
-    // Editors replace files (rename) as often as they write them: watch the directory.
-    watch(dirname(configPath), (_event, name) => {
-      if (name && !configPath.endsWith(name)) return;
-      clearTimeout(timer);
-      timer = setTimeout(() => reload('watch'), 200);
-    });
-  }
+  onReloadTriggers(configPath, watchFile, reload);
 
   return new Promise<number>((resolve) => {
     let stopping = false;

@@ -23,7 +23,7 @@ import { Transform, type TransformCallback } from 'node:stream';
 import Fastify, { LogController, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import httpProxy from '@fastify/http-proxy';
 import rateLimit from '@fastify/rate-limit';
-import type { GatewayConfig, ListenAddress } from './config/types.js';
+import type { GatewayConfig } from './config/types.js';
 import { GatewayError, type GatewayErrorCode } from './errors.js';
 import { renderError, statusText } from './http/errors.js';
 import { randomUUID } from 'node:crypto';
@@ -44,6 +44,7 @@ import { MemoryStore, type Store } from './state/index.js';
 import { createRedirectServer } from './server/redirect.js';
 import { createAdminServer } from './server/admin.js';
 import { SlowlorisGuard } from './server/slowloris.js';
+import { closeServer, listenOn } from './server/lifecycle.js';
 import { createCertificateAutomation, type AcmeTuning, type CertificateAutomation } from './server/acme.js';
 import type { Authenticator } from './auth/index.js';
 
@@ -698,22 +699,4 @@ function rootCode(err: unknown): string | undefined {
     e = (e as { cause?: unknown }).cause;
   }
   return code;
-}
-
-function listenOn(server: HttpServer, addr: ListenAddress): Promise<void> {
-  return new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(addr.port, addr.host, () => {
-      server.off('error', reject);
-      resolve();
-    });
-  });
-}
-
-function closeServer(server: HttpServer | null): Promise<void> {
-  if (!server || !server.listening) return Promise.resolve();
-  return new Promise((resolve) => {
-    server.close(() => resolve());
-    server.closeIdleConnections();
-  });
 }

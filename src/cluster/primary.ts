@@ -17,20 +17,18 @@
  */
 import cluster, { type Worker } from 'node:cluster';
 import { randomBytes } from 'node:crypto';
-import { watch } from 'node:fs';
-import { dirname } from 'node:path';
 import type { AddressInfo } from 'node:net';
 import type { Server as HttpServer } from 'node:http';
 import pino from 'pino';
 import { AggregatorRegistry } from 'prom-client';
 import { loadConfigFile, type LoadResult } from '../config/index.js';
-import type { ListenAddress } from '../config/types.js';
 import { createLogger } from '../observability/logging.js';
 import { createMetrics } from '../observability/metrics.js';
 import { createSecurityEvents, openSecurityLog } from '../observability/events.js';
 import { prepareCertificates } from '../server/certificates.js';
 import { createCertificateAutomation, type CertificateMirror } from '../server/acme.js';
 import { createAdminServer } from '../server/admin.js';
+import { closeServer, listenOn, onReloadTriggers } from '../server/lifecycle.js';
 import { MemoryStore, serveStoreCall, writtenKey } from '../state/index.js';
 import { ACTIVE_BAN_KEY_PREFIX } from '../protect/index.js';
 import { RpcPeer } from './rpc.js';
@@ -314,15 +312,7 @@ export async function runPrimary(configPath: string, watchFile: boolean, loaded:
       log.info({ trigger: why, workers: results.filter(Boolean).length }, 'configuration reloaded');
     });
   };
-  process.on('SIGHUP', () => reload('SIGHUP'));
-  if (watchFile) {
-    let timer: NodeJS.Timeout | undefined;
-    watch(dirname(configPath), (_event, name) => {
-      if (name && !configPath.endsWith(name)) return;
-      clearTimeout(timer);
-      timer = setTimeout(() => reload('watch'), 200);
-    });
-  }
+  onReloadTriggers(configPath, watchFile, reload);
 
   async function stopWorkers(graceMs: number): Promise<boolean> {
     const exits = live().map(
@@ -345,12 +335,7 @@ export async function runPrimary(configPath: string, watchFile: boolean, loaded:
   async function closeAll(server: HttpServer | null): Promise<void> {
     clearInterval(rotation);
     await automation.stop();
-    if (server?.listening) {
-      await new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        server.closeIdleConnections();
-      });
-    }
+    await closeServer(server);
     await store.close();
     await securityLog.close();
   }
@@ -367,14 +352,4 @@ export async function runPrimary(configPath: string, watchFile: boolean, loaded:
   process.on('SIGTERM', () => onSignal('SIGTERM'));
   process.on('SIGINT', () => onSignal('SIGINT'));
   return exit;
-}
-
-function listenOn(server: HttpServer, addr: ListenAddress): Promise<void> {
-  return new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(addr.port, addr.host, () => {
-      server.off('error', reject);
-      resolve();
-    });
-  });
 }

@@ -4,12 +4,11 @@
 // must then serve the issued certificate. A worker that starts later (replacing a crashed one)
 // must serve it too, without a new order.
 import t from 'tap';
-import tls from 'node:tls';
 import { mkdtempSync, writeFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { freePort, startPebble } from '../helpers/pebble-harness.mjs';
-import { startUpstream } from '../helpers/gateway.js';
+import { startUpstream, tlsPeer } from '../helpers/gateway.js';
 import { requireBinary } from '../helpers/requires.js';
 import { CLI_SKIP, parseExposition, scrape, spawnCli, total } from '../ops-e2e/_support.js';
 
@@ -19,16 +18,6 @@ if (CLI_SKIP) throw new Error(CLI_SKIP);
 
 const work = mkdtempSync(join(tmpdir(), 'portcullis-workers-acme-'));
 t.teardown(() => rmSync(work, { recursive: true, force: true }));
-
-function peer(port: number, servername: string, ca: string): Promise<{ authorized: boolean; serial: string }> {
-  return new Promise((resolve) => {
-    const s = tls.connect({ host: '127.0.0.1', port, servername, ca, ALPNProtocols: ['http/1.1'] }, () => {
-      resolve({ authorized: s.authorized, serial: s.getPeerCertificate().serialNumber });
-      s.destroy();
-    });
-    s.on('error', () => resolve({ authorized: false, serial: '' }));
-  });
-}
 
 for (const challenge of ['http-01', 'tls-alpn-01'] as const) {
   await t.test(`${challenge}: every worker answers challenges and serves the issued certificate`, async (t) => {
@@ -61,7 +50,7 @@ ${['a', 'b', 'c', 'd', 'e'].map((h) => `  - { id: ${h}, hosts: [${h}.test], upst
     // Each new connection goes to the next worker: eight in a row cover both, for every host.
     for (const host of ['a.test', 'b.test', 'c.test', 'd.test', 'e.test']) {
       const seen = [];
-      for (let i = 0; i < 8; i++) seen.push(await peer(httpsPort, host, root));
+      for (let i = 0; i < 8; i++) seen.push(await tlsPeer(httpsPort, host, root));
       t.ok(seen.every((s) => s.authorized), `${host}: every connection gets the certificate chaining to Pebble's root`);
       t.equal(new Set(seen.map((s) => s.serial)).size, 1, `${host}: one certificate, the same in every worker`);
     }
@@ -82,7 +71,7 @@ ${['a', 'b', 'c', 'd', 'e'].map((h) => `  - { id: ${h}, hosts: [${h}.test], upst
     const victim = cli.logs().find((l) => l.msg === 'worker listening')!;
     process.kill(victim.pid as number, 'SIGKILL');
     await cli.waitForLog((l) => l.msg === 'worker listening' && l.worker === 3, 20_000);
-    for (let i = 0; i < 6; i++) t.ok((await peer(httpsPort, 'c.test', root)).authorized, `connection ${i} after the restart`);
+    for (let i = 0; i < 6; i++) t.ok((await tlsPeer(httpsPort, 'c.test', root)).authorized, `connection ${i} after the restart`);
     t.equal(cli.logs().filter((l) => l.event === 'cert_issued').length, 5, 'no new order');
 
     cli.child.kill('SIGTERM');

@@ -10,7 +10,7 @@ import { freePort, startPebble } from '../helpers/pebble-harness.mjs';
 import { loadConfigFile } from '../../src/config/index.js';
 import { buildGateway } from '../../src/gateway.js';
 import { prepareCertificates } from '../../src/server/certificates.js';
-import { memoryLogger, startUpstream, type LogRecord } from '../helpers/gateway.js';
+import { memoryLogger, startUpstream, tlsPeer, type LogRecord } from '../helpers/gateway.js';
 import { requireBinary } from '../helpers/requires.js';
 
 requireBinary(t, '/usr/bin/pebble', 'pebble');
@@ -18,21 +18,10 @@ requireBinary(t, '/usr/bin/pebble', 'pebble');
 const work = mkdtempSync(join(tmpdir(), 'gw-acme-'));
 t.teardown(() => rmSync(work, { recursive: true, force: true }));
 
-function connect(port: number, servername: string, ca: string): Promise<{ authorized: boolean; error?: string; issuer?: string }> {
-  return new Promise((resolve) => {
-    const s = tls.connect({ host: '127.0.0.1', port, servername, ca, ALPNProtocols: ['http/1.1'] }, () => {
-      const cert = s.getPeerCertificate();
-      resolve({ authorized: s.authorized, issuer: String(cert.issuer?.CN ?? '') });
-      s.destroy();
-    });
-    s.on('error', (err) => resolve({ authorized: false, error: err.message }));
-  });
-}
-
 async function waitAuthorized(port: number, host: string, ca: string, ms = 40_000): Promise<boolean> {
   const until = Date.now() + ms;
   while (Date.now() < until) {
-    if ((await connect(port, host, ca)).authorized) return true;
+    if ((await tlsPeer(port, host, ca)).authorized) return true;
     await new Promise((r) => setTimeout(r, 250));
   }
   return false;
@@ -97,7 +86,7 @@ sites:
     const logs2: LogRecord[] = [];
     const gw2 = await gatewayWith(yaml, logs2);
     t.teardown(() => gw2.close(1000));
-    const first = await connect(httpsPort, 'app.test', root);
+    const first = await tlsPeer(httpsPort, 'app.test', root);
     t.ok(first.authorized, 'the stored certificate is served immediately after a restart');
     t.equal(logs2.filter((l) => l.event === 'cert_issued').length, 0, 'no new order');
   });
@@ -128,14 +117,7 @@ sites:
   );
   t.teardown(() => gw.close(1000));
   t.ok(await waitAuthorized(httpsPort, 'app.test', root), 'first certificate served');
-  const serial = async (): Promise<string> =>
-    new Promise((resolve) => {
-      const s = tls.connect({ host: '127.0.0.1', port: httpsPort, servername: 'app.test', ca: root }, () => {
-        resolve(s.getPeerCertificate().serialNumber);
-        s.destroy();
-      });
-      s.on('error', () => resolve(''));
-    });
+  const serial = async (): Promise<string> => (await tlsPeer(httpsPort, 'app.test', root)).serial;
   const first = await serial();
   // A connection opened before the renewal keeps working across it.
   const kept = tls.connect({ host: '127.0.0.1', port: httpsPort, servername: 'app.test', ca: root, ALPNProtocols: ['http/1.1'] });

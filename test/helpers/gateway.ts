@@ -224,6 +224,18 @@ export function rawTls(port: number, ca: string, bytes: string | Buffer, opts: {
   });
 }
 
+/** One TLS handshake (HTTP/1.1 ALPN): whether the served certificate chains to `ca`, its issuer CN and serial. */
+export function tlsPeer(port: number, servername: string, ca: string): Promise<{ authorized: boolean; issuer: string; serial: string; error?: string }> {
+  return new Promise((resolve) => {
+    const s = tls.connect({ host: '127.0.0.1', port, servername, ca, ALPNProtocols: ['http/1.1'] }, () => {
+      const cert = s.getPeerCertificate();
+      resolve({ authorized: s.authorized, issuer: String(cert.issuer?.CN ?? ''), serial: cert.serialNumber });
+      s.destroy();
+    });
+    s.on('error', (err) => resolve({ authorized: false, issuer: '', serial: '', error: err.message }));
+  });
+}
+
 /** The status code of the first response in a raw HTTP/1.1 byte string, or 0. */
 export function statusOf(raw: string): number {
   const m = /^HTTP\/1\.[01] (\d{3})/.exec(raw);
