@@ -253,11 +253,11 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
   // 1-4 run as ONE onRequest hook (each Fastify hook costs a dispatch and a promise per request),
   // in this order: resolve → limit by address/header → authorize → limit by user.
   app.addHook('onRequest', async function gate(request, reply) {
-    if ((await resolve(request, reply)) !== undefined) return reply;
+    if (await resolve(request, reply)) return reply;
     const rl = protectionOf(request.gw).rateLimit;
     // 2. rate limit by client address or header, before any crypto.
     if (rl && rl.key !== 'user') await limiter(request, reply);
-    if ((await authorize(request, reply)) !== undefined) return reply;
+    if (await authorize(request, reply)) return reply;
     // 4. rate limit by token subject (anonymous callers fall back to their address).
     if (rl && rl.key === 'user') await limiter(request, reply);
     return undefined;
@@ -265,14 +265,19 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
 
   // 1. resolve: request line and headers → site, route, canonical path; cheap refusals first,
   //    before any body byte is read and before any crypto.
-  async function resolve(request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply | undefined> {
+  //    The stages answer "did I answer?" (true = refused and sent), never the reply itself: a
+  //    FastifyReply is a thenable, so an async function returning it resolves to `undefined` once
+  //    the response has FINISHED — the gate would then go on to check the token of a request it
+  //    already refused.
+  async function resolve(request: FastifyRequest, reply: FastifyReply): Promise<boolean> {
     const view = rawView(request);
     const ctx = newContext(state, view, process.hrtime.bigint());
     request.gw = ctx;
     const refusal = resolveRequest(ctx.state, view, ctx);
     if (refusal) {
       ctx.reason = refusal.reason;
-      return sendError(reply, refusal.status, refusal.code);
+      sendError(reply, refusal.status, refusal.code);
+      return true;
     }
     const prot = protectionOf(ctx);
     if (prot.bans) {
@@ -281,7 +286,8 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
         ctx.reason = 'banned';
         metrics.rateLimited(ctx.site!.id, ctx.route!.id);
         events.emit('banned', { ...who(ctx), reason: 'ban_active' });
-        return sendError(reply, 429, 'GW_ERR_BANNED', { 'retry-after': String(Math.max(1, Math.ceil(ban.retryAfterMs / 1000))) });
+        sendError(reply, 429, 'GW_ERR_BANNED', { 'retry-after': String(Math.max(1, Math.ceil(ban.retryAfterMs / 1000))) });
+        return true;
       }
     }
     // CSRF (Fetch Metadata / Origin): only unsafe methods that carry cookies are at risk.
@@ -301,23 +307,24 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
         ctx.reason = `csrf_${verdict.reason}`;
         metrics.csrfRejected(ctx.site!.id);
         events.emit('csrf_rejected', { ...who(ctx), reason: verdict.reason, origin: single(view.headers.origin), method: view.method });
-        return sendError(reply, 403, 'GW_ERR_CSRF');
+        sendError(reply, 403, 'GW_ERR_CSRF');
+        return true;
       }
     }
     // The canonical path is what the upstream gets (and what WebSocket proxying reads).
     request.raw.url = ctx.path + ctx.query;
     const pool = ctx.state.pools.get(ctx.route!)!;
     ctx.upstream = pool.targets[pool.pick()]!.origin;
-    return undefined;
+    return false;
   }
 
   // 3. authorize: bearer token → principal, then the route's access rule.
-  async function authorize(request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply | undefined> {
+  async function authorize(request: FastifyRequest, reply: FastifyReply): Promise<boolean> {
     const ctx = request.gw;
     // Two Authorization headers: Node kept the first; hand both over so the authenticator refuses.
     const authorization = hasDuplicate(request.raw.rawHeaders, 'authorization') ? headerValues(request.raw.rawHeaders, 'authorization') : request.headers.authorization;
     const refusal = await authorizeRequest(ctx, authorization);
-    if (!refusal) return undefined;
+    if (!refusal) return false;
     ctx.reason = refusal.reason;
     if (refusal.status === 403) {
       metrics.accessDenied(ctx.site!.id, ctx.route!.id);
@@ -332,7 +339,8 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
         if (result.banned) events.emit('banned', { ...who(ctx), reason: 'auth_failures', failures: result.failures, duration_ms: prot.bans.durationMs });
       }
     }
-    return sendError(reply, refusal.status, refusal.code, refusal.headers);
+    sendError(reply, refusal.status, refusal.code, refusal.headers);
+    return true;
   }
 
   // 5. body limit for bodies without (or lying about) Content-Length.
