@@ -4,7 +4,7 @@
 // auth_failed events that never happened, and counts refused requests against a user's rate
 // limit. Fastify's reply is a thenable, which once made the gate carry on after the answer had
 // been FINISHED; each case below gives that a moment to show before it counts.
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { LOOPBACK_LISTEN, startUpstream, type ClientResponse } from '../helpers/gateway.js';
 import { fakeClock, securityEvents, startGatewayOnClock, startIssuer } from './_helpers.js';
@@ -13,7 +13,7 @@ const ATTACKER = '198.51.100.66';
 /** Long enough for a stage that wrongly ran after the response to have logged. */
 const SETTLE_MS = 150;
 
-async function setup(t: Parameters<Parameters<typeof t.test>[1]>[0]) {
+async function setup(t: Test) {
   const clock = fakeClock();
   const up = await startUpstream(t);
   const idp = await startIssuer(t);
