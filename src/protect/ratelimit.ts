@@ -41,7 +41,8 @@ export interface GatewayRateLimitDeps {
   readonly store: Store;
   /**
    * The rate-limit rules of the gateway route this request was resolved to (by an earlier
-   * onRequest hook), or null when the route has none (no limit).
+   * onRequest hook), or null when the route has none (no limit). Called up to four times per
+   * request: keep it a cheap lookup.
    */
   readonly getRules: (request: FastifyRequest) => RouteRateLimit | null;
   /** The trusted client IP. Default `request.ip` (right when Fastify's `trustProxy` mirrors `trusted_proxies`). */
@@ -107,12 +108,10 @@ function defaultErrorResponse(): Error {
 export function gatewayRateLimitOptions(deps: GatewayRateLimitDeps): RateLimitPluginOptions {
   const clientIp = deps.clientIp ?? ((request: FastifyRequest) => request.ip);
   const subject = deps.subject ?? (() => undefined);
-  // The plugin asks for the rules four times per request; resolve them once.
-  const resolved = new WeakMap<FastifyRequest, RouteRateLimit | null>();
-  const rulesOf = (request: FastifyRequest): RouteRateLimit | null => {
-    if (!resolved.has(request)) resolved.set(request, deps.getRules(request));
-    return resolved.get(request) ?? null;
-  };
+  // The plugin asks for the rules four times per request. `getRules` is a property read on the
+  // request's resolved route, cheaper than remembering its answer per request (a WeakMap entry per
+  // request showed up in profiles: ~0.5 % of the request's CPU, plus the GC of its ephemerons).
+  const rulesOf = deps.getRules;
   const mustRules = (request: FastifyRequest): RouteRateLimit => {
     const rules = rulesOf(request);
     // allowList() has already let rule-less requests through; reaching here without rules is a bug.
