@@ -43,6 +43,8 @@ export class RemoteStore implements Store {
   readonly #maxCached: number;
   readonly #now: () => number;
   readonly #cache = new Map<string, Cached>();
+  /** Invalidations received so far (see {@link get}). */
+  #invalidations = 0;
   #closed = false;
 
   constructor(call: RemoteCall, options: RemoteStoreOptions = {}) {
@@ -55,6 +57,7 @@ export class RemoteStore implements Store {
   /** The serving side announced a write to `key`: forget what we know about it. */
   invalidate(key: string): void {
     this.#cache.delete(key);
+    this.#invalidations++;
   }
 
   async incr(key: string, windowMs: number): Promise<CounterState> {
@@ -70,9 +73,15 @@ export class RemoteStore implements Store {
     if (hit !== undefined && hit.expiresAt > now) {
       return hit.value === null ? null : { value: hit.value, ttlMs: hit.expiresAt - now };
     }
+    const seen = this.#invalidations;
     const answer = (await this.#call(GET, [key])) as StoredValue | null;
-    // Invalidations that arrived while the call was out were for writes the answer already reflects.
-    this.#remember(key, answer === null ? { value: null, expiresAt: Infinity } : { value: answer.value, expiresAt: this.#now() + answer.ttlMs });
+    // An invalidation that arrived while the call was out may be for a write the answer does not
+    // reflect: the serving side can send the answer and a later write's invalidation in one
+    // message, and the invalidation then runs before this continuation. Such an answer is used
+    // once, not remembered.
+    if (this.#invalidations === seen) {
+      this.#remember(key, answer === null ? { value: null, expiresAt: Infinity } : { value: answer.value, expiresAt: this.#now() + answer.ttlMs });
+    }
     return answer;
   }
 

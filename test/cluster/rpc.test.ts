@@ -5,6 +5,7 @@ import { EventEmitter } from 'node:events';
 import { RpcPeer, type MessagePort } from '../../src/cluster/rpc.js';
 import { MemoryStore, RemoteStore, serveStoreCall, writtenKey } from '../../src/state/index.js';
 import { GatewayError } from '../../src/errors.js';
+import { ACTIVE_BAN_KEY_PREFIX } from '../../src/protect/index.js';
 
 interface Pipe {
   a: MessagePort & EventEmitter;
@@ -279,4 +280,50 @@ t.test('RemoteStore read cache for a prefix: no round trip on a hit, exact after
   t.equal(writtenKey('state.delete', ['k']), 'k');
   t.equal(writtenKey('metrics', ['k']), null);
   t.equal(writtenKey('state.set', [42]), null);
+});
+
+// The primary answers worker 1's read of a ban key, then applies worker 2's ban of the same client
+// and announces it: both go to worker 1 in one IPC write, the answer first. Worker 1 runs the
+// invalidation before its read's continuation, so the read must not then cache the old answer
+// (an absent key is cached until the next write to it: the ban would never hold on worker 1).
+t.test('a ban written while another worker reads that key is not cached away by the read', async (t) => {
+  const p1 = pipe();
+  const p2 = pipe();
+  const backing = new MemoryStore({ sweepIntervalMs: 0 });
+  const servers: RpcPeer[] = [];
+  // runPrimary's store branch: serve the call, announce writes to active-ban keys once applied.
+  const handle = (method: string, params: unknown): unknown => {
+    const answer = serveStoreCall(backing, method, params);
+    if (answer === undefined) throw new Error('not a store method');
+    const key = writtenKey(method, params);
+    if (key !== null && key.startsWith(ACTIVE_BAN_KEY_PREFIX)) {
+      answer.then(() => { for (const s of servers) s.notify('state.invalidate', { key }); }, () => undefined);
+    }
+    return answer;
+  };
+  servers.push(new RpcPeer(p1.b, handle), new RpcPeer(p2.b, handle));
+  const toWorker1: unknown[] = [];
+  const send = p1.b.send.bind(p1.b);
+  p1.b.send = (m: unknown) => {
+    toWorker1.push(m);
+    return send(m);
+  };
+  const workers: RemoteStore[] = [];
+  const clients = [p1.a, p2.a].map((port, i) => new RpcPeer(port, (method, params) => {
+    if (method === 'state.invalidate') workers[i]!.invalidate((params as { key: string }).key);
+  }));
+  for (const c of clients) workers.push(new RemoteStore((m, p) => c.call(m, p), { cachePrefixes: [ACTIVE_BAN_KEY_PREFIX] }));
+  t.teardown(async () => {
+    for (const peer of [...servers, ...clients]) peer.close();
+    await backing.close();
+  });
+  const [w1, w2] = workers as [RemoteStore, RemoteStore];
+  const key = `${ACTIVE_BAN_KEY_PREFIX}ip:198.51.100.66`;
+
+  const [read] = await Promise.all([w1.get(key), w2.set(key, '1', 60_000)]);
+  t.equal(read, null, 'the read reached the primary before the ban');
+  await new Promise((r) => setTimeout(r, 20));
+  t.match(toWorker1, [{ b: [{ r: null }, { m: 'state.invalidate', p: { key } }] }], 'the answer and the invalidation came in one write');
+  t.ok(await backing.get(key), 'the ban is in the shared store');
+  t.match(await w1.get(key), { value: '1' }, 'and worker 1 sees it');
 });
