@@ -6,6 +6,7 @@
 import type { GatewayConfig, RouteConfig, SiteConfig, UpstreamTarget } from './config/types.js';
 import { compileRouteTable, type RouteTable } from './policy/index.js';
 import { compileTrust, type TrustFn } from './proxy/forwarded.js';
+import { OVERRIDE_HEADERS } from './proxy/headers.js';
 import { UpstreamPool } from './proxy/upstreams.js';
 import type { Authenticator } from './auth/index.js';
 import { compileProtections, type RouteProtection } from './pipeline/protect.js';
@@ -77,6 +78,7 @@ export function buildRuntimeState(
       ...identityHeaders,
       'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-forwarded-port', 'forwarded',
       'x-real-ip', 'x-request-id',
+      ...OVERRIDE_HEADERS,
     ],
     hsts: hstsValue(config.tls.hsts),
     protections: protections.routes,

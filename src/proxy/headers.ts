@@ -14,6 +14,17 @@ export const HOP_BY_HOP = [
   'trailer', 'transfer-encoding', 'upgrade', 'http2-settings',
 ] as const;
 
+/**
+ * Request headers that ask the app to use another method or path than the request line's —
+ * honoured by Express's method-override, Rack::MethodOverride, Symfony, Laravel, ASP.NET Web API,
+ * OData (method) and by IIS URL Rewrite, older Symfony and Zend (path). The gateway authorized the
+ * method and the canonical path of the request line, so these never reach the app: a `GET` allowed
+ * by `methods: [GET]` must not become a `DELETE`, nor `/public/x` become `/admin`, behind it.
+ */
+export const OVERRIDE_HEADERS = [
+  'x-http-method-override', 'x-http-method', 'x-method-override', 'x-original-url', 'x-rewrite-url',
+] as const;
+
 /** Response headers that advertise internals. */
 export const LEAKY_RESPONSE_HEADERS = ['server', 'x-powered-by', 'x-aspnet-version', 'x-aspnetmvc-version', 'x-runtime', 'x-backend-server'] as const;
 
@@ -34,7 +45,8 @@ export function connectionTokens(value: string | string[] | number | undefined):
 /**
  * Removes, in place, every header that must not reach the upstream as the client sent it:
  * hop-by-hop headers, headers the client's Connection header names, and the gateway-owned
- * names (identity headers, X-Forwarded-*, Forwarded, X-Request-Id) — the caller sets those after.
+ * names (identity headers, X-Forwarded-*, Forwarded, X-Request-Id, the method/path override
+ * headers) — the caller sets some of those after.
  */
 export function stripRequestHeaders(headers: HeaderBag, gatewayOwned: readonly string[], keepUpgrade: boolean): void {
   // Per request: `delete` only what is there (deleting turns the object into a slow dictionary;

@@ -113,3 +113,40 @@ t.test('claims cannot inject headers or roles through the identity headers', asy
   t.equal(h['x-auth-email'], '%C3%BCn%C3%AFcode%40app.test', 'non-ASCII percent-encoded (encodeURIComponent)');
   t.equal((await gw.request({ path: '/admin', headers: bearer(token) })).status, 403, 'a role named "user,admin" is not admin');
 });
+
+t.test('method and path override headers never reach the upstream (HTTP/1.1 and HTTP/2)', async (t) => {
+  const up = await startUpstream(t);
+  const gw = await startGateway(t, policyYaml(idp.issuer, up.origin));
+  const OVERRIDE = /^x[-_](http[-_]method([-_]override)?|method[-_]override|original[-_]url|rewrite[-_]url)$/i;
+  const overrideLines = (s: SeenRequest): string[] => s.rawHeaders.filter((v, i) => i % 2 === 0 && OVERRIDE.test(v));
+  const tricks =
+    'X-HTTP-Method-Override: DELETE\r\n' +
+    'x-http-method: PUT\r\n' +
+    'X-Method-Override: PATCH\r\n' +
+    'X-Original-URL: /admin\r\n' +
+    'X-REWRITE-URL: /admin\r\n' +
+    'X_HTTP_Method_Override: DELETE\r\n' +
+    'x_original_url: /admin\r\n';
+  // A public GET and an authorized GET: the app must see exactly the method and path the gateway authorized.
+  t.equal(statusOf(await rawTls(gw.port, gw.ca, rawGet('/health', tricks))), 200);
+  t.same(overrideLines(up.seen.at(-1)!), [], 'public route: no override header, any spelling');
+  t.equal(statusOf(await rawTls(gw.port, gw.ca, `GET /orders HTTP/1.1\r\nHost: app.test\r\nAuthorization: Bearer ${userToken}\r\n${tricks}Connection: X-HTTP-Method-Override, close\r\n\r\n`)), 200);
+  const seen = up.seen.at(-1)!;
+  t.same(overrideLines(seen), [], 'protected route (and Connection naming one): none');
+  t.equal(seen.method, 'GET');
+  t.equal(seen.url, '/orders');
+
+  const client = http2.connect(`https://127.0.0.1:${gw.port}`, { ca: gw.ca, servername: 'app.test' });
+  t.teardown(() => client.close());
+  const status = await new Promise<number>((resolve, reject) => {
+    const req = client.request({ ':method': 'GET', ':path': '/health', ':authority': 'app.test', 'x-http-method-override': 'DELETE', 'x-original-url': '/admin' });
+    req.on('response', (h) => {
+      req.resume();
+      req.on('end', () => resolve(Number(h[':status'])));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+  t.equal(status, 200);
+  t.same(overrideLines(up.seen.at(-1)!), [], 'HTTP/2: none');
+});
