@@ -237,6 +237,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
       getRules: (request) => (request.gw?.route ? protectionOf(request.gw).rateLimit : null),
       clientIp: (request) => request.gw.clientIp,
       subject: (request) => request.gw.principal?.subject ?? null,
+      issuer: (request) => request.gw.principal?.issuer ?? null,
       onExceeded: (request, key) => {
         const ctx = request.gw;
         ctx.reason = 'rate_limited';

@@ -5,7 +5,9 @@
  *   RFC 7934), so keying single IPv6 addresses would let one client mint 2^64 keys. IPv4-mapped
  *   IPv6 (`::ffff:192.0.2.1`, what a dual-stack socket reports) is keyed as the IPv4 address.
  *   Parsing and masking is ipaddr.js's.
- * - `user`: `user:<sub>` of the authenticated principal; anonymous requests fall back to the ip key.
+ * - `user`: `user:<sub>@<issuer>` of the authenticated principal (the issuer URI-encoded, so the
+ *   last `@` ends the subject): two issuers may use the same `sub` for different people, and one
+ *   must not spend the other's budget. Anonymous requests fall back to the ip key.
  * - `header:NAME`: the header's value (e.g. an API key set by a trusted client or upstream); absent
  *   or empty → the ip key. NOTE: a header is client-controlled; a client that can choose its own
  *   value can rotate it to dodge the limit. Use it only for values that are themselves checked.
@@ -27,6 +29,8 @@ export interface ClientIdentity {
   readonly ip: string;
   /** The authenticated subject (`sub`), if any. */
   readonly subject?: string | null | undefined;
+  /** The issuer that vouched for `subject` (from the configuration, not client-chosen). */
+  readonly issuer?: string | null | undefined;
   /** Request headers with lower-case names, as Node gives them. */
   readonly headers: Readonly<Record<string, string | readonly string[] | undefined>>;
 }
@@ -109,12 +113,14 @@ function headerValue(headers: ClientIdentity['headers'], name: string): string |
  * The client part of a rate-limit key (the caller adds the route id).
  *
  * @example rateLimitKey('ip', { ip: '2001:db8:1:2:3:4:5:6', headers: {} }) // 'ip:2001:db8:1:2::/64'
- * @example rateLimitKey('user', { ip: '192.0.2.1', subject: 'alice', headers: {} }) // 'user:alice'
+ * @example rateLimitKey('user', { ip: '192.0.2.1', subject: 'alice', issuer: 'https://idp.test', headers: {} }) // 'user:alice@https%3A%2F%2Fidp.test'
  */
 export function rateLimitKey(spec: RateLimitKeySpec, client: ClientIdentity): string {
   if (spec === 'user') {
     const subject = client.subject;
-    return subject === undefined || subject === null || subject === '' ? ipKey(client.ip) : `user:${bounded(subject)}`;
+    if (subject === undefined || subject === null || subject === '') return ipKey(client.ip);
+    const issuer = client.issuer;
+    return issuer ? `user:${bounded(subject)}@${encodeURIComponent(issuer)}` : `user:${bounded(subject)}`;
   }
   if (spec === 'ip') return ipKey(client.ip);
   const name = spec.header.toLowerCase();

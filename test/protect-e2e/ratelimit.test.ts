@@ -210,3 +210,35 @@ sites:
   t.equal(evt?.ip, '::1', 'the event has the client address');
   t.match(evt?.key, /ip:::\/64$/, 'the key is the /64 network, not the address');
 });
+
+t.test('key: user is per issuer: the same sub from another issuer is another person', async (t) => {
+  const clock = fakeClock();
+  const up = await startUpstream(t);
+  const staff = await startIssuer(t);
+  const partner = await startIssuer(t);
+  const issuers = `auth:
+  issuers:
+${[staff, partner].map((i) => `    - { issuer: "${i.issuer}", audiences: ["${i.audience}"], algorithms: [ES256], jwks_uri: "${i.jwksUri}" }`).join('\n')}
+`;
+  const gw = await startGatewayOnClock(t, `${LOOPBACK_LISTEN}${issuers}
+sites:
+  - hosts: [app.test]
+    upstream: ${up.origin}
+    routes:
+      - { id: api, path: /api/, rate_limit: { max: 2, window: 1m, key: user } }
+`, clock);
+  const staffUser = `Bearer ${await staff.token('1234')}`;
+  const partnerUser = `Bearer ${await partner.token('1234')}`;
+  const as = (authorization: string, path: string): Promise<number> => get(gw, path, { authorization }).then((r) => r.status);
+  t.equal(await as(partnerUser, '/api/p1'), 200);
+  t.equal(await as(partnerUser, '/api/p2'), 200);
+  t.equal(await as(partnerUser, '/api/p3'), 429, "the partner's 1234 is limited");
+  t.equal(await as(staffUser, '/api/s1'), 200, "the staff 1234 still has the whole budget: another issuer's user cannot spend it");
+  t.equal(await as(staffUser, '/api/s2'), 200);
+  t.equal(await as(staffUser, '/api/s3'), 429);
+  t.same(up.seen.map((r) => r.url), ['/api/p1', '/api/p2', '/api/s1', '/api/s2']);
+  const keys = securityEvents(gw.logs, 'rate_limited').map((e) => String(e.key));
+  t.equal(keys.length, 2);
+  t.not(keys[0], keys[1], 'two keys');
+  t.match(keys[1], `user:1234@${encodeURIComponent(staff.issuer)}`);
+});

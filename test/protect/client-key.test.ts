@@ -28,6 +28,11 @@ t.test('unparsable ip is still keyed (counted, not bypassed), bounded', async (t
 
 t.test('user key with ip fallback', async (t) => {
   t.equal(rateLimitKey('user', { ip: '192.0.2.1', subject: 'alice', headers: {} }), 'user:alice');
+  t.equal(rateLimitKey('user', { ip: '192.0.2.1', subject: 'alice', issuer: 'https://idp.test', headers: {} }), 'user:alice@https%3A%2F%2Fidp.test');
+  // One subject, two issuers: two keys. And a subject cannot spell another issuer's key.
+  t.not(rateLimitKey('user', { ip: '', subject: 'alice', issuer: 'https://a.test', headers: {} }), rateLimitKey('user', { ip: '', subject: 'alice', issuer: 'https://b.test', headers: {} }));
+  t.not(rateLimitKey('user', { ip: '', subject: 'a@b', issuer: 'c', headers: {} }), rateLimitKey('user', { ip: '', subject: 'a', issuer: 'b@c', headers: {} }), 'the issuer is encoded: the last @ ends the subject');
+  t.not(rateLimitKey('user', { ip: '', subject: 'alice@https%3A%2F%2Fb.test', issuer: 'https://a.test', headers: {} }), rateLimitKey('user', { ip: '', subject: 'alice', issuer: 'https://b.test', headers: {} }));
   t.equal(rateLimitKey('user', { ip: '192.0.2.1', headers: {} }), 'ip:192.0.2.1');
   t.equal(rateLimitKey('user', { ip: '192.0.2.1', subject: '', headers: {} }), 'ip:192.0.2.1');
   t.equal(rateLimitKey('user', { ip: '192.0.2.1', subject: null, headers: {} }), 'ip:192.0.2.1');
