@@ -473,7 +473,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
       publicPort: publicPort(st),
       gatewayOwned: st.gatewayOwnedHeaders,
       identityHeaders: st.identityHeaders,
-      identity: p ? { user: p.subject, email: p.email, roles: p.roles } : null,
+      identity: p ? { user: p.subject, email: p.email, roles: p.roles, issuer: p.issuer } : null,
       forwardToken: st.config.auth.forwardToken,
       websocket,
     });

@@ -21,7 +21,7 @@ export interface RuntimeState {
   /** Lower-case header names only the gateway may set towards the upstream. */
   readonly gatewayOwnedHeaders: readonly string[];
   /** Lower-case identity header names, in the order user, email, roles. */
-  readonly identityHeaders: readonly [string, string, string];
+  readonly identityHeaders: readonly [user: string, email: string, roles: string, issuer: string];
   /** `Strict-Transport-Security` value, or null when disabled. */
   readonly hsts: string | null;
   /** Compiled protections per route. */
@@ -66,14 +66,14 @@ export function buildRuntimeState(
   }
   const protections = compileProtections(config);
   const ih = config.auth.identityHeaders;
-  const identityHeaders = [ih.user.toLowerCase(), ih.email.toLowerCase(), ih.roles.toLowerCase()] as const;
+  const identityHeaders = [ih.user.toLowerCase(), ih.email.toLowerCase(), ih.roles.toLowerCase(), ih.issuer.toLowerCase()] as const;
   return {
     config,
     routes,
     trust: compileTrust(config.trustedProxies),
     pools,
     authenticator,
-    identityHeaders: [identityHeaders[0], identityHeaders[1], identityHeaders[2]],
+    identityHeaders: [identityHeaders[0], identityHeaders[1], identityHeaders[2], identityHeaders[3]],
     gatewayOwnedHeaders: [
       ...identityHeaders,
       'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-forwarded-port', 'forwarded',

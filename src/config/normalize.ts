@@ -431,7 +431,7 @@ export function normalize(raw: GatewayFile, ctx: NormalizeContext): NormalizeRes
   });
   const identityHeaders = { ...DEFAULTS.auth.identity_headers, ...authRaw.identity_headers };
   const seenHeaders = new Set<string>();
-  for (const k of ['user', 'email', 'roles'] as const) {
+  for (const k of ['user', 'email', 'roles', 'issuer'] as const) {
     const p = ['auth', 'identity_headers', k];
     const name = identityHeaders[k];
     if (!TOKEN.test(name)) c.fail(p, 'is not a valid header name');

@@ -30,7 +30,7 @@ export const DEFAULTS = {
   timeouts: { connect: '5s', response: '60s', idle: '60s' },
   shutdown_grace: '10s',
   auth: {
-    identity_headers: { user: 'X-Auth-User', email: 'X-Auth-Email', roles: 'X-Auth-Roles' },
+    identity_headers: { user: 'X-Auth-User', email: 'X-Auth-Email', roles: 'X-Auth-Roles', issuer: 'X-Auth-Issuer' },
     forward_token: true,
     realm: 'portcullis',
     roles_claim: 'roles',
@@ -374,6 +374,7 @@ export const GatewayFileSchema = Type.Object(
                 user: Type.Optional(NonEmpty('Header carrying the subject (default X-Auth-User).')),
                 email: Type.Optional(NonEmpty('Header carrying the e-mail (default X-Auth-Email).')),
                 roles: Type.Optional(NonEmpty('Header carrying the roles (default X-Auth-Roles).')),
+                issuer: Type.Optional(NonEmpty('Header carrying the issuer that vouched for the token (default X-Auth-Issuer): with several issuers, the subject is only unique together with it.')),
               },
               { ...Closed, description: 'Headers the gateway sets upstream (client-sent copies are always removed).' },
             ),

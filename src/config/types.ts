@@ -156,6 +156,7 @@ export interface IdentityHeaders {
   readonly user: string;
   readonly email: string;
   readonly roles: string;
+  readonly issuer: string;
 }
 
 export interface AuthConfig {

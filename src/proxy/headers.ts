@@ -105,8 +105,8 @@ export interface UpstreamHeaderInput {
   readonly host: string;
   readonly publicPort: number;
   readonly gatewayOwned: readonly string[];
-  readonly identityHeaders: readonly [string, string, string];
-  readonly identity: { readonly user: string; readonly email: string | null; readonly roles: readonly string[] } | null;
+  readonly identityHeaders: readonly [user: string, email: string, roles: string, issuer: string];
+  readonly identity: { readonly user: string; readonly email: string | null; readonly roles: readonly string[]; readonly issuer: string } | null;
   readonly forwardToken: boolean;
   readonly websocket: boolean;
 }
@@ -142,8 +142,9 @@ export function buildUpstreamHeaders(headers: HeaderBag, input: UpstreamHeaderIn
   }
   headers['x-request-id'] = input.requestId;
   if (input.identity) {
-    const [user, email, roles] = input.identityHeaders;
+    const [user, email, roles, issuer] = input.identityHeaders;
     headers[user] = headerSafe(input.identity.user, false);
+    headers[issuer] = headerSafe(input.identity.issuer, false);
     if (input.identity.email !== null) headers[email] = headerSafe(input.identity.email, false);
     headers[roles] = input.identity.roles.map((r) => headerSafe(r, true)).join(',');
   }

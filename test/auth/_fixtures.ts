@@ -75,7 +75,7 @@ export function issuerConfig(idp: Idp, over: Partial<IssuerConfig> = {}): Issuer
 export function authConfig(issuers: IssuerConfig[]): AuthConfig {
   return {
     issuers,
-    identityHeaders: { user: 'X-Auth-User', email: 'X-Auth-Email', roles: 'X-Auth-Roles' },
+    identityHeaders: { user: 'X-Auth-User', email: 'X-Auth-Email', roles: 'X-Auth-Roles', issuer: 'X-Auth-Issuer' },
     forwardToken: false,
     realm: 'portcullis',
   };

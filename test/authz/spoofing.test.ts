@@ -10,7 +10,7 @@ const idp = await startIdp();
 t.teardown(() => idp.close());
 const userToken = await idpToken(idp, { claims: { ...USER_CLAIMS, email: 'svc@app.test' } });
 
-const IDENTITY = ['x-auth-user', 'x-auth-email', 'x-auth-roles'];
+const IDENTITY = ['x-auth-user', 'x-auth-email', 'x-auth-roles', 'x-auth-issuer'];
 
 /** Every raw header line (name, value) the upstream received with an identity header name. */
 function identityLines(s: SeenRequest): Array<[string, string]> {
@@ -27,6 +27,7 @@ const SPOOF_HEADERS =
   'x-AUTH-roles: admin\r\n' +
   'X-AUTH-ROLES: superuser\r\n' +
   'x-auth-email: root@app.test\r\n' +
+  'X-Auth-Issuer: https://evil.test\r\n' +
   'X-Auth-User: second-admin\r\n';
 
 function rawGet(path: string, extra: string): string {
@@ -46,7 +47,7 @@ t.test('HTTP/1.1: spoofed identity headers are removed on public and protected r
   t.same(identityLines(up.seen.at(-1)!), [], 'public route + Connection: none');
 
   // protected route: only the gateway's values, once each
-  const expected = [['x-auth-email', 'svc@app.test'], ['x-auth-roles', 'user'], ['x-auth-user', 'svc']];
+  const expected = [['x-auth-email', 'svc@app.test'], ['x-auth-issuer', idp.issuer], ['x-auth-roles', 'user'], ['x-auth-user', 'svc']];
   t.equal(statusOf(await rawTls(gw.port, gw.ca, rawGet('/orders', `Authorization: Bearer ${userToken}\r\n${SPOOF_HEADERS}`))), 200);
   t.same(identityLines(up.seen.at(-1)!), expected, 'protected route: exactly the gateway values');
 
@@ -70,7 +71,7 @@ t.test('HTTP/1.1: whitespace and underscore variants do not smuggle an identity'
   t.equal(statusOf(await rawTls(gw.port, gw.ca, rawGet('/health', 'X-Foo: a\r\n X-Auth-User: admin\r\n'))), 400, 'obs-fold: 400');
   t.equal(up.seen.length, 0);
   // Underscore variant: CGI/WSGI/PHP map both "-" and "_" to "_", so X_Auth_User reads as HTTP_X_AUTH_USER.
-  t.equal(statusOf(await rawTls(gw.port, gw.ca, rawGet('/health', 'X_Auth_User: admin\r\nx_auth_roles: admin\r\n'))), 200);
+  t.equal(statusOf(await rawTls(gw.port, gw.ca, rawGet('/health', 'X_Auth_User: admin\r\nx_auth_roles: admin\r\nX_Auth_Issuer: https://evil.test\r\n'))), 200);
   const s = up.seen.at(-1)!;
   t.same(identityLines(s), []);
   const underscore = s.rawHeaders.filter((v, i) => i % 2 === 0 && /^x_auth_/i.test(v));
@@ -92,11 +93,11 @@ t.test('HTTP/2: spoofed identity headers are removed on public and protected rou
       req.on('error', reject);
       req.end();
     });
-  const spoof = { 'x-auth-user': ['admin', 'root'], 'x-auth-roles': 'admin', 'x-auth-email': 'root@app.test' };
+  const spoof = { 'x-auth-user': ['admin', 'root'], 'x-auth-roles': 'admin', 'x-auth-email': 'root@app.test', 'x-auth-issuer': 'https://evil.test' };
   t.equal(await get('/health', spoof), 200);
   t.same(identityLines(up.seen.at(-1)!), [], 'public route: none');
   t.equal(await get('/orders', { ...spoof, ...bearer(userToken) }), 200);
-  t.same(identityLines(up.seen.at(-1)!), [['x-auth-email', 'svc@app.test'], ['x-auth-roles', 'user'], ['x-auth-user', 'svc']]);
+  t.same(identityLines(up.seen.at(-1)!), [['x-auth-email', 'svc@app.test'], ['x-auth-issuer', idp.issuer], ['x-auth-roles', 'user'], ['x-auth-user', 'svc']]);
   t.equal(await get('/admin', { ...spoof, ...bearer(userToken) }), 403);
   t.equal(up.seen.length, 2);
 });

@@ -29,7 +29,7 @@ t.test('every default', async (t) => {
     timeouts: { connect: 5000, response: 60_000, idle: 60_000 },
     shutdownGrace: 10_000,
     workers: 1,
-    auth: { issuers: [], identityHeaders: { user: 'X-Auth-User', email: 'X-Auth-Email', roles: 'X-Auth-Roles' }, forwardToken: true, realm: 'portcullis' },
+    auth: { issuers: [], identityHeaders: { user: 'X-Auth-User', email: 'X-Auth-Email', roles: 'X-Auth-Roles', issuer: 'X-Auth-Issuer' }, forwardToken: true, realm: 'portcullis' },
     sites: [
       {
         id: 'app.example.com',
