@@ -48,6 +48,14 @@ export class SlowlorisGuard {
       if (req.httpVersionMajor !== 1) return;
       const socket = req.socket as Guarded;
       this.disarm(socket);
+      // RFC 9112 §6.3: neither Content-Length nor Transfer-Encoding → no body, nothing left to
+      // wait for: no body deadline (a timer and three listeners less on most requests).
+      if (req.headers['content-length'] === undefined && req.headers['transfer-encoding'] === undefined) {
+        res.once('finish', () => {
+          if (!socket.destroyed) this.armIdle(socket);
+        });
+        return;
+      }
       const bodyTimer = setTimeout(() => {
         if (!res.headersSent) socket.end(TIMEOUT_RESPONSE);
         socket.destroySoon();
