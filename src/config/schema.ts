@@ -379,7 +379,7 @@ export const GatewayFileSchema = Type.Object(
               { ...Closed, description: 'Headers the gateway sets upstream (client-sent copies are always removed).' },
             ),
           ),
-          forward_token: Type.Optional(Type.Boolean({ description: 'Send the Authorization header upstream; false strips it.', default: true })),
+          forward_token: Type.Optional(Type.Boolean({ description: 'Send the Authorization header upstream; false strips it. On public routes the gateway does not look at it, so it is forwarded unverified: an app must not trust a token it did not get through an authenticated route (use the identity headers).', default: true })),
           realm: Type.Optional(NonEmpty('WWW-Authenticate realm (default portcullis).')),
         },
         { ...Closed, description: 'Token authentication.' },
