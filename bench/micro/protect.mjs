@@ -21,14 +21,14 @@ const input = {
   requestId: '0f4c1c1e-8d9b-4c1e-9a57-0b4c8d9b4c1e',
   host: 'app.example.com',
   publicPort: 443,
-  gatewayOwned: ['x-auth-user', 'x-auth-email', 'x-auth-roles'],
-  identityHeaders: ['x-auth-user', 'x-auth-email', 'x-auth-roles'],
-  identity: { user: 'alice', email: 'alice@example.com', roles: ['admin', 'user'] },
+  gatewayOwned: ['x-auth-user', 'x-auth-email', 'x-auth-roles', 'x-auth-issuer'],
+  identityHeaders: ['x-auth-user', 'x-auth-email', 'x-auth-roles', 'x-auth-issuer'],
+  identity: { user: 'alice', email: 'alice@example.com', roles: ['admin', 'user'], issuer: 'https://idp.example.com' },
   forwardToken: true,
   websocket: false,
 };
 const built = buildUpstreamHeaders({ ...clientHeaders }, input);
-if (built['x-auth-user'] !== 'alice' || built['x-forwarded-for'] !== '198.51.100.7') throw new Error('buildUpstreamHeaders did not sanitize as expected');
+if (built['x-auth-user'] !== 'alice' || built['x-auth-issuer'] !== 'https://idp.example.com' || built['x-forwarded-for'] !== '198.51.100.7') throw new Error('buildUpstreamHeaders did not sanitize as expected');
 
 export const bench = newBench('protections and headers');
 bench
