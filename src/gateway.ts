@@ -34,7 +34,7 @@ import { buildRuntimeState, type RuntimeState } from './runtime.js';
 import { hasDuplicate, newContext, resolveRequest, PROXIED_METHODS, type RawRequestView } from './pipeline/resolve.js';
 import type { RequestContext } from './pipeline/context.js';
 import type { RouteProtection } from './pipeline/protect.js';
-import { buildUpstreamHeaders, withoutHopByHopResponseHeaders, type HeaderBag } from './proxy/headers.js';
+import { FORWARDING_HEADERS, buildUpstreamHeaders, withoutHopByHopResponseHeaders, type HeaderBag } from './proxy/headers.js';
 import { classifyUpstreamError, isConnectFailure } from './proxy/upstream-errors.js';
 import { authorizeRequest } from './pipeline/authorize.js';
 import { createAuthenticatorFor } from './pipeline/auth-factory.js';
@@ -465,6 +465,13 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     const st = ctx.state;
     const p = ctx.principal;
     const rawHost = request.raw.httpVersionMajor === 2 ? request.headers[':authority'] ?? request.headers.host : request.headers.host;
+    if (ctx.trustedPeer) {
+      // reply-from already dropped the headers the peer's Connection names. A trusted proxy's
+      // chain is what the client address was taken from: the app gets that same chain.
+      for (const name of FORWARDING_HEADERS) {
+        if (headers[name] === undefined && request.headers[name] !== undefined) headers[name] = request.headers[name];
+      }
+    }
     return buildUpstreamHeaders(headers, {
       peer: peerOf(request),
       trustedPeer: ctx.trustedPeer,

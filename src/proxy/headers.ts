@@ -25,6 +25,9 @@ export const OVERRIDE_HEADERS = [
   'x-http-method-override', 'x-http-method', 'x-method-override', 'x-original-url', 'x-rewrite-url',
 ] as const;
 
+/** The forwarding headers a trusted proxy may send (the gateway extends or replaces them). */
+export const FORWARDING_HEADERS = ['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-forwarded-port', 'forwarded'] as const;
+
 /** Response headers that advertise internals. */
 export const LEAKY_RESPONSE_HEADERS = ['server', 'x-powered-by', 'x-aspnet-version', 'x-aspnetmvc-version', 'x-runtime', 'x-backend-server'] as const;
 

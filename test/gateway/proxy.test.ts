@@ -97,6 +97,12 @@ t.test('a trusted proxy extends the chain and may pass a request id', async (t) 
   t.equal(res.headers['x-request-id'], 'lb-123');
   const access = gw.logs.find((l) => l.type === 'access');
   t.equal(access?.ip, '203.0.113.9', 'the client address comes through the trusted proxy');
+
+  // The trusted proxy's Connection header names X-Forwarded-For (hop-by-hop for it): the gateway
+  // used the chain for the client address, so the app must get the same chain, not just the proxy.
+  await gw.request({ headers: { 'x-forwarded-for': '203.0.113.10', connection: 'keep-alive, X-Forwarded-For' } });
+  t.equal(up.seen[1]!.headers['x-forwarded-for'], '203.0.113.10, 127.0.0.1', 'the chain survives a Connection that names it');
+  t.equal(gw.logs.filter((l) => l.type === 'access')[1]?.ip, '203.0.113.10');
 });
 
 t.test('Server and X-Powered-By are removed; HSTS and nosniff are added', async (t) => {
