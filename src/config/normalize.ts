@@ -5,7 +5,7 @@
  */
 import { X509Certificate, createPrivateKey } from 'node:crypto';
 import path from 'node:path';
-import { availableParallelism } from 'node:os';
+import { usableCpus } from '../cluster/cpus.js';
 import { ACME_DIRECTORIES, DEFAULTS, MAX_WORKERS, type GatewayFile, type RawProtect, type RawRoute, type RawSite } from './schema.js';
 import { parseDuration, parseSize } from './units.js';
 import { checkCidr, checkHost, checkListen, checkOrigin, checkRoutePath, checkSecureUrl, checkUpstream, isLocalhostName, isLoopbackListen, TOKEN, type Checked } from './checks.js';
@@ -584,7 +584,7 @@ export function normalize(raw: GatewayFile, ctx: NormalizeContext): NormalizeRes
     limits,
     timeouts,
     shutdownGrace: c.duration(['shutdown_grace'], raw.shutdown_grace ?? DEFAULTS.shutdown_grace),
-    workers: raw.workers === 'auto' ? Math.min(availableParallelism(), MAX_WORKERS) : raw.workers ?? 1,
+    workers: raw.workers === 'auto' ? Math.min(usableCpus(), MAX_WORKERS) : raw.workers ?? 1,
     auth: { issuers, identityHeaders, forwardToken: authRaw.forward_token ?? DEFAULTS.auth.forward_token, realm },
     sites,
     admin: { metricsToken },

@@ -354,7 +354,7 @@ export const GatewayFileSchema = Type.Object(
     workers: Type.Optional(
       Type.Union([Type.Integer({ minimum: 1, maximum: MAX_WORKERS }), Type.Literal('auto')], {
         description:
-          'Gateway processes sharing the listeners (1: a single process; auto: one per CPU the process may run on). Rate limits, bans and ACME stay global. Changes need a restart.',
+          'Gateway processes sharing the listeners (1: a single process; auto: one per CPU the process may run on, capped by its cgroup CPU quota, e.g. docker run --cpus). Rate limits, bans and ACME stay global. Changes need a restart.',
         default: 1,
       }),
     ),
