@@ -404,8 +404,17 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
 
   app.setErrorHandler(function safeErrors(err: Error & { statusCode?: number; code?: string }, request, reply) {
     const ctx = request.gw as RequestContext | undefined;
-    if (ctx) ctx.proxied = false;
     const gwErr = findGatewayError(err);
+    if (ctx?.upstreamHeaders !== undefined && ctx.proxied && !gwErr) {
+      // The upstream answered, then its body failed before the first byte reached the client
+      // (reset, closed, timed out): an upstream failure, answered as one.
+      onUpstreamError(reply, err);
+      return reply;
+    }
+    if (ctx) {
+      ctx.proxied = false;
+      dropUpstreamHeaders(reply, ctx);
+    }
     if (gwErr?.statusCode) {
       if (ctx) ctx.reason ??= gwErr.code;
       return sendError(reply, gwErr.statusCode, gwErr.code, rateLimitHeaders(reply));
@@ -492,7 +501,24 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     const out = applySecurityHeaders(withoutHopByHopResponseHeaders(headers as HeaderBag) as IncomingHttpHeaders, prot.headers, prot.headerMode, { https: true });
     const cookies = out['set-cookie'];
     if (cookies !== undefined) out['set-cookie'] = hardenSetCookies(Array.isArray(cookies) ? cookies : [cookies], prot.cookies, { https: true });
+    ctx.upstreamHeaders = out;
     return out;
+  }
+
+  /**
+   * The gateway answers with its own error although the upstream's headers were already copied onto
+   * the reply (reply-from copies them before it sets the status; Fastify's stream sending puts them
+   * on the response object before the first body byte): remove every one of them, from both.
+   */
+  function dropUpstreamHeaders(reply: FastifyReply, ctx: RequestContext): void {
+    const copied = ctx.upstreamHeaders;
+    if (copied === undefined) return;
+    ctx.upstreamHeaders = undefined;
+    const raw = reply.raw;
+    for (const name of Object.keys(copied)) {
+      reply.removeHeader(name);
+      if (!raw.headersSent) raw.removeHeader(name);
+    }
   }
 
   function proxyRequest(request: FastifyRequest, reply: FastifyReply, opts: object): FastifyReply {
@@ -508,6 +534,12 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
       getUpstream: () => ctx.upstream ?? '',
       timeout: route.timeouts.response,
       onResponse: (_req: FastifyRequest, rep: FastifyReply, res: { headers: IncomingHttpHeaders; stream: NodeJS.ReadableStream }) => {
+        // reply-from calls this even after its onError answered (a status Fastify cannot send):
+        // the error is the answer, the upstream body is dropped.
+        if (!ctx.proxied) {
+          (res.stream as NodeJS.ReadableStream & { destroy(): void }).destroy();
+          return;
+        }
         metrics.upstreamAttempt(ctx.upstream ?? '', Number(process.hrtime.bigint() - started) / 1e9);
         if (res.headers['content-length'] !== undefined || request.raw.method === 'HEAD') {
           rep.send(res.stream);
@@ -547,6 +579,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
   function onUpstreamError(reply: FastifyReply, error: Error): void {
     const ctx = reply.request.gw;
     ctx.proxied = false;
+    dropUpstreamHeaders(reply, ctx);
     const gwErr = findGatewayError(error);
     if (gwErr?.statusCode) {
       ctx.reason = gwErr.code;

@@ -30,6 +30,12 @@ export interface RequestContext {
   bytes?: number;
   /** The response comes from the upstream (its security headers were applied on the way through). */
   proxied: boolean;
+  /**
+   * The upstream's response headers as copied onto the reply, once it answered. If the gateway
+   * answers with its own error after all (a body that fails before its first byte, a status Fastify
+   * cannot send), they are removed again: none of them may ride on the gateway's answer.
+   */
+  upstreamHeaders?: Readonly<Record<string, unknown>>;
   /** Why the gateway refused the request, for the access log (never sent to the client). */
   reason: string | null;
 }
