@@ -50,7 +50,10 @@ interface ParsedCookie {
   readonly name: string;
   readonly secure: boolean;
   readonly httpOnly: boolean;
-  /** Last valid SameSite value, lower-case (6265bis: the last attribute of a name wins), or null. */
+  /**
+   * The value of the LAST SameSite attribute, lower-case, or null when it is missing, empty or not
+   * lax/strict/none (6265bis §5.6.7 appends those as "Default", and the last one wins).
+   */
   readonly sameSite: 'lax' | 'strict' | 'none' | null;
 }
 
@@ -79,11 +82,12 @@ function parseSetCookie(line: string): ParsedCookie | null {
     const lower = attrName.toLowerCase();
     if (lower === 'secure') secure = true;
     else if (lower === 'httponly') httpOnly = true;
-    else if (lower === 'samesite' && aeq !== -1) {
-      const attrValue = trimmed(line, aeq + 1, to).toLowerCase();
-      // An unrecognised SameSite value counts as "not set": browsers then apply their own
-      // default, so the configured value (appended, hence last) is the better choice.
-      if (attrValue === 'lax' || attrValue === 'strict' || attrValue === 'none') sameSite = attrValue;
+    else if (lower === 'samesite') {
+      const attrValue = aeq === -1 ? '' : trimmed(line, aeq + 1, to).toLowerCase();
+      // An unrecognised or missing SameSite value counts as "not set", even after a valid one:
+      // browsers then apply their own default, so the configured value (appended, hence last)
+      // is the better choice.
+      sameSite = attrValue === 'lax' || attrValue === 'strict' || attrValue === 'none' ? attrValue : null;
     }
   }
   return { name, secure, httpOnly, sameSite };

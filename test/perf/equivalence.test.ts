@@ -87,7 +87,8 @@ function referenceHardenSetCookie(line: string, rules: CookieRules, context: { h
     const attrValue = aeq === -1 ? '' : trimWsp(attribute.slice(aeq + 1)).toLowerCase();
     if (attrName === 'secure') secure = true;
     else if (attrName === 'httponly') httpOnly = true;
-    else if (attrName === 'samesite' && (attrValue === 'lax' || attrValue === 'strict' || attrValue === 'none')) sameSite = attrValue;
+    // The last SameSite attribute decides, an invalid or empty one included (RFC 6265bis §5.6.7).
+    else if (attrName === 'samesite') sameSite = attrValue === 'lax' || attrValue === 'strict' || attrValue === 'none' ? attrValue : null;
   }
   const addSameSite = sameSite === null && rules.sameSite !== null && (rules.sameSite !== 'None' || context.https);
   const sameSiteNone = sameSite === 'none' || (addSameSite && rules.sameSite === 'None');

@@ -38,6 +38,18 @@ t.test('the app\'s SameSite is kept; an invalid one is overridden by appending o
   t.equal(hardenSetCookie('a=1; SameSite=bogus', rules, https), 'a=1; SameSite=bogus; Secure; HttpOnly; SameSite=Lax');
 });
 
+t.test('the LAST SameSite attribute decides, even an invalid or empty one', async (t) => {
+  // RFC 6265bis §5.6.7: every SameSite attribute is appended (an unknown or missing value as
+  // "Default"), and the last one in the list sets the cookie's same-site flag (Chromium's
+  // ParsedCookie keeps the index of the last "samesite" pair). A valid value followed by an
+  // invalid one is therefore NO SameSite for the browser: ours must still be appended.
+  t.equal(hardenSetCookie('a=1; SameSite=Strict; SameSite=bogus', rules, https), 'a=1; SameSite=Strict; SameSite=bogus; Secure; HttpOnly; SameSite=Lax');
+  t.equal(hardenSetCookie('a=1; SameSite=Lax; SameSite', rules, https), 'a=1; SameSite=Lax; SameSite; Secure; HttpOnly; SameSite=Lax');
+  t.equal(hardenSetCookie('a=1; SameSite=None; SameSite=', rules, https), 'a=1; SameSite=None; SameSite=; Secure; HttpOnly; SameSite=Lax');
+  // The other way round the last, valid, one stays the app's choice.
+  t.equal(hardenSetCookie('a=1; SameSite=bogus; SameSite=Strict', rules, https), 'a=1; SameSite=bogus; SameSite=Strict; Secure; HttpOnly');
+});
+
 t.test('SameSite=None requires Secure (added over HTTPS even when secure is off)', async (t) => {
   const off = { ...rules, secure: false };
   t.equal(hardenSetCookie('a=1; samesite=none', off, https), 'a=1; samesite=none; Secure; HttpOnly');
