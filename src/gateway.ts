@@ -291,12 +291,15 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
         return true;
       }
     }
-    // CSRF (Fetch Metadata / Origin): only unsafe methods that carry cookies are at risk.
-    if (prot.csrf.enabled && UNSAFE_METHODS.has(view.method) && view.headers.cookie !== undefined) {
+    // CSRF (Fetch Metadata / Origin): only unsafe methods and upgrades (WebSocket handshakes)
+    // that carry cookies are at risk.
+    const upgrade = view.headers.upgrade !== undefined;
+    if (prot.csrf.enabled && (UNSAFE_METHODS.has(view.method) || upgrade) && view.headers.cookie !== undefined) {
       const port = publicPort(ctx.state);
       const verdict = checkCsrf(
         {
           method: view.method,
+          upgrade,
           hasCookie: true,
           secFetchSite: single(view.headers['sec-fetch-site']),
           origin: single(view.headers.origin),

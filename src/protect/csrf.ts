@@ -4,7 +4,9 @@
  * (CSRF Prevention Cheat Sheet, "Fetch Metadata headers"):
  *
  * 1. Safe methods (GET, HEAD, OPTIONS; RFC 9110 §9.2.1) are never refused. TRACE is refused
- *    elsewhere in the pipeline.
+ *    elsewhere in the pipeline. Exception: a protocol upgrade (the WebSocket handshake is a GET)
+ *    opens a two-way channel authenticated by the cookie, so it is checked like an unsafe method
+ *    (cross-site WebSocket hijacking; browsers send Origin, and Sec-Fetch-Site, on the handshake).
  * 2. A request without a `Cookie` header is not subject to the check: CSRF abuses ambient
  *    credentials, and a bearer-token API has none (the browser never attaches a bearer token).
  * 3. `Sec-Fetch-Site: same-origin` or `none` (user typed the URL / bookmark) → allowed.
@@ -27,6 +29,8 @@ import type { CsrfRules } from './types.js';
 
 export interface CsrfRequest {
   readonly method: string;
+  /** The request asks for a protocol upgrade (WebSocket): checked whatever its method. */
+  readonly upgrade?: boolean;
   /** The request carries a `Cookie` header. */
   readonly hasCookie: boolean;
   readonly secFetchSite?: string | undefined;
@@ -68,7 +72,7 @@ function isTrusted(origin: string | null, rules: CsrfRules): boolean {
 
 /** Decides whether a request may proceed; see the module comment for the rules and their order. */
 export function checkCsrf(req: CsrfRequest, rules: CsrfRules): CsrfDecision {
-  if (!rules.enabled || SAFE_METHODS.has(req.method) || !req.hasCookie) return ALLOW;
+  if (!rules.enabled || (SAFE_METHODS.has(req.method) && req.upgrade !== true) || !req.hasCookie) return ALLOW;
 
   const site = req.secFetchSite?.trim().toLowerCase();
   if (site === 'same-origin' || site === 'none') return ALLOW;

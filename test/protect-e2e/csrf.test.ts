@@ -2,6 +2,7 @@
 // 403 and never reach the upstream; same-origin, safe methods, bearer-only and trusted origins pass.
 import t from 'tap';
 import http2 from 'node:http2';
+import { WebSocket, WebSocketServer } from 'ws';
 import { LOOPBACK_LISTEN, startGateway, startUpstream } from '../helpers/gateway.js';
 import { securityEvents } from './_helpers.js';
 
@@ -106,4 +107,54 @@ sites:
   t.equal(await post('/mine', { cookie: 'sid=me', 'sec-fetch-site': 'same-origin', origin: `https://app.test:${gw.port}` }), 200);
   t.same(up.seen.map((r) => r.url), ['/mine'], 'only the same-origin POST reached the upstream');
   t.equal(securityEvents(gw.logs, 'csrf_rejected').length, 2);
+});
+
+t.test('cross-site WebSocket hijacking: a cookie-carrying upgrade from another origin is refused like a forged POST', async (t) => {
+  // The handshake is a GET, but it opens a two-way channel authenticated by the victim's cookie
+  // (browsers send Origin, and Sec-Fetch-Site, on every WebSocket handshake).
+  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0 });
+  await new Promise<void>((r) => wss.once('listening', () => r()));
+  const upgrades: string[] = [];
+  wss.on('connection', (_ws, req) => upgrades.push(req.url ?? ''));
+  t.teardown(() => new Promise<void>((r) => {
+    for (const c of wss.clients) c.terminate();
+    wss.close(() => r());
+  }));
+  const gw = await startGateway(t, `${LOOPBACK_LISTEN}
+csrf: { trusted_origins: ["https://partner.test"] }
+sites:
+  - hosts: [app.test]
+    upstream: http://127.0.0.1:${(wss.address() as { port: number }).port}
+    routes: [{ id: web, path: /, access: public }]
+`);
+  const own = `https://app.test:${gw.port}`;
+  const evil = 'https://evil.test';
+  const open = (path: string, headers: Record<string, string>): Promise<number> =>
+    new Promise((resolve, reject) => {
+      const ws = new WebSocket(`wss://127.0.0.1:${gw.port}${path}`, { ca: gw.ca, servername: 'app.test', headers: { host: 'app.test', ...headers } } as object);
+      t.teardown(() => ws.terminate());
+      ws.once('open', () => {
+        ws.close();
+        resolve(101);
+      });
+      ws.once('unexpected-response', (_req, res) => {
+        res.resume();
+        ws.terminate();
+        resolve(res.statusCode ?? 0);
+      });
+      ws.once('error', reject);
+    });
+
+  t.equal(await open('/hijack/1', { cookie: 'sid=victim', 'sec-fetch-site': 'cross-site', origin: evil }), 403, 'cross-site page, cookie: 403');
+  t.equal(await open('/hijack/2', { cookie: 'sid=victim', origin: evil }), 403, 'older browser, foreign Origin, cookie: 403');
+  t.equal(await open('/hijack/3', { cookie: 'sid=victim', 'sec-fetch-site': 'same-site', origin: 'https://blog.app.test' }), 403, 'sibling subdomain (Lax cookies are sent): 403');
+  t.equal(await open('/ok/1', { cookie: 'sid=me', 'sec-fetch-site': 'same-origin', origin: own }), 101, 'own page: open');
+  t.equal(await open('/ok/2', { cookie: 'sid=me', origin: own }), 101, 'own page, older browser: open');
+  t.equal(await open('/ok/3', { 'sec-fetch-site': 'cross-site', origin: evil }), 101, 'no cookie: nothing to hijack, open');
+  t.equal(await open('/ok/4', { cookie: 'sid=me' }), 101, 'no Origin: not a browser, open');
+  t.equal(await open('/ok/5', { cookie: 'sid=me', 'sec-fetch-site': 'cross-site', origin: 'https://partner.test' }), 101, 'trusted origin: open');
+  // The gateway answers 101 and then dials the upstream: wait for the last one to arrive.
+  for (let i = 0; i < 200 && upgrades.length < 5; i++) await new Promise((r) => setTimeout(r, 10));
+  t.same(upgrades.sort(), ['/ok/1', '/ok/2', '/ok/3', '/ok/4', '/ok/5'], 'no hijacking handshake reached the upstream');
+  t.match(securityEvents(gw.logs, 'csrf_rejected')[0], { reason: 'cross_site', method: 'GET', origin: evil });
 });

@@ -86,3 +86,13 @@ t.test('normalizeOrigin', async (t) => {
     t.equal(normalizeOrigin(bad), null, JSON.stringify(bad));
   }
 });
+
+t.test('a WebSocket handshake (GET + upgrade) carrying a cookie is checked like an unsafe method', async (t) => {
+  const ws = (extra: Partial<CsrfRequest>): CsrfRequest => post({ method: 'GET', upgrade: true, ...extra });
+  t.same(checkCsrf(ws({ secFetchSite: 'cross-site', origin: 'https://evil.example' }), rules), no('cross_site'), 'cross-site WebSocket hijacking');
+  t.same(checkCsrf(ws({ origin: 'https://evil.example' }), rules), no('origin_mismatch'));
+  t.same(checkCsrf(ws({ secFetchSite: 'same-origin', origin: own }), rules), ok);
+  t.same(checkCsrf(ws({ origin: 'https://portal.example' }), rules), ok, 'trusted origin');
+  t.same(checkCsrf(ws({ hasCookie: false, origin: 'https://evil.example' }), rules), ok, 'no cookie');
+  t.same(checkCsrf(post({ method: 'GET', secFetchSite: 'cross-site', origin: 'https://evil.example' }), rules), ok, 'a plain GET is still never refused');
+});
