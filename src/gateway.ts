@@ -22,6 +22,7 @@ import type { Server as TlsServer, TLSSocket } from 'node:tls';
 import { Transform, type TransformCallback } from 'node:stream';
 import Fastify, { LogController, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import httpProxy from '@fastify/http-proxy';
+import { WebSocket } from 'ws';
 import rateLimit from '@fastify/rate-limit';
 import type { GatewayConfig } from './config/types.js';
 import { GatewayError, type GatewayErrorCode } from './errors.js';
@@ -127,6 +128,19 @@ export function sendError(reply: FastifyReply, status: number, code: GatewayErro
   reply.code(status).header('content-type', out.contentType).header('cache-control', 'no-store');
   if (extraHeaders) for (const [k, v] of Object.entries(extraHeaders)) reply.header(k, v);
   return reply.send(out.body);
+}
+
+/**
+ * The client side of a proxied WebSocket. @fastify/http-proxy closes it with the upstream
+ * connection's error message as the close reason ("connect ECONNREFUSED 10.0.0.7:8080"): internals
+ * for the client, and a message over 123 bytes makes ws throw from inside an event listener, which
+ * ends the process. A 1011 (internal error) close therefore goes out without a reason; other
+ * closes relay the upstream's own code and reason.
+ */
+class ClientSideWebSocket extends WebSocket {
+  override close(code?: number, data?: string | Buffer): void {
+    super.close(code, code === 1011 ? undefined : data);
+  }
 }
 
 /** Counts body bytes and fails the upload once it exceeds the route's limit (chunked bodies have no Content-Length to check up front). */
@@ -458,6 +472,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
       rewriteHeaders: (headers: IncomingHttpHeaders, request: FastifyRequest) => responseHeadersFromUpstream(headers, request),
       onError: (reply: FastifyReply, { error }: { error: Error }) => onUpstreamError(reply, error),
     },
+    wsServerOptions: { WebSocket: ClientSideWebSocket },
     wsClientOptions: {
       rewriteRequestHeaders: (_headers: HeaderBag, request: FastifyRequest) => {
         const h = upstreamHeaders(request, { ...(request.headers as HeaderBag) }, true);

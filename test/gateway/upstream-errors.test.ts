@@ -1,9 +1,11 @@
 // An upstream that fails AFTER its response headers (connection closed before the first body
 // byte, or a status line Fastify cannot send): the client gets the gateway's own 502, and none of
-// the upstream's headers — cookies, encodings, redirects, internals — ride along on it.
+// the upstream's headers — cookies, encodings, redirects, internals — ride along on it. And a
+// WebSocket whose upstream cannot be reached is closed without the connection error's text.
 import t, { type Test } from 'tap';
 import http2 from 'node:http2';
 import net from 'node:net';
+import { WebSocket, WebSocketServer } from 'ws';
 import { LOOPBACK_LISTEN, startGateway, type Tap } from '../helpers/gateway.js';
 
 /** A raw HTTP/1.1 upstream: reads one request head, writes `head`, then closes (or ends) the socket. */
@@ -84,4 +86,45 @@ t.test('a status code Fastify refuses to send (999): 502 without the upstream he
   await new Promise((r) => setTimeout(r, 200));
   const late = gw.logs.filter((l) => l.level === 'error' || /writeHead in stream mode/.test(String(l.msg)));
   t.same(late.map((l) => l.msg), [], 'nothing is sent, or attempted, after the error answer');
+});
+
+/** Opens a WebSocket through the gateway and resolves with how it was closed. */
+function wsClose(port: number, ca: string): Promise<{ opened: boolean; code: number; reason: string }> {
+  return new Promise((resolve, reject) => {
+    let opened = false;
+    const ws = new WebSocket(`wss://127.0.0.1:${port}/chat`, { ca, servername: 'app.test', headers: { host: 'app.test' } } as object);
+    ws.once('open', () => (opened = true));
+    ws.once('unexpected-response', (_req, res) => reject(new Error(`refused with ${res.statusCode}`)));
+    ws.once('close', (code, reason) => resolve({ opened, code, reason: reason.toString() }));
+  });
+}
+
+t.test('a WebSocket whose upstream is unreachable: closed with 1011, without the connection error', async (t) => {
+  const gw = await startGateway(t, site('http://127.0.0.1:1'));
+  const closed = await wsClose(gw.port, gw.ca);
+  t.ok(closed.opened, 'the gateway answered 101 before dialling the upstream');
+  t.equal(closed.code, 1011, 'internal error');
+  t.equal(closed.reason, '', 'no reason text: it was "connect ECONNREFUSED <upstream address>"');
+});
+
+t.test('a connection error longer than a close reason may be (123 bytes) does not kill the gateway', async (t) => {
+  // "getaddrinfo ENOTFOUND <name>" (or EAI_AGAIN) is 140 bytes here: ws refuses such a reason by
+  // throwing, from inside the upstream socket's error listener, i.e. an uncaught exception.
+  const name = `${'a'.repeat(60)}.${'b'.repeat(50)}.invalid`;
+  const gw = await startGateway(t, site(`http://${name}:8080`));
+  const closed = await wsClose(gw.port, gw.ca);
+  t.equal(closed.code, 1011);
+  t.equal(closed.reason, '');
+  await new Promise((r) => setTimeout(r, 100));
+  t.equal((await gw.request({ path: '/still-there' })).status, 502, 'the gateway still answers');
+});
+
+t.test("the upstream's own close code and reason still reach the client", async (t) => {
+  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0 });
+  await new Promise<void>((r) => wss.once('listening', () => r()));
+  wss.on('connection', (ws) => ws.close(4001, 'room closed'));
+  t.teardown(() => new Promise<void>((r) => wss.close(() => r())));
+  const gw = await startGateway(t, site(`http://127.0.0.1:${(wss.address() as net.AddressInfo).port}`));
+  const closed = await wsClose(gw.port, gw.ca);
+  t.same([closed.code, closed.reason], [4001, 'room closed']);
 });
