@@ -129,8 +129,8 @@ const Cookies = Type.Partial(Type.Object(
 
 const Csrf = Type.Partial(Type.Object(
   {
-    enabled: Type.Boolean({ description: 'Refuse cross-site state-changing requests (Fetch Metadata / Origin checks).', default: true }),
-    trusted_origins: Type.Array(NonEmpty('Origin: scheme://host[:port].'), { description: 'Other origins allowed to send state-changing requests, e.g. https://app.example.com.', default: [] }),
+    enabled: Type.Boolean({ description: 'Refuse cross-site state-changing requests and cookie-carrying WebSocket handshakes (Fetch Metadata / Origin checks).', default: true }),
+    trusted_origins: Type.Array(NonEmpty('Origin: scheme://host[:port].'), { description: 'Other origins allowed to send state-changing requests and open WebSockets with cookies, e.g. https://app.example.com.', default: [] }),
   },
   { ...Closed, description: 'Cross-site request forgery protection.' },
 ));

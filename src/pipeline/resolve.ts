@@ -120,6 +120,7 @@ export function newContext(state: RuntimeState, req: RawRequestView, startedAt: 
     principal: null,
     upstream: null,
     proxied: false,
+    upstreamHeaders: undefined,
     reason: null,
   };
 }
