@@ -61,6 +61,13 @@ export function resolveRequest(state: RuntimeState, req: RawRequestView, ctx: Re
   if (rawHost === undefined || Array.isArray(rawHost)) return { status: 400, code: 'GW_ERR_BAD_REQUEST', reason: 'missing_host' };
   const host = normalizeHost(rawHost);
   if (host === null) return { status: 400, code: 'GW_ERR_BAD_REQUEST', reason: 'bad_host' };
+  // RFC 9113 §8.3.1: a Host naming another entity than :authority makes the request malformed.
+  // Two names for one request is how host-confusion attacks start (a cache, a log or the app
+  // reading the other one), so it is refused rather than silently resolved to :authority.
+  if (req.httpVersionMajor === 2 && req.headers.host !== undefined && req.headers[':authority'] !== undefined) {
+    const other = typeof req.headers.host === 'string' ? normalizeHost(req.headers.host) : null;
+    if (other !== host) return { status: 400, code: 'GW_ERR_BAD_REQUEST', reason: 'authority_host_mismatch' };
+  }
   ctx.host = host;
   const site = state.routes.matchSite(host);
   // RFC 9110 §15.5.20: 421 tells the client this server is not configured for that authority.

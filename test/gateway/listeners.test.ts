@@ -90,6 +90,24 @@ t.test('HTTP/2 over ALPN, HTTP/1.1 upstream', async (t) => {
   t.equal(up.seen[0]?.headers.host, 'app.test', ':authority becomes Host');
   t.notOk(Object.keys(up.seen[0]!.headers).some((k) => k.startsWith(':')), 'no pseudo-headers upstream');
   t.ok(res.headers['strict-transport-security']);
+
+  // RFC 9113 §8.3.1: a Host header naming another entity than :authority is malformed.
+  const status = (headers: http2.OutgoingHttpHeaders) =>
+    new Promise<number>((resolve, reject) => {
+      const req = client.request({ ':method': 'GET', ':authority': 'app.test', ...headers });
+      req.on('response', (h) => {
+        req.resume();
+        req.on('end', () => resolve(Number(h[':status'])));
+      });
+      req.on('error', reject);
+      req.end();
+    });
+  t.equal(await status({ ':path': '/two-names', host: 'admin.internal' }), 400, ':authority app.test + Host admin.internal: refused');
+  t.equal(await status({ ':path': '/same-name', host: 'APP.test' }), 200, 'the same name twice (any case) is fine');
+  t.same(up.seen.map((r) => r.url), ['/h2?x=1', '/same-name'], 'the refused request never reached the upstream');
+  const logged = () => gw.logs.some((l) => l.type === 'access' && l.reason === 'authority_host_mismatch');
+  for (let i = 0; i < 100 && !logged(); i++) await new Promise((r) => setTimeout(r, 10));
+  t.ok(logged(), 'logged with its reason');
 });
 
 t.test('TLS: SNI picks the site certificate; old protocols refused; ALPN h2', async (t) => {
