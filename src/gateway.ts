@@ -217,7 +217,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
       // the client. The wait is bounded: the socket is destroyed after LINGER_MS whatever happens.
       socket.end(
         `HTTP/1.1 ${status} ${statusText(status)}\r\nContent-Type: ${out.contentType}\r\nContent-Length: ${Buffer.byteLength(out.body)}\r\n` +
-          `X-Request-Id: ${requestId}\r\nX-Content-Type-Options: nosniff\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n${out.body}`,
+          `X-Request-Id: ${requestId}\r\n${parserErrorSecurityHeaders()}Cache-Control: no-store\r\nConnection: close\r\n\r\n${out.body}`,
       );
       setTimeout(() => socket.destroy(), LINGER_MS).unref();
     },
@@ -229,6 +229,19 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
       sendError(reply as unknown as FastifyReply, 400, 'GW_ERR_BAD_REQUEST');
     },
   }) as unknown as FastifyInstance;
+
+  /**
+   * The security headers of the gateway's own answers outside any site (the same set a 421 gets),
+   * as raw header lines for the parser-error answer, which is written to the socket directly.
+   */
+  function parserErrorSecurityHeaders(): string {
+    const set = state.fallbackProtection.headers;
+    const all: Record<string, string> = { 'x-content-type-options': 'nosniff', ...set.common, ...set.httpsOnly, ...set.gatewayOnly };
+    let lines = '';
+    // Values come from the validated configuration; a CR or LF would still end the header block.
+    for (const [name, value] of Object.entries(all)) if (!/[\r\n]/.test(name + value)) lines += `${name}: ${value}\r\n`;
+    return lines;
+  }
 
   const server = app.server as unknown as HttpServer;
   // Node's HTTP/1.1 parser reads this from the server object for connections the http2 server

@@ -89,6 +89,15 @@ t.test('oversized headers get 431', async (t) => {
   const res = await rawTls(gw.port, gw.ca, `GET / HTTP/1.1\r\nHost: app.test\r\nX-Big: ${'a'.repeat(20000)}\r\nConnection: close\r\n\r\n`);
   t.equal(statusOf(res), 431);
   t.equal(up.seen.length, 0);
+  // The parser's answer is written to the socket directly, but carries the same security headers
+  // as the gateway's other answers outside a site (here: a 421 for an unknown host).
+  const names = (raw: string) => new Set(raw.split('\r\n\r\n')[0]!.split('\r\n').slice(1).map((l) => l.slice(0, l.indexOf(':')).toLowerCase()));
+  const misdirected = await rawTls(gw.port, gw.ca, 'GET / HTTP/1.1\r\nHost: other.example\r\nConnection: close\r\n\r\n');
+  t.equal(statusOf(misdirected), 421);
+  const security = [...names(misdirected)].filter((n) => /^(strict-transport-security|x-frame-options|x-content-type-options|content-security-policy|referrer-policy|cross-origin-|permissions-policy)/.test(n));
+  t.ok(security.includes('strict-transport-security') && security.includes('x-content-type-options'), `the 421 has security headers (${security.join(', ')})`);
+  const parser = names(res);
+  for (const n of security) t.ok(parser.has(n), `the parser's 431 has ${n} too`);
 });
 
 t.test('limits.max_header_size is enforced', async (t) => {
