@@ -35,7 +35,7 @@ import { buildRuntimeState, type RuntimeState } from './runtime.js';
 import { hasDuplicate, newContext, resolveRequest, PROXIED_METHODS, type RawRequestView } from './pipeline/resolve.js';
 import type { RequestContext } from './pipeline/context.js';
 import type { RouteProtection } from './pipeline/protect.js';
-import { FORWARDING_HEADERS, buildUpstreamHeaders, withoutHopByHopResponseHeaders, type HeaderBag } from './proxy/headers.js';
+import { buildUpstreamHeaders, withoutHopByHopResponseHeaders, type HeaderBag } from './proxy/headers.js';
 import { classifyUpstreamError, isConnectFailure } from './proxy/upstream-errors.js';
 import { authorizeRequest } from './pipeline/authorize.js';
 import { createAuthenticatorFor } from './pipeline/auth-factory.js';
@@ -237,9 +237,10 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
   function parserErrorSecurityHeaders(): string {
     const set = state.fallbackProtection.headers;
     const all: Record<string, string> = { 'x-content-type-options': 'nosniff', ...set.common, ...set.httpsOnly, ...set.gatewayOnly };
+    // Values are fixed by helmet or validated when the configuration loads (a CSP with a control
+    // character is refused there), so they are safe to write as raw header lines.
     let lines = '';
-    // Values come from the validated configuration; a CR or LF would still end the header block.
-    for (const [name, value] of Object.entries(all)) if (!/[\r\n]/.test(name + value)) lines += `${name}: ${value}\r\n`;
+    for (const [name, value] of Object.entries(all)) lines += `${name}: ${value}\r\n`;
     return lines;
   }
 
@@ -505,13 +506,6 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     const st = ctx.state;
     const p = ctx.principal;
     const rawHost = request.raw.httpVersionMajor === 2 ? request.headers[':authority'] ?? request.headers.host : request.headers.host;
-    if (ctx.trustedPeer) {
-      // reply-from already dropped the headers the peer's Connection names. A trusted proxy's
-      // chain is what the client address was taken from: the app gets that same chain.
-      for (const name of FORWARDING_HEADERS) {
-        if (headers[name] === undefined && request.headers[name] !== undefined) headers[name] = request.headers[name];
-      }
-    }
     return buildUpstreamHeaders(headers, {
       peer: peerOf(request),
       trustedPeer: ctx.trustedPeer,
@@ -523,6 +517,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
       identity: p ? { user: p.subject, email: p.email, roles: p.roles, issuer: p.issuer } : null,
       forwardToken: st.config.auth.forwardToken,
       websocket,
+      received: request.headers,
     });
   }
 

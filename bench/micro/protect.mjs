@@ -26,6 +26,7 @@ const input = {
   identity: { user: 'alice', email: 'alice@example.com', roles: ['admin', 'user'], issuer: 'https://idp.example.com' },
   forwardToken: true,
   websocket: false,
+  received: clientHeaders,
 };
 const built = buildUpstreamHeaders({ ...clientHeaders }, input);
 if (built['x-auth-user'] !== 'alice' || built['x-auth-issuer'] !== 'https://idp.example.com' || built['x-forwarded-for'] !== '198.51.100.7') throw new Error('buildUpstreamHeaders did not sanitize as expected');

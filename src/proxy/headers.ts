@@ -25,9 +25,6 @@ export const OVERRIDE_HEADERS = [
   'x-http-method-override', 'x-http-method', 'x-method-override', 'x-original-url', 'x-rewrite-url',
 ] as const;
 
-/** The forwarding headers a trusted proxy may send (the gateway extends or replaces them). */
-export const FORWARDING_HEADERS = ['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-forwarded-port', 'forwarded'] as const;
-
 /** Response headers that advertise internals. */
 export const LEAKY_RESPONSE_HEADERS = ['server', 'x-powered-by', 'x-aspnet-version', 'x-aspnetmvc-version', 'x-runtime', 'x-backend-server'] as const;
 
@@ -112,6 +109,12 @@ export interface UpstreamHeaderInput {
   readonly identity: { readonly user: string; readonly email: string | null; readonly roles: readonly string[]; readonly issuer: string } | null;
   readonly forwardToken: boolean;
   readonly websocket: boolean;
+  /**
+   * The request's headers as received, before anything was dropped. A trusted proxy's forwarding
+   * chain is read from here: reply-from has already removed what the proxy's `Connection` names
+   * from `headers`, and the client address was taken from the chain as received.
+   */
+  readonly received: Readonly<Record<string, string | string[] | undefined>>;
 }
 
 /**
@@ -119,11 +122,12 @@ export interface UpstreamHeaderInput {
  * (reply-from already dropped `Connection` and the headers it names).
  */
 export function buildUpstreamHeaders(headers: HeaderBag, input: UpstreamHeaderInput): HeaderBag {
-  const clientXff = headers['x-forwarded-for'];
-  const clientProto = headers['x-forwarded-proto'];
-  const clientFHost = headers['x-forwarded-host'];
-  const clientFPort = headers['x-forwarded-port'];
-  const forwarded = headers.forwarded;
+  const received = input.received;
+  const clientXff = received['x-forwarded-for'];
+  const clientProto = received['x-forwarded-proto'];
+  const clientFHost = received['x-forwarded-host'];
+  const clientFPort = received['x-forwarded-port'];
+  const forwarded = received.forwarded;
   stripRequestHeaders(headers, input.gatewayOwned, input.websocket);
   // undici refuses `Expect` and the client-facing server already answered 100-continue.
   delete headers.expect;
