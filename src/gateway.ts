@@ -19,7 +19,7 @@
 import type { AddressInfo, Socket } from 'node:net';
 import type { Server as HttpServer, IncomingHttpHeaders } from 'node:http';
 import type { Server as TlsServer, TLSSocket } from 'node:tls';
-import { Transform, type TransformCallback } from 'node:stream';
+import { Readable, Transform, type TransformCallback } from 'node:stream';
 import Fastify, { LogController, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import httpProxy from '@fastify/http-proxy';
 import { WebSocket } from 'ws';
@@ -36,7 +36,8 @@ import { hasDuplicate, newContext, resolveRequest, PROXIED_METHODS, type RawRequ
 import type { RequestContext } from './pipeline/context.js';
 import type { RouteProtection } from './pipeline/protect.js';
 import { buildUpstreamHeaders, withoutHopByHopResponseHeaders, type HeaderBag } from './proxy/headers.js';
-import { classifyUpstreamError, isConnectFailure } from './proxy/upstream-errors.js';
+import { classifyUpstreamError } from './proxy/upstream-errors.js';
+import { UpstreamClient, type ForwardHooks } from './proxy/forward.js';
 import { authorizeRequest } from './pipeline/authorize.js';
 import { createAuthenticatorFor } from './pipeline/auth-factory.js';
 import { CertificateStore, createTlsFront, type TlsFront } from './tls/index.js';
@@ -388,72 +389,68 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     return payload.pipe(counted);
   });
 
-  // 6. security headers on the gateway's own answers (proxied ones got theirs in rewriteHeaders).
+  // 6. security headers on the gateway's own answers (proxied responses never pass here: the
+  //    forwarding path writes them with the headers of responseHeadersFromUpstream).
   app.addHook('onSend', async function responseHeaders(request, reply, payload) {
     const ctx = request.gw as RequestContext | undefined;
     if (ctx) {
       reply.header('x-request-id', ctx.requestId);
-      if (!ctx.proxied) {
-        const prot = protectionOf(ctx);
-        const set = prot.headers;
-        for (const [k, v] of Object.entries(set.common)) reply.header(k, v);
-        for (const [k, v] of Object.entries(set.httpsOnly)) reply.header(k, v);
-        for (const [k, v] of Object.entries(set.gatewayOnly)) reply.header(k, v);
-      }
+      const set = protectionOf(ctx).headers;
+      for (const [k, v] of Object.entries(set.common)) reply.header(k, v);
+      for (const [k, v] of Object.entries(set.httpsOnly)) reply.header(k, v);
+      for (const [k, v] of Object.entries(set.gatewayOnly)) reply.header(k, v);
     }
     return payload;
   });
 
-  // 7. access log and metrics.
+  // 7. access log and metrics of the gateway's own answers (proxied ones: forwardHooks.ended).
   app.addHook('onResponse', async function accessLog(request, reply) {
     const ctx = request.gw as RequestContext | undefined;
-    if (!ctx) return;
-    const seconds = Number(process.hrtime.bigint() - ctx.startedAt) / 1e9;
-    metrics.observeRequest(ctx.site?.id ?? UNMATCHED, ctx.route?.id ?? UNMATCHED, request.raw.method ?? 'GET', reply.statusCode, seconds);
+    if (!ctx || ctx.proxied) return;
     const len = reply.getHeader('content-length');
+    logRequest(ctx, request.raw, reply.statusCode, len !== undefined ? Number(len) : undefined);
+  });
+
+  function logRequest(ctx: RequestContext, raw: FastifyRequest['raw'], status: number, bytes: number | undefined): void {
+    const seconds = Number(process.hrtime.bigint() - ctx.startedAt) / 1e9;
+    const method = raw.method ?? 'GET';
+    metrics.observeRequest(ctx.site?.id ?? UNMATCHED, ctx.route?.id ?? UNMATCHED, method, status, seconds);
+    // Only the line's object would be built for nothing: pino's info() is a no-op below its level.
+    if (!logger.isLevelEnabled('info')) return;
     logger.info(
       {
         type: 'access',
         request_id: ctx.requestId,
         ip: ctx.clientIp,
-        method: request.raw.method,
+        method,
         host: ctx.host || undefined,
-        path: redactUrl(ctx.path ? ctx.path + ctx.query : request.raw.url ?? ''),
-        status: reply.statusCode,
-        bytes: len !== undefined ? Number(len) : ctx.bytes ?? undefined,
+        path: redactUrl(ctx.path ? ctx.path + ctx.query : raw.url ?? ''),
+        status,
+        bytes,
         duration_ms: Math.round(seconds * 1e6) / 1000,
         site: ctx.site?.id,
         route: ctx.route?.id,
         upstream: ctx.proxied ? ctx.upstream : undefined,
         user: ctx.principal?.subject,
         reason: ctx.reason ?? undefined,
-        http: request.raw.httpVersion,
+        http: raw.httpVersion,
       },
       'request',
     );
-  });
+  }
 
   app.setErrorHandler(function safeErrors(err: Error & { statusCode?: number; code?: string }, request, reply) {
     const ctx = request.gw as RequestContext | undefined;
     const gwErr = findGatewayError(err);
-    if (ctx?.upstreamHeaders !== undefined && ctx.proxied && !gwErr) {
-      // The upstream answered, then its body failed before the first byte reached the client
-      // (reset, closed, timed out): an upstream failure, answered as one.
-      onUpstreamError(reply, err);
-      return reply;
-    }
-    if (ctx) {
-      ctx.proxied = false;
-      dropUpstreamHeaders(reply, ctx);
-    }
+    if (ctx) ctx.proxied = false;
     if (gwErr?.statusCode) {
       if (ctx) ctx.reason ??= gwErr.code;
       return sendError(reply, gwErr.statusCode, gwErr.code, rateLimitHeaders(reply));
     }
     const status = err.statusCode && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 500;
     if (ctx) ctx.reason ??= err.code ?? 'error';
-    if (status >= 500) request.log.error({ err, request_id: ctx?.requestId }, 'request failed');
-    else request.log.info({ err: { code: err.code, message: err.message }, request_id: ctx?.requestId }, 'request refused');
+    if (status >= 500) logger.error({ err, request_id: ctx?.requestId }, 'request failed');
+    else logger.info({ err: { code: err.code, message: err.message }, request_id: ctx?.requestId }, 'request refused');
     const code: GatewayErrorCode = status === 413 ? 'GW_ERR_BODY_TOO_LARGE' : status === 431 ? 'GW_ERR_HEADERS_TOO_LARGE' : status >= 500 ? 'GW_ERR_INTERNAL' : 'GW_ERR_BAD_REQUEST';
     return sendError(reply, status, code);
   });
@@ -465,6 +462,17 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     return sendError(reply, 404, 'GW_ERR_NO_ROUTE');
   });
 
+  // Every upstream of this gateway, one keep-alive pool per origin (undici). Connection-level
+  // settings are read once: like the listeners, they change on restart, not on reload.
+  const upstreamClient = new UpstreamClient({
+    connections: 256,
+    connectTimeoutMs: cfg0.timeouts.connect,
+    keepAliveTimeoutMs: Math.min(cfg0.timeouts.idle, 4_000),
+  });
+  app.addHook('onClose', async () => upstreamClient.close());
+
+  // @fastify/http-proxy owns the wildcard routes, the pass-through body parser and WebSocket
+  // proxying; each HTTP request goes to `proxyRequest` (proxy/forward.ts, not reply-from: see there).
   await app.register(httpProxy, {
     upstream: '',
     prefix: '/',
@@ -472,20 +480,8 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     // The gateway writes one access line per request itself.
     disableRequestLogging: true,
     httpMethods: [...PROXIED_METHODS],
-    undici: {
-      connections: 256,
-      pipelining: 1,
-      connect: { timeout: cfg0.timeouts.connect },
-      headersTimeout: cfg0.timeouts.response,
-      bodyTimeout: cfg0.timeouts.idle,
-      keepAliveTimeout: Math.min(cfg0.timeouts.idle, 4_000),
-    },
-    replyOptions: {
-      getUpstream: (request: FastifyRequest) => request.gw.upstream ?? '',
-      rewriteRequestHeaders: (request: FastifyRequest, headers: HeaderBag) => upstreamHeaders(request, headers, false),
-      rewriteHeaders: (headers: IncomingHttpHeaders, request: FastifyRequest) => responseHeadersFromUpstream(headers, request),
-      onError: (reply: FastifyReply, { error }: { error: Error }) => onUpstreamError(reply, error),
-    },
+    // The WebSocket proxy reads the target from here (HTTP requests: ctx.upstream, in proxyRequest).
+    replyOptions: { getUpstream: (request: FastifyRequest) => request.gw.upstream ?? '' },
     wsServerOptions: { WebSocket: ClientSideWebSocket },
     wsClientOptions: {
       rewriteRequestHeaders: (_headers: HeaderBag, request: FastifyRequest) => {
@@ -494,7 +490,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
         return h;
       },
     },
-    handler: (request: FastifyRequest, reply: FastifyReply, _dest: string, opts: object) => proxyRequest(request, reply, opts),
+    handler: (request: FastifyRequest, reply: FastifyReply) => proxyRequest(request, reply),
   } as never);
 
   function who(ctx: RequestContext): { ip: string; user?: string; site?: string; route?: string; request_id: string } {
@@ -521,91 +517,109 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     });
   }
 
-  function responseHeadersFromUpstream(headers: IncomingHttpHeaders, request: FastifyRequest): IncomingHttpHeaders {
-    const ctx = request.gw;
+  /**
+   * The upstream's response headers as the client gets them: hygiene, security headers, cookie
+   * rules, request id, and what the gate put on the Fastify reply (the RateLimit-* headers), which
+   * wins over an upstream header of the same name: the gateway enforces that limit.
+   */
+  function responseHeadersFromUpstream(headers: IncomingHttpHeaders, reply: FastifyReply): IncomingHttpHeaders {
+    const ctx = reply.request.gw;
     const prot = protectionOf(ctx);
     const out = applySecurityHeaders(withoutHopByHopResponseHeaders(headers as HeaderBag) as IncomingHttpHeaders, prot.headers, prot.headerMode, { https: true });
     const cookies = out['set-cookie'];
     if (cookies !== undefined) out['set-cookie'] = hardenSetCookies(Array.isArray(cookies) ? cookies : [cookies], prot.cookies, { https: true });
-    ctx.upstreamHeaders = out;
+    if (prot.rateLimit) {
+      const own = reply.getHeaders();
+      for (const name in own) (out as Record<string, unknown>)[name] = own[name];
+    }
+    (out as Record<string, string>)['x-request-id'] = ctx.requestId;
     return out;
   }
 
   /**
-   * The gateway answers with its own error although the upstream's headers were already copied onto
-   * the reply (reply-from copies them before it sets the status; Fastify's stream sending puts them
-   * on the response object before the first body byte): remove every one of them, from both.
+   * What the forwarding path asks the gateway. The per-request context is the Fastify reply: the
+   * reply is handed over (hijacked) once the upstream's answer starts going to the client, and
+   * stays Fastify's until then, so every earlier failure is answered by `sendError`.
    */
-  function dropUpstreamHeaders(reply: FastifyReply, ctx: RequestContext): void {
-    const copied = ctx.upstreamHeaders;
-    if (copied === undefined) return;
-    ctx.upstreamHeaders = undefined;
-    const raw = reply.raw;
-    for (const name of Object.keys(copied)) {
-      reply.removeHeader(name);
-      if (!raw.headersSent) raw.removeHeader(name);
-    }
-  }
+  const forwardHooks: ForwardHooks<FastifyReply> = {
+    responseHeaders: (reply, _status, headers) => responseHeadersFromUpstream(headers, reply),
+    committed(reply, origin, _status, seconds) {
+      reply.hijack();
+      reply.request.gw.upstream = origin;
+      metrics.upstreamAttempt(origin, seconds);
+    },
+    connectFailed(reply, origin, kind, seconds, next, wasDown) {
+      const ctx = reply.request.gw;
+      metrics.upstreamAttempt(origin, seconds, kind);
+      if (!wasDown) events.emit('upstream_down', { ...who(ctx), upstream: origin, reason: kind });
+      if (next !== null) ctx.upstream = next;
+    },
+    failed(reply, origin, error) {
+      reply.request.gw.upstream = origin;
+      onUpstreamError(reply, error);
+    },
+    ended(reply, outcome, bytes, error) {
+      const ctx = reply.request.gw;
+      let status = reply.raw.statusCode;
+      if (outcome === 'client_closed') {
+        // Nothing was sent: logged as nginx does, 499 "client closed request".
+        status = 499;
+        ctx.reason ??= 'client_closed';
+      } else if (outcome === 'cut') {
+        if (error) {
+          const kind = classifyUpstreamError(error);
+          ctx.reason ??= `upstream_${kind}`;
+          logger.warn({ request_id: ctx.requestId, upstream: ctx.upstream, reason: kind, err: { code: rootCode(error) } }, 'upstream response cut');
+        } else {
+          ctx.reason ??= 'client_closed';
+        }
+      }
+      logRequest(ctx, reply.request.raw, status, bytes);
+    },
+  };
 
-  function proxyRequest(request: FastifyRequest, reply: FastifyReply, opts: object): FastifyReply {
+  function proxyRequest(request: FastifyRequest, reply: FastifyReply): void {
     const ctx = request.gw;
     ctx.proxied = true;
     const route = ctx.route!;
     const pool = ctx.state.pools.get(route)!;
-    const tried = [pool.targets.findIndex((t) => t.origin === ctx.upstream)];
-    const started = process.hrtime.bigint();
-    // Path only: reply-from takes the query from req.url untouched (and would refuse `../` in it).
-    return reply.from(ctx.path, {
-      ...opts,
-      getUpstream: () => ctx.upstream ?? '',
-      timeout: route.timeouts.response,
-      onResponse: (_req: FastifyRequest, rep: FastifyReply, res: { headers: IncomingHttpHeaders; stream: NodeJS.ReadableStream }) => {
-        // reply-from calls this even after its onError answered (a status Fastify cannot send):
-        // the error is the answer, the upstream body is dropped.
-        if (!ctx.proxied) {
-          (res.stream as NodeJS.ReadableStream & { destroy(): void }).destroy();
-          return;
-        }
-        metrics.upstreamAttempt(ctx.upstream ?? '', Number(process.hrtime.bigint() - started) / 1e9);
-        if (res.headers['content-length'] !== undefined || request.raw.method === 'HEAD') {
-          rep.send(res.stream);
-          return;
-        }
-        // Chunked response: count what is sent, for the access log.
-        ctx.bytes = 0;
-        const counter = new Transform({
-          transform(chunk: Buffer, _enc, cb) {
-            ctx.bytes! += chunk.length;
-            cb(null, chunk);
-          },
-        });
-        res.stream.on('error', (err) => counter.destroy(err));
-        rep.send(res.stream.pipe(counter));
+    const raw = request.raw;
+    const method = raw.method ?? 'GET';
+    const headers = upstreamHeaders(request, copyHeaders(request.headers), false);
+    let body: Readable | string | Buffer | null = null;
+    if (method === 'GET' || method === 'HEAD') {
+      // Fastify never reads a GET or HEAD body; Node discards it after the response. It is not
+      // announced to the upstream either (a body it does not expect is a desync waiting to happen).
+      delete headers['content-length'];
+    } else {
+      const parsed = request.body as unknown;
+      if (parsed instanceof Readable) body = parsed;
+      else if (typeof parsed === 'string' || Buffer.isBuffer(parsed)) {
+        // A content type Fastify reads whole (text/plain): its length as re-encoded.
+        body = parsed;
+        headers['content-length'] = String(Buffer.byteLength(parsed));
+      }
+    }
+    upstreamClient.forward(
+      {
+        pool,
+        target: pool.targets.findIndex((t) => t.origin === ctx.upstream),
+        method,
+        path: ctx.path + ctx.query,
+        headers: headers as Record<string, string | string[]>,
+        body,
+        timeoutMs: route.timeouts.response,
+        res: reply.raw,
+        http1Request: raw.httpVersionMajor === 1 ? raw : null,
       },
-      // Failover: a target that refused the connection never saw the request, so the next
-      // target may get it whatever the method. Anything else is not retried (not idempotent-safe).
-      retryDelay: ({ err, req }: { err?: Error; req: { url: URL } }) => {
-        if (!err || !isConnectFailure(err)) return null;
-        const last = tried[tried.length - 1]!;
-        const kind = classifyUpstreamError(err);
-        metrics.upstreamAttempt(ctx.upstream ?? '', Number(process.hrtime.bigint() - started) / 1e9, kind);
-        if (!pool.isDown(last)) events.emit('upstream_down', { ...who(ctx), upstream: ctx.upstream ?? '', reason: kind });
-        pool.markDown(last);
-        const next = pool.after(tried);
-        if (next === -1) return null;
-        tried.push(next);
-        const origin = pool.targets[next]!.origin;
-        ctx.upstream = origin;
-        req.url = new URL(req.url.pathname + req.url.search, origin);
-        return 1;
-      },
-    } as never);
+      forwardHooks,
+      reply,
+    );
   }
 
   function onUpstreamError(reply: FastifyReply, error: Error): void {
     const ctx = reply.request.gw;
     ctx.proxied = false;
-    dropUpstreamHeaders(reply, ctx);
     const gwErr = findGatewayError(error);
     if (gwErr?.statusCode) {
       ctx.reason = gwErr.code;
@@ -615,7 +629,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     const kind = classifyUpstreamError(error);
     ctx.reason = `upstream_${kind}`;
     if (kind !== 'connect_refused' && kind !== 'connect_timeout') metrics.upstreamAttempt(ctx.upstream ?? '', 0, kind);
-    reply.request.log.warn({ request_id: ctx.requestId, upstream: ctx.upstream, reason: kind, err: { code: rootCode(error) } }, 'upstream request failed');
+    logger.warn({ request_id: ctx.requestId, upstream: ctx.upstream, reason: kind, err: { code: rootCode(error) } }, 'upstream request failed');
     if (kind === 'connect_timeout' || kind === 'response_timeout') sendError(reply, 504, 'GW_ERR_UPSTREAM_TIMEOUT');
     else sendError(reply, 502, kind === 'bad_response' ? 'GW_ERR_UPSTREAM_BAD_RESPONSE' : 'GW_ERR_UPSTREAM_UNAVAILABLE');
   }
@@ -739,6 +753,13 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
 
 function single(v: string | string[] | undefined): string | undefined {
   return Array.isArray(v) ? v[0] : v;
+}
+
+/** A copy of the client's headers for the upstream request (built up and filtered in place after). */
+function copyHeaders(headers: IncomingHttpHeaders): HeaderBag {
+  const out: HeaderBag = {};
+  for (const name in headers) out[name] = headers[name];
+  return out;
 }
 
 function headerValues(rawHeaders: readonly string[], lowerName: string): string[] {

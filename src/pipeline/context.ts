@@ -26,16 +26,12 @@ export interface RequestContext {
   principal: Principal | null;
   /** Origin of the upstream target that served (or was last tried for) the request. */
   upstream: string | null;
-  /** Bytes of a streamed response without Content-Length, counted while sending. */
-  bytes?: number;
-  /** The response comes from the upstream (its security headers were applied on the way through). */
-  proxied: boolean;
   /**
-   * The upstream's response headers as copied onto the reply, once it answered. If the gateway
-   * answers with its own error after all (a body that fails before its first byte, a status Fastify
-   * cannot send), they are removed again: none of them may ride on the gateway's answer.
+   * The request is (being) forwarded, and the upstream's answer, if any, is the response: its
+   * access line is written by the forwarding path. Set back to false when the gateway answers
+   * with its own error instead.
    */
-  upstreamHeaders?: Readonly<Record<string, unknown>>;
+  proxied: boolean;
   /** Why the gateway refused the request, for the access log (never sent to the client). */
   reason: string | null;
 }

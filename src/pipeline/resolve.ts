@@ -127,7 +127,6 @@ export function newContext(state: RuntimeState, req: RawRequestView, startedAt: 
     principal: null,
     upstream: null,
     proxied: false,
-    upstreamHeaders: undefined,
     reason: null,
   };
 }

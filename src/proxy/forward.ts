@@ -1,0 +1,304 @@
+/**
+ * The HTTP forwarding path: one request to an upstream through undici's dispatcher, the response
+ * streamed from undici's callbacks straight into the client's response.
+ *
+ * Why not `reply.from()` (@fastify/reply-from, what @fastify/http-proxy calls by default): on this
+ * project's 2-core benchmark machine (BENCHMARKS.md, session 4) a bare Fastify app proxying with
+ * `reply.from` served ~12k req/s over TLS, and the same app dispatching with undici into the raw
+ * response ~19k: reply-from builds URL objects, copies and re-filters the headers, wraps the
+ * upstream body in a Readable and hands it to Fastify's stream reply (a pipe, two end-of-stream
+ * watchers and a `setHeader` per header). Here a response costs one handler object: headers are
+ * rewritten once, written with one `writeHead`, and each body chunk is one `write`.
+ * @fastify/http-proxy still owns the routes, the request-body pass-through parser and WebSocket
+ * proxying; its `handler` option hands each HTTP request to the gateway, which calls this.
+ *
+ * Behaviour that is the gateway's contract, kept here in one place:
+ * - Nothing reaches the client before the first body byte (or the end of an empty body). Until
+ *   then a failure is answered by the gateway's own error (`failed`), with no upstream header on it.
+ * - After that, an upstream failure cuts the client's response (HTTP/1.1: the connection is closed
+ *   before the announced length or the final chunk; HTTP/2: the stream is reset): a truncated
+ *   body is never passed off as a complete one.
+ * - A target that refused the connection (or timed out connecting) never saw the request, so the
+ *   next target of the pool gets it, whatever the method. Nothing else is retried.
+ * - The client leaving aborts the upstream request.
+ * - Upstream bodies are pulled only as fast as the client reads (undici pauses on backpressure).
+ */
+import type { IncomingHttpHeaders, OutgoingHttpHeaders, ServerResponse } from 'node:http';
+import type { Http2ServerResponse } from 'node:http2';
+import type { Readable } from 'node:stream';
+import { Agent, type Dispatcher } from 'undici';
+import { classifyUpstreamError, isConnectFailure, type UpstreamErrorKind } from './upstream-errors.js';
+import type { UpstreamPool } from './upstreams.js';
+
+export type ClientResponse = ServerResponse | Http2ServerResponse;
+
+export interface UpstreamClientOptions {
+  /** Connections per upstream origin. */
+  readonly connections: number;
+  readonly connectTimeoutMs: number;
+  /** How long an idle upstream connection is kept for reuse. */
+  readonly keepAliveTimeoutMs: number;
+}
+
+export interface ForwardRequest {
+  readonly pool: UpstreamPool;
+  /** Index in `pool.targets` of the first target to try. */
+  readonly target: number;
+  readonly method: string;
+  /** Path and query, as the upstream gets them. */
+  readonly path: string;
+  readonly headers: Record<string, string | string[]>;
+  readonly body: Readable | string | Buffer | null;
+  /** Milliseconds to wait for the response headers, and between two body chunks. */
+  readonly timeoutMs: number;
+  readonly res: ClientResponse;
+  /**
+   * The HTTP/1.x client request, or null over HTTP/2. If the upstream answers before this
+   * request's body was read whole, the client connection is closed after the response: its
+   * unread body would otherwise be parsed as the next request.
+   */
+  readonly http1Request: { readonly complete: boolean } | null;
+}
+
+/** How a forwarded response ended, for the access log and metrics. */
+export type ForwardOutcome =
+  /** Sent whole. */
+  | 'finished'
+  /** Cut after it had started: the upstream failed mid-body, or the client went away. */
+  | 'cut'
+  /** The client went away before anything was sent. */
+  | 'client_closed';
+
+/**
+ * What the gateway decides along the way. One object per gateway (not per request): each call gets
+ * the request's own context `C`.
+ */
+export interface ForwardHooks<C> {
+  /** The upstream's status and headers, rewritten into the headers the client gets. Must not throw. */
+  responseHeaders(ctx: C, statusCode: number, headers: IncomingHttpHeaders): OutgoingHttpHeaders;
+  /** The response starts going to the client (status and headers now on their way). */
+  committed(ctx: C, origin: string, statusCode: number, seconds: number): void;
+  /**
+   * An attempt could not connect; `next` is the origin tried next, or null when none is left.
+   * `wasDown`: the target was already marked down (it is marked down again, for longer).
+   */
+  connectFailed(ctx: C, origin: string, kind: UpstreamErrorKind, seconds: number, next: string | null, wasDown: boolean): void;
+  /** Failed before anything was sent: the gateway answers with its own error. */
+  failed(ctx: C, origin: string, error: Error): void;
+  /**
+   * Called once, when the client's response is over, unless `failed` was called. `bytes` are the
+   * body bytes written to the client; `error` is the upstream error that cut the response.
+   */
+  ended(ctx: C, outcome: ForwardOutcome, bytes: number, error: Error | null): void;
+}
+
+/** A status line outside 200–599 (1xx are informational and skipped): not an answer to pass on. */
+export class UpstreamBadStatusError extends Error {
+  readonly code = 'GW_UPSTREAM_BAD_STATUS';
+  constructor(readonly statusCode: number) {
+    super(`upstream answered with status ${statusCode}`);
+    this.name = 'UpstreamBadStatusError';
+  }
+}
+
+class ClientClosedError extends Error {
+  readonly code = 'GW_CLIENT_CLOSED';
+  constructor() {
+    super('the client closed the connection');
+  }
+}
+
+/** Header values Node refuses to write (it throws): control characters other than HTAB. */
+const INVALID_VALUE_CHARS = /[^\t\x20-\x7e\x80-\xff]/g;
+
+function sanitizedHeaders(headers: OutgoingHttpHeaders): OutgoingHttpHeaders {
+  const out: OutgoingHttpHeaders = {};
+  for (const name of Object.keys(headers)) {
+    const v = headers[name];
+    if (typeof v === 'string') out[name] = v.replace(INVALID_VALUE_CHARS, '');
+    else if (Array.isArray(v)) out[name] = v.map((s) => s.replace(INVALID_VALUE_CHARS, ''));
+    else out[name] = v;
+  }
+  return out;
+}
+
+/** undici's dispatcher for every upstream of one gateway: a pool of keep-alive connections per origin. */
+export class UpstreamClient {
+  private readonly agent: Agent;
+
+  constructor(options: UpstreamClientOptions) {
+    this.agent = new Agent({
+      connections: options.connections,
+      // One request at a time per connection: a pipelined request behind a slow one would wait
+      // for it, and a failure would take the requests queued behind it down too.
+      pipelining: 1,
+      connect: { timeout: options.connectTimeoutMs },
+      keepAliveTimeout: options.keepAliveTimeoutMs,
+      // An upstream's keep-alive hint may not hold a connection longer than ours.
+      keepAliveMaxTimeout: options.keepAliveTimeoutMs,
+    });
+  }
+
+  /** Sends `req` to its pool's target, streams the answer into `req.res`, and reports through `hooks`. */
+  forward<C>(req: ForwardRequest, hooks: ForwardHooks<C>, ctx: C): void {
+    new Exchange(this.agent, req, hooks, ctx).start();
+  }
+
+  /** Closes idle connections at once, and the others when their request is done. */
+  async close(): Promise<void> {
+    await this.agent.close();
+  }
+}
+
+/** One client request and its attempts upstream; undici's dispatch handler for each attempt. */
+class Exchange<C> implements Dispatcher.DispatchHandler {
+  private controller: Dispatcher.DispatchController | null = null;
+  private origin = '';
+  private targetIndex: number;
+  /** Targets already tried, only once a connect failure made us try another. */
+  private tried: number[] | null = null;
+  private startedAt = 0n;
+  private statusCode = 0;
+  private outHeaders: OutgoingHttpHeaders | null = null;
+  private committed = false;
+  /** `failed` was called: the gateway answers; this exchange reports nothing more. */
+  private handedOver = false;
+  private clientGone = false;
+  private waitingForDrain = false;
+  private bytes = 0;
+  private upstreamError: Error | null = null;
+
+  constructor(
+    private readonly agent: Agent,
+    private readonly req: ForwardRequest,
+    private readonly hooks: ForwardHooks<C>,
+    private readonly ctx: C,
+  ) {
+    this.targetIndex = req.target;
+  }
+
+  start(): void {
+    this.req.res.once('close', this.onClientClose);
+    this.dispatch();
+  }
+
+  private dispatch(): void {
+    const req = this.req;
+    this.origin = req.pool.targets[this.targetIndex]!.origin;
+    this.statusCode = 0;
+    this.controller = null;
+    this.startedAt = process.hrtime.bigint();
+    this.agent.dispatch(
+      {
+        origin: this.origin,
+        path: req.path,
+        method: req.method as Dispatcher.HttpMethod,
+        headers: req.headers,
+        body: req.body,
+        headersTimeout: req.timeoutMs,
+        bodyTimeout: req.timeoutMs,
+      },
+      this,
+    );
+  }
+
+  private seconds(): number {
+    return Number(process.hrtime.bigint() - this.startedAt) / 1e9;
+  }
+
+  onRequestStart(controller: Dispatcher.DispatchController): void {
+    this.controller = controller;
+    if (this.clientGone) controller.abort(new ClientClosedError());
+  }
+
+  onResponseStart(controller: Dispatcher.DispatchController, statusCode: number, headers: IncomingHttpHeaders): void {
+    // 1xx (100 Continue, 103 Early Hints) are interim: the final response follows.
+    if (statusCode < 200) return;
+    if (statusCode > 599) {
+      controller.abort(new UpstreamBadStatusError(statusCode));
+      return;
+    }
+    this.statusCode = statusCode;
+    this.outHeaders = this.hooks.responseHeaders(this.ctx, statusCode, headers);
+  }
+
+  onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    if (this.clientGone) return;
+    if (!this.committed) this.commit();
+    this.bytes += chunk.length;
+    // Both response kinds take a Buffer and answer "keep writing?"; TypeScript cannot call the union.
+    if (!(this.req.res as ServerResponse).write(chunk)) {
+      controller.pause();
+      if (!this.waitingForDrain) {
+        this.waitingForDrain = true;
+        this.req.res.once('drain', this.onDrain);
+      }
+    }
+  }
+
+  onResponseEnd(): void {
+    if (this.clientGone) return;
+    if (!this.committed) this.commit();
+    this.req.res.end();
+  }
+
+  onResponseError(_controller: Dispatcher.DispatchController, error: Error): void {
+    if (this.clientGone) return;
+    if (this.committed) {
+      // Mid-body: cut the response so that the client can tell it is incomplete.
+      this.upstreamError = error;
+      this.req.res.destroy();
+      return;
+    }
+    if (this.statusCode === 0 && isConnectFailure(error)) {
+      const pool = this.req.pool;
+      const kind = classifyUpstreamError(error);
+      const wasDown = pool.isDown(this.targetIndex);
+      pool.markDown(this.targetIndex);
+      this.tried ??= [this.targetIndex];
+      const next = pool.after(this.tried);
+      this.hooks.connectFailed(this.ctx, this.origin, kind, this.seconds(), next === -1 ? null : pool.targets[next]!.origin, wasDown);
+      if (next !== -1) {
+        this.tried.push(next);
+        this.targetIndex = next;
+        this.dispatch();
+        return;
+      }
+    }
+    this.handedOver = true;
+    this.req.res.removeListener('close', this.onClientClose);
+    this.hooks.failed(this.ctx, this.origin, error);
+  }
+
+  private commit(): void {
+    this.committed = true;
+    const res = this.req.res;
+    let headers = this.outHeaders!;
+    if (this.req.http1Request !== null && !this.req.http1Request.complete) headers.connection = 'close';
+    try {
+      res.writeHead(this.statusCode, headers);
+    } catch {
+      // An upstream header value Node refuses (a control character): drop the characters, not the response.
+      headers = sanitizedHeaders(headers);
+      res.writeHead(this.statusCode, headers);
+    }
+    this.hooks.committed(this.ctx, this.origin, this.statusCode, this.seconds());
+  }
+
+  private readonly onDrain = (): void => {
+    this.waitingForDrain = false;
+    this.controller?.resume();
+  };
+
+  private readonly onClientClose = (): void => {
+    const res = this.req.res;
+    if (res.writableFinished) {
+      this.hooks.ended(this.ctx, 'finished', this.bytes, null);
+      return;
+    }
+    // The client went away (or the response was cut above): stop the upstream request too.
+    this.clientGone = true;
+    this.controller?.abort(new ClientClosedError());
+    this.hooks.ended(this.ctx, this.committed ? 'cut' : 'client_closed', this.bytes, this.upstreamError);
+  };
+}
