@@ -190,7 +190,9 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
       settings: { maxHeaderListSize: cfg0.limits.maxHeaderSize },
     },
     loggerInstance: logger,
-    // The gateway writes one access line per request itself (onResponse).
+    // The gateway writes one access line per request itself (with its request id), and logs
+    // through `logger`: no per-request child logger (Fastify's default builds one per request).
+    childLoggerFactory: (parent) => parent,
     logController: new LogController({ disableRequestLogging: true }),
     requestIdHeader: false,
     return503OnClosing: true,
@@ -529,8 +531,11 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     const cookies = out['set-cookie'];
     if (cookies !== undefined) out['set-cookie'] = hardenSetCookies(Array.isArray(cookies) ? cookies : [cookies], prot.cookies, { https: true });
     if (prot.rateLimit) {
-      const own = reply.getHeaders();
-      for (const name in own) (out as Record<string, unknown>)[name] = own[name];
+      for (let i = 0; i < RATE_LIMIT_HEADERS.length; i++) {
+        const name = RATE_LIMIT_HEADERS[i]!;
+        const v = reply.getHeader(name);
+        if (v !== undefined) (out as Record<string, unknown>)[name] = v;
+      }
     }
     (out as Record<string, string>)['x-request-id'] = ctx.requestId;
     return out;
@@ -768,10 +773,13 @@ function headerValues(rawHeaders: readonly string[], lowerName: string): string[
   return out;
 }
 
+/** What @fastify/rate-limit puts on the reply (`enableDraftSpec`); `retry-after` only on a 429. */
+const RATE_LIMIT_HEADERS = ['ratelimit-limit', 'ratelimit-remaining', 'ratelimit-reset', 'retry-after'] as const;
+
 /** @fastify/rate-limit put its headers on the reply before throwing; keep them on our error body. */
 function rateLimitHeaders(reply: FastifyReply): Record<string, string> | undefined {
   const out: Record<string, string> = {};
-  for (const name of ['retry-after', 'ratelimit-limit', 'ratelimit-remaining', 'ratelimit-reset']) {
+  for (const name of RATE_LIMIT_HEADERS) {
     const v = reply.getHeader(name);
     if (v !== undefined) out[name] = String(v);
   }

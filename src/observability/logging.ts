@@ -28,11 +28,28 @@ export const REDACT_PATHS = [
   'client_secret',
 ];
 
+let cachedMs = -1;
+let cachedTime = '';
+
+/**
+ * pino's `isoTime` (same output: `,"time":"2026-12-05T23:12:10.123Z"`), formatted once per
+ * millisecond instead of once per line: under load many access lines share a millisecond, and
+ * `Date#toISOString` was a measurable part of each line (BENCHMARKS.md, session 3).
+ */
+export function isoTimeCached(): string {
+  const now = Date.now();
+  if (now !== cachedMs) {
+    cachedMs = now;
+    cachedTime = `,"time":"${new Date(now).toISOString()}"`;
+  }
+  return cachedTime;
+}
+
 export function createLogger(config: Pick<LogConfig, 'level' | 'file'>, destination?: pino.DestinationStream): Logger {
   const options: LoggerOptions = {
     level: config.level,
     base: { service: 'portcullis' },
-    timestamp: pino.stdTimeFunctions.isoTime,
+    timestamp: isoTimeCached,
     redact: { paths: REDACT_PATHS, censor: CENSOR },
     formatters: { level: (label) => ({ level: label }) },
   };

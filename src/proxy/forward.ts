@@ -16,15 +16,17 @@
  * - Nothing reaches the client before the first body byte (or the end of an empty body). Until
  *   then a failure is answered by the gateway's own error (`failed`), with no upstream header on it.
  * - After that, an upstream failure cuts the client's response (HTTP/1.1: the connection is closed
- *   before the announced length or the final chunk; HTTP/2: the stream is reset): a truncated
- *   body is never passed off as a complete one.
+ *   before the announced length or the final chunk; HTTP/2: the stream is reset with
+ *   INTERNAL_ERROR): a truncated body is never passed off as a complete one. So is a head Node
+ *   refuses to write (it may have taken part of it already).
+ * - 1xx interim responses are skipped; a status over 599 is a bad response (the gateway's 502).
  * - A target that refused the connection (or timed out connecting) never saw the request, so the
  *   next target of the pool gets it, whatever the method. Nothing else is retried.
  * - The client leaving aborts the upstream request.
  * - Upstream bodies are pulled only as fast as the client reads (undici pauses on backpressure).
  */
 import type { IncomingHttpHeaders, OutgoingHttpHeaders, ServerResponse } from 'node:http';
-import type { Http2ServerResponse } from 'node:http2';
+import { constants as http2Constants, type Http2ServerResponse } from 'node:http2';
 import type { Readable } from 'node:stream';
 import { Agent, type Dispatcher } from 'undici';
 import { classifyUpstreamError, isConnectFailure, type UpstreamErrorKind } from './upstream-errors.js';
@@ -108,18 +110,17 @@ class ClientClosedError extends Error {
   }
 }
 
-/** Header values Node refuses to write (it throws): control characters other than HTAB. */
-const INVALID_VALUE_CHARS = /[^\t\x20-\x7e\x80-\xff]/g;
-
-function sanitizedHeaders(headers: OutgoingHttpHeaders): OutgoingHttpHeaders {
-  const out: OutgoingHttpHeaders = {};
-  for (const name of Object.keys(headers)) {
-    const v = headers[name];
-    if (typeof v === 'string') out[name] = v.replace(INVALID_VALUE_CHARS, '');
-    else if (Array.isArray(v)) out[name] = v.map((s) => s.replace(INVALID_VALUE_CHARS, ''));
-    else out[name] = v;
+/**
+ * Node refused to write the response head: a header value with a control character. undici's
+ * parser refuses those from the upstream and the gateway's own values are checked when the
+ * configuration loads, so only a bug in a hook gets here; the response is then cut.
+ */
+export class ResponseHeadRefusedError extends Error {
+  readonly code = 'GW_UPSTREAM_BAD_HEADER';
+  constructor(cause: unknown) {
+    super('the response head could not be written', { cause });
+    this.name = 'ResponseHeadRefusedError';
   }
-  return out;
 }
 
 /** undici's dispatcher for every upstream of one gateway: a pool of keep-alive connections per origin. */
@@ -166,6 +167,8 @@ class Exchange<C> implements Dispatcher.DispatchHandler {
   private clientGone = false;
   private waitingForDrain = false;
   private bytes = 0;
+  /** The upstream's response ended and `res.end()` was called. */
+  private ended = false;
   private upstreamError: Error | null = null;
 
   constructor(
@@ -223,8 +226,8 @@ class Exchange<C> implements Dispatcher.DispatchHandler {
   }
 
   onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
-    if (this.clientGone) return;
-    if (!this.committed) this.commit();
+    if (this.clientGone || this.handedOver) return;
+    if (!this.committed && !this.commit(controller)) return;
     this.bytes += chunk.length;
     // Both response kinds take a Buffer and answer "keep writing?"; TypeScript cannot call the union.
     if (!(this.req.res as ServerResponse).write(chunk)) {
@@ -236,18 +239,18 @@ class Exchange<C> implements Dispatcher.DispatchHandler {
     }
   }
 
-  onResponseEnd(): void {
-    if (this.clientGone) return;
-    if (!this.committed) this.commit();
+  onResponseEnd(controller: Dispatcher.DispatchController): void {
+    if (this.clientGone || this.handedOver) return;
+    if (!this.committed && !this.commit(controller)) return;
+    this.ended = true;
     this.req.res.end();
   }
 
   onResponseError(_controller: Dispatcher.DispatchController, error: Error): void {
-    if (this.clientGone) return;
+    if (this.clientGone || this.handedOver) return;
     if (this.committed) {
       // Mid-body: cut the response so that the client can tell it is incomplete.
-      this.upstreamError = error;
-      this.req.res.destroy();
+      if (this.upstreamError === null) this.cut(error);
       return;
     }
     if (this.statusCode === 0 && isConnectFailure(error)) {
@@ -265,24 +268,46 @@ class Exchange<C> implements Dispatcher.DispatchHandler {
         return;
       }
     }
+    this.handOver(error);
+  }
+
+  /** Nothing was sent: the gateway answers. This exchange reports nothing more. */
+  private handOver(error: Error): void {
     this.handedOver = true;
     this.req.res.removeListener('close', this.onClientClose);
     this.hooks.failed(this.ctx, this.origin, error);
   }
 
-  private commit(): void {
-    this.committed = true;
+  /** Writes the status and headers; false if Node refused them (the response is then cut). */
+  private commit(controller: Dispatcher.DispatchController): boolean {
     const res = this.req.res;
-    let headers = this.outHeaders!;
+    const headers = this.outHeaders!;
     if (this.req.http1Request !== null && !this.req.http1Request.complete) headers.connection = 'close';
+    this.committed = true;
     try {
       res.writeHead(this.statusCode, headers);
-    } catch {
-      // An upstream header value Node refuses (a control character): drop the characters, not the response.
-      headers = sanitizedHeaders(headers);
-      res.writeHead(this.statusCode, headers);
+    } catch (err) {
+      // Node may already have taken part of the head (the status; over HTTP/2 the headers before
+      // the bad one), so no clean answer can follow on this response: it is cut, like a failed body.
+      const error = new ResponseHeadRefusedError(err);
+      controller.abort(error);
+      this.cut(error);
+      return false;
     }
     this.hooks.committed(this.ctx, this.origin, this.statusCode, this.seconds());
+    return true;
+  }
+
+  /** Ends the client's response as visibly incomplete. */
+  private cut(error: Error): void {
+    this.upstreamError = error;
+    if (this.req.http1Request === null) {
+      // HTTP/2: destroy() without an error resets the stream with NO_ERROR, which a client takes
+      // for the end of the body (Node's client emits 'end'). INTERNAL_ERROR says it was cut.
+      (this.req.res as Http2ServerResponse).stream.close(http2Constants.NGHTTP2_INTERNAL_ERROR);
+    } else {
+      this.req.res.destroy();
+    }
   }
 
   private readonly onDrain = (): void => {
@@ -292,7 +317,9 @@ class Exchange<C> implements Dispatcher.DispatchHandler {
 
   private readonly onClientClose = (): void => {
     const res = this.req.res;
-    if (res.writableFinished) {
+    // `ended` first: over HTTP/2 a stream reset by the client also ends its writable side, so
+    // writableFinished alone would take a client that left for a response sent whole.
+    if (this.ended && res.writableFinished) {
       this.hooks.ended(this.ctx, 'finished', this.bytes, null);
       return;
     }

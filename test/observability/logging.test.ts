@@ -1,0 +1,35 @@
+// The main logger's line format: the cached timestamp is pino's isoTime, millisecond for millisecond.
+import t from 'tap';
+import pino from 'pino';
+import { Writable } from 'node:stream';
+import { createLogger, isoTimeCached, redactUrl } from '../../src/observability/logging.js';
+
+t.test('isoTimeCached gives what pino.stdTimeFunctions.isoTime gives, for every millisecond', async (t) => {
+  const realNow = Date.now;
+  t.teardown(() => {
+    Date.now = realNow;
+  });
+  // Same millisecond twice, the next one, a jump back (clock stepped), and a far one.
+  for (const ms of [1_764_979_930_123, 1_764_979_930_123, 1_764_979_930_124, 1_764_979_929_000, 4_102_444_800_000]) {
+    Date.now = () => ms;
+    t.equal(isoTimeCached(), pino.stdTimeFunctions.isoTime(), `at ${ms}`);
+  }
+});
+
+t.test('log lines carry an ISO time and redact credentials', async (t) => {
+  const lines: string[] = [];
+  const sink = new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      lines.push(chunk.toString());
+      cb();
+    },
+  });
+  const logger = createLogger({ level: 'info', file: null }, sink);
+  logger.info({ headers: { authorization: 'Bearer SECRET' }, path: redactUrl('/cb?code=SECRET&x=1') }, 'hello');
+  const line = JSON.parse(lines[0]!) as { time: string; headers: { authorization: string }; path: string };
+  t.match(line.time, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/);
+  t.ok(Math.abs(Date.parse(line.time) - Date.now()) < 5_000, 'the time is now');
+  t.equal(line.headers.authorization, '[REDACTED]');
+  t.equal(line.path, '/cb?code=[REDACTED]&x=1');
+  t.notMatch(lines[0]!, /SECRET/);
+});
