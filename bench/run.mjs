@@ -19,15 +19,16 @@ import { tmpdir, cpus, totalmem, release, availableParallelism } from 'node:os';
 import { join, resolve } from 'node:path';
 import http from 'node:http';
 import { generateKeyPair, exportJWK, SignJWT } from 'jose';
-import { pinningPlan, sampleRss, treeRss } from './lib/proc.mjs';
-import { systems, workerSystems, ablationSystems, imageNodeFlags, makeCertificate, startUpstream, ISSUER, AUDIENCE } from './lib/systems.mjs';
+import { clockTicksPerSecond, pinningPlan, sampleRss, treeCpuTicks, treeRss } from './lib/proc.mjs';
+import { systems, workerSystems, ablationSystems, baselineSystems, imageNodeFlags, makeCertificate, startUpstream, ISSUER, AUDIENCE } from './lib/systems.mjs';
 import { pickLoadGenerator, runLoad } from './lib/load.mjs';
-import { summarize, ratios, targets, formatTable, parseDurationMs } from './lib/stats.mjs';
+import { cpuUsPerRequest, summarize, ratios, targets, formatTable, parseDurationMs } from './lib/stats.mjs';
 import { idleBenchmark } from './lib/idle.mjs';
 
 const USAGE = `usage: node bench/run.mjs [--quick] [--json] [--duration 10s] [--rounds 3] [--only direct,nginx,caddy,proxy-only,full]
                          [--scenarios c64,c1,handshake] [--tool wrk|autocannon] [--workers N] [--ablate] [--node-flags "..."] [--out FILE]
-       node bench/run.mjs --idle [--idle-connections 10000] [--json]`;
+       node bench/run.mjs --idle [--idle-connections 10000] [--json]
+       node bench/run.mjs --paired A,B [--ablate] [--baseline DIR [--baseline-node-flags="..."]] [--rounds 9] [--duration 2s] [--scenarios c64]`;
 
 const SCENARIOS = {
   c64: { connections: 64, close: false },
@@ -57,6 +58,9 @@ function options() {
       out: { type: 'string' },
       'cpu-prof': { type: 'string' },
       idle: { type: 'boolean' },
+      paired: { type: 'string' },
+      baseline: { type: 'string' },
+      'baseline-node-flags': { type: 'string' },
       'idle-connections': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
@@ -81,9 +85,14 @@ function options() {
     out: values.out ?? null,
     cpuProfDir: values['cpu-prof'] ? resolve(values['cpu-prof']) : null,
     idle: values.idle ?? false,
+    baseline: values.baseline ?? null,
+    baselineNodeFlags: values['baseline-node-flags'] === undefined ? null : values['baseline-node-flags'].split(' ').filter(Boolean),
+    paired: values.paired ? values.paired.split(',').map((x) => x.trim()).filter(Boolean) : null,
     idleConnections: Number(values['idle-connections'] ?? 10_000),
   };
   if (!Number.isInteger(o.rounds) || o.rounds < 1) throw new Error('--rounds must be a positive integer');
+  if (o.paired && o.paired.length !== 2) throw new Error('--paired takes two system names: --paired A,B');
+  if (o.paired) o.only = o.paired;
   for (const s of o.scenarios) if (!SCENARIOS[s]) throw new Error(`unknown scenario ${s} (known: ${Object.keys(SCENARIOS).join(', ')})`);
   return o;
 }
@@ -124,6 +133,35 @@ async function startJwks() {
   };
 }
 
+/**
+ * `--paired A,B`: both systems under load AT THE SAME TIME, on the same (pinned) server core, one
+ * wrk each. The scheduler splits the core between them, so B's req/s over A's is A's CPU cost per
+ * request over B's, and whatever slows this shared VM down (it swings ±15 % between identical
+ * sequential runs) slows both alike. For A/B comparisons of the gateway against itself; the
+ * per-round ratios and their median are reported.
+ */
+async function pairedRuns(running, load, o) {
+  const [a, b] = running;
+  const rounds = [];
+  for (let round = 1; round <= o.rounds; round++) {
+    const scenario = o.scenarios[0];
+    const [ra, rb] = await Promise.all([load(a, scenario, o.durationMs), load(b, scenario, o.durationMs)]);
+    const r = { round, scenario, [a.name]: ra, [b.name]: rb, ratio: rb.rps / ra.rps };
+    rounds.push(r);
+    log(`round ${round} ${scenario}: ${a.name} ${ra.rps.toFixed(0)} req/s, ${b.name} ${rb.rps.toFixed(0)} req/s, ratio ${r.ratio.toFixed(3)}`);
+  }
+  const ratios = rounds.map((r) => r.ratio);
+  const sorted = [...ratios].sort((x, y) => x - y);
+  const med = sorted.length % 2 ? sorted[sorted.length >> 1] : (sorted[sorted.length / 2 - 1] + sorted[sorted.length / 2]) / 2;
+  const errors = rounds.reduce((n, r) => n + r[a.name].errors + r[a.name].non2xx + r[b.name].errors + r[b.name].non2xx, 0);
+  const text = [
+    `paired: ${a.name} and ${b.name} under load together on one core (${o.scenarios[0]}, ${o.rounds} rounds of ${o.durationMs / 1000} s)`,
+    `${b.name} / ${a.name} req/s per round: ${ratios.map((x) => x.toFixed(3)).join(' ')}`,
+    `median ${med.toFixed(3)}  (min ${sorted[0].toFixed(3)}, max ${sorted[sorted.length - 1].toFixed(3)}); non-2xx + errors: ${errors}`,
+  ].join('\n');
+  return { paired: [a.name, b.name], rounds, medianRatio: med, text };
+}
+
 async function main() {
   const o = options();
   const plan = pinningPlan();
@@ -161,7 +199,7 @@ async function main() {
     }
 
     if (!tool) throw new Error('no load generator: install wrk (Debian: wrk) or run `npm install` in bench/ for autocannon');
-    const all = [...systems(), ...(o.workers > 0 ? workerSystems(o.workers) : []), ...(o.ablate ? ablationSystems() : [])];
+    const all = [...systems(), ...(o.workers > 0 ? workerSystems(o.workers) : []), ...(o.ablate ? ablationSystems() : []), ...(o.baseline ? baselineSystems(o.baseline, o.baselineNodeFlags) : [])];
     if (o.only) {
       const unknown = o.only.filter((n) => !all.some((s) => s.name === n));
       if (unknown.length) throw new Error(`unknown system(s) in --only: ${unknown.join(', ')} (known: ${all.map((s) => s.name).join(', ')})`);
@@ -198,6 +236,19 @@ async function main() {
       await load(inst, 'c64', o.warmupMs);
     }
 
+    if (o.paired) {
+      if (running.length !== 2) throw new Error(`--paired needs both systems running (skipped: ${skipped.map((x) => x.system).join(', ')})`);
+      // In the order given: the ratio is the second over the first.
+      running.sort((x, y) => o.paired.indexOf(x.name) - o.paired.indexOf(y.name));
+      const result = await pairedRuns(running, load, o);
+      result.machine = machine();
+      result.skipped = skipped;
+      if (o.out) writeFileSync(o.out, `${JSON.stringify(result, null, 2)}\n`);
+      process.stdout.write(o.json ? `${JSON.stringify(result, null, 2)}\n` : `${result.text}\n`);
+      return 0;
+    }
+
+    const hz = clockTicksPerSecond();
     const samples = [];
     for (let round = 1; round <= o.rounds; round++) {
       // Rotate the start so that no system always runs first (or right after the same one).
@@ -205,10 +256,14 @@ async function main() {
       for (const scenario of o.scenarios) {
         for (const inst of order) {
           const sampler = sampleRss(inst.pid);
+          const ticksBefore = treeCpuTicks(inst.pid);
           const r = await load(inst, scenario, o.durationMs);
+          const ticksAfter = treeCpuTicks(inst.pid);
           const rssBytes = sampler.stop();
-          samples.push({ system: inst.name, scenario, round, ...r, rssBytes });
-          log(`round ${round} ${scenario} ${inst.name}: ${r.rps.toFixed(0)} req/s p50 ${r.p50Ms.toFixed(2)} ms p99 ${r.p99Ms.toFixed(2)} ms RSS ${rssBytes == null ? '-' : (rssBytes / 2 ** 20).toFixed(1)} MB non-2xx ${r.non2xx} errors ${r.errors}`);
+          // The server's own CPU time per request (the direct upstream is measured on its copy).
+          const cpuUsPerReq = cpuUsPerRequest(ticksBefore == null || ticksAfter == null ? null : ticksAfter - ticksBefore, hz, r.requests);
+          samples.push({ system: inst.name, scenario, round, ...r, rssBytes, cpuUsPerReq });
+          log(`round ${round} ${scenario} ${inst.name}: ${r.rps.toFixed(0)} req/s p50 ${r.p50Ms.toFixed(2)} ms p99 ${r.p99Ms.toFixed(2)} ms CPU ${cpuUsPerReq == null ? '-' : cpuUsPerReq.toFixed(1)} µs/req RSS ${rssBytes == null ? '-' : (rssBytes / 2 ** 20).toFixed(1)} MB non-2xx ${r.non2xx} errors ${r.errors}`);
         }
       }
     }

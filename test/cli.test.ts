@@ -166,6 +166,30 @@ t.test('start, reload on SIGHUP (bad file refused, good file applied), drain on 
   t.equal(await proc.exited, 0, 'exit 0');
 });
 
+t.test('log.buffer: access lines arrive in batches within the flush interval, and the last ones at shutdown', async (t) => {
+  const dir = tmp(t);
+  const file = join(dir, 'gw.yml');
+  const up = await startUpstream(t);
+  writeFileSync(file, `log: { buffer: 64kb }\n${config(up.origin)}`);
+  const proc = startCli(t, file);
+  const started = await proc.waitFor((l) => l.msg === 'portcullis started', 15000);
+  const port = (started.https as { port: number }).port;
+  const ca = readFileSync(join(dir, 'certs', 'local-ca', 'root.crt'), 'utf8');
+  for (const path of ['/a', '/b', '/c']) t.equal((await httpsRequest(port, ca, { path })).status, 200);
+  // Far below 64 KB: only the periodic flush (250 ms) can bring them.
+  const access = await proc.waitFor((l) => l.type === 'access' && l.path === '/c', 3000);
+  t.equal(access.status, 200);
+  t.same(proc.logs.filter((l) => l.type === 'access').map((l) => l.path), ['/a', '/b', '/c'], 'every line, in order');
+  // The last request's line is still in the buffer when SIGTERM comes: pino writes what waits
+  // when the process exits.
+  t.equal((await httpsRequest(port, ca, { path: '/last' })).status, 200);
+  proc.kill('SIGTERM');
+  t.equal(await proc.exited, 0);
+  await new Promise((r) => setTimeout(r, 100)); // the last stdout chunk may trail the exit event
+  t.ok(proc.logs.some((l) => l.type === 'access' && l.path === '/last'), 'the buffered access line was flushed at shutdown');
+  t.ok(proc.logs.some((l) => l.msg === 'shut down cleanly'), 'and the shutdown line after it');
+});
+
 t.test('--watch: a changed file is validated and applied without a signal', async (t) => {
   const dir = tmp(t);
   const file = join(dir, 'gw.yml');

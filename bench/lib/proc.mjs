@@ -3,7 +3,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { readFileSync, readdirSync, existsSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
-import { parseVmRss } from './stats.mjs';
+import { parseStatCpuTicks, parseVmRss } from './stats.mjs';
 
 /** Absolute path of an executable on PATH (or in the usual sbin dirs), or null. */
 export function which(name) {
@@ -105,6 +105,35 @@ export function treeRss(pid) {
     }
   }
   return seen ? total : null;
+}
+
+/** utime + stime of a process tree, in clock ticks (see `clockTicksPerSecond`); null without /proc. */
+export function treeCpuTicks(pid) {
+  let total = 0;
+  let seen = false;
+  for (const p of processTree(pid)) {
+    try {
+      const v = parseStatCpuTicks(readFileSync(`/proc/${p}/stat`, 'utf8'));
+      if (v != null) {
+        total += v;
+        seen = true;
+      }
+    } catch {
+      // exited
+    }
+  }
+  return seen ? total : null;
+}
+
+/** USER_HZ, the unit of /proc/PID/stat times (`getconf CLK_TCK`; 100 on Linux when unknown). */
+export function clockTicksPerSecond() {
+  try {
+    const out = spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8', timeout: 5000 }).stdout;
+    const hz = Number(String(out).trim());
+    return Number.isInteger(hz) && hz > 0 ? hz : 100;
+  } catch {
+    return 100;
+  }
 }
 
 /** Samples the tree's RSS every `everyMs` until stop() is called; stop() returns the peak. */

@@ -72,8 +72,29 @@ export function parseVmRss(statusText) {
 }
 
 /**
+ * utime + stime (clock ticks) from the text of /proc/PID/stat, or null. The command name (field 2)
+ * is in parentheses and may itself contain spaces or parentheses: fields are counted after the LAST ')'.
+ */
+export function parseStatCpuTicks(statText) {
+  const text = String(statText);
+  const end = text.lastIndexOf(')');
+  if (end < 0) return null;
+  // After ')': field 3 (state) is index 0, so utime (field 14) is index 11 and stime index 12.
+  const f = text.slice(end + 1).trim().split(/\s+/);
+  const utime = Number(f[11]);
+  const stime = Number(f[12]);
+  return Number.isFinite(utime) && Number.isFinite(stime) ? utime + stime : null;
+}
+
+/** CPU microseconds the server spent per request: ticks at `hz` over `requests`; null if unknown. */
+export function cpuUsPerRequest(ticks, hz, requests) {
+  if (ticks == null || !hz || !requests) return null;
+  return (ticks * 1e6) / hz / requests;
+}
+
+/**
  * Folds the raw samples of every round into medians per system and scenario.
- * `samples`: [{ system, scenario, round, rps, p50Ms, p99Ms, rssBytes, non2xx, errors }]
+ * `samples`: [{ system, scenario, round, rps, p50Ms, p99Ms, rssBytes, cpuUsPerReq, non2xx, errors }]
  */
 export function summarize(samples) {
   const groups = new Map();
@@ -93,6 +114,7 @@ export function summarize(samples) {
       p50Ms: median(list.map((s) => s.p50Ms)),
       p99Ms: median(list.map((s) => s.p99Ms)),
       rssBytes: median(list.map((s) => s.rssBytes)),
+      cpuUsPerReq: median(list.map((s) => s.cpuUsPerReq)),
       non2xx: list.reduce((a, s) => a + (s.non2xx ?? 0), 0),
       errors: list.reduce((a, s) => a + (s.errors ?? 0), 0),
     });
@@ -115,6 +137,9 @@ export function ratios(rows) {
   };
   return {
     fullOverProxyOnly: ratio(full64, get('proxy-only', 'c64', 'rps')),
+    // The same comparison by CPU time per request (proxy-only / full: > 1 means full costs more).
+    // Throughput on a shared VM swings ±15 % between identical runs; CPU per request much less.
+    fullOverProxyOnlyByCpu: ratio(get('proxy-only', 'c64', 'cpuUsPerReq'), get('full', 'c64', 'cpuUsPerReq')),
     fullOverNginx: ratio(full64, get('nginx', 'c64', 'rps')),
     fullOverCaddy: ratio(full64, get('caddy', 'c64', 'rps')),
     proxyOnlyOverDirect: ratio(get('proxy-only', 'c64', 'rps'), get('direct', 'c64', 'rps')),
@@ -161,13 +186,13 @@ function pad(cells, widths) {
 export function formatTable(rows, rs, meta = {}) {
   const scenarioName = { c64: 'keep-alive, 64 conns', c1: 'keep-alive, 1 conn', handshake: 'new TLS handshake per request' };
   const order = ['direct', 'nginx', 'caddy', 'proxy-only', 'full'];
-  const header = ['system', 'req/s', 'p50 ms', 'p99 ms', 'RSS MB', 'non-2xx', 'errors'];
+  const header = ['system', 'req/s', 'p50 ms', 'p99 ms', 'CPU µs/req', 'RSS MB', 'non-2xx', 'errors'];
   const lines = [];
   if (meta.title) lines.push(meta.title, '');
   for (const scenario of ['c64', 'c1', 'handshake']) {
     const list = rows.filter((r) => r.scenario === scenario).sort((a, b) => order.indexOf(a.system) - order.indexOf(b.system));
     if (list.length === 0) continue;
-    const body = list.map((r) => [r.system, fmt(r.rps), fmt(r.p50Ms, 2), fmt(r.p99Ms, 2), mb(r.rssBytes), r.non2xx, r.errors]);
+    const body = list.map((r) => [r.system, fmt(r.rps), fmt(r.p50Ms, 2), fmt(r.p99Ms, 2), fmt(r.cpuUsPerReq, 1), mb(r.rssBytes), r.non2xx, r.errors]);
     const widths = header.map((h, i) => Math.max(h.length, ...body.map((b) => String(b[i]).length)));
     lines.push(`## ${scenarioName[scenario] ?? scenario} (median of ${Math.max(...list.map((r) => r.rounds))} rounds)`);
     lines.push(pad(header, widths), widths.map((w) => '-'.repeat(w)).join('  '));
@@ -176,7 +201,7 @@ export function formatTable(rows, rs, meta = {}) {
   }
   const r = (v) => (v == null ? '-' : v.toFixed(2));
   lines.push('## ratios (req/s at 64 connections unless stated)');
-  lines.push(`full / proxy-only      ${r(rs.fullOverProxyOnly)}`);
+  lines.push(`full / proxy-only      ${r(rs.fullOverProxyOnly)}   (by CPU per request: ${r(rs.fullOverProxyOnlyByCpu)})`);
   lines.push(`full / nginx           ${r(rs.fullOverNginx)}`);
   lines.push(`full / Caddy           ${r(rs.fullOverCaddy)}`);
   lines.push(`proxy-only / direct    ${r(rs.proxyOnlyOverDirect)}`);

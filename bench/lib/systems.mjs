@@ -1,7 +1,7 @@
 // The systems under test: their configurations (generated into the run's temp dir) and how to
 // start, check and stop them. Every system listens on 127.0.0.1 only.
 import { writeFileSync, mkdirSync, readFileSync, existsSync } from 'node:fs';
-import { join, dirname } from 'node:path';
+import { join, dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import https from 'node:https';
 import http from 'node:http';
@@ -143,12 +143,12 @@ export function imageNodeFlags() {
 }
 
 /** Starts the gateway CLI on a config file; rejects with the CLI's own output when it fails. */
-async function startGateway({ name, plan, pin, configPath, port, dir, cpuProfDir, nodeFlags }) {
+async function startGateway({ name, plan, pin, configPath, port, dir, cpuProfDir, nodeFlags, cli = GATEWAY_CLI }) {
   const lines = [];
   const nodeArgs = [
     ...nodeFlags,
     ...(cpuProfDir ? ['--cpu-prof', '--cpu-prof-dir', cpuProfDir, '--cpu-prof-name', `${name}.cpuprofile`] : []),
-    GATEWAY_CLI, 'start', '--config', configPath,
+    cli, 'start', '--config', configPath,
   ];
   const [cmd, args] = pin ? pinned(plan, 'server', process.execPath, nodeArgs) : [process.execPath, nodeArgs];
   const proc = startChild(cmd, args, { cwd: dir, onLine: (l) => lines.length < 200 && lines.push(l) });
@@ -162,8 +162,8 @@ async function startGateway({ name, plan, pin, configPath, port, dir, cpuProfDir
 }
 
 /** Checks a config with `portcullis validate`; returns null when valid, else the CLI's complaint. */
-export async function validateGatewayConfig(configPath) {
-  const r = await run(process.execPath, [GATEWAY_CLI, 'validate', '--config', configPath]);
+export async function validateGatewayConfig(configPath, cli = GATEWAY_CLI) {
+  const r = await run(process.execPath, [cli, 'validate', '--config', configPath]);
   return r.code === 0 ? null : (r.stderr || r.stdout).trim();
 }
 
@@ -275,10 +275,23 @@ export function workerSystems(workers) {
   return [gatewaySystem(`full-w${workers}`, true, workers)];
 }
 
-function gatewaySystem(name, full, workers = 0, without = new Set()) {
+/**
+ * `--baseline DIR`: `proxy-only@base` and `full@base`, the same systems run from another checkout's
+ * build (DIR/dist/cli.js, e.g. a `git worktree` of the commit before a change), for before/after
+ * comparisons in one run (`--paired full@base,full`). With `--baseline-node-flags="…"` they run
+ * with other node flags (`--baseline . --baseline-node-flags=`: the same build without the
+ * image's flags).
+ */
+export function baselineSystems(dir, nodeFlags = null) {
+  const cli = join(resolve(dir), 'dist', 'cli.js');
+  return [gatewaySystem('proxy-only@base', false, 0, new Set(), cli, nodeFlags), gatewaySystem('full@base', true, 0, new Set(), cli, nodeFlags)];
+}
+
+/** `nodeFlags`: this system's node flags instead of the run's (`--baseline-node-flags`). */
+function gatewaySystem(name, full, workers = 0, without = new Set(), cli = GATEWAY_CLI, nodeFlags = null) {
   return {
     name,
-    available: () => (existsSync(GATEWAY_CLI) ? null : `${GATEWAY_CLI} is missing: run \`npm run build\` first`),
+    available: () => (existsSync(cli) ? null : `${cli} is missing: run \`npm run build\` first`),
     async start(ctx) {
       const port = await freePort();
       const logFile = join(ctx.dir, `${name}.log`);
@@ -287,10 +300,10 @@ function gatewaySystem(name, full, workers = 0, without = new Set()) {
       const yaml = full ? fullYaml({ ...common, adminPort: await freePort(), jwksUri: ctx.jwks.uri, without }) : proxyOnlyYaml(common);
       const configPath = join(ctx.dir, `${name}.yml`);
       writeFileSync(configPath, yaml);
-      const problem = await validateGatewayConfig(configPath);
+      const problem = await validateGatewayConfig(configPath, cli);
       if (problem) throw new Error(`${name}: the generated configuration is refused by \`portcullis validate\`:\n${problem}`);
       // Several workers cannot share one pinned core: a multi-worker gateway runs unpinned.
-      const proc = await startGateway({ name, plan: ctx.plan, pin: ctx.plan !== null && workers === 0, configPath, port, dir: ctx.dir, cpuProfDir: ctx.cpuProfDir, nodeFlags: ctx.nodeFlags });
+      const proc = await startGateway({ name, plan: ctx.plan, pin: ctx.plan !== null && workers === 0, configPath, port, dir: ctx.dir, cpuProfDir: ctx.cpuProfDir, nodeFlags: nodeFlags ?? ctx.nodeFlags, cli });
       const headers = full ? { authorization: `Bearer ${ctx.jwks.token}` } : {};
       return {
         url: `https://${HOST}:${port}/`,

@@ -287,6 +287,16 @@ export function createAuthenticator(config: AuthConfig, options: AuthenticatorOp
         return UNAVAILABLE.internal_error;
       }
     },
+    cached(authorization) {
+      try {
+        const parsed = parseAuthorization(authorization);
+        if (parsed === null) return ANONYMOUS;
+        if ('kind' in parsed) return parsed;
+        return cache.get(tokenKey(parsed.token), now());
+      } catch {
+        return undefined;
+      }
+    },
     async close() {
       closed = true;
       for (const timer of timers) clearTimeout(timer);

@@ -114,6 +114,12 @@ export interface Authenticator {
   ready(): boolean;
   /** `authorization`: the raw header value(s) as Node gives them. Never throws. */
   authenticate(authorization: string | string[] | undefined): Promise<AuthOutcome>;
+  /**
+   * The outcome `authenticate` would give, when it is known without any I/O: no header, a
+   * malformed one, or a token verified before and still in the cache. `undefined`: call
+   * `authenticate`. Lets the hot path skip a promise per request. Never throws.
+   */
+  cached(authorization: string | string[] | undefined): AuthOutcome | undefined;
   /** Stops background retries. */
   close(): Promise<void>;
 }

@@ -100,6 +100,15 @@ class Collector {
   }
 }
 
+/** The largest `log.buffer`: what a crash can lose stays small. */
+const MAX_LOG_BUFFER = 1024 * 1024;
+
+function logBuffer(c: Collector, text: string): number {
+  const bytes = c.size(['log', 'buffer'], text);
+  if (bytes > MAX_LOG_BUFFER) c.fail(['log', 'buffer'], 'must be at most 1mb (a crash loses what the buffer holds)');
+  return bytes;
+}
+
 const FALLBACK_ADDR: ListenAddress = { host: '0.0.0.0', port: 0 };
 const FALLBACK_UPSTREAM: UpstreamTarget = { origin: 'http://invalid', protocol: 'http:' };
 
@@ -580,6 +589,7 @@ export function normalize(raw: GatewayFile, ctx: NormalizeContext): NormalizeRes
       level: raw.log?.level ?? 'info',
       file: raw.log?.file ? c.resolve(raw.log.file) : null,
       securityFile: raw.log?.security_file ? c.resolve(raw.log.security_file) : null,
+      buffer: logBuffer(c, raw.log?.buffer ?? '0b'),
     } as GatewayConfig['log'],
     limits,
     timeouts,

@@ -334,6 +334,12 @@ export const GatewayFileSchema = Type.Object(
           ),
           file: Type.Optional(Nullable(NonEmpty('Path.'), 'Log file (relative to this file); null: stdout.', null)),
           security_file: Type.Optional(Nullable(NonEmpty('Path.'), 'Security-event log file; null: the main log.', null)),
+          buffer: Type.Optional(
+            Size(
+              'Main log lines are written in batches of at least this many bytes, and whatever waits at least every 250 ms and at shutdown; 0b: each line at once. A crash loses what waits (security events in security_file never wait).',
+              '0b',
+            ),
+          ),
         },
         { ...Closed, description: 'Logging.' },
       ),

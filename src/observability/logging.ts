@@ -45,7 +45,10 @@ export function isoTimeCached(): string {
   return cachedTime;
 }
 
-export function createLogger(config: Pick<LogConfig, 'level' | 'file'>, destination?: pino.DestinationStream): Logger {
+/** How often a buffered main log (`log.buffer`) writes what waits, whatever its size. */
+export const LOG_FLUSH_MS = 250;
+
+export function createLogger(config: Pick<LogConfig, 'level' | 'file'> & { readonly buffer?: number }, destination?: pino.DestinationStream): Logger {
   const options: LoggerOptions = {
     level: config.level,
     base: { service: 'portcullis' },
@@ -54,8 +57,14 @@ export function createLogger(config: Pick<LogConfig, 'level' | 'file'>, destinat
     formatters: { level: (label) => ({ level: label }) },
   };
   if (destination) return pino(options, destination);
-  if (config.file) return pino(options, pino.destination({ dest: config.file, mkdir: true, sync: false }));
-  return pino(options, pino.destination({ dest: 1, sync: false }));
+  // `log.buffer`: fewer, larger writes. Each write is a thread-pool job and its completion on the
+  // event loop; one per access line cost the full pipeline ~5 % of its throughput on one core
+  // (BENCHMARKS.md, session 4).
+  const buffer = config.buffer ?? 0;
+  // sonic-boom wants its largest single write (`maxWrite`, 16 KiB by default) above `minLength`.
+  const batching = buffer > 0 ? { minLength: buffer, maxWrite: buffer + 16_384, periodicFlush: LOG_FLUSH_MS } : {};
+  if (config.file) return pino(options, pino.destination({ dest: config.file, mkdir: true, sync: false, ...batching }));
+  return pino(options, pino.destination({ dest: 1, sync: false, ...batching }));
 }
 
 /**

@@ -7,7 +7,7 @@
  */
 import type { GatewayErrorCode } from '../errors.js';
 import { decide } from '../policy/index.js';
-import { wwwAuthenticate } from '../auth/index.js';
+import { wwwAuthenticate, type AuthOutcome } from '../auth/index.js';
 import type { RequestContext } from './context.js';
 
 export interface AuthRefusal {
@@ -17,7 +17,11 @@ export interface AuthRefusal {
   readonly headers?: Record<string, string>;
 }
 
-export async function authorizeRequest(ctx: RequestContext, authorization: string | string[] | undefined): Promise<AuthRefusal | null> {
+/**
+ * The refusal for this request, or null to let it through. Synchronous when the token's outcome is
+ * known without I/O (no token, or one verified before and cached): the hot path allocates no promise.
+ */
+export function authorizeRequest(ctx: RequestContext, authorization: string | string[] | undefined): AuthRefusal | null | Promise<AuthRefusal | null> {
   const route = ctx.route!;
   if (route.access === 'public') return null;
   if (route.access === 'deny') return { status: 403, code: 'GW_ERR_FORBIDDEN', reason: 'route_denied' };
@@ -31,7 +35,14 @@ export async function authorizeRequest(ctx: RequestContext, authorization: strin
     // No issuer is configured, so no token can be valid.
     return { status: 401, code: 'GW_ERR_INVALID_TOKEN', reason: 'token_unknown_issuer', headers: { 'www-authenticate': wwwAuthenticate(realm, { kind: 'invalid', status: 401, error: 'invalid_token', reason: 'unknown_issuer' }) } };
   }
-  const outcome = await auth.authenticate(authorization);
+  const known = auth.cached(authorization);
+  if (known !== undefined) return judge(ctx, known);
+  return auth.authenticate(authorization).then((outcome) => judge(ctx, outcome));
+}
+
+function judge(ctx: RequestContext, outcome: AuthOutcome): AuthRefusal | null {
+  const route = ctx.route!;
+  const realm = ctx.state.config.auth.realm;
   switch (outcome.kind) {
     case 'anonymous':
       return { status: 401, code: 'GW_ERR_UNAUTHENTICATED', reason: 'unauthenticated', headers: { 'www-authenticate': wwwAuthenticate(realm, null) } };

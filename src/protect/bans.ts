@@ -10,7 +10,7 @@
  * seen), tracked in a bounded map.
  */
 
-import type { Store } from '../state/store.js';
+import type { Store, StoredValue } from '../state/store.js';
 import type { BanRules } from './types.js';
 
 export type BanStatus = { readonly banned: true; readonly retryAfterMs: number } | { readonly banned: false };
@@ -38,6 +38,12 @@ function assertRules(rules: BanRules): void {
   for (const [name, ms] of [['window', rules.windowMs], ['duration', rules.durationMs]] as const) {
     if (!Number.isFinite(ms) || ms <= 0) throw new TypeError(`bans.${name} must be a positive duration, got ${String(ms)}`);
   }
+}
+
+const NOT_BANNED: BanStatus = Object.freeze({ banned: false });
+
+function banStatus(entry: StoredValue | null): BanStatus {
+  return entry === null ? NOT_BANNED : { banned: true, retryAfterMs: entry.ttlMs };
 }
 
 const DEFAULT_PREFIX = 'ban:';
@@ -77,8 +83,18 @@ export class BanList {
 
   /** Whether `clientKey` is banned now, and for how much longer (milliseconds). */
   async isBanned(clientKey: string): Promise<BanStatus> {
-    const entry = await this.#store.get(this.#banKey(clientKey));
-    return entry === null ? { banned: false } : { banned: true, retryAfterMs: entry.ttlMs };
+    return banStatus(await this.#store.get(this.#banKey(clientKey)));
+  }
+
+  /**
+   * `isBanned`, answered synchronously when the store knows the answer locally (`Store.peek`):
+   * read on every request of a route with bans, so the common answer costs no promise.
+   */
+  check(clientKey: string): BanStatus | Promise<BanStatus> {
+    const key = this.#banKey(clientKey);
+    const known = this.#store.peek?.(key);
+    if (known !== undefined) return banStatus(known);
+    return this.#store.get(key).then(banStatus);
   }
 
   /** Lifts a ban (and forgets the failures) of `clientKey`. */

@@ -13,5 +13,5 @@ export { IPV6_PREFIX, ipKey, MAX_KEY_PART, rateLimitKey } from './client-key.js'
 export type { ClientIdentity } from './client-key.js';
 export { ACTIVE_BAN_KEY_PREFIX, BanList } from './bans.js';
 export type { AuthFailureResult, BanListOptions, BanStatus } from './bans.js';
-export { gatewayRateLimitOptions, rateLimitStoreFor, routeRateLimitKey } from './ratelimit.js';
+export { gatewayRateLimitOptions, rateLimitStoreFor, routeLimiterOptions, routeRateLimitKey } from './ratelimit.js';
 export type { GatewayRateLimitDeps, RouteRateLimit } from './ratelimit.js';

@@ -100,6 +100,15 @@ function defaultErrorResponse(): Error {
 }
 
 /**
+ * Options for `fastify.rateLimit(options)`: a limiter for one route's rules. `max` and
+ * `timeWindow` are numbers (the plugin awaits them when they are functions: two promise turns per
+ * request) and no allow list (the route has rules, so it is limited).
+ */
+export function routeLimiterOptions(rules: RouteRateLimit): { max: number; timeWindow: number; allowList: undefined } {
+  return { max: rules.max, timeWindow: rules.windowMs, allowList: undefined };
+}
+
+/**
  * Options for registering `@fastify/rate-limit` once, globally, for the gateway:
  *
  * ```ts

@@ -98,6 +98,11 @@ export class MemoryStore implements Store {
   }
 
   async get(key: string): Promise<StoredValue | null> {
+    return this.peek(key);
+  }
+
+  /** Always known here: the same answer as `get`, without the promise. */
+  peek(key: string): StoredValue | null {
     this.#assertOpen();
     const now = this.#now();
     const entry = this.#live(key, now);

@@ -65,14 +65,21 @@ export class RemoteStore implements Store {
     return (await this.#call(INCR, [key, windowMs])) as CounterState;
   }
 
+  /** The locally kept answer for a key under a cached prefix, or undefined (ask with `get`). */
+  peek(key: string): StoredValue | null | undefined {
+    this.#assertOpen();
+    const hit = this.#cache.get(key);
+    if (hit === undefined) return undefined;
+    const now = this.#now();
+    if (hit.expiresAt <= now) return undefined;
+    return hit.value === null ? null : { value: hit.value, ttlMs: hit.expiresAt - now };
+  }
+
   async get(key: string): Promise<StoredValue | null> {
     this.#assertOpen();
     if (!this.#cached(key)) return (await this.#call(GET, [key])) as StoredValue | null;
-    const hit = this.#cache.get(key);
-    const now = this.#now();
-    if (hit !== undefined && hit.expiresAt > now) {
-      return hit.value === null ? null : { value: hit.value, ttlMs: hit.expiresAt - now };
-    }
+    const known = this.peek(key);
+    if (known !== undefined) return known;
     const seen = this.#invalidations;
     const answer = (await this.#call(GET, [key])) as StoredValue | null;
     // An invalidation that arrived while the call was out may be for a write the answer does not

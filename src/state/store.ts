@@ -36,6 +36,13 @@ export interface Store {
   incr(key: string, windowMs: number): Promise<CounterState>;
   /** The live value of `key`, or null when absent or expired. */
   get(key: string): Promise<StoredValue | null>;
+  /**
+   * What `get` would answer, when this process knows it without I/O (an in-memory store always;
+   * a remote one for the keys it keeps locally); `undefined` means "ask with `get`". Optional: a
+   * store over the network may not know anything locally. Read on every request (the ban check),
+   * so that the common answer costs no promise.
+   */
+  peek?(key: string): StoredValue | null | undefined;
   /** Stores `value` under `key` for `ttlMs` milliseconds (> 0), replacing any previous value. */
   set(key: string, value: string, ttlMs: number): Promise<void>;
   /** Removes `key`; absent keys are not an error. */

@@ -53,6 +53,21 @@ t.test('a real IdP token → principal', async (t) => {
   t.equal((await auth.authenticate(`BEARER ${await getToken(idpB)}`)).kind, 'authenticated');
 });
 
+t.test('cached(): known outcomes without I/O, undefined until a token was verified', async (t) => {
+  t.same(auth.cached(undefined), { kind: 'anonymous' });
+  t.equal(auth.cached('Basic dXNlcjpwYXNz')?.kind, 'invalid', 'a malformed or foreign scheme is judged at once');
+  const token = await signAs(idpA, claims({ sub: 'cached-user' }));
+  t.equal(auth.cached(bearer(token)), undefined, 'never verified: undefined, call authenticate');
+  const verified = await auth.authenticate(bearer(token));
+  t.equal(verified.kind, 'authenticated');
+  t.equal(auth.cached(bearer(token)), verified, 'then the same outcome object, synchronously');
+  t.equal(auth.cached(bearer(token.slice(0, -2) + 'AA')), undefined, 'a tampered copy is not a hit');
+  clock.advance(301_000);
+  t.equal(auth.cached(bearer(token)), undefined, 'past exp: not served from the cache');
+  t.equal((await auth.authenticate(bearer(token))).kind, 'invalid', 'and authenticate refuses it');
+  clock.advance(-301_000);
+});
+
 t.test('self-signed valid-looking tokens from the IdP key are accepted (control for the forgeries)', async (t) => {
   t.equal((await auth.authenticate(bearer(await signAs(idpA, claims())))).kind, 'authenticated');
   t.equal((await auth.authenticate(bearer(await signAs(idpA, claims(), 'RS256')))).kind, 'authenticated');

@@ -24,6 +24,7 @@ interface Row {
   p50Ms: number | null;
   p99Ms: number | null;
   rssBytes: number | null;
+  cpuUsPerReq: number | null;
   non2xx: number;
   errors: number;
 }
@@ -34,6 +35,8 @@ interface Stats {
   parseDurationMs(text: string): number;
   parseWrkOutput(stdout: string): { requests: number; rps: number; p50Ms: number; p99Ms: number; non2xx: number; errors: number } | null;
   parseVmRss(text: string): number | null;
+  parseStatCpuTicks(text: string): number | null;
+  cpuUsPerRequest(ticks: number | null, hz: number, requests: number): number | null;
   summarize(samples: object[]): Row[];
   ratios(rows: Row[]): { fullOverProxyOnly: number | null; fullOverNginx: number | null; addedLatencyMs: Record<string, number | null> };
   targets(rows: Row[], rs: ReturnType<Stats['ratios']>): { target: string; value: number | null; met: boolean | null }[];
@@ -78,6 +81,14 @@ t.test('pure helpers of the harness', async (t) => {
   t.throws(() => stats.parseDurationMs('soon'), /invalid duration/);
   t.equal(stats.parseVmRss('Name:\tnode\nVmRSS:\t  102400 kB\n'), 100 * 2 ** 20);
   t.equal(stats.parseVmRss('Name:\tkthreadd\n'), null, 'kernel threads have no VmRSS');
+  // /proc/PID/stat: utime and stime are fields 14 and 15, counted after the command name's LAST ')'.
+  const stat = (comm: string) => `4242 (${comm}) S 1 4242 4242 0 -1 4194560 512 0 0 0 1234 56 0 0 20 0 11 0 999 1000000 2000`;
+  t.equal(stats.parseStatCpuTicks(stat('node')), 1290);
+  t.equal(stats.parseStatCpuTicks(stat('we ird) (name')), 1290, 'a command name with spaces and parentheses');
+  t.equal(stats.parseStatCpuTicks('garbage'), null);
+  t.equal(stats.cpuUsPerRequest(300, 100, 30_000), 100, '3 s of CPU over 30 000 requests: 100 µs each');
+  t.equal(stats.cpuUsPerRequest(null, 100, 30_000), null);
+  t.equal(stats.cpuUsPerRequest(300, 100, 0), null, 'no requests: unknown, not infinite');
 
   const wrk = stats.parseWrkOutput(
     'Running 2s test\n  1 threads and 64 connections\nBENCH_JSON {"requests":20000,"duration_us":2000000,"p50_us":1500,"p99_us":9000,"errors":{"connect":0,"read":2,"write":0,"status":7,"timeout":1}}\n',
@@ -119,6 +130,8 @@ t.test('the harness runs the gateway (proxy-only and full) and the upstream and 
       t.ok(row.rps !== null && row.rps > 0, `${system} ${scenario}: req/s > 0 (${row.rps})`);
       t.ok(row.p50Ms !== null && row.p50Ms > 0 && row.p99Ms !== null && row.p99Ms >= row.p50Ms, `${system} ${scenario}: p50 and p99 present and ordered`);
       t.ok(row.rssBytes !== null && row.rssBytes > 1024 * 1024, `${system} ${scenario}: server RSS read from /proc`);
+      // A server under load spends some CPU on each request, and not a second of it.
+      t.ok(row.cpuUsPerReq !== null && row.cpuUsPerReq > 0 && row.cpuUsPerReq < 1e6, `${system} ${scenario}: CPU per request read from /proc (${row.cpuUsPerReq})`);
       // Every response must have been a 2xx: a 401 from a misconfigured token would otherwise be
       // benchmarked as a very fast gateway.
       t.equal(row.non2xx, 0, `${system} ${scenario}: no non-2xx responses`);

@@ -247,16 +247,21 @@ t.test('RemoteStore read cache for a prefix: no round trip on a hit, exact after
     w2.invalidate(key);
   };
 
+  t.equal(w1.peek('ban:on:1.2.3.4'), undefined, 'nothing known locally yet: peek says "ask"');
   t.equal(await w1.get('ban:on:1.2.3.4'), null);
   t.equal(await w1.get('ban:on:1.2.3.4'), null);
   t.equal(calls.length, 1, 'an absent key is remembered');
+  t.equal(w1.peek('ban:on:1.2.3.4'), null, 'and peek answers it without a round trip');
   await write(() => w2.set('ban:on:1.2.3.4', '1', 60_000), 'ban:on:1.2.3.4');
+  t.equal(w1.peek('ban:on:1.2.3.4'), undefined, 'an invalidated key is not answered locally');
   t.same(await w1.get('ban:on:1.2.3.4'), { value: '1', ttlMs: 60_000 }, 'the ban set by another worker is seen at once');
+  t.same(w1.peek('ban:on:1.2.3.4'), { value: '1', ttlMs: 60_000 });
   now += 10_000;
   const before = calls.length;
   t.same(await w1.get('ban:on:1.2.3.4'), { value: '1', ttlMs: 50_000 }, 'a hit keeps counting down');
   t.equal(calls.length, before, 'no round trip');
   now += 50_000;
+  t.equal(w1.peek('ban:on:1.2.3.4'), undefined, 'peek does not answer an expired value');
   t.equal(await w1.get('ban:on:1.2.3.4'), null, 'expired with the stored value');
   t.equal(calls.length, before + 1, 'an expired entry is asked again');
   // Unban elsewhere.

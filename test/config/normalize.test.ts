@@ -24,7 +24,7 @@ t.test('every default', async (t) => {
     listen: { https: { host: '0.0.0.0', port: 8443 }, http: { host: '0.0.0.0', port: 8080 }, admin: { host: '127.0.0.1', port: 9090 }, publicHttpsPort: 8443 },
     tls: { minVersion: 'TLSv1.2', hsts: { maxAge: 31_536_000, includeSubdomains: true, preload: false }, storage: '/srv/gw/certs', certificates: [], acme: null },
     trustedProxies: [],
-    log: { level: 'info', file: null, securityFile: null },
+    log: { level: 'info', file: null, securityFile: null, buffer: 0 },
     limits: { maxBodySize: 1_048_576, maxHeaderSize: 16_384, headersTimeout: 10_000, requestTimeout: 60_000 },
     timeouts: { connect: 5000, response: 60_000, idle: 60_000 },
     shutdownGrace: 10_000,
@@ -61,6 +61,16 @@ t.test('every default', async (t) => {
   }, TypeError);
 });
 
+t.test('log.buffer over 1mb is refused, with the reason', async (t) => {
+  try {
+    load(`${SITE}log: { buffer: 2mb }\n`);
+    t.fail('should throw');
+  } catch (err) {
+    t.same((err as ConfigError).problems.map((p) => `${p.path}: ${p.message}`), ['log.buffer: must be at most 1mb (a crash loses what the buffer holds)']);
+  }
+  t.equal(load(`${SITE}log: { buffer: 1mb }\n`).config.log.buffer, 1_048_576, '1mb itself is accepted');
+});
+
 t.test('listen, paths, units and issuers are normalized', async (t) => {
   const { config } = load(
     SITE +
@@ -68,7 +78,7 @@ t.test('listen, paths, units and issuers are normalized', async (t) => {
         'listen: { https: "[::1]:0", http: null, admin: null }',
         'tls: { min_version: TLSv1.3, storage: /var/lib/gw, hsts: { max_age: 2y, preload: true } }',
         'trusted_proxies: [10.1.2.3, "fd00::/8", 10.0.0.0/8, 10.0.0.0/8]',
-        'log: { level: debug, file: logs/gw.log, security_file: /var/log/sec.log }',
+        'log: { level: debug, file: logs/gw.log, security_file: /var/log/sec.log, buffer: 32kb }',
         'limits: { max_body_size: 10mb, max_header_size: 8kb, headers_timeout: 5s, request_timeout: 2m }',
         'shutdown_grace: 500ms',
         'auth:',
@@ -86,7 +96,7 @@ t.test('listen, paths, units and issuers are normalized', async (t) => {
   t.equal(config.tls.storage, '/var/lib/gw');
   t.equal(config.tls.minVersion, 'TLSv1.3');
   t.same(config.trustedProxies, ['10.1.2.3/32', 'fd00::/8', '10.0.0.0/8']);
-  t.same(config.log, { level: 'debug', file: '/srv/gw/logs/gw.log', securityFile: '/var/log/sec.log' });
+  t.same(config.log, { level: 'debug', file: '/srv/gw/logs/gw.log', securityFile: '/var/log/sec.log', buffer: 32_768 });
   t.same(config.limits, { maxBodySize: 10_485_760, maxHeaderSize: 8192, headersTimeout: 5000, requestTimeout: 120_000 });
   t.equal(config.shutdownGrace, 500);
   t.equal(config.auth.forwardToken, false);

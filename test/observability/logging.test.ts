@@ -2,7 +2,10 @@
 import t from 'tap';
 import pino from 'pino';
 import { Writable } from 'node:stream';
-import { createLogger, isoTimeCached, redactUrl } from '../../src/observability/logging.js';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createLogger, isoTimeCached, LOG_FLUSH_MS, redactUrl } from '../../src/observability/logging.js';
 
 t.test('isoTimeCached gives what pino.stdTimeFunctions.isoTime gives, for every millisecond', async (t) => {
   const realNow = Date.now;
@@ -32,4 +35,19 @@ t.test('log lines carry an ISO time and redact credentials', async (t) => {
   t.equal(line.headers.authorization, '[REDACTED]');
   t.equal(line.path, '/cb?code=[REDACTED]&x=1');
   t.notMatch(lines[0]!, /SECRET/);
+});
+
+t.test('log.buffer reaches the destination as batching settings; 0 writes each line at once', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'portcullis-log-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const streamOf = (l: pino.Logger) => (l as unknown as Record<symbol, { minLength: number; _periodicFlush: number }>)[pino.symbols.streamSym]!;
+  const buffered = createLogger({ level: 'info', file: join(dir, 'a.log'), buffer: 8192 });
+  t.equal(streamOf(buffered).minLength, 8192);
+  t.equal(streamOf(buffered)._periodicFlush, LOG_FLUSH_MS);
+  const direct = createLogger({ level: 'info', file: join(dir, 'b.log'), buffer: 0 });
+  t.equal(streamOf(direct).minLength, 0);
+  t.equal(streamOf(direct)._periodicFlush, 0);
+  buffered.info('one line');
+  await new Promise<void>((r) => buffered.flush(() => r()));
+  t.match(readFileSync(join(dir, 'a.log'), 'utf8'), /one line/, 'flush() writes what waits');
 });

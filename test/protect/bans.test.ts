@@ -71,3 +71,29 @@ t.test('invalid rules are misuse', async (t) => {
   await t.rejects(bans.recordAuthFailure('c', { ...rules, windowMs: 0 }), TypeError);
   await t.rejects(bans.recordAuthFailure('c', { ...rules, durationMs: Number.NaN }), TypeError);
 });
+
+t.test('check(): the same answers as isBanned, synchronously when the store knows them locally', async (t) => {
+  const { clock, store, bans } = setup(t);
+  const sync = bans.check('ip:192.0.2.9');
+  t.notOk(sync instanceof Promise, 'an in-memory store answers without a promise');
+  t.same(sync, { banned: false });
+  for (let i = 0; i < 3; i++) await bans.recordAuthFailure('ip:192.0.2.9', rules);
+  t.same(bans.check('ip:192.0.2.9'), { banned: true, retryAfterMs: 300_000 });
+  clock.advance(300_000);
+  t.same(bans.check('ip:192.0.2.9'), { banned: false }, 'expired');
+
+  // A store that knows nothing locally (no peek): the answer comes from get(), as a promise.
+  const remoteLike = new BanList({
+    store: {
+      get: (k: string) => store.get(k),
+      incr: (k: string, w: number) => store.incr(k, w),
+      set: (k: string, v: string, ttl: number) => store.set(k, v, ttl),
+      delete: (k: string) => store.delete(k),
+      close: async () => {},
+    },
+  });
+  await store.set('ban:on:ip:192.0.2.10', '1', 1000);
+  const pending = remoteLike.check('ip:192.0.2.10');
+  t.ok(pending instanceof Promise);
+  t.same(await pending, { banned: true, retryAfterMs: 1000 });
+});

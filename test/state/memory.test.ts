@@ -105,3 +105,17 @@ t.test('rejects nonsensical windows and options', async (t) => {
   t.throws(() => new MemoryStore({ maxEntries: 0 }), TypeError);
   t.throws(() => new MemoryStore({ sweepIntervalMs: -1 }), TypeError);
 });
+
+t.test('peek answers what get answers, without a promise', async (t) => {
+  let now = 1_000;
+  const store = new MemoryStore({ now: () => now, sweepIntervalMs: 0 });
+  t.teardown(() => store.close());
+  t.equal(store.peek('k'), null);
+  await store.set('k', 'v', 500);
+  t.same(store.peek('k'), { value: 'v', ttlMs: 500 });
+  t.same(store.peek('k'), await store.get('k'));
+  now += 500;
+  t.equal(store.peek('k'), null, 'expired');
+  await store.close();
+  t.throws(() => store.peek('k'), { code: 'GW_ERR_INTERNAL' }, 'after close, like get');
+});
