@@ -2,15 +2,17 @@
  * buildGateway: the one place that knows the request pipeline's order (drawn in docs/pipeline.md).
  *
  *   TCP front (TLS-ALPN-01 peek only while a challenge is pending) → TLS (SNI → certificate)
- *   → onRequest, one hook in four steps:
- *       resolve              host → site, canonical path → route, body size, active ban, CSRF
+ *   → onRequest, one hook in six stages (synchronous unless a stage needs I/O):
+ *       resolve              host → site, canonical path → route, declared body size
+ *       ban                  an active ban on the client address
+ *       admit                CSRF, then the upstream target
  *       rate limit           keys ip / header:NAME (@fastify/rate-limit), before any crypto
  *       authorize            bearer token → principal, route access rule, ban counting
  *       rate limit           key user (needs the principal)
  *   → preParsing             body limit for streamed bodies
- *   → handler                proxy to the upstream (failover on connect failure)
+ *   → handler                forward to the upstream (proxy/forward.ts; failover on connect failure)
  *   → onSend                 security headers on the gateway's own answers, request id
- *   → onResponse             access log + metrics
+ *   → onResponse             access log + metrics (proxied responses: when they are over)
  *   errors → one safe body (http/errors), never an exception text.
  *
  * Three listeners: HTTPS (this Fastify app behind the TLS front), HTTP (redirects + ACME HTTP-01)
@@ -37,7 +39,7 @@ import type { RequestContext } from './pipeline/context.js';
 import type { RouteProtection } from './pipeline/protect.js';
 import { buildUpstreamHeaders, withoutHopByHopResponseHeaders, type HeaderBag } from './proxy/headers.js';
 import { classifyUpstreamError } from './proxy/upstream-errors.js';
-import { UpstreamClient, type ForwardHooks } from './proxy/forward.js';
+import { ClientStalledError, UpstreamClient, type ForwardHooks } from './proxy/forward.js';
 import { authorizeRequest, type AuthRefusal } from './pipeline/authorize.js';
 import { createAuthenticatorFor } from './pipeline/auth-factory.js';
 import { CertificateStore, createTlsFront, type TlsFront } from './tls/index.js';
@@ -127,6 +129,12 @@ export function sendError(reply: FastifyReply, status: number, code: GatewayErro
   const requestId = ctx?.requestId ?? String(reply.request.id);
   const out = renderError(status, code, requestId, reply.request.headers.accept);
   reply.code(status).header('content-type', out.contentType).header('cache-control', 'no-store');
+  // An HTTP/1.1 request body that is not complete and was already being read (an upload cut by the
+  // body limit, an upstream that failed mid-upload): Node discards the unread rest of a body only
+  // when nobody read any of it, so the connection would hang until a timeout. And a body declared
+  // too large is not worth reading to the end. Both close the connection after this answer.
+  const raw = reply.request.raw;
+  if (raw.httpVersionMajor === 1 && !raw.complete && (raw.readableFlowing !== null || status === 413)) reply.header('connection', 'close');
   if (extraHeaders) for (const [k, v] of Object.entries(extraHeaders)) reply.header(k, v);
   return reply.send(out.body);
 }
@@ -452,19 +460,42 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
   //    gate: the counting stream must reach its consumer (Fastify's body parser, or undici) in the
   //    same turn it is created. Piping starts the flow on the next tick; a limit passed before the
   //    consumer listened would be an 'error' with no listener.
-  app.addHook('preParsing', function bodyLimit(request, _reply, payload, done) {
+  app.addHook('preParsing', function bodyLimit(request, reply, payload, done) {
     const limit = request.gw.route?.maxBodySize;
+    const raw = request.raw;
     // RFC 9112 §6.3: an HTTP/1.x request with neither Content-Length nor Transfer-Encoding has no
-    // body (HTTP/2 bodies need no framing header, so they are always counted).
-    const h = request.raw.headers;
-    if (limit === undefined || (request.raw.httpVersionMajor === 1 && h['content-length'] === undefined && h['transfer-encoding'] === undefined)) {
+    // body (HTTP/2 bodies need no framing header, so they are always counted). A GET or HEAD body
+    // is never read nor forwarded (proxyRequest): Node discards it, so it is not counted either.
+    const h = raw.headers;
+    if (
+      limit === undefined ||
+      raw.method === 'GET' ||
+      raw.method === 'HEAD' ||
+      (raw.httpVersionMajor === 1 && h['content-length'] === undefined && h['transfer-encoding'] === undefined)
+    ) {
       done(null, payload);
       return;
     }
     const counted = new BodyLimit(limit);
     payload.on('error', (err) => counted.destroy(err));
+    // The consumer (undici, or Fastify's parser for text/plain) answers the error with a 413, or
+    // cuts a response already under way; this listener is for the moments when none listens (the
+    // upload goes on after a failed or finished exchange), where the error would otherwise be an
+    // uncaught exception. The rest of the body is never read: the connection carries no more requests.
+    counted.on('error', () => endConnectionAfterResponse(request, reply));
     done(null, payload.pipe(counted));
   });
+
+  /** An HTTP/1.1 connection whose request body will not be read whole: closed once the answer is out. */
+  function endConnectionAfterResponse(request: FastifyRequest, reply: FastifyReply): void {
+    const raw = request.raw;
+    if (raw.httpVersionMajor !== 1) return; // HTTP/2: closing the stream discards the rest
+    const res = reply.raw;
+    const socket = raw.socket;
+    if (res.writableFinished || res.destroyed) socket.destroy();
+    else if (!res.headersSent) res.setHeader('connection', 'close');
+    else res.once('finish', () => socket.destroy());
+  }
 
   // 8. security headers on the gateway's own answers (proxied responses never pass here: the
   //    forwarding path writes them with the headers of responseHeadersFromUpstream).
@@ -659,12 +690,18 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
         status = 499;
         ctx.reason ??= 'client_closed';
       } else if (outcome === 'cut') {
-        if (error) {
+        const gwErr = error ? findGatewayError(error) : null;
+        if (error === null) {
+          ctx.reason ??= 'client_closed';
+        } else if (gwErr !== null) {
+          // The request's own body passed the limit after the upstream had started answering.
+          ctx.reason ??= gwErr.code;
+        } else if (error instanceof ClientStalledError) {
+          ctx.reason ??= 'client_stalled';
+        } else {
           const kind = classifyUpstreamError(error);
           ctx.reason ??= `upstream_${kind}`;
           logger.warn({ request_id: ctx.requestId, upstream: ctx.upstream, reason: kind, err: { code: rootCode(error) } }, 'upstream response cut');
-        } else {
-          ctx.reason ??= 'client_closed';
         }
       }
       logRequest(ctx, reply.request.raw, status, bytes);

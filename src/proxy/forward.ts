@@ -111,9 +111,29 @@ class ClientClosedError extends Error {
 }
 
 /**
- * Node refused to write the response head: a header value with a control character. undici's
- * parser refuses those from the upstream and the gateway's own values are checked when the
- * configuration loads, so only a bug in a hook gets here; the response is then cut.
+ * The client stopped reading: nothing could be written for `timeoutMs`. Its response is cut, which
+ * frees the upstream connection (undici does not time out a body it was told to pause), like
+ * nginx's `send_timeout`: otherwise a few clients that never read could hold every connection of
+ * an upstream's pool.
+ */
+export class ClientStalledError extends Error {
+  readonly code = 'GW_CLIENT_STALLED';
+  constructor(timeoutMs: number) {
+    super(`the client read nothing for ${timeoutMs} ms`);
+    this.name = 'ClientStalledError';
+  }
+}
+
+/** The client's side of the exchange is gone (HTTP/1.1: the response; HTTP/2: its stream). */
+function responseGone(res: ClientResponse): boolean {
+  return res.destroyed === true || (res as Http2ServerResponse).stream?.destroyed === true;
+}
+
+/**
+ * Node refused to write the response head. Over HTTP/2: a header HTTP/2 allows once, which the
+ * upstream sent twice (two Content-Type): the gateway answers 502. Over HTTP/1.1, only a header
+ * value with a control character, which undici's parser refuses from the upstream and which the
+ * configuration loader refuses in the gateway's own values: a bug in a hook. The response is cut.
  */
 export class ResponseHeadRefusedError extends Error {
   readonly code = 'GW_UPSTREAM_BAD_HEADER';
@@ -166,6 +186,7 @@ class Exchange<C> implements Dispatcher.DispatchHandler {
   private handedOver = false;
   private clientGone = false;
   private waitingForDrain = false;
+  private stallTimer: NodeJS.Timeout | null = null;
   private bytes = 0;
   /** The upstream's response ended and `res.end()` was called. */
   private ended = false;
@@ -181,6 +202,13 @@ class Exchange<C> implements Dispatcher.DispatchHandler {
   }
 
   start(): void {
+    // The client may have left while an earlier stage waited for I/O: its response's 'close' has
+    // already been emitted, so nothing would ever end this exchange. Nothing is sent upstream.
+    if (responseGone(this.req.res)) {
+      this.clientGone = true;
+      this.hooks.ended(this.ctx, 'client_closed', 0, null);
+      return;
+    }
     this.req.res.once('close', this.onClientClose);
     this.dispatch();
   }
@@ -235,6 +263,7 @@ class Exchange<C> implements Dispatcher.DispatchHandler {
       if (!this.waitingForDrain) {
         this.waitingForDrain = true;
         this.req.res.once('drain', this.onDrain);
+        this.stallTimer = setTimeout(this.onStall, this.req.timeoutMs);
       }
     }
   }
@@ -287,11 +316,20 @@ class Exchange<C> implements Dispatcher.DispatchHandler {
     try {
       res.writeHead(this.statusCode, headers);
     } catch (err) {
-      // Node may already have taken part of the head (the status; over HTTP/2 the headers before
-      // the bad one), so no clean answer can follow on this response: it is cut, like a failed body.
       const error = new ResponseHeadRefusedError(err);
+      if (this.req.http1Request === null && !res.headersSent) {
+        // HTTP/2 (e.g. an upstream's two Content-Type headers, which HTTP/2 forbids): nothing was
+        // sent; the headers taken before the refused one are removed, and the gateway answers.
+        for (const name of res.getHeaderNames()) if (name.charCodeAt(0) !== 58 /* ':' */) res.removeHeader(name);
+        this.committed = false;
+        this.handOver(error);
+      } else {
+        // HTTP/1.1: Node has already taken the status (and, for a 204 or 304, decided that the
+        // response has no body), so no clean answer can follow on it: it is cut, like a failed body.
+        this.cut(error);
+      }
+      // Stop the upstream body (a no-op once it is complete); its error report is ignored now.
       controller.abort(error);
-      this.cut(error);
       return false;
     }
     this.hooks.committed(this.ctx, this.origin, this.statusCode, this.seconds());
@@ -312,11 +350,27 @@ class Exchange<C> implements Dispatcher.DispatchHandler {
 
   private readonly onDrain = (): void => {
     this.waitingForDrain = false;
+    if (this.stallTimer !== null) {
+      clearTimeout(this.stallTimer);
+      this.stallTimer = null;
+    }
     this.controller?.resume();
+  };
+
+  private readonly onStall = (): void => {
+    this.stallTimer = null;
+    if (this.clientGone || this.upstreamError !== null) return;
+    const error = new ClientStalledError(this.req.timeoutMs);
+    this.controller?.abort(error);
+    this.cut(error);
   };
 
   private readonly onClientClose = (): void => {
     const res = this.req.res;
+    if (this.stallTimer !== null) {
+      clearTimeout(this.stallTimer);
+      this.stallTimer = null;
+    }
     // `ended` first: over HTTP/2 a stream reset by the client also ends its writable side, so
     // writableFinished alone would take a client that left for a response sent whole.
     if (this.ended && res.writableFinished) {

@@ -16,15 +16,19 @@
 //  8. HEAD with a Content-Length and no body; 9. 204 and 304 carry no body;
 //  10. header values with control characters cannot crash the gateway or split the response, and an
 //      unparseable upstream response is reported as a bad response;
-//  11. a streamed POST body fails over, whole, to the next target when the first refuses connections.
+//  11. a streamed POST body fails over, whole, to the next target when the first refuses connections;
+//  12. found in review: a body over the limit nobody reads any more (GET, HTTP/2, after a 502)
+//      cannot crash the gateway; a client leaving while a stage waits for I/O; a client that stops
+//      reading is cut after timeouts.response; an HTTP/2 head with two Content-Type is a 502.
 import t from 'tap';
 import { createHash, randomBytes } from 'node:crypto';
+import { exportJWK, generateKeyPair, SignJWT } from 'jose';
 import http from 'node:http';
 import http2 from 'node:http2';
 import https from 'node:https';
 import net from 'node:net';
 import tls from 'node:tls';
-import { LOOPBACK_LISTEN, startGateway, startUpstream, statusOf, type LogRecord, type RunningGateway, type Tap } from '../helpers/gateway.js';
+import { LOOPBACK_LISTEN, rawTls, startGateway, startUpstream, statusOf, type LogRecord, type RunningGateway, type Tap } from '../helpers/gateway.js';
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -836,4 +840,139 @@ t.test('a streamed POST body fails over whole to the next target when the first 
   const line = await accessLine(gw, '/upload');
   t.equal(line?.status, 200);
   t.equal(line?.upstream, live.origin, 'served by the second target');
+});
+
+// ---------------------------------------------------------------------------------------------
+// 12. Found in review: bodies nobody reads any more, clients that leave during a stage that waits
+//     for I/O, clients that stop reading, heads HTTP/2 refuses.
+
+t.test('a body over the limit that nobody reads any more cannot crash the gateway', async (t) => {
+  const up = await startUpstream(t, (_req, res) => {
+    res.writeHead(200, { 'content-type': 'text/plain' });
+    res.end('ok');
+  });
+  const gw = await startGateway(t, site(up.origin, 'limits: { max_body_size: 1kb }\n'));
+  const chunk = (n: number) => `${n.toString(16)}\r\n${'y'.repeat(n)}\r\n`;
+  // A GET with a chunked body four times the limit (Fastify never parses GET bodies).
+  const get = await rawTls(gw.port, gw.ca, `GET /get-body HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n${chunk(1024)}${chunk(1024)}${chunk(1024)}${chunk(1024)}0\r\n\r\n`, { servername: 'app.test', waitMs: 500 });
+  t.equal(statusOf(get), 200, 'the GET is answered');
+  // Over HTTP/2: HEADERS then DATA frames past the limit, for a GET.
+  const session = http2.connect(`https://127.0.0.1:${gw.port}`, { ca: gw.ca, servername: 'app.test' });
+  t.teardown(() => session.close());
+  const status = await new Promise<number>((resolve, reject) => {
+    const req = session.request({ ':method': 'GET', ':path': '/h2-get-body', ':authority': 'app.test' }, { endStream: false });
+    req.on('response', (h) => resolve(Number(h[':status'])));
+    req.on('error', reject);
+    req.write('z'.repeat(4096));
+    req.end();
+  });
+  t.equal(status, 200);
+  // A streamed POST over the limit to a pool where every target refuses: 502, and the upload goes on.
+  const dead = net.createServer();
+  await new Promise<void>((r) => dead.listen(0, '127.0.0.1', r));
+  const deadPort = (dead.address() as net.AddressInfo).port;
+  await new Promise<void>((r) => dead.close(() => r()));
+  const gw2 = await startGateway(t, site(`http://127.0.0.1:${deadPort}`, 'limits: { max_body_size: 1kb }\n'));
+  const c = await tlsClient(t, gw2);
+  c.socket.write(`POST /upload HTTP/1.1\r\nHost: app.test\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n${chunk(512)}`);
+  await until(() => /^HTTP\/1\.1 502/.test(c.text()));
+  t.match(c.text(), /^HTTP\/1\.1 502/, '502: no target');
+  t.match(c.text(), /\r\nconnection: close\r\n/i, 'the connection closes after it: the rest of the upload is never read');
+  for (let i = 0; i < 4 && !c.isClosed(); i++) c.socket.write(chunk(1024));
+  t.ok(await c.closedWithin(3000), 'closed');
+  // Still alive, both gateways.
+  t.equal((await gw.request({ path: '/after' })).status, 200, 'the gateway still answers');
+  t.equal((await gw2.request({ path: '/after' })).status, 502);
+});
+
+t.test('a client that leaves while a stage waits for I/O: nothing is forwarded, the line says 499', async (t) => {
+  // A JWKS endpoint that answers after 800 ms: the first token check waits for it.
+  const { publicKey, privateKey } = await generateKeyPair('ES256');
+  const jwk = { ...(await exportJWK(publicKey)), kid: 'k1', alg: 'ES256', use: 'sig' };
+  const jwks = http.createServer((_req, res) => setTimeout(() => {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ keys: [jwk] }));
+  }, 800));
+  await new Promise<void>((r) => jwks.listen(0, '127.0.0.1', r));
+  t.teardown(() => new Promise<void>((r) => { jwks.closeAllConnections(); jwks.close(() => r()); }));
+  const issuer = 'https://idp.forward.test';
+  const token = await new SignJWT({}).setProtectedHeader({ alg: 'ES256', kid: 'k1' }).setIssuer(issuer).setAudience('api').setSubject('leaver').setIssuedAt().setExpirationTime('5m').sign(privateKey);
+  const up = await startUpstream(t);
+  const gw = await startGateway(t, `${LOOPBACK_LISTEN}auth:
+  issuers:
+    - { issuer: ${issuer}, audiences: [api], algorithms: [ES256], jwks_uri: "http://127.0.0.1:${(jwks.address() as net.AddressInfo).port}/jwks" }
+sites:
+  - hosts: [app.test]
+    upstream: ${up.origin}
+    routes: [{ path: /, access: authenticated }]
+`);
+  const c = await tlsClient(t, gw);
+  c.socket.write(`GET /leaving HTTP/1.1\r\nHost: app.test\r\nAuthorization: Bearer ${token}\r\n\r\n`);
+  await sleep(100);
+  c.socket.destroy();
+  const line = await accessLine(gw, '/leaving');
+  t.equal(line?.status, 499, 'logged once the token check is done');
+  t.equal(line?.reason, 'client_closed');
+  await sleep(200);
+  t.equal(up.seen.length, 0, 'the upstream never got the request of a client that had left');
+  // The same token now verifies from the cache: a normal request goes through.
+  t.equal((await gw.request({ path: '/staying', headers: { authorization: `Bearer ${token}` } })).status, 200);
+});
+
+t.test('a client that stops reading is cut after timeouts.response, which frees the upstream', async (t) => {
+  let upstreamClosed = false;
+  let written = 0;
+  const up = await startUpstream(t, (req, res) => {
+    res.on('close', () => (upstreamClosed = true));
+    res.writeHead(200, { 'content-type': 'application/octet-stream' });
+    const block = Buffer.alloc(64 * 1024, 1);
+    const pump = (): void => {
+      while (written < 256 * 1024 * 1024 && !res.destroyed) {
+        written += block.length;
+        if (!res.write(block)) {
+          res.once('drain', pump);
+          return;
+        }
+      }
+      res.end();
+    };
+    pump();
+  });
+  const gw = await startGateway(t, site(up.origin, 'timeouts: { response: 1s }\n'));
+  const c = await tlsClient(t, gw);
+  c.socket.write('GET /big HTTP/1.1\r\nHost: app.test\r\n\r\n');
+  await until(() => c.text().length > 0);
+  c.socket.pause(); // and never read again
+  t.ok(await until(() => upstreamClosed, 6000), 'the upstream request was aborted');
+  t.ok(written < 64 * 1024 * 1024, `the upstream could not write on (${written} bytes)`);
+  const line = await accessLine(gw, '/big');
+  t.equal(line?.status, 200);
+  t.equal(line?.reason, 'client_stalled');
+});
+
+t.test('HTTP/2: an upstream head HTTP/2 forbids (two Content-Type) gets the gateway 502, none of its headers', async (t) => {
+  const up = await rawUpstream(t, (socket) => {
+    socket.write('HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Type: text/plain\r\nSet-Cookie: sid=up\r\nX-Internal: leak\r\nContent-Length: 2\r\n\r\nok');
+  });
+  const gw = await startGateway(t, site(up.origin));
+  const session = http2.connect(`https://127.0.0.1:${gw.port}`, { ca: gw.ca, servername: 'app.test' });
+  t.teardown(() => session.close());
+  const res = await new Promise<{ headers: http2.IncomingHttpHeaders; body: string }>((resolve, reject) => {
+    const req = session.request({ ':path': '/two-types', ':authority': 'app.test', accept: 'application/json' });
+    let body = '';
+    req.setEncoding('utf8');
+    req.on('response', (headers) => {
+      req.on('data', (d: string) => (body += d));
+      req.on('end', () => resolve({ headers, body }));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+  t.equal(res.headers[':status'], 502);
+  t.equal(JSON.parse(res.body).error.code, 'GW_ERR_UPSTREAM_BAD_RESPONSE');
+  t.equal(res.headers['set-cookie'], undefined);
+  t.equal(res.headers['x-internal'], undefined);
+  t.equal((await accessLine(gw, '/two-types'))?.reason, 'upstream_bad_response');
+  // HTTP/1.1 may carry both: the same upstream answer passes there.
+  t.equal((await gw.request({ path: '/two-types-h1' })).status, 200);
 });
