@@ -263,7 +263,7 @@ class Exchange<C> implements Dispatcher.DispatchHandler {
       if (!this.waitingForDrain) {
         this.waitingForDrain = true;
         this.req.res.once('drain', this.onDrain);
-        this.stallTimer = setTimeout(this.onStall, this.req.timeoutMs);
+        this.stallTimer = setTimeout(this.onStall, this.req.timeoutMs).unref();
       }
     }
   }
@@ -361,8 +361,9 @@ class Exchange<C> implements Dispatcher.DispatchHandler {
     this.stallTimer = null;
     if (this.clientGone || this.upstreamError !== null) return;
     const error = new ClientStalledError(this.req.timeoutMs);
-    this.controller?.abort(error);
+    // Cut first: the abort's error report then finds the response already cut.
     this.cut(error);
+    this.controller?.abort(error);
   };
 
   private readonly onClientClose = (): void => {
