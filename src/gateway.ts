@@ -310,7 +310,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
    * gate would then go on to check the token of a request it already refused.
    */
   type Stage = (request: FastifyRequest, reply: FastifyReply) => boolean | Promise<boolean>;
-  const stages: readonly Stage[] = [resolve, checkBan, admit, limitByClient, authorize, limitByUser];
+  const stages: readonly Stage[] = [resolve, checkBan, admit, rateLimitStage(false), authorize, rateLimitStage(true)];
 
   function runStages(from: number, request: FastifyRequest, reply: FastifyReply, done: (err?: Error) => void): void {
     for (let i = from; i < stages.length; i++) {
@@ -403,16 +403,20 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     // The canonical path is what the upstream gets (and what WebSocket proxying reads).
     request.raw.url = ctx.path + ctx.query;
     const pool = ctx.state.pools.get(ctx.route!)!;
-    ctx.upstream = pool.targets[pool.pick()]!.origin;
+    ctx.upstreamIndex = pool.pick();
+    ctx.upstream = pool.targets[ctx.upstreamIndex]!.origin;
     return false;
   }
 
-  // 4. rate limit by client address or header, before any crypto. Over the limit, the limiter
-  //    rejects with the 429 the error handler answers.
-  function limitByClient(request: FastifyRequest, reply: FastifyReply): boolean | Promise<boolean> {
-    const rl = protectionOf(request.gw).rateLimit;
-    if (!rl || rl.key === 'user') return false;
-    return limiterFor(rl)(request, reply).then(notAnswered);
+  // 4 and 6. rate limits: by client address or header before any crypto (4), by token subject
+  //    right after the token check (6; anonymous callers fall back to their address). Over the
+  //    limit, the limiter rejects with the 429 the error handler answers.
+  function rateLimitStage(byUser: boolean): Stage {
+    return function limit(request, reply) {
+      const rl = protectionOf(request.gw).rateLimit;
+      if (!rl || (rl.key === 'user') !== byUser) return false;
+      return limiterFor(rl)(request, reply).then(notAnswered);
+    };
   }
 
   // 5. authorize: bearer token → principal, then the route's access rule.
@@ -447,13 +451,6 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     }
     sendError(reply, refusal.status, refusal.code, refusal.headers);
     return true;
-  }
-
-  // 6. rate limit by token subject (anonymous callers fall back to their address).
-  function limitByUser(request: FastifyRequest, reply: FastifyReply): boolean | Promise<boolean> {
-    const rl = protectionOf(request.gw).rateLimit;
-    if (!rl || rl.key !== 'user') return false;
-    return limiterFor(rl)(request, reply).then(notAnswered);
   }
 
   // 7. body limit for bodies without (or lying about) Content-Length. Callback style, like the
@@ -733,7 +730,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     upstreamClient.forward(
       {
         pool,
-        target: pool.targets.findIndex((t) => t.origin === ctx.upstream),
+        target: ctx.upstreamIndex,
         method,
         path: ctx.path + ctx.query,
         headers: headers as Record<string, string | string[]>,

@@ -89,13 +89,13 @@ export function processTree(pid) {
   return out;
 }
 
-/** Sum of VmRSS over a process tree, in bytes; null when /proc is unavailable. */
-export function treeRss(pid) {
+/** Sum of `read(pid)` over a process tree; null when nothing could be read (no /proc, all exited). */
+function sumOverTree(pid, read) {
   let total = 0;
   let seen = false;
   for (const p of processTree(pid)) {
     try {
-      const v = parseVmRss(readFileSync(`/proc/${p}/status`, 'utf8'));
+      const v = read(p);
       if (v != null) {
         total += v;
         seen = true;
@@ -107,22 +107,14 @@ export function treeRss(pid) {
   return seen ? total : null;
 }
 
+/** Sum of VmRSS over a process tree, in bytes; null when /proc is unavailable. */
+export function treeRss(pid) {
+  return sumOverTree(pid, (p) => parseVmRss(readFileSync(`/proc/${p}/status`, 'utf8')));
+}
+
 /** utime + stime of a process tree, in clock ticks (see `clockTicksPerSecond`); null without /proc. */
 export function treeCpuTicks(pid) {
-  let total = 0;
-  let seen = false;
-  for (const p of processTree(pid)) {
-    try {
-      const v = parseStatCpuTicks(readFileSync(`/proc/${p}/stat`, 'utf8'));
-      if (v != null) {
-        total += v;
-        seen = true;
-      }
-    } catch {
-      // exited
-    }
-  }
-  return seen ? total : null;
+  return sumOverTree(pid, (p) => parseStatCpuTicks(readFileSync(`/proc/${p}/stat`, 'utf8')));
 }
 
 /** USER_HZ, the unit of /proc/PID/stat times (`getconf CLK_TCK`; 100 on Linux when unknown). */

@@ -258,6 +258,18 @@ export function createAuthenticator(config: AuthConfig, options: AuthenticatorOp
     return ok;
   }
 
+  /**
+   * What is known without I/O: no header, a malformed one, or a cached outcome (the hot path: one
+   * hash, one Map lookup, the same frozen object every time); otherwise the token and its cache key.
+   */
+  function lookup(authorization: string | string[] | undefined, at: number): AuthOutcome | { readonly token: string; readonly key: string } {
+    const parsed = parseAuthorization(authorization);
+    if (parsed === null) return ANONYMOUS;
+    if ('kind' in parsed) return parsed;
+    const key = tokenKey(parsed.token);
+    return cache.get(key, at) ?? { token: parsed.token, key };
+  }
+
   const ready = (st: IssuerState): boolean =>
     st.keys.hasKeys() && (st.introspection === null || st.introspection.endpoint !== null);
 
@@ -272,15 +284,10 @@ export function createAuthenticator(config: AuthConfig, options: AuthenticatorOp
     },
     async authenticate(authorization) {
       try {
-        const parsed = parseAuthorization(authorization);
-        if (parsed === null) return ANONYMOUS;
-        if ('kind' in parsed) return parsed;
-        const token = parsed.token;
         const at = now();
-        const key = tokenKey(token);
-        // The hot path: one hash, one Map lookup, and the same frozen outcome object every time.
-        const hit = cache.get(key, at);
-        if (hit !== undefined) return hit;
+        const found = lookup(authorization, at);
+        if ('kind' in found) return found;
+        const { token, key } = found;
         return await (looksLikeJwt(token) ? authenticateJwt(token, key, at) : authenticateOpaque(token, key, at));
       } catch (err) {
         logger?.warn({ err }, 'auth: unexpected error');
@@ -289,10 +296,8 @@ export function createAuthenticator(config: AuthConfig, options: AuthenticatorOp
     },
     cached(authorization) {
       try {
-        const parsed = parseAuthorization(authorization);
-        if (parsed === null) return ANONYMOUS;
-        if ('kind' in parsed) return parsed;
-        return cache.get(tokenKey(parsed.token), now());
+        const found = lookup(authorization, now());
+        return 'kind' in found ? found : undefined;
       } catch {
         return undefined;
       }

@@ -26,6 +26,8 @@ export interface RequestContext {
   principal: Principal | null;
   /** Origin of the upstream target that served (or was last tried for) the request. */
   upstream: string | null;
+  /** Index of the first target chosen in the route's pool (-1 until chosen). */
+  upstreamIndex: number;
   /**
    * The request is (being) forwarded, and the upstream's answer, if any, is the response: its
    * access line is written by the forwarding path. Set back to false when the gateway answers

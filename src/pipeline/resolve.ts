@@ -126,6 +126,7 @@ export function newContext(state: RuntimeState, req: RawRequestView, startedAt: 
     query: '',
     principal: null,
     upstream: null,
+    upstreamIndex: -1,
     proxied: false,
     reason: null,
   };
