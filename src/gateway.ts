@@ -30,7 +30,7 @@ import type { GatewayConfig } from './config/types.js';
 import { GatewayError, type GatewayErrorCode } from './errors.js';
 import { renderError, statusText } from './http/errors.js';
 import { randomUUID } from 'node:crypto';
-import { redactUrl, type Logger } from './observability/logging.js';
+import { redactUrl, writeAccessLine, type Logger } from './observability/logging.js';
 import { createMetrics, UNMATCHED, type GatewayMetrics } from './observability/metrics.js';
 import { createSecurityEvents, openSecurityLog, type SecurityEvents, type SecurityLog } from './observability/events.js';
 import { buildRuntimeState, type RuntimeState } from './runtime.js';
@@ -522,26 +522,22 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     metrics.observeRequest(ctx.site?.id ?? UNMATCHED, ctx.route?.id ?? UNMATCHED, method, status, seconds);
     // Only the line's object would be built for nothing: pino's info() is a no-op below its level.
     if (!logger.isLevelEnabled('info')) return;
-    logger.info(
-      {
-        type: 'access',
-        request_id: ctx.requestId,
-        ip: ctx.clientIp,
-        method,
-        host: ctx.host || undefined,
-        path: redactUrl(ctx.path ? ctx.path + ctx.query : raw.url ?? ''),
-        status,
-        bytes,
-        duration_ms: Math.round(seconds * 1e6) / 1000,
-        site: ctx.site?.id,
-        route: ctx.route?.id,
-        upstream: ctx.proxied ? ctx.upstream : undefined,
-        user: ctx.principal?.subject,
-        reason: ctx.reason ?? undefined,
-        http: raw.httpVersion,
-      },
-      'request',
-    );
+    writeAccessLine(logger, {
+      request_id: ctx.requestId,
+      ip: ctx.clientIp,
+      method,
+      host: ctx.host || undefined,
+      path: redactUrl(ctx.path ? ctx.path + ctx.query : raw.url ?? ''),
+      status,
+      bytes,
+      duration_ms: Math.round(seconds * 1e6) / 1000,
+      site: ctx.site?.id,
+      route: ctx.route?.id,
+      upstream: ctx.proxied ? (ctx.upstream ?? undefined) : undefined,
+      user: ctx.principal?.subject,
+      reason: ctx.reason ?? undefined,
+      http: raw.httpVersion,
+    });
   }
 
   app.setErrorHandler(function safeErrors(err: Error & { statusCode?: number; code?: string }, request, reply) {

@@ -49,6 +49,10 @@ export function isoTimeCached(): string {
 export const LOG_FLUSH_MS = 250;
 
 export function createLogger(config: Pick<LogConfig, 'level' | 'file'> & { readonly buffer?: number }, destination?: pino.DestinationStream): Logger {
+  return markOurs(buildLogger(config, destination));
+}
+
+function buildLogger(config: Pick<LogConfig, 'level' | 'file'> & { readonly buffer?: number }, destination?: pino.DestinationStream): Logger {
   const options: LoggerOptions = {
     level: config.level,
     base: { service: 'portcullis' },
@@ -99,4 +103,82 @@ export function redactUrl(url: string): string {
     }
   }
   return changed ? `${url.slice(0, q)}?${parts.join('&')}` : url;
+}
+
+/** The fields of one access line, in the order they are written; `undefined` ones are left out. */
+export interface AccessLine {
+  readonly request_id: string;
+  readonly ip: string;
+  readonly method: string;
+  readonly host: string | undefined;
+  readonly path: string;
+  readonly status: number;
+  readonly bytes: number | undefined;
+  readonly duration_ms: number;
+  readonly site: string | undefined;
+  readonly route: string | undefined;
+  readonly upstream: string | undefined;
+  readonly user: string | undefined;
+  readonly reason: string | undefined;
+  readonly http: string;
+}
+
+/**
+ * Loggers whose line format `writeAccessLine` reproduces: made by `createLogger` (its options, no
+ * mixin, no stream hook), or children of one (their bindings are pino's chindings string).
+ */
+const OURS = Symbol('portcullis.logger');
+
+function markOurs(logger: Logger): Logger {
+  (logger as unknown as Record<symbol, boolean>)[OURS] = true;
+  return logger;
+}
+
+interface PinoInternals {
+  [OURS]?: boolean;
+  [key: symbol]: unknown;
+}
+const { streamSym, chindingsSym, timeSym } = pino.symbols;
+// pino marks multistream destinations with this global symbol: they want the line's metadata.
+const NEEDS_METADATA = Symbol.for('pino.metadata');
+
+/**
+ * One access line (`"type":"access"`, message `request`) at level info, byte for byte the line
+ * `logger.info({ type: 'access', ...fields }, 'request')` writes, but serialized by V8's
+ * JSON.stringify instead of pino's generic object walk. There is one per request, and pino's walk
+ * allocated ~4 KB for it (this ~1 KB), the largest single share of the full pipeline's garbage
+ * (BENCHMARKS.md, session 5). Any other logger (a test's own pino, a multistream) gets the
+ * ordinary `logger.info` call. The caller checks the level first.
+ *
+ * Strings come out as pino writes them, except lone surrogates: JSON.stringify escapes them
+ * (`\ud800`) where pino passes short strings through raw, to reach the file as U+FFFD.
+ */
+export function writeAccessLine(logger: Logger, f: AccessLine): void {
+  const l = logger as unknown as PinoInternals;
+  const stream = l[streamSym] as { write(s: string): unknown; [NEEDS_METADATA]?: boolean };
+  if (l[OURS] !== true || stream[NEEDS_METADATA] === true) {
+    logger.info({ type: 'access', ...f }, 'request');
+    return;
+  }
+  // pino's key order; JSON.stringify leaves out undefined values and writes non-finite numbers
+  // as null, as pino does.
+  const json = JSON.stringify({
+    type: 'access',
+    request_id: f.request_id,
+    ip: f.ip,
+    method: f.method,
+    host: f.host,
+    path: f.path,
+    status: f.status,
+    bytes: f.bytes,
+    duration_ms: f.duration_ms,
+    site: f.site,
+    route: f.route,
+    upstream: f.upstream,
+    user: f.user,
+    reason: f.reason,
+    http: f.http,
+    msg: 'request',
+  });
+  stream.write(`{"level":"info"${(l[timeSym] as () => string)()}${l[chindingsSym] as string},${json.slice(1)}\n`);
 }

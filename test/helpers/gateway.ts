@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import pino from 'pino';
 import { loadConfigFile } from '../../src/config/index.js';
+import { createLogger } from '../../src/observability/logging.js';
 import { buildGateway, type Gateway } from '../../src/gateway.js';
 import { prepareCertificates } from '../../src/server/certificates.js';
 import type { Store } from '../../src/state/index.js';
@@ -97,7 +98,8 @@ export function memoryLogger(logs: LogRecord[]): pino.Logger {
       cb();
     },
   });
-  return pino({ level: 'debug', formatters: { level: (label) => ({ level: label }) } }, stream);
+  // The production logger (its redaction, its access-line writer), at debug level.
+  return createLogger({ level: 'debug', file: null }, stream);
 }
 
 /**

@@ -5,7 +5,7 @@ import { Writable } from 'node:stream';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createLogger, isoTimeCached, LOG_FLUSH_MS, redactUrl } from '../../src/observability/logging.js';
+import { createLogger, isoTimeCached, LOG_FLUSH_MS, redactUrl, writeAccessLine, type AccessLine } from '../../src/observability/logging.js';
 
 t.test('isoTimeCached gives what pino.stdTimeFunctions.isoTime gives, for every millisecond', async (t) => {
   const realNow = Date.now;
@@ -50,4 +50,87 @@ t.test('log.buffer reaches the destination as batching settings; 0 writes each l
   buffered.info('one line');
   await new Promise<void>((r) => buffered.flush(() => r()));
   t.match(readFileSync(join(dir, 'a.log'), 'utf8'), /one line/, 'flush() writes what waits');
+});
+
+t.test('writeAccessLine writes, byte for byte, the line pino writes for the same fields', async (t) => {
+  const realNow = Date.now;
+  Date.now = () => 1_764_979_930_123;
+  t.teardown(() => {
+    Date.now = realNow;
+  });
+  const lines: string[] = [];
+  const sink = new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      lines.push(chunk.toString());
+      cb();
+    },
+  });
+  const base: AccessLine = {
+    request_id: 'b7c1f0e2-6d3a-4c8e-9a41-2f5d7e8c9b10', ip: '203.0.113.7', method: 'GET', host: 'app.example.com', path: '/api/items?page=2',
+    status: 200, bytes: 1050, duration_ms: 1.234, site: 'app', route: 'api', upstream: 'http://10.0.0.5:8080', user: 'alice', reason: undefined, http: '1.1',
+  };
+  const strings = [
+    '', 'plain', 'with "quotes"', 'back\\slash', 'new\nline', 'nul\u0000', 'unit\u001f', 'del\u007f', 'tab\tend', 'caf\u00e9', 'emoji \u{1F600}',
+    '"'.repeat(120), 'x'.repeat(150), `${'y'.repeat(101)}\n`, '\\'.repeat(99), '</script><script>alert(1)</script>', '\u2028\u2029',
+  ];
+  const cases: Array<[string, AccessLine]> = [
+    ['typical', base],
+    ['every optional field left out', { ...base, host: undefined, bytes: undefined, site: undefined, route: undefined, upstream: undefined, user: undefined, reason: undefined }],
+    ['a reason, a cut response', { ...base, status: 499, reason: 'client_closed', bytes: 0 }],
+    ['HTTP/2, a whole-number duration', { ...base, http: '2.0', duration_ms: 3 }],
+    ['non-finite numbers', { ...base, duration_ms: Number.NaN, bytes: Number.POSITIVE_INFINITY }],
+  ];
+  for (const s of strings) {
+    cases.push([`path ${JSON.stringify(s).slice(0, 30)}`, { ...base, path: s }]);
+    cases.push([`host/user/request id ${JSON.stringify(s).slice(0, 30)}`, { ...base, host: s, user: s, request_id: s, reason: s }]);
+  }
+  for (const logger of [createLogger({ level: 'info', file: null }, sink), createLogger({ level: 'info', file: null }, sink).child({ worker: 2 })]) {
+    for (const [name, fields] of cases) {
+      lines.length = 0;
+      logger.info({ type: 'access', ...fields }, 'request');
+      writeAccessLine(logger, fields);
+      t.equal(lines.length, 2, name);
+      t.equal(lines[1], lines[0], name);
+    }
+  }
+
+  // Lone surrogates: pino passes short strings through raw (the file then holds U+FFFD); the
+  // access line escapes them, so the value read back is the value logged.
+  for (const s of ['\ud800', 'a\udfffb', `${'z'.repeat(20)}\ud83d`]) {
+    lines.length = 0;
+    writeAccessLine(createLogger({ level: 'info', file: null }, sink), { ...base, path: s, user: s });
+    const line = lines[0]!;
+    t.notMatch(line, /\p{Cs}/u, 'no lone surrogate reaches the destination');
+    const parsed = JSON.parse(line) as { path: string; user: string };
+    t.equal(parsed.path, s);
+    t.equal(parsed.user, s);
+  }
+});
+
+t.test('writeAccessLine falls back to pino for loggers whose format it does not own', async (t) => {
+  const lines: string[] = [];
+  const sink = new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      lines.push(chunk.toString());
+      cb();
+    },
+  });
+  const fields: AccessLine = {
+    request_id: 'r1', ip: '127.0.0.1', method: 'POST', host: undefined, path: '/x', status: 201, bytes: undefined, duration_ms: 0.5,
+    site: 's', route: 'r', upstream: undefined, user: undefined, reason: undefined, http: '1.1',
+  };
+  // A logger with other options (here a mixin and pino's numeric levels) keeps its own format.
+  writeAccessLine(pino({ mixin: () => ({ extra: 1 }) }, sink), fields);
+  const own = JSON.parse(lines[0]!) as Record<string, unknown>;
+  t.equal(own.level, 30);
+  t.equal(own.extra, 1);
+  t.equal(own.type, 'access');
+  t.equal(own.status, 201);
+  t.equal(own.msg, 'request');
+  // A multistream wants each line's metadata: it gets the ordinary call.
+  lines.length = 0;
+  const multi = pino.multistream([{ stream: sink, level: 'info' }]);
+  writeAccessLine(createLogger({ level: 'info', file: null }, multi), fields);
+  t.equal((JSON.parse(lines[0]!) as { path: string }).path, '/x');
+  t.equal(lines.length, 1);
 });
