@@ -124,31 +124,43 @@ export interface AccessLine {
 }
 
 /**
- * Loggers whose line format `writeAccessLine` reproduces: made by `createLogger` (its options, no
- * mixin, no stream hook), or children of one (their bindings are pino's chindings string).
+ * The logger `createLogger` made, on it and (through the prototype) on its children: the loggers
+ * whose line format `writeAccessLine` reproduces.
  */
 const OURS = Symbol('portcullis.logger');
 
 function markOurs(logger: Logger): Logger {
-  (logger as unknown as Record<symbol, boolean>)[OURS] = true;
+  (logger as unknown as Record<symbol, Logger>)[OURS] = logger;
   return logger;
 }
 
 interface PinoInternals {
-  [OURS]?: boolean;
   [key: symbol]: unknown;
 }
 const { streamSym, chindingsSym, timeSym } = pino.symbols;
+// What changes a line's format. A child made with options (`redact`, `serializers`, `formatters`,
+// `msgPrefix`…) gets its own value of one of these; a child with bindings only shares its root's.
+const FORMAT_SYMBOLS: readonly symbol[] = (['serializersSym', 'stringifiersSym', 'formattersSym', 'msgPrefixSym', 'mixinSym', 'hooksSym', 'messageKeySym'] as const).map(
+  (name) => (pino.symbols as unknown as Record<string, symbol>)[name]!,
+);
 // pino marks multistream destinations with this global symbol: they want the line's metadata.
 const NEEDS_METADATA = Symbol.for('pino.metadata');
+
+function formatIsOurs(l: PinoInternals): boolean {
+  const root = l[OURS] as PinoInternals | undefined;
+  if (root === undefined) return false;
+  if (root === l) return true;
+  for (let i = 0; i < FORMAT_SYMBOLS.length; i++) if (l[FORMAT_SYMBOLS[i]!] !== root[FORMAT_SYMBOLS[i]!]) return false;
+  return true;
+}
 
 /**
  * One access line (`"type":"access"`, message `request`) at level info, byte for byte the line
  * `logger.info({ type: 'access', ...fields }, 'request')` writes, but serialized by V8's
  * JSON.stringify instead of pino's generic object walk. There is one per request, and pino's walk
  * allocated ~4 KB for it (this ~1 KB), the largest single share of the full pipeline's garbage
- * (BENCHMARKS.md, session 5). Any other logger (a test's own pino, a multistream) gets the
- * ordinary `logger.info` call. The caller checks the level first.
+ * (BENCHMARKS.md, session 5). Any other logger (a test's own pino, a child made with its own
+ * options, a multistream) gets the ordinary `logger.info` call. The caller checks the level first.
  *
  * Strings come out as pino writes them, except lone surrogates: JSON.stringify escapes them
  * (`\ud800`) where pino passes short strings through raw, to reach the file as U+FFFD.
@@ -156,7 +168,7 @@ const NEEDS_METADATA = Symbol.for('pino.metadata');
 export function writeAccessLine(logger: Logger, f: AccessLine): void {
   const l = logger as unknown as PinoInternals;
   const stream = l[streamSym] as { write(s: string): unknown; [NEEDS_METADATA]?: boolean };
-  if (l[OURS] !== true || stream[NEEDS_METADATA] === true) {
+  if (stream[NEEDS_METADATA] === true || !formatIsOurs(l)) {
     logger.info({ type: 'access', ...f }, 'request');
     return;
   }

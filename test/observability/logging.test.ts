@@ -7,6 +7,27 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createLogger, isoTimeCached, LOG_FLUSH_MS, redactUrl, writeAccessLine, type AccessLine } from '../../src/observability/logging.js';
 
+/** Date.now() returns one fixed millisecond until the test ends. */
+function freezeClock(t: { teardown(fn: () => void): void }): void {
+  const realNow = Date.now;
+  Date.now = () => 1_764_979_930_123;
+  t.teardown(() => {
+    Date.now = realNow;
+  });
+}
+
+/** A destination that keeps each line written to it. */
+function captureLines(): { lines: string[]; sink: Writable } {
+  const lines: string[] = [];
+  const sink = new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      lines.push(chunk.toString());
+      cb();
+    },
+  });
+  return { lines, sink };
+}
+
 t.test('isoTimeCached gives what pino.stdTimeFunctions.isoTime gives, for every millisecond', async (t) => {
   const realNow = Date.now;
   t.teardown(() => {
@@ -20,13 +41,7 @@ t.test('isoTimeCached gives what pino.stdTimeFunctions.isoTime gives, for every 
 });
 
 t.test('log lines carry an ISO time and redact credentials', async (t) => {
-  const lines: string[] = [];
-  const sink = new Writable({
-    write(chunk: Buffer, _enc, cb) {
-      lines.push(chunk.toString());
-      cb();
-    },
-  });
+  const { lines, sink } = captureLines();
   const logger = createLogger({ level: 'info', file: null }, sink);
   logger.info({ headers: { authorization: 'Bearer SECRET' }, path: redactUrl('/cb?code=SECRET&x=1') }, 'hello');
   const line = JSON.parse(lines[0]!) as { time: string; headers: { authorization: string }; path: string };
@@ -53,18 +68,8 @@ t.test('log.buffer reaches the destination as batching settings; 0 writes each l
 });
 
 t.test('writeAccessLine writes, byte for byte, the line pino writes for the same fields', async (t) => {
-  const realNow = Date.now;
-  Date.now = () => 1_764_979_930_123;
-  t.teardown(() => {
-    Date.now = realNow;
-  });
-  const lines: string[] = [];
-  const sink = new Writable({
-    write(chunk: Buffer, _enc, cb) {
-      lines.push(chunk.toString());
-      cb();
-    },
-  });
+  freezeClock(t); // both lines of a pair in the same millisecond
+  const { lines, sink } = captureLines();
   const base: AccessLine = {
     request_id: 'b7c1f0e2-6d3a-4c8e-9a41-2f5d7e8c9b10', ip: '203.0.113.7', method: 'GET', host: 'app.example.com', path: '/api/items?page=2',
     status: 200, bytes: 1050, duration_ms: 1.234, site: 'app', route: 'api', upstream: 'http://10.0.0.5:8080', user: 'alice', reason: undefined, http: '1.1',
@@ -110,13 +115,8 @@ t.test('writeAccessLine writes, byte for byte, the line pino writes for the same
 });
 
 t.test('writeAccessLine falls back to pino for loggers whose format it does not own', async (t) => {
-  const lines: string[] = [];
-  const sink = new Writable({
-    write(chunk: Buffer, _enc, cb) {
-      lines.push(chunk.toString());
-      cb();
-    },
-  });
+  freezeClock(t); // both lines of a pair in the same millisecond
+  const { lines, sink } = captureLines();
   const fields: AccessLine = {
     request_id: 'r1', ip: '127.0.0.1', method: 'POST', host: undefined, path: '/x', status: 201, bytes: undefined, duration_ms: 0.5,
     site: 's', route: 'r', upstream: undefined, user: undefined, reason: undefined, http: '1.1',
@@ -129,6 +129,26 @@ t.test('writeAccessLine falls back to pino for loggers whose format it does not 
   t.equal(own.type, 'access');
   t.equal(own.status, 201);
   t.equal(own.msg, 'request');
+  // A child made with its own options formats lines its own way: redaction, serializers, a
+  // message prefix, a log formatter are all honoured (the same line as its info()).
+  const root = createLogger({ level: 'info', file: null }, sink);
+  const children: Array<[string, pino.Logger]> = [
+    ['redact', root.child({}, { redact: ['user', 'path'] })],
+    ['serializers', root.child({}, { serializers: { user: (u: string) => `<${u}>` } })],
+    ['msgPrefix', root.child({}, { msgPrefix: '[w] ' })],
+    ['formatters.log', root.child({}, { formatters: { log: (o: object) => ({ ...o, extra: true }) } })],
+  ];
+  for (const [name, child] of children) {
+    lines.length = 0;
+    child.info({ type: 'access', ...fields, user: 'alice' }, 'request');
+    writeAccessLine(child, { ...fields, user: 'alice' });
+    t.equal(lines.length, 2, name);
+    t.equal(lines[1], lines[0], `child with ${name}: the line its own info() writes`);
+  }
+  t.match(lines[0]!, /"extra":true/);
+  lines.length = 0;
+  writeAccessLine(root.child({}, { redact: ['user'] }), { ...fields, user: 'alice' });
+  t.notMatch(lines[0]!, /alice/, 'a child that redacts the user never writes it');
   // A multistream wants each line's metadata: it gets the ordinary call.
   lines.length = 0;
   const multi = pino.multistream([{ stream: sink, level: 'info' }]);
