@@ -270,6 +270,31 @@ export function createAuthenticator(config: AuthConfig, options: AuthenticatorOp
     return cache.get(key, at) ?? { token: parsed.token, key };
   }
 
+  /** The outcome of this Authorization header: synchronous when `lookup` knows it, else verified once. */
+  function check(authorization: string | string[] | undefined): AuthOutcome | Promise<AuthOutcome> {
+    const at = now();
+    let found: ReturnType<typeof lookup>;
+    try {
+      found = lookup(authorization, at);
+    } catch (err) {
+      return unexpected(err);
+    }
+    return 'kind' in found ? found : verify(found.token, found.key, at);
+  }
+
+  async function verify(token: string, key: string, at: number): Promise<AuthOutcome> {
+    try {
+      return await (looksLikeJwt(token) ? authenticateJwt(token, key, at) : authenticateOpaque(token, key, at));
+    } catch (err) {
+      return unexpected(err);
+    }
+  }
+
+  function unexpected(err: unknown): AuthOutcome {
+    logger?.warn({ err }, 'auth: unexpected error');
+    return UNAVAILABLE.internal_error;
+  }
+
   const ready = (st: IssuerState): boolean =>
     st.keys.hasKeys() && (st.introspection === null || st.introspection.endpoint !== null);
 
@@ -282,25 +307,9 @@ export function createAuthenticator(config: AuthConfig, options: AuthenticatorOp
       for (const st of states.values()) if (!ready(st)) return false;
       return true;
     },
+    check,
     async authenticate(authorization) {
-      try {
-        const at = now();
-        const found = lookup(authorization, at);
-        if ('kind' in found) return found;
-        const { token, key } = found;
-        return await (looksLikeJwt(token) ? authenticateJwt(token, key, at) : authenticateOpaque(token, key, at));
-      } catch (err) {
-        logger?.warn({ err }, 'auth: unexpected error');
-        return UNAVAILABLE.internal_error;
-      }
-    },
-    cached(authorization) {
-      try {
-        const found = lookup(authorization, now());
-        return 'kind' in found ? found : undefined;
-      } catch {
-        return undefined;
-      }
+      return check(authorization);
     },
     async close() {
       closed = true;

@@ -115,11 +115,12 @@ export interface Authenticator {
   /** `authorization`: the raw header value(s) as Node gives them. Never throws. */
   authenticate(authorization: string | string[] | undefined): Promise<AuthOutcome>;
   /**
-   * The outcome `authenticate` would give, when it is known without any I/O: no header, a
-   * malformed one, or a token verified before and still in the cache. `undefined`: call
-   * `authenticate`. Lets the hot path skip a promise per request. Never throws.
+   * The outcome `authenticate` gives, synchronously when it is known without any I/O: no header, a
+   * malformed one, or a token verified before and still in the cache; otherwise a promise of it.
+   * The header is parsed and the token hashed once either way. Lets the hot path skip a promise
+   * per request. Never throws.
    */
-  cached(authorization: string | string[] | undefined): AuthOutcome | undefined;
+  check(authorization: string | string[] | undefined): AuthOutcome | Promise<AuthOutcome>;
   /** Stops background retries. */
   close(): Promise<void>;
 }

@@ -35,9 +35,9 @@ export function authorizeRequest(ctx: RequestContext, authorization: string | st
     // No issuer is configured, so no token can be valid.
     return { status: 401, code: 'GW_ERR_INVALID_TOKEN', reason: 'token_unknown_issuer', headers: { 'www-authenticate': wwwAuthenticate(realm, { kind: 'invalid', status: 401, error: 'invalid_token', reason: 'unknown_issuer' }) } };
   }
-  const known = auth.cached(authorization);
-  if (known !== undefined) return judge(ctx, known);
-  return auth.authenticate(authorization).then((outcome) => judge(ctx, outcome));
+  const outcome = auth.check(authorization);
+  if (outcome instanceof Promise) return outcome.then((o) => judge(ctx, o));
+  return judge(ctx, outcome);
 }
 
 function judge(ctx: RequestContext, outcome: AuthOutcome): AuthRefusal | null {

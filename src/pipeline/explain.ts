@@ -38,7 +38,7 @@ function rolesOnly(roles: readonly string[]): Authenticator {
     kind: 'authenticated',
     principal: { subject: 'explain', email: null, roles, issuer: 'explain', clientId: null, tokenType: 'opaque', expiresAt: Number.MAX_SAFE_INTEGER, scopes: [] },
   };
-  return { start: async () => {}, ready: () => true, authenticate: async () => outcome, cached: () => outcome, close: async () => {} };
+  return { start: async () => {}, ready: () => true, authenticate: async () => outcome, check: () => outcome, close: async () => {} };
 }
 
 export async function explain(config: GatewayConfig, input: ExplainInput): Promise<Explanation> {

@@ -53,18 +53,22 @@ t.test('a real IdP token → principal', async (t) => {
   t.equal((await auth.authenticate(`BEARER ${await getToken(idpB)}`)).kind, 'authenticated');
 });
 
-t.test('cached(): known outcomes without I/O, undefined until a token was verified', async (t) => {
-  t.same(auth.cached(undefined), { kind: 'anonymous' });
-  t.equal(auth.cached('Basic dXNlcjpwYXNz')?.kind, 'invalid', 'a malformed or foreign scheme is judged at once');
+t.test('check(): known outcomes synchronously, a promise until a token was verified', async (t) => {
+  t.same(auth.check(undefined), { kind: 'anonymous' });
+  t.equal((auth.check('Basic dXNlcjpwYXNz') as AuthOutcome).kind, 'invalid', 'a malformed or foreign scheme is judged at once');
   const token = await signAs(idpA, claims({ sub: 'cached-user' }));
-  t.equal(auth.cached(bearer(token)), undefined, 'never verified: undefined, call authenticate');
-  const verified = await auth.authenticate(bearer(token));
+  const first = auth.check(bearer(token));
+  t.ok(first instanceof Promise, 'never verified: verified now, a promise');
+  const verified = await first;
   t.equal(verified.kind, 'authenticated');
-  t.equal(auth.cached(bearer(token)), verified, 'then the same outcome object, synchronously');
-  t.equal(auth.cached(bearer(token.slice(0, -2) + 'AA')), undefined, 'a tampered copy is not a hit');
+  t.equal(auth.check(bearer(token)), verified, 'then the same outcome object, synchronously');
+  t.ok(auth.check(bearer(token.slice(0, -2) + 'AA')) instanceof Promise, 'a tampered copy is not a hit');
+  t.equal((await auth.check(bearer(token.slice(0, -2) + 'AA'))).kind, 'invalid', 'and is refused');
   clock.advance(301_000);
-  t.equal(auth.cached(bearer(token)), undefined, 'past exp: not served from the cache');
-  t.equal((await auth.authenticate(bearer(token))).kind, 'invalid', 'and authenticate refuses it');
+  const expired = auth.check(bearer(token));
+  t.ok(expired instanceof Promise, 'past exp: not served from the cache');
+  t.equal((await expired).kind, 'invalid', 'and refused');
+  t.equal((await auth.authenticate(bearer(token))).kind, 'invalid', 'authenticate gives the same answer');
   clock.advance(-301_000);
 });
 
