@@ -694,6 +694,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
         } else {
           const kind = classifyUpstreamError(error);
           ctx.reason ??= `upstream_${kind}`;
+          metrics.upstreamBrokeOff(ctx.upstream ?? '', kind);
           logger.warn({ request_id: ctx.requestId, upstream: ctx.upstream, reason: kind, err: { code: rootCode(error) } }, 'upstream response cut');
         }
       }

@@ -73,6 +73,11 @@ export interface GatewayMetrics {
    * `_count` is the attempt count and `errors / _count` is the upstream error ratio the alert uses.
    */
   upstreamAttempt(upstream: string, seconds: number, error?: UpstreamErrorReason): void;
+  /**
+   * An attempt already observed as answered (its headers arrived) whose body then broke off: it
+   * failed after all, so it counts as an upstream error, but not as a second attempt.
+   */
+  upstreamBrokeOff(upstream: string, error: UpstreamErrorReason): void;
   /** A rejected credential; `reason` is a short snake_case code from the auth module. */
   authFailure(reason: string): void;
   accessDenied(site: string, route: string): void;
@@ -174,7 +179,7 @@ export function createMetrics(options: MetricsOptions): GatewayMetrics {
   });
   const upstreamErrors = new Counter({
     name: 'portcullis_upstream_errors_total',
-    help: 'Failed upstream attempts, by upstream and reason.',
+    help: 'Failed upstream attempts (also those whose response broke off mid-body), by upstream and reason.',
     labelNames: ['upstream', 'reason'] as const,
     registers,
   });
@@ -316,7 +321,32 @@ export function createMetrics(options: MetricsOptions): GatewayMetrics {
     return slot;
   }
 
-  const upstreamSlots = new Map<string, { duration: Histogram.Internal<string>; errors: Map<string, Counter.Internal> }>();
+  interface UpstreamSlot {
+    readonly upstream: string;
+    readonly duration: Histogram.Internal<string>;
+    readonly errors: Map<string, Counter.Internal>;
+  }
+  const upstreamSlots = new Map<string, UpstreamSlot>();
+
+  function upstreamSlot(upstream: string): UpstreamSlot {
+    const u = upstreams.value(upstream);
+    let slot = upstreamSlots.get(u);
+    if (slot === undefined) {
+      slot = { upstream: u, duration: upstreamDuration.labels({ upstream: u }), errors: new Map() };
+      upstreamSlots.set(u, slot);
+    }
+    return slot;
+  }
+
+  function countUpstreamError(slot: UpstreamSlot, error: UpstreamErrorReason): void {
+    const reason: UpstreamErrorReason = (UPSTREAM_ERROR_REASONS as readonly string[]).includes(error) ? error : 'other';
+    let counter = slot.errors.get(reason);
+    if (counter === undefined) {
+      counter = upstreamErrors.labels({ upstream: slot.upstream, reason });
+      slot.errors.set(reason, counter);
+    }
+    counter.inc();
+  }
 
   return {
     registry,
@@ -346,21 +376,13 @@ export function createMetrics(options: MetricsOptions): GatewayMetrics {
     },
 
     upstreamAttempt(upstream, seconds, error) {
-      const u = upstreams.value(upstream);
-      let slot = upstreamSlots.get(u);
-      if (slot === undefined) {
-        slot = { duration: upstreamDuration.labels({ upstream: u }), errors: new Map() };
-        upstreamSlots.set(u, slot);
-      }
+      const slot = upstreamSlot(upstream);
       slot.duration.observe(seconds);
-      if (error === undefined) return;
-      const reason: UpstreamErrorReason = (UPSTREAM_ERROR_REASONS as readonly string[]).includes(error) ? error : 'other';
-      let counter = slot.errors.get(reason);
-      if (counter === undefined) {
-        counter = upstreamErrors.labels({ upstream: u, reason });
-        slot.errors.set(reason, counter);
-      }
-      counter.inc();
+      if (error !== undefined) countUpstreamError(slot, error);
+    },
+
+    upstreamBrokeOff(upstream, error) {
+      countUpstreamError(upstreamSlot(upstream), error);
     },
 
     authFailure(reason) {

@@ -83,7 +83,7 @@ export class BanList {
 
   /** Whether `clientKey` is banned now, and for how much longer (milliseconds). */
   async isBanned(clientKey: string): Promise<BanStatus> {
-    return banStatus(await this.#store.get(this.#banKey(clientKey)));
+    return this.check(clientKey);
   }
 
   /**

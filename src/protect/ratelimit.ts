@@ -13,8 +13,10 @@
  *   authentication in a later stage, pass `hook: 'preHandler'`.
  * - Per request it calls `keyGenerator(req)`, then `allowList(req, key)` (true = no limit), then
  *   `max(req, key)` and `timeWindow(req, key)`, then `store.incr(key, cb, timeWindow, max)`.
- *   Here all four read the route's rules once through the lead's `getRules(request)`; a route
- *   without a `rate_limit` block (`null`) is allow-listed.
+ *   Registered with `global: true`, all four read the route's rules through `getRules(request)`;
+ *   a route without a `rate_limit` block (`null`) is allow-listed. The gateway registers it with
+ *   `global: false` and builds one limiter per route's rules (`routeLimiterOptions`: numbers, no
+ *   allow list), so per request only `keyGenerator` reads the rules.
  * - `enableDraftSpec: true` → `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset`
  *   (seconds) on every limited response (draft-ietf-httpapi-ratelimit-headers), and `Retry-After`
  *   (seconds, RFC 9110 §10.2.3) on the 429.
@@ -42,7 +44,7 @@ export interface GatewayRateLimitDeps {
   /**
    * The rate-limit rules of the gateway route this request was resolved to (by an earlier
    * onRequest hook), or null when the route has none (no limit). Called up to four times per
-   * request: keep it a cheap lookup.
+   * request with `global: true`: keep it a cheap lookup.
    */
   readonly getRules: (request: FastifyRequest) => RouteRateLimit | null;
   /** The trusted client IP. Default `request.ip` (right when Fastify's `trustProxy` mirrors `trusted_proxies`). */
@@ -120,7 +122,7 @@ export function gatewayRateLimitOptions(deps: GatewayRateLimitDeps): RateLimitPl
   const clientIp = deps.clientIp ?? ((request: FastifyRequest) => request.ip);
   const subject = deps.subject ?? (() => undefined);
   const issuer = deps.issuer ?? (() => undefined);
-  // The plugin asks for the rules four times per request. `getRules` is a property read on the
+  // With `global: true` the plugin asks for the rules four times per request. `getRules` is a property read on the
   // request's resolved route, cheaper than remembering its answer per request (a WeakMap entry per
   // request showed up in profiles: ~0.5 % of the request's CPU, plus the GC of its ephemerons).
   const rulesOf = deps.getRules;

@@ -3,7 +3,7 @@
  *
  * Hop-by-hop headers (RFC 9110 §7.6.1) belong to one connection and are never forwarded. The
  * client's `Connection` header and every header it names are removed before the gateway adds its
- * own headers (reply-from does this first), so `Connection: X-Forwarded-For` or
+ * own headers, so `Connection: X-Forwarded-For` or
  * `Connection: X-Auth-User` cannot remove what the gateway sets.
  */
 import { plainAddress } from './forwarded.js';
@@ -69,7 +69,7 @@ export function stripRequestHeaders(headers: HeaderBag, gatewayOwned: readonly s
   const names = Object.keys(headers);
   for (let i = 0; i < names.length; i++) {
     const name = names[i]!;
-    // HTTP/2 pseudo-headers never go upstream (reply-from filters them too; this keeps the rule local).
+    // HTTP/2 pseudo-headers never go upstream.
     if (name.charCodeAt(0) === 58 /* ':' */) delete headers[name];
     // CGI, WSGI, Rack and PHP map both `-` and `_` to `_` (X_Auth_User → HTTP_X_AUTH_USER), so an
     // underscore spelling of a gateway-owned header would reach the app under the same name.
@@ -111,16 +111,13 @@ export interface UpstreamHeaderInput {
   readonly websocket: boolean;
   /**
    * The request's headers as received, before anything was dropped. A trusted proxy's forwarding
-   * chain is read from here: reply-from has already removed what the proxy's `Connection` names
-   * from `headers`, and the client address was taken from the chain as received.
+   * chain is read from here: `headers` loses what the proxy's `Connection` names, and the client
+   * address was taken from the chain as received.
    */
   readonly received: Readonly<Record<string, string | string[] | undefined>>;
 }
 
-/**
- * The headers the upstream receives, built in place on a copy of the client's headers
- * (reply-from already dropped `Connection` and the headers it names).
- */
+/** The headers the upstream receives, built in place on a copy of the client's headers. */
 export function buildUpstreamHeaders(headers: HeaderBag, input: UpstreamHeaderInput): HeaderBag {
   const received = input.received;
   const clientXff = received['x-forwarded-for'];

@@ -28,6 +28,7 @@ import http2 from 'node:http2';
 import https from 'node:https';
 import net from 'node:net';
 import tls from 'node:tls';
+import { parseExposition, total } from '../ops-e2e/_support.js';
 import { LOOPBACK_LISTEN, rawTls, startGateway, startUpstream, statusOf, type LogRecord, type RunningGateway, type Tap } from '../helpers/gateway.js';
 
 // ---------------------------------------------------------------------------------------------
@@ -300,6 +301,10 @@ t.test('upstream resets mid-body (Content-Length): HTTP/1.1 connection closed sh
   t.equal(line?.status, 200);
   t.match(String(line?.reason), /^upstream_/, `the access line says why (${String(line?.reason)})`);
   t.equal(line?.bytes, 30000, 'and how much was sent');
+  // The attempt failed after all: one attempt, one upstream error under the access line's reason.
+  const samples = parseExposition((await gw.gw.metrics.exposition()).body);
+  t.equal(total(samples, 'portcullis_upstream_request_duration_seconds_count', { upstream: up.origin }), 1, 'one attempt');
+  t.equal(total(samples, 'portcullis_upstream_errors_total', { upstream: up.origin, reason: String(line?.reason).replace(/^upstream_/, '') }), 1, 'counted as an upstream error');
 });
 
 t.test('upstream dies mid-chunk (chunked): the client never gets the last chunk, the connection closes', async (t) => {
