@@ -924,7 +924,8 @@ sites:
   t.equal((await gw.request({ path: '/staying', headers: { authorization: `Bearer ${token}` } })).status, 200);
 });
 
-t.test('a client that stops reading is cut after timeouts.response, which frees the upstream', async (t) => {
+/** An upstream that writes up to 256 MB as fast as the gateway takes it; `closed` once aborted. */
+async function endlessUpstream(t: Tap): Promise<{ origin: string; written: () => number; closed: () => boolean }> {
   let upstreamClosed = false;
   let written = 0;
   const up = await startUpstream(t, (req, res) => {
@@ -943,14 +944,44 @@ t.test('a client that stops reading is cut after timeouts.response, which frees 
     };
     pump();
   });
+  return { origin: up.origin, written: () => written, closed: () => upstreamClosed };
+}
+
+t.test('a client that stops reading is cut after timeouts.response, which frees the upstream', async (t) => {
+  const up = await endlessUpstream(t);
   const gw = await startGateway(t, site(up.origin, 'timeouts: { response: 1s }\n'));
   const c = await tlsClient(t, gw);
   c.socket.write('GET /big HTTP/1.1\r\nHost: app.test\r\n\r\n');
   await until(() => c.text().length > 0);
   c.socket.pause(); // and never read again
-  t.ok(await until(() => upstreamClosed, 6000), 'the upstream request was aborted');
-  t.ok(written < 64 * 1024 * 1024, `the upstream could not write on (${written} bytes)`);
+  t.ok(await until(up.closed, 6000), 'the upstream request was aborted');
+  t.ok(up.written() < 64 * 1024 * 1024, `the upstream could not write on (${up.written()} bytes)`);
   const line = await accessLine(gw, '/big');
+  t.equal(line?.status, 200);
+  t.equal(line?.reason, 'client_stalled');
+});
+
+t.test('HTTP/2: a stream whose reader stops is reset after timeouts.response, which frees the upstream', async (t) => {
+  const up = await endlessUpstream(t);
+  const gw = await startGateway(t, site(up.origin, 'timeouts: { response: 1s }\n'));
+  const stream = h2Session(t, gw).request({ ':authority': 'app.test', ':path': '/big-h2' });
+  let got = 0;
+  let closed = false;
+  stream.on('error', () => {});
+  stream.on('close', () => (closed = true));
+  await new Promise<void>((resolve) => {
+    stream.once('data', (c: Buffer) => {
+      got += c.length;
+      stream.pause(); // and never read again: HTTP/2 flow control stops the gateway's writes
+      resolve();
+    });
+  });
+  t.ok(await until(up.closed, 6000), 'the upstream request was aborted');
+  t.ok(up.written() < 64 * 1024 * 1024, `the upstream could not write on (${up.written()} bytes)`);
+  t.ok(await until(() => closed, 3000), 'the client stream was closed');
+  t.not(stream.rstCode, http2.constants.NGHTTP2_NO_ERROR, `with an error code, never as a complete response (${String(stream.rstCode)})`);
+  t.ok(got > 0);
+  const line = await accessLine(gw, '/big-h2');
   t.equal(line?.status, 200);
   t.equal(line?.reason, 'client_stalled');
 });
