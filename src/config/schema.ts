@@ -106,7 +106,7 @@ const Headers = Type.Partial(Type.Object(
       'strict-origin-when-cross-origin',
     ),
     upstream: Type.Union([Type.Literal('keep'), Type.Literal('override')], {
-      description: 'When the upstream sets one of these headers itself: keep its value, or override it with the gateway\'s.',
+      description: 'When the upstream sets one of these headers itself: keep its value, or override it with the gateway\'s. HSTS is always the gateway\'s (see tls.hsts.max_age).',
       default: 'keep',
     }),
   },
@@ -301,7 +301,7 @@ export const GatewayFileSchema = Type.Object(
           hsts: Type.Optional(
             Type.Object(
               {
-                max_age: Type.Optional(Duration('Strict-Transport-Security max-age (0 disables the header).', '1y')),
+                max_age: Type.Optional(Duration('Strict-Transport-Security max-age (0: the gateway sends none, and an app\'s own passes through). When set, the gateway\'s header replaces one the app sends, whatever headers.upstream says: an app\'s max-age=0 would make browsers forget the host\'s HSTS.', '1y')),
                 include_subdomains: Type.Optional(Type.Boolean({ description: 'Add includeSubDomains.', default: true })),
                 preload: Type.Optional(Type.Boolean({ description: 'Add preload (needs max_age ≥ 1y and include_subdomains).', default: false })),
               },

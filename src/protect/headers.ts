@@ -16,6 +16,10 @@
  *   fonts or scripts from other sites (Fetch §4.1 "cross-origin resource policy check"), which
  *   breaks apps that serve assets to other origins. Apps opt in by sending CORP themselves.
  * - HSTS only over HTTPS: RFC 6797 §7.2, a server MUST NOT send it over non-secure transport.
+ * - HSTS is the gateway's even under `upstream: keep`: it describes the TLS the gateway terminates,
+ *   and an app's `max-age=0` (RFC 6797 §6.1.1) would make browsers forget the host's HSTS entry,
+ *   reopening the first-request downgrade that `tls.hsts` exists to close. With `tls.hsts.max_age: 0`
+ *   the gateway sends none and the app's passes through.
  * - `X-XSS-Protection: 0` (helmet's default): the legacy XSS auditor could be abused to
  *   selectively disable scripts; OWASP recommends turning it off.
  * - `frame-ancestors` is added to the CSP from `frameOptions` (DENY → 'none', SAMEORIGIN →
@@ -184,8 +188,8 @@ export interface ApplyContext {
 
 /**
  * Returns a new header object: `existing` minus {@link STRIPPED_RESPONSE_HEADERS}, merged with the
- * route's security headers. `keep`: a header the app already set (any case) wins. `override`: the
- * gateway's value replaces the app's. Headers the gateway does not set are passed through
+ * route's security headers. `keep`: a header the app already set (any case) wins, except HSTS.
+ * `override`: the gateway's value replaces the app's. Headers the gateway does not set are passed through
  * untouched (including the app's CSP when the route has none). Usable directly as
  * `@fastify/reply-from`'s `rewriteHeaders` body (IncomingHttpHeaders in, IncomingHttpHeaders out). Header names are matched
  * case-insensitively (RFC 9110 §5.1); the output uses lower-case names for the gateway's headers.
@@ -230,7 +234,7 @@ export function applySecurityHeaders(
   }
   const entries = entriesOf(computed);
   add(out, mixedCase, entries.common, mode);
-  if (context.https) add(out, mixedCase, entries.httpsOnly, mode);
+  if (context.https) add(out, mixedCase, entries.httpsOnly, 'override');
   if (context.gatewayGenerated === true) add(out, mixedCase, entries.gatewayOnly, mode);
   // For IncomingHttpHeaders input the output is IncomingHttpHeaders too: only single-valued
   // string headers are added, none of which has an array type there.

@@ -146,11 +146,11 @@ function referenceApply(existing: Record<string, unknown>, computed: SecurityHea
     out[name] = value;
     present.set(lower, [...(present.get(lower) ?? []), name]);
   }
-  const add = (headers: Readonly<Record<string, string>>): void => {
+  const add = (headers: Readonly<Record<string, string>>, always = false): void => {
     for (const [name, value] of Object.entries(headers)) {
       const keys = present.get(name);
       if (keys !== undefined) {
-        if (mode === 'keep') continue;
+        if (mode === 'keep' && !always) continue;
         for (const k of keys) delete out[k];
       }
       out[name] = value;
@@ -158,7 +158,8 @@ function referenceApply(existing: Record<string, unknown>, computed: SecurityHea
     }
   };
   add(computed.common);
-  if (https) add(computed.httpsOnly);
+  // HSTS is the gateway's even under `keep` (an app's max-age=0 would erase it in browsers).
+  if (https) add(computed.httpsOnly, true);
   if (gatewayGenerated) add(computed.gatewayOnly);
   return out;
 }
@@ -184,11 +185,11 @@ t.test('applySecurityHeaders: same names and values as the reference, never an a
       const want = referenceApply(existing, SET, mode, https, gw);
       const sorted = (o: Record<string, unknown>): string => JSON.stringify(Object.keys(o).sort().map((k) => [k, o[k]]));
       if (sorted(got) !== sorted(want)) return false;
-      if (mode === 'override') {
-        // every spelling of a gateway header is the gateway's value
-        const ours = { ...SET.common, ...(https ? SET.httpsOnly : {}), ...(gw ? SET.gatewayOnly : {}) } as Record<string, string>;
-        for (const [k, v] of Object.entries(got)) if (Object.hasOwn(ours, k.toLowerCase()) && v !== ours[k.toLowerCase()]) return false;
-      }
+      // Every spelling of a gateway header is the gateway's value; under keep, HSTS still is.
+      const ours = (mode === 'override'
+        ? { ...SET.common, ...(https ? SET.httpsOnly : {}), ...(gw ? SET.gatewayOnly : {}) }
+        : { ...(https ? SET.httpsOnly : {}) }) as Record<string, string>;
+      for (const [k, v] of Object.entries(got)) if (Object.hasOwn(ours, k.toLowerCase()) && v !== ours[k.toLowerCase()]) return false;
       return true;
     }),
     { numRuns: 5000 },

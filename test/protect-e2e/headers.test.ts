@@ -78,6 +78,8 @@ t.test('upstream: keep lets the app win, override replaces the app value; routes
       'referrer-policy': 'unsafe-url',
       'content-security-policy': "default-src https://cdn.example",
       'cross-origin-opener-policy': 'same-origin-allow-popups',
+      // An app (or an attacker who controls one response) trying to switch HSTS off for the host.
+      'strict-transport-security': 'max-age=0',
     });
     res.end('ok');
   });
@@ -114,7 +116,7 @@ sites:
   t.equal(kept.headers['content-security-policy'], 'default-src https://cdn.example', 'keep: the app CSP wins');
   t.equal(kept.headers['cross-origin-opener-policy'], 'same-origin-allow-popups', 'keep: the app COOP wins');
   t.equal(kept.headers['x-content-type-options'], 'nosniff', 'keep: headers the app did not set are still added');
-  t.equal(kept.headers['strict-transport-security'], HSTS);
+  t.equal(kept.headers['strict-transport-security'], HSTS, 'keep: the app cannot weaken HSTS (its max-age=0 is replaced)');
 
   const over = await gw.request({ path: '/', host: 'strict.test' });
   t.equal(over.status, 200);

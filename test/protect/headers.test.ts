@@ -113,6 +113,21 @@ t.test('apply: keep lets the app win, override lets the gateway win; fingerprint
   t.same(STRIPPED_RESPONSE_HEADERS, ['server', 'x-powered-by', 'x-aspnet-version', 'x-aspnetmvc-version']);
 });
 
+t.test('apply: an app HSTS never replaces the gateway one, even under keep (max-age=0 would erase it in browsers)', async (t) => {
+  const set = computeSecurityHeaders(base, hsts);
+  for (const mode of ['keep', 'override'] as const) {
+    const out = applySecurityHeaders({ 'Strict-Transport-Security': 'max-age=0', 'strict-transport-security': 'max-age=60' }, set, mode, { https: true });
+    t.same(
+      Object.entries(out).filter(([k]) => k.toLowerCase() === 'strict-transport-security'),
+      [['strict-transport-security', 'max-age=31536000; includeSubDomains']],
+      `${mode}: only the gateway's HSTS, in no other spelling`,
+    );
+  }
+  // tls.hsts.max_age: 0: the gateway sends none, so the app's own is left alone.
+  const off = computeSecurityHeaders(base, { ...hsts, maxAge: 0 });
+  t.equal(applySecurityHeaders({ 'strict-transport-security': 'max-age=60' }, off, 'keep', { https: true })['strict-transport-security'], 'max-age=60');
+});
+
 t.test('apply: HSTS never over plain HTTP; CORP on gateway responses; app CSP survives when the route has none', async (t) => {
   const set = computeSecurityHeaders(base, hsts);
   const plain = applySecurityHeaders({ 'content-security-policy': "default-src 'self'" }, set, 'override', { https: false });
