@@ -19,7 +19,9 @@
  * and admin (health, readiness, metrics). A configuration change swaps one RuntimeState.
  */
 import type { AddressInfo, Socket } from 'node:net';
-import type { Server as HttpServer, IncomingHttpHeaders } from 'node:http';
+import type { Server as HttpServer, IncomingHttpHeaders, IncomingMessage } from 'node:http';
+import type { Http2ServerRequest, Http2ServerResponse } from 'node:http2';
+import type { Duplex } from 'node:stream';
 import type { Server as TlsServer, TLSSocket } from 'node:tls';
 import { Readable, Transform, type TransformCallback } from 'node:stream';
 import Fastify, { LogController, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
@@ -34,7 +36,7 @@ import { redactUrl, writeAccessLine, type Logger } from './observability/logging
 import { createMetrics, UNMATCHED, type GatewayMetrics } from './observability/metrics.js';
 import { createSecurityEvents, openSecurityLog, type SecurityEvents, type SecurityLog } from './observability/events.js';
 import { buildRuntimeState, type RuntimeState } from './runtime.js';
-import { hasDuplicate, newContext, resolveRequest, PROXIED_METHODS, type RawRequestView } from './pipeline/resolve.js';
+import { ALLOW_HEADER, hasDuplicate, newContext, resolveRequest, PROXIED_METHODS, type RawRequestView } from './pipeline/resolve.js';
 import type { RequestContext } from './pipeline/context.js';
 import type { RouteProtection } from './pipeline/protect.js';
 import { buildUpstreamHeaders, withoutHopByHopResponseHeaders, type HeaderBag } from './proxy/headers.js';
@@ -114,6 +116,17 @@ function rawView(req: FastifyRequest): RawRequestView {
     rawHeaders: req.raw.rawHeaders,
     peer: peerOf(req),
     httpVersionMajor: req.raw.httpVersionMajor,
+  };
+}
+
+/** A CONNECT's target is an authority (HTTP/1.1 request line, HTTP/2 `:authority`), never a path. */
+function connectView(req: IncomingMessage | Http2ServerRequest): RawRequestView {
+  return {
+    method: 'CONNECT',
+    url: req.url ?? '',
+    headers: req.headers as Record<string, string | string[] | undefined>,
+    peer: req.socket?.remoteAddress ?? '',
+    httpVersionMajor: req.httpVersionMajor,
   };
 }
 
@@ -216,21 +229,8 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
       const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
       const code: GatewayErrorCode = status === 431 ? 'GW_ERR_HEADERS_TOO_LARGE' : status === 408 ? 'GW_ERR_REQUEST_TIMEOUT' : 'GW_ERR_BAD_REQUEST';
       const requestId = randomUUID();
-      const out = renderError(status, code, requestId, undefined);
       logger.info({ type: 'access', request_id: requestId, ip: socket.remoteAddress, status, reason: `parser_${(err.code ?? 'error').toLowerCase()}` }, 'request');
-      if (!socket.writable) {
-        socket.destroy();
-        return;
-      }
-      // Lingering close: end() sends the answer, TLS close_notify and FIN, and the socket keeps
-      // reading (and dropping) what the client is still sending. Destroying it at once, with request
-      // bytes not yet read, makes the kernel answer with a TCP reset that can discard the answer at
-      // the client. The wait is bounded: the socket is destroyed after LINGER_MS whatever happens.
-      socket.end(
-        `HTTP/1.1 ${status} ${statusText(status)}\r\nContent-Type: ${out.contentType}\r\nContent-Length: ${Buffer.byteLength(out.body)}\r\n` +
-          `X-Request-Id: ${requestId}\r\n${parserErrorSecurityHeaders()}Cache-Control: no-store\r\nConnection: close\r\n\r\n${out.body}`,
-      );
-      setTimeout(() => socket.destroy(), LINGER_MS).unref();
+      endWithRawAnswer(socket, status, code, requestId, undefined);
     },
     // find-my-way refuses malformed percent-encoding with FST_ERR_BAD_URL; answered safely here.
     frameworkErrors: (err, request, reply) => {
@@ -242,17 +242,32 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
   }) as unknown as FastifyInstance;
 
   /**
-   * The security headers of the gateway's own answers outside any site (the same set a 421 gets),
-   * as raw header lines for the parser-error answer, which is written to the socket directly.
+   * The gateway's own answer written straight to an HTTP/1.1 connection Node took away from the
+   * request pipeline (a request its parser refused, a CONNECT), then the connection closed. It
+   * carries the security headers of answers outside any site (the set a 421 gets).
    */
-  function parserErrorSecurityHeaders(): string {
+  function endWithRawAnswer(socket: Duplex, status: number, code: GatewayErrorCode, requestId: string, extra: Readonly<Record<string, string>> | undefined): void {
+    if (!socket.writable) {
+      socket.destroy();
+      return;
+    }
+    const out = renderError(status, code, requestId, undefined);
     const set = state.fallbackProtection.headers;
-    const all: Record<string, string> = { 'x-content-type-options': 'nosniff', ...set.common, ...set.httpsOnly, ...set.gatewayOnly };
+    const all: Record<string, string> = { 'x-content-type-options': 'nosniff', ...set.common, ...set.httpsOnly, ...set.gatewayOnly, ...extra };
     // Values are fixed by helmet or validated when the configuration loads (a CSP with a control
     // character is refused there), so they are safe to write as raw header lines.
     let lines = '';
     for (const [name, value] of Object.entries(all)) lines += `${name}: ${value}\r\n`;
-    return lines;
+    // Lingering close: end() sends the answer, TLS close_notify and FIN, and the socket keeps
+    // reading (and dropping) what the client is still sending. Destroying it at once, with request
+    // bytes not yet read, makes the kernel answer with a TCP reset that can discard the answer at
+    // the client. The wait is bounded: the socket is destroyed after LINGER_MS whatever happens.
+    socket.resume();
+    socket.end(
+      `HTTP/1.1 ${status} ${statusText(status)}\r\nContent-Type: ${out.contentType}\r\nContent-Length: ${Buffer.byteLength(out.body)}\r\n` +
+        `X-Request-Id: ${requestId}\r\n${lines}Cache-Control: no-store\r\nConnection: close\r\n\r\n${out.body}`,
+    );
+    setTimeout(() => socket.destroy(), LINGER_MS).unref();
   }
 
   const server = app.server as unknown as HttpServer;
@@ -264,6 +279,26 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
   server.keepAliveTimeout = cfg0.timeouts.idle;
   certificates.bindServer(server as never);
   slowloris.attach(server);
+  // CONNECT never reaches Fastify. Without a listener, Node's HTTP/2 compat layer answers it with a
+  // bare 405 (no security headers, no request id, no log line) and its HTTP/1.1 parser drops the
+  // connection. Both get the gateway's own 405 here: a tunnel is not something the gateway offers.
+  server.on('connect', (req: IncomingMessage | Http2ServerRequest, resOrSocket: Http2ServerResponse | Duplex) => {
+    const ctx = newContext(state, connectView(req), process.hrtime.bigint());
+    ctx.reason = 'method_not_allowed';
+    const out = renderError(405, 'GW_ERR_METHOD_NOT_ALLOWED', ctx.requestId, req.headers.accept);
+    if (req.httpVersionMajor === 2) {
+      const res = resOrSocket as Http2ServerResponse;
+      const base: IncomingHttpHeaders = { 'content-type': out.contentType, 'cache-control': 'no-store', 'x-request-id': ctx.requestId, ...ALLOW_HEADER };
+      res.writeHead(405, applySecurityHeaders(base, state.fallbackProtection.headers, 'override', { https: true, gatewayGenerated: true }) as never);
+      res.end(out.body);
+      res.once('finish', () => logRequest(ctx, req as FastifyRequest['raw'], 405, Buffer.byteLength(out.body)));
+      return;
+    }
+    // Node's HTTP server has let go of the socket; a reset still meets the TLS socket's own error
+    // listener (the reset test in test/gateway/hygiene.test.ts).
+    endWithRawAnswer(resOrSocket as Duplex, 405, 'GW_ERR_METHOD_NOT_ALLOWED', ctx.requestId, ALLOW_HEADER);
+    logRequest(ctx, req as FastifyRequest['raw'], 405, Buffer.byteLength(out.body));
+  });
 
   app.decorateRequest('gw', null as unknown as RequestContext);
 
@@ -350,7 +385,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     const refusal = resolveRequest(ctx.state, view, ctx);
     if (refusal === null) return false;
     ctx.reason = refusal.reason;
-    sendError(reply, refusal.status, refusal.code);
+    sendError(reply, refusal.status, refusal.code, refusal.headers);
     return true;
   }
 
@@ -559,7 +594,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
   app.setNotFoundHandler(function notFound(request, reply) {
     // Only reached for requests the wildcard route does not take: methods outside the proxied set.
     const method = request.raw.method ?? '';
-    if (!(PROXIED_METHODS as readonly string[]).includes(method)) return sendError(reply, 405, 'GW_ERR_METHOD_NOT_ALLOWED');
+    if (!(PROXIED_METHODS as readonly string[]).includes(method)) return sendError(reply, 405, 'GW_ERR_METHOD_NOT_ALLOWED', ALLOW_HEADER);
     return sendError(reply, 404, 'GW_ERR_NO_ROUTE');
   });
 

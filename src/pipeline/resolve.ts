@@ -15,11 +15,15 @@ import type { RequestContext } from './context.js';
 /** Methods the gateway proxies. TRACE and CONNECT are refused (RFC 9110 §9.3.8: TRACE reflects credentials). */
 export const PROXIED_METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'] as const;
 const PROXIED = new Set<string>(PROXIED_METHODS);
+/** RFC 9110 §15.5.6: a 405 MUST list the methods the server supports. */
+export const ALLOW_HEADER: Readonly<Record<string, string>> = Object.freeze({ allow: PROXIED_METHODS.join(', ') });
 
 export interface Refusal {
   readonly status: number;
   readonly code: GatewayErrorCode;
   readonly reason: string;
+  /** Headers the answer must carry (Allow on a 405). */
+  readonly headers?: Readonly<Record<string, string>>;
 }
 
 export interface RawRequestView {
@@ -54,7 +58,7 @@ export function resolveRequest(state: RuntimeState, req: RawRequestView, ctx: Re
   // Origin form only (RFC 9112 §3.2.1). Absolute form is for forward proxies; `*` is OPTIONS-only
   // server-wide and never means anything to an upstream app.
   if (url.charCodeAt(0) !== 47 /* / */) return { status: 400, code: 'GW_ERR_BAD_REQUEST', reason: 'not_origin_form' };
-  if (!PROXIED.has(req.method)) return { status: 405, code: 'GW_ERR_METHOD_NOT_ALLOWED', reason: 'method_not_allowed' };
+  if (!PROXIED.has(req.method)) return { status: 405, code: 'GW_ERR_METHOD_NOT_ALLOWED', reason: 'method_not_allowed', headers: ALLOW_HEADER };
 
   if (req.rawHeaders && hasDuplicate(req.rawHeaders, 'host')) return { status: 400, code: 'GW_ERR_BAD_REQUEST', reason: 'duplicate_host' };
   const rawHost = req.httpVersionMajor === 2 ? (single(req.headers[':authority']) ?? single(req.headers.host)) : req.headers.host;

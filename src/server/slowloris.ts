@@ -73,6 +73,10 @@ export class SlowlorisGuard {
       });
     });
     server.on('upgrade', (req: IncomingMessage) => this.disarm(req.socket as Guarded));
+    // A CONNECT is answered and closed by the gateway; HTTP/2 streams are never armed.
+    server.on('connect', (req: IncomingMessage) => {
+      if (req.httpVersionMajor === 1) this.disarm(req.socket as Guarded);
+    });
   }
 
   private arm(socket: Guarded, ms: number): void {

@@ -1,6 +1,8 @@
 // Request hygiene, attack-first: raw bytes over real TLS. The upstream must never see any of these.
 import t from 'tap';
 import tls from 'node:tls';
+import http2 from 'node:http2';
+import net from 'node:net';
 import { LOOPBACK_LISTEN, rawTls, startGateway, startUpstream, statusOf } from '../helpers/gateway.js';
 
 const yaml = (origin: string) => `${LOOPBACK_LISTEN}
@@ -47,9 +49,91 @@ t.test('request-target must be origin-form; TRACE and CONNECT are refused', asyn
   t.equal(statusOf(star), 400, 'asterisk-form refused');
   const trace = await rawTls(gw.port, gw.ca, 'TRACE / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n');
   t.equal(statusOf(trace), 405, 'TRACE refused');
-  const connect = await rawTls(gw.port, gw.ca, 'CONNECT app.test:443 HTTP/1.1\r\nHost: app.test:443\r\nConnection: close\r\n\r\n');
-  t.ok([400, 405].includes(statusOf(connect)) || statusOf(connect) === 0, `CONNECT refused (${statusOf(connect)})`);
+  t.match(headerOf(trace, 'allow'), /^GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS$/, 'the 405 says which methods are served (RFC 9110 §15.5.6)');
+  const webdav = await rawTls(gw.port, gw.ca, 'PROPFIND / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n');
+  t.equal(statusOf(webdav), 405, 'a method outside the proxied set is refused');
+  t.ok(headerOf(webdav, 'allow'), 'with Allow');
   t.equal(up.seen.length, 0);
+});
+
+/** The value of one header of a raw HTTP/1.1 answer ('' when absent). */
+function headerOf(raw: string, name: string): string {
+  for (const line of raw.split('\r\n\r\n')[0]!.split('\r\n').slice(1)) {
+    const colon = line.indexOf(':');
+    if (line.slice(0, colon).toLowerCase() === name) return line.slice(colon + 1).trim();
+  }
+  return '';
+}
+
+t.test('CONNECT gets the gateway own 405 (security headers, request id, Allow, access line) over HTTP/1.1 and HTTP/2', async (t) => {
+  const up = await startUpstream(t);
+  const gw = await startGateway(t, yaml(up.origin));
+
+  // HTTP/1.1: Node's parser would drop the connection without a word; the gateway answers.
+  const h1 = await rawTls(gw.port, gw.ca, 'CONNECT app.test:443 HTTP/1.1\r\nHost: app.test:443\r\n\r\nGET /admin HTTP/1.1\r\nHost: app.test\r\n\r\n');
+  t.equal(statusOf(h1), 405, 'HTTP/1.1 CONNECT refused with 405');
+  t.equal(headerOf(h1, 'allow'), 'GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS');
+  t.equal(headerOf(h1, 'connection'), 'close', 'and the connection closed: the bytes after it are never a request');
+  for (const h of ['strict-transport-security', 'x-content-type-options', 'x-frame-options', 'cross-origin-resource-policy', 'x-request-id']) {
+    t.ok(headerOf(h1, h), `HTTP/1.1 405 has ${h}`);
+  }
+  t.equal(h1.split('HTTP/1.1 ').length - 1, 1, 'exactly one answer on the connection');
+
+  // HTTP/2: Node's compat layer would answer a bare 405 (no security headers, nothing logged).
+  const session = http2.connect(`https://127.0.0.1:${gw.port}`, { ca: gw.ca, servername: 'app.test' });
+  t.teardown(() => session.close());
+  const h2 = await new Promise<{ headers: http2.IncomingHttpHeaders; body: string }>((resolve, reject) => {
+    const stream = session.request({ ':method': 'CONNECT', ':authority': 'app.test:443' });
+    let body = '';
+    let headers: http2.IncomingHttpHeaders = {};
+    stream.on('response', (h) => (headers = h));
+    stream.setEncoding('utf8');
+    stream.on('data', (c: string) => (body += c));
+    stream.on('end', () => resolve({ headers, body }));
+    stream.on('error', reject);
+  });
+  t.equal(h2.headers[':status'], 405, 'HTTP/2 CONNECT refused with 405');
+  t.equal(h2.headers.allow, 'GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS');
+  for (const h of ['strict-transport-security', 'x-content-type-options', 'x-frame-options', 'cross-origin-resource-policy', 'x-request-id', 'cache-control']) {
+    t.ok(h2.headers[h], `HTTP/2 405 has ${h}`);
+  }
+  t.match(h2.body, /Method Not Allowed/, 'the gateway error body');
+  t.match(h2.body, new RegExp(String(h2.headers['x-request-id'])), 'naming its request id');
+  // The session survives: the next request on it is served.
+  const next = await new Promise<number>((resolve, reject) => {
+    const stream = session.request({ ':path': '/', ':authority': 'app.test' });
+    stream.on('response', (h) => resolve(Number(h[':status'])));
+    stream.on('error', reject);
+    stream.resume();
+  });
+  t.equal(next, 200, 'the HTTP/2 session goes on');
+
+  for (let i = 0; i < 100 && gw.logs.filter((l) => l.method === 'CONNECT').length < 2; i++) await new Promise((r) => setTimeout(r, 10));
+  const lines = gw.logs.filter((l) => l.type === 'access' && l.method === 'CONNECT');
+  t.equal(lines.length, 2, 'one access line per CONNECT');
+  t.same(lines.map((l) => [l.status, l.reason, l.http]).sort(), [[405, 'method_not_allowed', '1.1'], [405, 'method_not_allowed', '2.0']]);
+  t.ok(lines.some((l) => l.request_id === h2.headers['x-request-id']), 'the HTTP/2 line has the answer request id');
+  t.equal(up.seen.length, 1, 'the upstream saw only the ordinary request');
+});
+
+t.test('a client that resets its connection right after CONNECT does not take the gateway down', async (t) => {
+  const up = await startUpstream(t);
+  const gw = await startGateway(t, yaml(up.origin));
+  for (let i = 0; i < 5; i++) {
+    await new Promise<void>((resolve) => {
+      // A TCP reset (RST), not a close: the gateway's socket gets ECONNRESET with no HTTP server
+      // listening on it any more.
+      const raw = net.connect(gw.port, '127.0.0.1');
+      const s = tls.connect({ socket: raw, servername: 'app.test', ca: gw.ca }, () => {
+        s.write('CONNECT app.test:443 HTTP/1.1\r\nHost: app.test:443\r\n\r\n', () => setTimeout(() => raw.resetAndDestroy(), i));
+      });
+      s.on('error', () => {});
+      raw.on('error', () => {});
+      raw.on('close', () => resolve());
+    });
+  }
+  await new Promise((r) => setTimeout(r, 100));
+  t.equal((await gw.request({ path: '/' })).status, 200, 'still serving');
 });
 
 t.test('Host is required and must be a configured site', async (t) => {
