@@ -343,3 +343,37 @@ t.test('a chunked body over the limit: the upstream request never completes', as
   t.ok(seen[0]!.aborted, 'it was aborted');
   t.ok(seen[0]!.bytes <= 1024, `the upstream got at most the limit (${seen[0]!.bytes} bytes)`);
 });
+
+t.test('HTTP/2 coalescing: every stream of one connection is routed and checked by its own :authority, never by the SNI', async (t) => {
+  // Browsers reuse one HTTP/2 connection for every host its certificate covers (RFC 9113 §9.1.1).
+  // TLS settings are the gateway's, not a site's, so that is safe as long as each request gets
+  // the policy of the site it names.
+  const a = await startUpstream(t);
+  const b = await startUpstream(t);
+  const gw = await startGateway(t, `${LOOPBACK_LISTEN}
+sites:
+  - hosts: [app.test]
+    upstream: ${a.origin}
+    routes: [{ path: /, access: public }]
+  - hosts: [other.test]
+    upstream: ${b.origin}
+    routes:
+      - { path: /open, access: public }
+      - { path: /, access: deny }
+`);
+  const session = http2.connect(`https://127.0.0.1:${gw.port}`, { ca: gw.ca, servername: 'app.test' });
+  t.teardown(() => session.close());
+  const get = (authority: string, path: string) => new Promise<number>((resolve, reject) => {
+    const stream = session.request({ ':path': path, ':authority': authority });
+    stream.on('response', (h) => resolve(Number(h[':status'])));
+    stream.on('error', reject);
+    stream.resume();
+  });
+  t.equal(await get('app.test', '/secret'), 200, 'the SNI site');
+  t.equal(await get('other.test', '/secret'), 403, "another site's deny applies on the same connection");
+  t.equal(await get('OTHER.test', '/open'), 200, "another site's public route, to its own upstream");
+  t.equal(await get('evil.example', '/'), 421, 'an authority the gateway does not serve: 421 on the same connection');
+  t.equal(await get('app.test', '/again'), 200, 'and the connection goes on');
+  t.same(a.seen.map((r) => r.url), ['/secret', '/again']);
+  t.same(b.seen.map((r) => r.url), ['/open']);
+});
