@@ -42,6 +42,7 @@ import type { RouteProtection } from './pipeline/protect.js';
 import { buildUpstreamHeaders, withoutHopByHopResponseHeaders, type HeaderBag } from './proxy/headers.js';
 import { classifyUpstreamError } from './proxy/upstream-errors.js';
 import { ClientStalledError, UpstreamClient, type ForwardHooks } from './proxy/forward.js';
+import { WebSocketDialer, type WebSocketDialPlan } from './proxy/websocket-dial.js';
 import { authorizeRequest, type AuthRefusal } from './pipeline/authorize.js';
 import { createAuthenticatorFor } from './pipeline/auth-factory.js';
 import { CertificateStore, createTlsFront, type TlsFront } from './tls/index.js';
@@ -607,6 +608,24 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
   });
   app.addHook('onClose', async () => upstreamClient.close());
 
+  const wsDialer = new WebSocketDialer();
+  function wsDialPlan(ctx: RequestContext): WebSocketDialPlan {
+    return {
+      pool: ctx.state.pools.get(ctx.route!)!,
+      first: ctx.upstreamIndex,
+      connectTimeoutMs: cfg0.timeouts.connect,
+      connectFailed(origin, kind, seconds, next, wasDown) {
+        metrics.upstreamAttempt(origin, seconds, kind);
+        if (!wasDown) events.emit('upstream_down', { ...who(ctx), upstream: origin, reason: kind });
+        if (next !== null) ctx.upstream = next;
+      },
+      connected(origin, seconds) {
+        ctx.upstream = origin;
+        metrics.upstreamAttempt(origin, seconds);
+      },
+    };
+  }
+
   // @fastify/http-proxy owns the wildcard routes, the pass-through body parser and WebSocket
   // proxying. HTTP requests go from its routes straight to `proxyRequest` (proxy/forward.ts, not
   // reply-from: see there); only WebSocket upgrades (which its 'upgrade' listener routes as raw
@@ -631,7 +650,10 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
       replyOptions: { getUpstream: (request: FastifyRequest) => request.gw.upstream ?? '' },
       wsServerOptions: { WebSocket: ClientSideWebSocket },
       wsClientOptions: {
+        // The upstream socket is dialled by the gateway, with failover (proxy/websocket-dial.ts).
+        createConnection: wsDialer.createConnection,
         rewriteRequestHeaders: (_headers: HeaderBag, request: FastifyRequest) => {
+          wsDialer.plan(wsDialPlan(request.gw));
           const h = upstreamHeaders(request, { ...(request.headers as HeaderBag) }, true);
           for (const name of Object.keys(h)) if (name.startsWith('sec-websocket-') || name === 'connection' || name === 'upgrade') delete h[name];
           return h;

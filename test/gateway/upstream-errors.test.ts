@@ -128,3 +128,92 @@ t.test("the upstream's own close code and reason still reach the client", async 
   const closed = await wsClose(gw.port, gw.ca);
   t.same([closed.code, closed.reason], [4001, 'room closed']);
 });
+
+/** An origin nothing listens on: connections to it are refused. */
+async function refusingOrigin(): Promise<string> {
+  const dead = net.createServer();
+  await new Promise<void>((r) => dead.listen(0, '127.0.0.1', r));
+  const origin = `http://127.0.0.1:${(dead.address() as net.AddressInfo).port}`;
+  await new Promise<void>((r) => dead.close(() => r()));
+  return origin;
+}
+
+/** An echo WebSocket upstream that records the Host of each handshake. */
+async function echoWebSocketUpstream(t: Tap): Promise<{ origin: string; hosts: string[] }> {
+  const hosts: string[] = [];
+  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0 });
+  await new Promise<void>((r) => wss.once('listening', () => r()));
+  wss.on('connection', (ws, req) => {
+    hosts.push(String(req.headers.host));
+    ws.on('message', (data, binary) => ws.send(data, { binary }));
+  });
+  t.teardown(() => new Promise<void>((r) => wss.close(() => r())));
+  return { origin: `http://127.0.0.1:${(wss.address() as net.AddressInfo).port}`, hosts };
+}
+
+/** Opens a WebSocket through the gateway, sends one message and resolves with the echo (or how it closed). */
+function wsEcho(port: number, ca: string, message: string): Promise<{ echo: string | null; code: number }> {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(`wss://127.0.0.1:${port}/chat`, { ca, servername: 'app.test', headers: { host: 'app.test' } } as object);
+    // Sent at once: the gateway holds it while it dials the upstream.
+    ws.once('open', () => ws.send(message));
+    ws.once('message', (data) => {
+      ws.close(1000);
+      resolve({ echo: String(data), code: 1000 });
+    });
+    ws.once('unexpected-response', (_req, res) => reject(new Error(`refused with ${res.statusCode}`)));
+    ws.once('close', (code) => resolve({ echo: null, code }));
+  });
+}
+
+t.test('a WebSocket fails over to the next target when the picked one refuses the connection', async (t) => {
+  const dead = await refusingOrigin();
+  const live = await echoWebSocketUpstream(t);
+  // The dead target is listed first: round robin picks it for the first connection.
+  const gw = await startGateway(t, site(`[${dead}, ${live.origin}]`));
+  const results = [];
+  for (let i = 0; i < 4; i++) results.push(await wsEcho(gw.port, gw.ca, `hello ${i}`));
+  t.same(results.map((r) => r.echo), ['hello 0', 'hello 1', 'hello 2', 'hello 3'], 'every socket reached the live target, the first one included');
+  t.same(live.hosts, ['app.test', 'app.test', 'app.test', 'app.test'], "the handshake carried the client's Host");
+
+  const exposition = (await gw.gw.metrics.exposition()).body;
+  const refused = exposition.split('\n').filter((l) => l.startsWith('portcullis_upstream_errors_total') && l.includes(dead) && l.includes('connect_refused'));
+  t.same(refused.map((l) => l.trim().split(' ').at(-1)), ['1'], 'the dead target was tried once, then skipped while marked down');
+  const down = gw.logs.filter((l) => l.event === 'upstream_down');
+  t.equal(down.length, 1, 'one upstream_down event');
+  t.equal(down[0]?.upstream, dead);
+});
+
+t.test('a WebSocket whose every target refuses is still closed with 1011, after trying each once', async (t) => {
+  const a = await refusingOrigin();
+  const b = await refusingOrigin();
+  const gw = await startGateway(t, site(`[${a}, ${b}]`));
+  const res = await wsEcho(gw.port, gw.ca, 'anyone?');
+  t.same(res, { echo: null, code: 1011 });
+  const exposition = (await gw.gw.metrics.exposition()).body;
+  for (const origin of [a, b]) {
+    t.ok(exposition.split('\n').some((l) => l.startsWith('portcullis_upstream_errors_total') && l.includes(origin) && l.includes('connect_refused')), `${origin} was tried`);
+  }
+});
+
+t.test('a WebSocket target that does not finish connecting within timeouts.connect is left for the next one', async (t) => {
+  // TCP accepts, the TLS handshake never gets an answer: a hung host. undici counts the TLS
+  // handshake in its connect timeout for HTTP requests; the WebSocket dial does the same.
+  const held: net.Socket[] = [];
+  const silent = net.createServer((socket) => {
+    held.push(socket);
+    socket.on('error', () => undefined);
+  });
+  await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r));
+  t.teardown(() => new Promise<void>((r) => {
+    for (const socket of held) socket.destroy();
+    silent.close(() => r());
+  }));
+  const hung = `https://127.0.0.1:${(silent.address() as net.AddressInfo).port}`;
+  const live = await echoWebSocketUpstream(t);
+  const gw = await startGateway(t, site(`[${hung}, ${live.origin}]`).replace('sites:', 'timeouts: { connect: 300ms }\nsites:'));
+  const res = await wsEcho(gw.port, gw.ca, 'through');
+  t.equal(res.echo, 'through', 'the live target answered');
+  const exposition = (await gw.gw.metrics.exposition()).body;
+  t.ok(exposition.split('\n').some((l) => l.startsWith('portcullis_upstream_errors_total') && l.includes(hung) && l.includes('connect_timeout')), 'the hung target is counted as a connect timeout');
+});
