@@ -614,6 +614,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
       pool: ctx.state.pools.get(ctx.route!)!,
       first: ctx.upstreamIndex,
       connectTimeoutMs: cfg0.timeouts.connect,
+      handshakeTimeoutMs: ctx.route!.timeouts.response,
       connectFailed(origin, kind, seconds, next, wasDown) {
         metrics.upstreamAttempt(origin, seconds, kind);
         if (!wasDown) events.emit('upstream_down', { ...who(ctx), upstream: origin, reason: kind });

@@ -20,6 +20,8 @@ export interface WebSocketDialPlan {
   /** Index of the target the pipeline picked. */
   readonly first: number;
   readonly connectTimeoutMs: number;
+  /** How long the upstream may stay silent before its handshake answer (the route's timeouts.response). */
+  readonly handshakeTimeoutMs: number;
   /** A target could not be reached; `next` is the origin tried next, or null when none is left. */
   connectFailed(origin: string, kind: UpstreamErrorKind, seconds: number, next: string | null, wasDown: boolean): void;
   /** The socket to `origin` is up; the handshake goes there. */
@@ -33,11 +35,18 @@ interface ConnectOptions {
   readonly host?: string;
 }
 
-/** undici names its connect timeout this way; classifyUpstreamError reads the code. */
+/** Coded as undici codes its connect and headers timeouts: classifyUpstreamError reads the code. */
 class ConnectTimeoutError extends Error {
   readonly code = 'UND_ERR_CONNECT_TIMEOUT';
   constructor(origin: string) {
     super(`connect timeout: ${origin}`);
+  }
+}
+
+class HandshakeTimeoutError extends Error {
+  readonly code = 'UND_ERR_HEADERS_TIMEOUT';
+  constructor(origin: string) {
+    super(`no WebSocket handshake answer: ${origin}`);
   }
 }
 
@@ -93,6 +102,10 @@ function dial(plan: WebSocketDialPlan, oncreate: OnCreate): void {
       clearTimeout(timer);
       socket.removeListener('error', onError);
       plan.connected(target.origin, seconds());
+      // An upstream that takes the connection and never answers the handshake would hold the
+      // client's socket open forever. `ws` clears the socket's idle timeout once the handshake
+      // succeeds (setSocket → setTimeout(0)), so this bounds the handshake only.
+      socket.setTimeout(plan.handshakeTimeoutMs, () => socket.destroy(new HandshakeTimeoutError(target.origin)));
       oncreate(null, socket);
     });
   };

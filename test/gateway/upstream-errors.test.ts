@@ -217,3 +217,34 @@ t.test('a WebSocket target that does not finish connecting within timeouts.conne
   const exposition = (await gw.gw.metrics.exposition()).body;
   t.ok(exposition.split('\n').some((l) => l.startsWith('portcullis_upstream_errors_total') && l.includes(hung) && l.includes('connect_timeout')), 'the hung target is counted as a connect timeout');
 });
+
+t.test('a WebSocket upstream that takes the connection and never answers the handshake: 1011 after timeouts.response', async (t) => {
+  const held: net.Socket[] = [];
+  const mute = net.createServer((socket) => {
+    held.push(socket);
+    socket.on('error', () => undefined);
+  });
+  await new Promise<void>((r) => mute.listen(0, '127.0.0.1', r));
+  t.teardown(() => new Promise<void>((r) => {
+    for (const socket of held) socket.destroy();
+    mute.close(() => r());
+  }));
+  const gw = await startGateway(t, site(`http://127.0.0.1:${(mute.address() as net.AddressInfo).port}`).replace('sites:', 'timeouts: { response: 300ms }\nsites:'));
+  const res = await wsEcho(gw.port, gw.ca, 'hello?');
+  t.same(res, { echo: null, code: 1011 }, 'closed, not held open forever');
+  t.equal(held.length, 1, 'the upstream was dialled once');
+
+  // The deadline is the handshake's only: an open socket may stay quiet for longer.
+  const live = await echoWebSocketUpstream(t);
+  const gw2 = await startGateway(t, site(live.origin).replace('sites:', 'timeouts: { response: 300ms }\nsites:'));
+  const quiet = await new Promise<string>((resolve, reject) => {
+    const ws = new WebSocket(`wss://127.0.0.1:${gw2.port}/chat`, { ca: gw2.ca, servername: 'app.test', headers: { host: 'app.test' } } as object);
+    ws.once('open', () => setTimeout(() => ws.send('after a quiet second'), 1000));
+    ws.once('message', (data) => {
+      ws.close(1000);
+      resolve(String(data));
+    });
+    ws.once('close', (code) => reject(new Error(`closed with ${code}`)));
+  });
+  t.equal(quiet, 'after a quiet second', 'a socket quiet for longer than timeouts.response after its handshake stays open');
+});
