@@ -18,7 +18,7 @@
  * Three listeners: HTTPS (this Fastify app behind the TLS front), HTTP (redirects + ACME HTTP-01)
  * and admin (health, readiness, metrics). A configuration change swaps one RuntimeState.
  */
-import type { AddressInfo, Socket } from 'node:net';
+import { isIP, type AddressInfo, type Socket } from 'node:net';
 import type { Server as HttpServer, IncomingHttpHeaders, IncomingMessage } from 'node:http';
 import type { Http2ServerRequest, Http2ServerResponse } from 'node:http2';
 import type { Duplex } from 'node:stream';
@@ -42,7 +42,7 @@ import type { RouteProtection } from './pipeline/protect.js';
 import { buildUpstreamHeaders, withoutHopByHopResponseHeaders, type HeaderBag } from './proxy/headers.js';
 import { classifyUpstreamError } from './proxy/upstream-errors.js';
 import { ClientStalledError, UpstreamClient, type ForwardHooks } from './proxy/forward.js';
-import { WebSocketDialer, type WebSocketDialPlan } from './proxy/websocket-dial.js';
+import { createUpstreamConnection, withDialPlan, type WebSocketDialPlan } from './proxy/websocket-dial.js';
 import { authorizeRequest, type AuthRefusal } from './pipeline/authorize.js';
 import { createAuthenticatorFor } from './pipeline/auth-factory.js';
 import { CertificateStore, createTlsFront, type TlsFront } from './tls/index.js';
@@ -124,7 +124,7 @@ function rawView(req: FastifyRequest): RawRequestView {
 function connectView(req: IncomingMessage | Http2ServerRequest): RawRequestView {
   return {
     method: 'CONNECT',
-    url: req.url ?? '',
+    url: req.url ?? single(req.headers[':authority']) ?? '',
     headers: req.headers as Record<string, string | string[] | undefined>,
     peer: req.socket?.remoteAddress ?? '',
     httpVersionMajor: req.httpVersionMajor,
@@ -231,7 +231,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
       const code: GatewayErrorCode = status === 431 ? 'GW_ERR_HEADERS_TOO_LARGE' : status === 408 ? 'GW_ERR_REQUEST_TIMEOUT' : 'GW_ERR_BAD_REQUEST';
       const requestId = randomUUID();
       logger.info({ type: 'access', request_id: requestId, ip: socket.remoteAddress, status, reason: `parser_${(err.code ?? 'error').toLowerCase()}` }, 'request');
-      endWithRawAnswer(socket, status, code, requestId, undefined);
+      endWithRawAnswer(socket, status, code, requestId, undefined, undefined);
     },
     // find-my-way refuses malformed percent-encoding with FST_ERR_BAD_URL; answered safely here.
     frameworkErrors: (err, request, reply) => {
@@ -247,12 +247,14 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
    * request pipeline (a request its parser refused, a CONNECT), then the connection closed. It
    * carries the security headers of answers outside any site (the set a 421 gets).
    */
-  function endWithRawAnswer(socket: Duplex, status: number, code: GatewayErrorCode, requestId: string, extra: Readonly<Record<string, string>> | undefined): void {
-    if (!socket.writable) {
+  function endWithRawAnswer(socket: Duplex, status: number, code: GatewayErrorCode, requestId: string, accept: string | undefined, extra: Readonly<Record<string, string>> | undefined): number | undefined {
+    // An answer to an earlier request still going out on this connection (pipelining): bytes of
+    // ours would land inside it. Cut the connection instead, as Node itself does.
+    if (!socket.writable || (socket as Duplex & { _httpMessage?: unknown })._httpMessage) {
       socket.destroy();
-      return;
+      return undefined;
     }
-    const out = renderError(status, code, requestId, undefined);
+    const out = renderError(status, code, requestId, accept);
     const set = state.fallbackProtection.headers;
     const all: Record<string, string> = { 'x-content-type-options': 'nosniff', ...set.common, ...set.httpsOnly, ...set.gatewayOnly, ...extra };
     // Values are fixed by helmet or validated when the configuration loads (a CSP with a control
@@ -264,11 +266,13 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     // bytes not yet read, makes the kernel answer with a TCP reset that can discard the answer at
     // the client. The wait is bounded: the socket is destroyed after LINGER_MS whatever happens.
     socket.resume();
+    const bytes = Buffer.byteLength(out.body);
     socket.end(
-      `HTTP/1.1 ${status} ${statusText(status)}\r\nContent-Type: ${out.contentType}\r\nContent-Length: ${Buffer.byteLength(out.body)}\r\n` +
+      `HTTP/1.1 ${status} ${statusText(status)}\r\nContent-Type: ${out.contentType}\r\nContent-Length: ${bytes}\r\n` +
         `X-Request-Id: ${requestId}\r\n${lines}Cache-Control: no-store\r\nConnection: close\r\n\r\n${out.body}`,
     );
     setTimeout(() => socket.destroy(), LINGER_MS).unref();
+    return bytes;
   }
 
   const server = app.server as unknown as HttpServer;
@@ -286,19 +290,23 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
   server.on('connect', (req: IncomingMessage | Http2ServerRequest, resOrSocket: Http2ServerResponse | Duplex) => {
     const ctx = newContext(state, connectView(req), process.hrtime.bigint());
     ctx.reason = 'method_not_allowed';
-    const out = renderError(405, 'GW_ERR_METHOD_NOT_ALLOWED', ctx.requestId, req.headers.accept);
     if (req.httpVersionMajor === 2) {
       const res = resOrSocket as Http2ServerResponse;
+      const out = renderError(405, 'GW_ERR_METHOD_NOT_ALLOWED', ctx.requestId, req.headers.accept);
       const base: IncomingHttpHeaders = { 'content-type': out.contentType, 'cache-control': 'no-store', 'x-request-id': ctx.requestId, ...ALLOW_HEADER };
       res.writeHead(405, applySecurityHeaders(base, state.fallbackProtection.headers, 'override', { https: true, gatewayGenerated: true }) as never);
       res.end(out.body);
-      res.once('finish', () => logRequest(ctx, req as FastifyRequest['raw'], 405, Buffer.byteLength(out.body)));
+      // 'close', not 'finish': a stream the client resets is logged too.
+      res.once('close', () => logRequest(ctx, req as FastifyRequest['raw'], 405, res.writableFinished ? Buffer.byteLength(out.body) : undefined));
       return;
     }
+    const socket = resOrSocket as Duplex;
+    slowloris.release(socket);
     // Node's HTTP server has let go of the socket; a reset still meets the TLS socket's own error
     // listener (the reset test in test/gateway/hygiene.test.ts).
-    endWithRawAnswer(resOrSocket as Duplex, 405, 'GW_ERR_METHOD_NOT_ALLOWED', ctx.requestId, ALLOW_HEADER);
-    logRequest(ctx, req as FastifyRequest['raw'], 405, Buffer.byteLength(out.body));
+    const bytes = endWithRawAnswer(socket, 405, 'GW_ERR_METHOD_NOT_ALLOWED', ctx.requestId, single(req.headers.accept), ALLOW_HEADER);
+    if (bytes === undefined) ctx.reason = 'connection_cut';
+    logRequest(ctx, req as FastifyRequest['raw'], 405, bytes);
   });
 
   app.decorateRequest('gw', null as unknown as RequestContext);
@@ -608,13 +616,16 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
   });
   app.addHook('onClose', async () => upstreamClient.close());
 
-  const wsDialer = new WebSocketDialer();
-  function wsDialPlan(ctx: RequestContext): WebSocketDialPlan {
+  function wsDialPlan(request: FastifyRequest): WebSocketDialPlan {
+    const ctx = request.gw;
+    const name = ctx.host.startsWith('[') ? ctx.host.slice(1, -1) : ctx.host;
     return {
       pool: ctx.state.pools.get(ctx.route!)!,
       first: ctx.upstreamIndex,
       connectTimeoutMs: cfg0.timeouts.connect,
       handshakeTimeoutMs: ctx.route!.timeouts.response,
+      servername: isIP(name) === 0 ? name : undefined,
+      client: request.raw.socket,
       connectFailed(origin, kind, seconds, next, wasDown) {
         metrics.upstreamAttempt(origin, seconds, kind);
         if (!wasDown) events.emit('upstream_down', { ...who(ctx), upstream: origin, reason: kind });
@@ -650,14 +661,20 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
       // The WebSocket proxy reads the target from here (HTTP requests: ctx.upstream, in proxyRequest).
       replyOptions: { getUpstream: (request: FastifyRequest) => request.gw.upstream ?? '' },
       wsServerOptions: { WebSocket: ClientSideWebSocket },
+      wsHooks: {
+        // The client left while the upstream's handshake answer was on its way: the library closes
+        // only an upstream socket that was open then, so one that opens afterwards is closed here.
+        onConnect: (_context: unknown, source: WebSocket, target: WebSocket) => {
+          if (source.readyState !== WebSocket.OPEN) target.terminate();
+        },
+      },
       wsClientOptions: {
         // The upstream socket is dialled by the gateway, with failover (proxy/websocket-dial.ts).
-        createConnection: wsDialer.createConnection,
+        createConnection: createUpstreamConnection,
         rewriteRequestHeaders: (_headers: HeaderBag, request: FastifyRequest) => {
-          wsDialer.plan(wsDialPlan(request.gw));
           const h = upstreamHeaders(request, { ...(request.headers as HeaderBag) }, true);
           for (const name of Object.keys(h)) if (name.startsWith('sec-websocket-') || name === 'connection' || name === 'upgrade') delete h[name];
-          return h;
+          return withDialPlan(h, wsDialPlan(request));
         },
       },
       // Reached only by an upgrade that is not a WebSocket handshake after all.

@@ -19,9 +19,17 @@ export interface WebSocketDialPlan {
   readonly pool: UpstreamPool;
   /** Index of the target the pipeline picked. */
   readonly first: number;
+  /** 0: no limit (as undici reads its connect timeout). */
   readonly connectTimeoutMs: number;
   /** How long the upstream may stay silent before its handshake answer (the route's timeouts.response). */
   readonly handshakeTimeoutMs: number;
+  /**
+   * TLS server name for https targets: the host the client asked for, as the HTTP path sends it
+   * (undici takes it from the forwarded Host), so one upstream certificate serves both.
+   */
+  readonly servername: string | undefined;
+  /** The client's connection: when it closes, the dial stops (nobody is left to answer). */
+  readonly client: Pick<Duplex, 'destroyed' | 'once' | 'removeListener'>;
   /** A target could not be reached; `next` is the origin tried next, or null when none is left. */
   connectFailed(origin: string, kind: UpstreamErrorKind, seconds: number, next: string | null, wasDown: boolean): void;
   /** The socket to `origin` is up; the handshake goes there. */
@@ -33,6 +41,7 @@ type OnCreate = (err: Error | null, socket?: Duplex) => void;
 /** What Node's `http.request` (and so `ws`) passes to `createConnection` (the part read here). */
 interface ConnectOptions {
   readonly host?: string;
+  readonly headers?: Readonly<Record<string | symbol, unknown>>;
 }
 
 /** Coded as undici codes its connect and headers timeouts: classifyUpstreamError reads the code. */
@@ -50,79 +59,99 @@ class HandshakeTimeoutError extends Error {
   }
 }
 
-export class WebSocketDialer {
-  #pending: WebSocketDialPlan | null = null;
+const PLAN = Symbol('portcullis.wsDialPlan');
 
-  /**
-   * The plan for the `ws` client about to be created. `ws` builds its request synchronously in
-   * its constructor, which is where `createConnection` runs, so the plan set just before (from
-   * `rewriteRequestHeaders`, called in the same turn) is the one it takes.
-   */
-  plan(plan: WebSocketDialPlan): void {
-    this.#pending = plan;
-  }
+/**
+ * Attaches the dial plan to the handshake's headers (what `rewriteRequestHeaders` returns). `ws`
+ * and Node's `http.request` copy the headers object with spread, which keeps symbol keys, and
+ * send only its string keys: the plan travels with its own request to `createConnection`.
+ */
+export function withDialPlan<H extends object>(headers: H, plan: WebSocketDialPlan): H {
+  (headers as Record<symbol, unknown>)[PLAN] = plan;
+  return headers;
+}
 
-  /** `ws`'s `createConnection` option. */
-  readonly createConnection = (options: ConnectOptions, oncreate: OnCreate): undefined => {
-    const plan = this.#pending;
-    this.#pending = null;
-    if (plan === null) {
-      // Only a `ws` client created without plan() gets here, which is a bug: the client's socket
-      // is closed (1011) rather than connected to whatever the URL says.
-      oncreate(new Error(`WebSocket dial to ${String(options.host)} without a plan`));
-      return undefined;
-    }
-    dial(plan, oncreate);
+/** `ws`'s `createConnection` option (Node's callback form). */
+export function createUpstreamConnection(options: ConnectOptions, oncreate: OnCreate): undefined {
+  const plan = options.headers?.[PLAN] as WebSocketDialPlan | undefined;
+  if (plan === undefined) {
+    // Only a `ws` client whose headers carry no plan gets here, which is a bug: the client's
+    // socket is closed (1011) rather than connected to whatever the URL says.
+    oncreate(new Error(`WebSocket dial to ${String(options.host)} without a plan`));
     return undefined;
-  };
+  }
+  dial(plan, oncreate);
+  return undefined;
 }
 
 function dial(plan: WebSocketDialPlan, oncreate: OnCreate): void {
-  const started = process.hrtime.bigint();
-  const seconds = (): number => Number(process.hrtime.bigint() - started) / 1e9;
   const { pool } = plan;
   const tried = [plan.first];
+  let current: Duplex | null = null;
+  let timer: NodeJS.Timeout | undefined;
+  let settled = false;
+
+  const settle = (err: Error | null, socket?: Duplex): void => {
+    settled = true;
+    clearTimeout(timer);
+    plan.client.removeListener('close', clientGone);
+    oncreate(err, socket);
+  };
+  // The client left while the upstream was being dialled: @fastify/http-proxy closes only an
+  // upstream socket that is already open, so an unfinished dial is stopped here.
+  function clientGone(): void {
+    if (settled) return;
+    current?.destroy();
+    settle(new Error('the client closed its WebSocket before the upstream answered'));
+  }
+  plan.client.once('close', clientGone);
 
   const attempt = (idx: number): void => {
+    if (plan.client.destroyed) return clientGone();
     const target = pool.targets[idx]!;
+    const started = process.hrtime.bigint();
+    const seconds = (): number => Number(process.hrtime.bigint() - started) / 1e9;
     const url = new URL(target.origin);
     const host = url.hostname.startsWith('[') ? url.hostname.slice(1, -1) : url.hostname;
     const secure = target.protocol === 'https:';
     const port = url.port === '' ? (secure ? 443 : 80) : Number(url.port);
     const socket = secure
-      ? tls.connect({ host, port, servername: net.isIP(host) === 0 ? host : undefined, ALPNProtocols: ['http/1.1'] })
+      ? tls.connect({ host, port, servername: plan.servername, ALPNProtocols: ['http/1.1'] })
       : net.connect({ host, port });
-    const timer = setTimeout(() => socket.destroy(new ConnectTimeoutError(target.origin)), plan.connectTimeoutMs);
+    current = socket;
+    if (plan.connectTimeoutMs > 0) {
+      // Deferred one turn, as undici does: after a long event-loop turn the timers run before the
+      // poll phase that would deliver a connect that already happened.
+      timer = setTimeout(() => setImmediate(() => {
+        if (current === socket && !settled) socket.destroy(new ConnectTimeoutError(target.origin));
+      }), plan.connectTimeoutMs);
+    }
     const onError = (err: Error): void => {
       clearTimeout(timer);
-      failed(idx, err);
+      if (settled) return;
+      failed(idx, err, seconds());
     };
     socket.once('error', onError);
     socket.once(secure ? 'secureConnect' : 'connect', () => {
       clearTimeout(timer);
       socket.removeListener('error', onError);
+      if (settled) return;
       plan.connected(target.origin, seconds());
       // An upstream that takes the connection and never answers the handshake would hold the
       // client's socket open forever. `ws` clears the socket's idle timeout once the handshake
       // succeeds (setSocket → setTimeout(0)), so this bounds the handshake only.
       socket.setTimeout(plan.handshakeTimeoutMs, () => socket.destroy(new HandshakeTimeoutError(target.origin)));
-      oncreate(null, socket);
+      settle(null, socket);
     });
   };
 
-  const failed = (idx: number, err: Error): void => {
-    if (!isConnectFailure(err)) {
-      oncreate(err);
-      return;
-    }
+  const failed = (idx: number, err: Error, seconds: number): void => {
+    if (!isConnectFailure(err)) return settle(err);
     const wasDown = pool.isDown(idx);
     pool.markDown(idx);
     const next = pool.after(tried);
-    plan.connectFailed(pool.targets[idx]!.origin, classifyUpstreamError(err), seconds(), next === -1 ? null : pool.targets[next]!.origin, wasDown);
-    if (next === -1) {
-      oncreate(err);
-      return;
-    }
+    plan.connectFailed(pool.targets[idx]!.origin, classifyUpstreamError(err), seconds, next === -1 ? null : pool.targets[next]!.origin, wasDown);
+    if (next === -1) return settle(err);
     tried.push(next);
     attempt(next);
   };

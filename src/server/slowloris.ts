@@ -73,10 +73,12 @@ export class SlowlorisGuard {
       });
     });
     server.on('upgrade', (req: IncomingMessage) => this.disarm(req.socket as Guarded));
-    // A CONNECT is answered and closed by the gateway; HTTP/2 streams are never armed.
-    server.on('connect', (req: IncomingMessage) => {
-      if (req.httpVersionMajor === 1) this.disarm(req.socket as Guarded);
-    });
+
+  }
+
+  /** A connection the HTTP server let go of (a CONNECT the gateway answers and closes itself). */
+  release(socket: object): void {
+    this.disarm(socket as Guarded);
   }
 
   private arm(socket: Guarded, ms: number): void {

@@ -211,7 +211,7 @@ t.test('a WebSocket target that does not finish connecting within timeouts.conne
   }));
   const hung = `https://127.0.0.1:${(silent.address() as net.AddressInfo).port}`;
   const live = await echoWebSocketUpstream(t);
-  const gw = await startGateway(t, site(`[${hung}, ${live.origin}]`).replace('sites:', 'timeouts: { connect: 300ms }\nsites:'));
+  const gw = await startGateway(t, site(`[${hung}, ${live.origin}]`).replace('sites:', 'timeouts: { connect: 1s }\nsites:'));
   const res = await wsEcho(gw.port, gw.ca, 'through');
   t.equal(res.echo, 'through', 'the live target answered');
   const exposition = (await gw.gw.metrics.exposition()).body;
@@ -229,17 +229,17 @@ t.test('a WebSocket upstream that takes the connection and never answers the han
     for (const socket of held) socket.destroy();
     mute.close(() => r());
   }));
-  const gw = await startGateway(t, site(`http://127.0.0.1:${(mute.address() as net.AddressInfo).port}`).replace('sites:', 'timeouts: { response: 300ms }\nsites:'));
+  const gw = await startGateway(t, site(`http://127.0.0.1:${(mute.address() as net.AddressInfo).port}`).replace('sites:', 'timeouts: { response: 1s }\nsites:'));
   const res = await wsEcho(gw.port, gw.ca, 'hello?');
   t.same(res, { echo: null, code: 1011 }, 'closed, not held open forever');
   t.equal(held.length, 1, 'the upstream was dialled once');
 
   // The deadline is the handshake's only: an open socket may stay quiet for longer.
   const live = await echoWebSocketUpstream(t);
-  const gw2 = await startGateway(t, site(live.origin).replace('sites:', 'timeouts: { response: 300ms }\nsites:'));
+  const gw2 = await startGateway(t, site(live.origin).replace('sites:', 'timeouts: { response: 1s }\nsites:'));
   const quiet = await new Promise<string>((resolve, reject) => {
     const ws = new WebSocket(`wss://127.0.0.1:${gw2.port}/chat`, { ca: gw2.ca, servername: 'app.test', headers: { host: 'app.test' } } as object);
-    ws.once('open', () => setTimeout(() => ws.send('after a quiet second'), 1000));
+    ws.once('open', () => setTimeout(() => ws.send('after a quiet second'), 2500));
     ws.once('message', (data) => {
       ws.close(1000);
       resolve(String(data));
@@ -247,4 +247,57 @@ t.test('a WebSocket upstream that takes the connection and never answers the han
     ws.once('close', (code) => reject(new Error(`closed with ${code}`)));
   });
   t.equal(quiet, 'after a quiet second', 'a socket quiet for longer than timeouts.response after its handshake stays open');
+});
+
+t.test('a client that leaves while the upstream is being dialled: the dial stops, no upstream socket is left open', async (t) => {
+  const held: net.Socket[] = [];
+  const silent = net.createServer((socket) => {
+    held.push(socket);
+    socket.on('error', () => undefined);
+  });
+  await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r));
+  t.teardown(() => new Promise<void>((r) => {
+    for (const socket of held) socket.destroy();
+    silent.close(() => r());
+  }));
+  const hung = `https://127.0.0.1:${(silent.address() as net.AddressInfo).port}`;
+  const live = await echoWebSocketUpstream(t);
+  const gw = await startGateway(t, site(`[${hung}, ${live.origin}]`).replace('sites:', 'timeouts: { connect: 1s }\nsites:'));
+  // The client closes right after its 101, while the gateway still waits on the hung target.
+  await new Promise<void>((resolve) => {
+    const ws = new WebSocket(`wss://127.0.0.1:${gw.port}/chat`, { ca: gw.ca, servername: 'app.test', headers: { host: 'app.test' } } as object);
+    ws.once('open', () => ws.terminate());
+    ws.once('close', () => resolve());
+  });
+  // Past the connect timeout: without the stop, the dial would have moved on to the live target.
+  await new Promise((r) => setTimeout(r, 1800));
+  t.same(live.hosts, [], 'the live target was never dialled for a client that had left');
+});
+
+t.test('a client that leaves while the upstream handshake answer is on its way: the upstream socket is closed when it opens', async (t) => {
+  const events: string[] = [];
+  // The upstream takes 500 ms to accept the handshake.
+  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, verifyClient: (_info, cb) => setTimeout(() => cb(true), 500) });
+  await new Promise<void>((r) => wss.once('listening', () => r()));
+  wss.on('connection', (ws) => {
+    events.push('open');
+    ws.on('close', () => events.push('close'));
+  });
+  t.teardown(() => new Promise<void>((r) => wss.close(() => r())));
+  const gw = await startGateway(t, site(`http://127.0.0.1:${(wss.address() as net.AddressInfo).port}`));
+  await new Promise<void>((resolve) => {
+    const ws = new WebSocket(`wss://127.0.0.1:${gw.port}/chat`, { ca: gw.ca, servername: 'app.test', headers: { host: 'app.test' } } as object);
+    // After the gateway has dialled (its socket is up) but before the upstream's 101.
+    ws.once('open', () => setTimeout(() => ws.terminate(), 100));
+    ws.once('close', () => resolve());
+  });
+  for (let i = 0; i < 200 && !events.includes('close'); i++) await new Promise((r) => setTimeout(r, 10));
+  t.same(events, ['open', 'close'], 'the upstream connection that opened after the client left was closed');
+});
+
+t.test('timeouts.connect: 0 means no connect deadline for WebSockets too (as for HTTP), not an instant failure', async (t) => {
+  const live = await echoWebSocketUpstream(t);
+  const gw = await startGateway(t, site(live.origin).replace('sites:', 'timeouts: { connect: 0s }\nsites:'));
+  t.equal((await wsEcho(gw.port, gw.ca, 'no deadline')).echo, 'no deadline');
+  t.equal((await gw.request({ path: '/' })).status, 426, 'and the HTTP path agrees (the echo upstream answers 426 to plain HTTP)');
 });
