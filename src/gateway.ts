@@ -635,6 +635,12 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
         ctx.upstream = origin;
         metrics.upstreamAttempt(origin, seconds);
       },
+      attemptFailed(origin, kind, seconds) {
+        ctx.upstream = origin;
+        metrics.upstreamAttempt(origin, seconds, kind);
+      },
+      // Its attempt was counted when it connected: an error now, not a second attempt.
+      handshakeTimedOut: (origin) => metrics.upstreamBrokeOff(origin, 'response_timeout'),
     };
   }
 

@@ -34,6 +34,10 @@ export interface WebSocketDialPlan {
   connectFailed(origin: string, kind: UpstreamErrorKind, seconds: number, next: string | null, wasDown: boolean): void;
   /** The socket to `origin` is up; the handshake goes there. */
   connected(origin: string, seconds: number): void;
+  /** `origin` failed otherwise than by not connecting (e.g. its certificate): no failover. */
+  attemptFailed(origin: string, kind: UpstreamErrorKind, seconds: number): void;
+  /** `origin` connected (reported by `connected`) but did not answer the handshake in time. */
+  handshakeTimedOut(origin: string): void;
 }
 
 type OnCreate = (err: Error | null, socket?: Duplex) => void;
@@ -140,13 +144,20 @@ function dial(plan: WebSocketDialPlan, oncreate: OnCreate): void {
       // An upstream that takes the connection and never answers the handshake would hold the
       // client's socket open forever. `ws` clears the socket's idle timeout once the handshake
       // succeeds (setSocket → setTimeout(0)), so this bounds the handshake only.
-      socket.setTimeout(plan.handshakeTimeoutMs, () => socket.destroy(new HandshakeTimeoutError(target.origin)));
+      socket.setTimeout(plan.handshakeTimeoutMs, () => {
+        plan.handshakeTimedOut(target.origin);
+        socket.destroy(new HandshakeTimeoutError(target.origin));
+      });
       settle(null, socket);
     });
   };
 
   const failed = (idx: number, err: Error, seconds: number): void => {
-    if (!isConnectFailure(err)) return settle(err);
+    if (!isConnectFailure(err)) {
+      // The target answered (a TLS alert, a reset): another target would not fix that.
+      plan.attemptFailed(pool.targets[idx]!.origin, classifyUpstreamError(err), seconds);
+      return settle(err);
+    }
     const wasDown = pool.isDown(idx);
     pool.markDown(idx);
     const next = pool.after(tried);

@@ -4,6 +4,8 @@
 // reported per attempt, a connect deadline of 0, a client gone before the first attempt.
 import t from 'tap';
 import net, { type AddressInfo } from 'node:net';
+import tls from 'node:tls';
+import { makeCert } from '../config/certs.js';
 import { EventEmitter } from 'node:events';
 import type { Duplex } from 'node:stream';
 import { createUpstreamConnection, withDialPlan, type WebSocketDialPlan } from '../../src/proxy/websocket-dial.js';
@@ -38,10 +40,12 @@ class FakeClient extends EventEmitter {
 interface Recorded {
   failed: Array<{ origin: string; kind: string; seconds: number; next: string | null }>;
   connected: Array<{ origin: string; seconds: number }>;
+  otherFailures: Array<{ origin: string; kind: string }>;
+  handshakeTimeouts: string[];
 }
 
 function plan(targets: string[], connectTimeoutMs: number, client = new FakeClient()): { plan: WebSocketDialPlan; rec: Recorded; client: FakeClient } {
-  const rec: Recorded = { failed: [], connected: [] };
+  const rec: Recorded = { failed: [], connected: [], otherFailures: [], handshakeTimeouts: [] };
   const pool = new UpstreamPool(targets.map((origin) => ({ origin, protocol: origin.startsWith('https:') ? 'https:' as const : 'http:' as const })));
   return {
     client,
@@ -55,6 +59,8 @@ function plan(targets: string[], connectTimeoutMs: number, client = new FakeClie
       client: client as unknown as Duplex,
       connectFailed: (origin, kind, seconds, next) => rec.failed.push({ origin, kind, seconds, next }),
       connected: (origin, seconds) => rec.connected.push({ origin, seconds }),
+      attemptFailed: (origin, kind) => rec.otherFailures.push({ origin, kind }),
+      handshakeTimedOut: (origin) => rec.handshakeTimeouts.push(origin),
     },
   };
 }
@@ -110,10 +116,54 @@ t.test('a client already gone: no target is dialled', async (t) => {
   t.match(err?.message, /client closed/);
   await new Promise((r) => setTimeout(r, 50));
   t.equal(accepted, 0, 'nothing was dialled');
-  t.same(rec, { failed: [], connected: [] });
+  t.same(rec, { failed: [], connected: [], otherFailures: [], handshakeTimeouts: [] });
 });
 
 t.test('headers without a plan: an error, never a connection to the URL', async (t) => {
   const { err } = await new Promise<{ err: Error | null }>((resolve) => createUpstreamConnection({ host: '127.0.0.1', headers: {} }, (e) => resolve({ err: e })));
   t.match(err?.message, /without a plan/);
+});
+
+t.test('an https target is verified under the client host name (as undici does for HTTP); a refused certificate is no reason to fail over', async (t) => {
+  // A certificate nobody trusts: Node's default CA store is what the gateway trusts upstream.
+  const own = await makeCert({ dns: ['app.test'] });
+  const names: string[] = [];
+  const server = tls.createServer({ cert: own.cert, key: own.key, SNICallback: (name, cb) => {
+    names.push(name);
+    cb(null, tls.createSecureContext({ cert: own.cert, key: own.key }));
+  } }, (s) => s.end());
+  server.on('tlsClientError', () => undefined);
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  t.teardown(() => new Promise<void>((r) => server.close(() => r())));
+  let accepted = 0;
+  const second = net.createServer((s) => {
+    accepted++;
+    s.destroy();
+  });
+  await new Promise<void>((r) => second.listen(0, '127.0.0.1', r));
+  t.teardown(() => new Promise<void>((r) => second.close(() => r())));
+  const untrusted = `https://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const { plan: p, rec } = plan([untrusted, `http://127.0.0.1:${(second.address() as AddressInfo).port}`], 1000);
+  const { err } = await dial(p);
+  t.match(err?.message, /self.signed/i, 'the certificate was refused');
+  t.same(names, ['app.test'], 'the TLS server name was the client host, not the IP of the URL');
+  t.same(rec.otherFailures, [{ origin: untrusted, kind: 'other' }], 'counted as a failed attempt');
+  t.same(rec.failed, [], 'not as a connect failure');
+  t.equal(accepted, 0, 'and the next target was not tried');
+  t.notOk(p.pool.isDown(0), 'nor the target marked down');
+});
+
+t.test('a target that connects and never answers the handshake is cut after handshakeTimeoutMs', async (t) => {
+  const port = await silentServer(t);
+  const { plan: p, rec } = plan([`http://127.0.0.1:${port}`], 1000);
+  const shortHandshake = { ...p, handshakeTimeoutMs: 200 };
+  const { err, socket } = await dial(shortHandshake);
+  t.equal(err, null, 'connected');
+  const closed = await new Promise<Error | undefined>((resolve) => {
+    let error: Error | undefined;
+    socket!.on('error', (e) => (error = e));
+    socket!.on('close', () => resolve(error));
+  });
+  t.match(closed?.message, /no WebSocket handshake answer/);
+  t.same(rec.handshakeTimeouts, [`http://127.0.0.1:${port}`]);
 });
