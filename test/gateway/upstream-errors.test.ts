@@ -155,6 +155,12 @@ async function echoWebSocketUpstream(t: Tap): Promise<{ origin: string; hosts: s
 function wsEcho(port: number, ca: string, message: string): Promise<{ echo: string | null; code: number }> {
   return new Promise((resolve, reject) => {
     const ws = new WebSocket(`wss://127.0.0.1:${port}/chat`, { ca, servername: 'app.test', headers: { host: 'app.test' } } as object);
+    // A clear failure instead of the test runner's timeout when nothing ever comes back.
+    const timer = setTimeout(() => {
+      ws.terminate();
+      reject(new Error('no echo and no close within 10 s'));
+    }, 10_000);
+    ws.once('close', () => clearTimeout(timer));
     // Sent at once: the gateway holds it while it dials the upstream.
     ws.once('open', () => ws.send(message));
     ws.once('message', (data) => {
