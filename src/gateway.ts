@@ -231,6 +231,13 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
       const code: GatewayErrorCode = status === 431 ? 'GW_ERR_HEADERS_TOO_LARGE' : status === 408 ? 'GW_ERR_REQUEST_TIMEOUT' : 'GW_ERR_BAD_REQUEST';
       const requestId = randomUUID();
       logger.info({ type: 'access', request_id: requestId, ip: socket.remoteAddress, status, reason: `parser_${(err.code ?? 'error').toLowerCase()}` }, 'request');
+      // An answer already started on this connection (an earlier request's, pipelined): bytes of
+      // ours would land inside it, so the connection is cut, as Node's own handler does. A response
+      // Node created for this very request (its body framing failed after its head) has sent nothing.
+      if ((socket as Socket & { _httpMessage?: { _headerSent?: boolean } })._httpMessage?._headerSent === true) {
+        socket.destroy();
+        return;
+      }
       endWithRawAnswer(socket, status, code, requestId, undefined, undefined);
     },
     // find-my-way refuses malformed percent-encoding with FST_ERR_BAD_URL; answered safely here.
@@ -248,9 +255,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
    * carries the security headers of answers outside any site (the set a 421 gets).
    */
   function endWithRawAnswer(socket: Duplex, status: number, code: GatewayErrorCode, requestId: string, accept: string | undefined, extra: Readonly<Record<string, string>> | undefined): number | undefined {
-    // An answer to an earlier request still going out on this connection (pipelining): bytes of
-    // ours would land inside it. Cut the connection instead, as Node itself does.
-    if (!socket.writable || (socket as Duplex & { _httpMessage?: unknown })._httpMessage) {
+    if (!socket.writable) {
       socket.destroy();
       return undefined;
     }
@@ -300,12 +305,22 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
       res.once('close', () => logRequest(ctx, req as FastifyRequest['raw'], 405, res.writableFinished ? Buffer.byteLength(out.body) : undefined));
       return;
     }
-    const socket = resOrSocket as Duplex;
+    const socket = resOrSocket as Duplex & { _httpMessage?: unknown };
     slowloris.release(socket);
+    // An answer to an earlier request, pipelined, may still be going out (Node never creates a
+    // response for a CONNECT itself): bytes of ours would land inside it. Cut the connection, as
+    // Node does for a CONNECT nobody handles. Logged as nginx logs a connection it closed without
+    // an answer (444), or one the client closed first (499).
+    if (socket._httpMessage || !socket.writable) {
+      const pipelined = Boolean(socket._httpMessage);
+      socket.destroy();
+      ctx.reason = pipelined ? 'pipelined_connect' : 'client_closed';
+      logRequest(ctx, req as FastifyRequest['raw'], pipelined ? 444 : 499, undefined);
+      return;
+    }
     // Node's HTTP server has let go of the socket; a reset still meets the TLS socket's own error
     // listener (the reset test in test/gateway/hygiene.test.ts).
     const bytes = endWithRawAnswer(socket, 405, 'GW_ERR_METHOD_NOT_ALLOWED', ctx.requestId, single(req.headers.accept), ALLOW_HEADER);
-    if (bytes === undefined) ctx.reason = 'connection_cut';
     logRequest(ctx, req as FastifyRequest['raw'], 405, bytes);
   });
 
