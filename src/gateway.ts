@@ -42,7 +42,7 @@ import type { RouteProtection } from './pipeline/protect.js';
 import { buildUpstreamHeaders, withoutHopByHopResponseHeaders, type HeaderBag } from './proxy/headers.js';
 import { classifyUpstreamError } from './proxy/upstream-errors.js';
 import { ClientStalledError, UpstreamClient, type ForwardHooks } from './proxy/forward.js';
-import { createUpstreamConnection, withDialPlan, type WebSocketDialPlan } from './proxy/websocket-dial.js';
+import { createUpstreamConnection, finishUpstreamRequest, withDialPlan, type WebSocketDialPlan } from './proxy/websocket-dial.js';
 import { authorizeRequest, type AuthRefusal } from './pipeline/authorize.js';
 import { createAuthenticatorFor } from './pipeline/auth-factory.js';
 import { CertificateStore, createTlsFront, type TlsFront } from './tls/index.js';
@@ -656,6 +656,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
       },
       // Its attempt was counted when it connected: an error now, not a second attempt.
       handshakeTimedOut: (origin) => metrics.upstreamBrokeOff(origin, 'response_timeout'),
+      refusedUpgrade: (origin) => metrics.upstreamBrokeOff(origin, 'bad_response'),
     };
   }
 
@@ -692,6 +693,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
       wsClientOptions: {
         // The upstream socket is dialled by the gateway, with failover (proxy/websocket-dial.ts).
         createConnection: createUpstreamConnection,
+        finishRequest: finishUpstreamRequest,
         rewriteRequestHeaders: (_headers: HeaderBag, request: FastifyRequest) => {
           const h = upstreamHeaders(request, { ...(request.headers as HeaderBag) }, true);
           for (const name of Object.keys(h)) if (name.startsWith('sec-websocket-') || name === 'connection' || name === 'upgrade') delete h[name];

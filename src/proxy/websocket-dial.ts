@@ -12,6 +12,8 @@
 import net from 'node:net';
 import tls from 'node:tls';
 import type { Duplex } from 'node:stream';
+import type { ClientRequest, IncomingMessage } from 'node:http';
+import type { WebSocket } from 'ws';
 import { classifyUpstreamError, isConnectFailure, type UpstreamErrorKind } from './upstream-errors.js';
 import type { UpstreamPool } from './upstreams.js';
 
@@ -38,6 +40,8 @@ export interface WebSocketDialPlan {
   attemptFailed(origin: string, kind: UpstreamErrorKind, seconds: number): void;
   /** `origin` connected (reported by `connected`) but did not answer the handshake in time. */
   handshakeTimedOut(origin: string): void;
+  /** `origin` connected (reported by `connected`) and answered the handshake with another status than 101. */
+  refusedUpgrade(origin: string, status: number): void;
 }
 
 type OnCreate = (err: Error | null, socket?: Duplex) => void;
@@ -64,6 +68,8 @@ class HandshakeTimeoutError extends Error {
 }
 
 const PLAN = Symbol('portcullis.wsDialPlan');
+/** Upstream sockets this module connected, with what `finishUpstreamRequest` reports about them. */
+const DIALED = new WeakMap<object, { readonly plan: WebSocketDialPlan; readonly origin: string }>();
 
 /**
  * Attaches the dial plan to the handshake's headers (what `rewriteRequestHeaders` returns). `ws`
@@ -86,6 +92,25 @@ export function createUpstreamConnection(options: ConnectOptions, oncreate: OnCr
   }
   dial(plan, oncreate);
   return undefined;
+}
+
+/**
+ * `ws`'s `finishRequest` option. An upstream that answers the handshake with another status
+ * (403, 404, 426…) leaves `ws` with a request nobody ends: it emits 'unexpected-response', which
+ * @fastify/http-proxy answers by closing the client's socket (1011), and then waits. The upstream
+ * socket would stay open until the handshake deadline and be counted as a timeout; it is closed
+ * now, and counted as the bad answer it was.
+ */
+export function finishUpstreamRequest(req: ClientRequest, websocket: Pick<WebSocket, 'terminate'>): void {
+  req.once('response', (res: IncomingMessage) => {
+    res.on('error', () => undefined);
+    res.resume();
+    const dialed = req.socket === null ? undefined : DIALED.get(req.socket);
+    dialed?.plan.refusedUpgrade(dialed.origin, res.statusCode ?? 0);
+    // Still CONNECTING: terminate() aborts the request and destroys its socket.
+    websocket.terminate();
+  });
+  req.end();
 }
 
 function dial(plan: WebSocketDialPlan, oncreate: OnCreate): void {
@@ -141,6 +166,7 @@ function dial(plan: WebSocketDialPlan, oncreate: OnCreate): void {
       socket.removeListener('error', onError);
       if (settled) return;
       plan.connected(target.origin, seconds());
+      DIALED.set(socket, { plan, origin: target.origin });
       // An upstream that takes the connection and never answers the handshake would hold the
       // client's socket open forever. `ws` clears the socket's idle timeout once the handshake
       // succeeds (setSocket → setTimeout(0)), so this bounds the handshake only.

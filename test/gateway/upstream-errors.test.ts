@@ -4,6 +4,7 @@
 // WebSocket whose upstream cannot be reached is closed without the connection error's text.
 import t, { type Test } from 'tap';
 import http2 from 'node:http2';
+import http from 'node:http';
 import net from 'node:net';
 import { WebSocket, WebSocketServer } from 'ws';
 import { LOOPBACK_LISTEN, startGateway, type Tap } from '../helpers/gateway.js';
@@ -129,14 +130,11 @@ t.test("the upstream's own close code and reason still reach the client", async 
   t.same([closed.code, closed.reason], [4001, 'room closed']);
 });
 
-/** An origin nothing listens on: connections to it are refused. */
-async function refusingOrigin(): Promise<string> {
-  const dead = net.createServer();
-  await new Promise<void>((r) => dead.listen(0, '127.0.0.1', r));
-  const origin = `http://127.0.0.1:${(dead.address() as net.AddressInfo).port}`;
-  await new Promise<void>((r) => dead.close(() => r()));
-  return origin;
-}
+/**
+ * Origins nothing listens on (port 1 of two loopback addresses): refused, and never taken by
+ * another test running in parallel, as a released ephemeral port could be.
+ */
+const REFUSING = ['http://127.0.0.1:1', 'http://127.0.0.2:1'] as const;
 
 /** An echo WebSocket upstream that records the Host of each handshake. */
 async function echoWebSocketUpstream(t: Tap): Promise<{ origin: string; hosts: string[] }> {
@@ -173,7 +171,7 @@ function wsEcho(port: number, ca: string, message: string): Promise<{ echo: stri
 }
 
 t.test('a WebSocket fails over to the next target when the picked one refuses the connection', async (t) => {
-  const dead = await refusingOrigin();
+  const dead = REFUSING[0];
   const live = await echoWebSocketUpstream(t);
   // The dead target is listed first: round robin picks it for the first connection.
   const gw = await startGateway(t, site(`[${dead}, ${live.origin}]`));
@@ -191,8 +189,7 @@ t.test('a WebSocket fails over to the next target when the picked one refuses th
 });
 
 t.test('a WebSocket whose every target refuses is still closed with 1011, after trying each once', async (t) => {
-  const a = await refusingOrigin();
-  const b = await refusingOrigin();
+  const [a, b] = REFUSING;
   const gw = await startGateway(t, site(`[${a}, ${b}]`));
   const res = await wsEcho(gw.port, gw.ca, 'anyone?');
   t.same(res, { echo: null, code: 1011 });
@@ -306,4 +303,34 @@ t.test('timeouts.connect: 0 means no connect deadline for WebSockets too (as for
   const gw = await startGateway(t, site(live.origin).replace('sites:', 'timeouts: { connect: 0s }\nsites:'));
   t.equal((await wsEcho(gw.port, gw.ca, 'no deadline')).echo, 'no deadline');
   t.equal((await gw.request({ path: '/' })).status, 426, 'and the HTTP path agrees (the echo upstream answers 426 to plain HTTP)');
+});
+
+t.test('a WebSocket upstream that refuses the upgrade (403): 1011 for the client, the upstream socket closed at once, counted as a bad answer', async (t) => {
+  const sockets: net.Socket[] = [];
+  let closedAt = 0;
+  const refusing = http.createServer();
+  refusing.on('upgrade', (_req, socket: net.Socket) => {
+    sockets.push(socket);
+    socket.on('error', () => undefined);
+    // 'end': the gateway's FIN (the upgrade socket is half-open on this side), or 'close'.
+    socket.on('end', () => (closedAt ||= Date.now()));
+    socket.on('close', () => (closedAt ||= Date.now()));
+    // Answers, and keeps the connection open: closing it is the gateway's business.
+    socket.write('HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nno');
+  });
+  await new Promise<void>((r) => refusing.listen(0, '127.0.0.1', r));
+  t.teardown(() => new Promise<void>((r) => {
+    for (const s of sockets) s.destroy();
+    refusing.close(() => r());
+  }));
+  const origin = `http://127.0.0.1:${(refusing.address() as net.AddressInfo).port}`;
+  // timeouts.response stays at its 60 s default: the close below is not the handshake deadline.
+  const gw = await startGateway(t, site(origin));
+  const answeredAt = Date.now();
+  t.same(await wsEcho(gw.port, gw.ca, 'let me in'), { echo: null, code: 1011 });
+  for (let i = 0; i < 200 && closedAt === 0; i++) await new Promise((r) => setTimeout(r, 10));
+  t.ok(closedAt > 0 && closedAt - answeredAt < 2000, 'the gateway closed the upstream connection right away');
+  const lines = (await gw.gw.metrics.exposition()).body.split('\n').filter((l) => l.startsWith('portcullis_upstream_errors_total') && l.includes(origin));
+  t.ok(lines.some((l) => l.includes('bad_response') && l.trim().endsWith(' 1')), 'counted as a bad answer');
+  t.notOk(lines.some((l) => l.includes('response_timeout')), 'not as a timeout');
 });
