@@ -22,6 +22,7 @@ export interface RedirectServerOptions {
 }
 
 const CHALLENGE_PREFIX = '/.well-known/acme-challenge/';
+const REDIRECTED_METHODS = 'GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS';
 const TOKEN = /^[A-Za-z0-9_-]{1,256}$/;
 
 export interface RedirectDecision {
@@ -80,7 +81,10 @@ export function createRedirectServer(opts: RedirectServerOptions): http.Server {
       res.end();
     } else {
       const body = renderError(d.status, d.code ?? 'GW_ERR_BAD_REQUEST', requestId, req.headers.accept);
-      res.writeHead(d.status, { 'content-type': body.contentType, 'cache-control': 'no-store', 'x-request-id': requestId, 'x-content-type-options': 'nosniff' });
+      const headers: Record<string, string> = { 'content-type': body.contentType, 'cache-control': 'no-store', 'x-request-id': requestId, 'x-content-type-options': 'nosniff' };
+      // RFC 9110 §15.5.6: a 405 lists what this listener serves (the redirect, or HTTP-01's GET).
+      if (d.status === 405) headers.allow = REDIRECTED_METHODS;
+      res.writeHead(d.status, headers);
       res.end(method === 'HEAD' ? undefined : body.body);
     }
     log(status, reason);

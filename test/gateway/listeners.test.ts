@@ -50,6 +50,9 @@ t.test('HTTP listener: 301 for GET/HEAD, 308 otherwise, to the configured host o
   t.notMatch(crlf, /Set-Cookie: ?x=1/i);
   const abs = await rawHttp(p, 'GET http://evil.example/ HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n');
   t.match(abs, /^HTTP\/1\.1 400/, 'absolute-form refused');
+  const trace = await rawHttp(p, 'TRACE / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n');
+  t.match(trace, /^HTTP\/1\.1 405/, 'TRACE refused');
+  t.match(trace, /\r\nallow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n/i, 'with Allow');
   t.equal(up.seen.length, 0, 'the HTTP listener never proxies');
 });
 
