@@ -265,7 +265,7 @@ t.test('a client that leaves while the upstream is being dialled: the dial stops
   }));
   const hung = `https://127.0.0.1:${(silent.address() as net.AddressInfo).port}`;
   const live = await echoWebSocketUpstream(t);
-  const gw = await startGateway(t, site(`[${hung}, ${live.origin}]`).replace('sites:', 'timeouts: { connect: 1s }\nsites:'));
+  const gw = await startGateway(t, site(`[${hung}, ${live.origin}]`).replace('sites:', 'timeouts: { connect: 2s }\nsites:'));
   // The client closes right after its 101, while the gateway still waits on the hung target.
   await new Promise<void>((resolve) => {
     const ws = new WebSocket(`wss://127.0.0.1:${gw.port}/chat`, { ca: gw.ca, servername: 'app.test', headers: { host: 'app.test' } } as object);
@@ -273,7 +273,7 @@ t.test('a client that leaves while the upstream is being dialled: the dial stops
     ws.once('close', () => resolve());
   });
   // Past the connect timeout: without the stop, the dial would have moved on to the live target.
-  await new Promise((r) => setTimeout(r, 1800));
+  await new Promise((r) => setTimeout(r, 2800));
   t.same(live.hosts, [], 'the live target was never dialled for a client that had left');
 });
 
