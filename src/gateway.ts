@@ -102,6 +102,8 @@ export interface Gateway {
 }
 
 const UNSAFE_METHODS = new Set(['POST', 'PUT', 'PATCH', 'DELETE']);
+/** HTTP/2 streams one connection may have open at once (see the server settings). */
+const MAX_CONCURRENT_STREAMS = 128;
 /** How long a connection refused by the HTTP/1.1 parser may stay open to drain the client's input. */
 const LINGER_MS = 2_000;
 
@@ -208,8 +210,11 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     https: {
       ...certificates.serverOptions(),
       allowHTTP1: true,
-      // HTTP/2 header block limit; the HTTP/1.1 one is set on the server below.
-      settings: { maxHeaderListSize: cfg0.limits.maxHeaderSize },
+      // HTTP/2 header block limit; the HTTP/1.1 one is set on the server below. Streams at once per
+      // connection: Node advertises no limit (2^32 - 1), which lets one connection hold as many
+      // upstream requests as it likes; 128 is nginx's default (Go's is 250, RFC 9113 §6.5.2
+      // recommends no fewer than 100). A client going over gets its extra streams refused.
+      settings: { maxHeaderListSize: cfg0.limits.maxHeaderSize, maxConcurrentStreams: MAX_CONCURRENT_STREAMS },
     },
     loggerInstance: logger,
     // The gateway writes one access line per request itself (with its request id), and logs

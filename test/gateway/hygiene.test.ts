@@ -394,3 +394,31 @@ sites:
   t.same(a.seen.map((r) => r.url), ['/secret', '/again']);
   t.same(b.seen.map((r) => r.url), ['/open']);
 });
+
+t.test('HTTP/2: one connection holds at most 128 streams at once (Node advertises no limit)', async (t) => {
+  let inFlight = 0;
+  let most = 0;
+  const up = await startUpstream(t, (_req, res) => {
+    inFlight++;
+    most = Math.max(most, inFlight);
+    setTimeout(() => {
+      inFlight--;
+      res.end('ok');
+    }, 300);
+  });
+  const gw = await startGateway(t, yaml(up.origin));
+  const session = http2.connect(`https://127.0.0.1:${gw.port}`, { ca: gw.ca, servername: 'app.test' });
+  t.teardown(() => session.close());
+  await new Promise((r) => session.once('remoteSettings', r));
+  t.equal(session.remoteSettings.maxConcurrentStreams, 128, 'advertised in SETTINGS');
+  // 200 requests at once on one connection: a client honouring the setting queues the rest.
+  const statuses = await Promise.all(Array.from({ length: 200 }, (_, i) => new Promise<number>((resolve, reject) => {
+    const stream = session.request({ ':path': `/${i}`, ':authority': 'app.test' });
+    stream.on('response', (h) => resolve(Number(h[':status'])));
+    stream.on('error', reject);
+    stream.resume();
+  })));
+  t.ok(statuses.every((s) => s === 200), 'all answered');
+  t.ok(most <= 128, `at most 128 reached the upstream at once (${most})`);
+  t.equal(up.seen.length, 200);
+});
