@@ -422,3 +422,28 @@ t.test('HTTP/2: one connection holds at most 128 streams at once (Node advertise
   t.ok(most <= 128, `at most 128 reached the upstream at once (${most})`);
   t.equal(up.seen.length, 200);
 });
+
+t.test('HTTP/2 extended CONNECT (RFC 8441, a WebSocket over HTTP/2) is refused: the setting is off, the stream reset, nothing proxied', async (t) => {
+  const up = await startUpstream(t);
+  const gw = await startGateway(t, yaml(up.origin));
+  const session = http2.connect(`https://127.0.0.1:${gw.port}`, { ca: gw.ca, servername: 'app.test' });
+  t.teardown(() => session.close());
+  session.on('error', () => undefined);
+  await new Promise((r) => session.once('remoteSettings', r));
+  t.equal(session.remoteSettings.enableConnectProtocol, false, 'SETTINGS_ENABLE_CONNECT_PROTOCOL not offered');
+  const code = await new Promise<number>((resolve) => {
+    const stream = session.request({ ':method': 'CONNECT', ':protocol': 'websocket', ':scheme': 'https', ':path': '/chat', ':authority': 'app.test' }, { endStream: false });
+    stream.on('error', () => undefined);
+    stream.on('response', () => resolve(-1));
+    stream.on('close', () => resolve(stream.rstCode ?? -2));
+  });
+  t.equal(code, http2.constants.NGHTTP2_PROTOCOL_ERROR, 'reset with PROTOCOL_ERROR, no answer');
+  const next = await new Promise<number>((resolve, reject) => {
+    const stream = session.request({ ':path': '/', ':authority': 'app.test' });
+    stream.on('response', (h) => resolve(Number(h[':status'])));
+    stream.on('error', reject);
+    stream.resume();
+  });
+  t.equal(next, 200, 'the connection goes on');
+  t.same(up.seen.map((r) => r.url), ['/'], 'the upstream saw only the ordinary request');
+});
