@@ -166,7 +166,18 @@ class ClientSideWebSocket extends WebSocket {
   override close(code?: number, data?: string | Buffer): void {
     super.close(code, code === 1011 ? undefined : data);
   }
+
+  /**
+   * ws's server calls this (a method its typings leave out) once it has written the 101: the
+   * access line then says 101.
+   */
+  setSocket(socket: Duplex, ...rest: unknown[]): void {
+    (socket as Duplex & { [UPGRADED]?: boolean })[UPGRADED] = true;
+    (WebSocket.prototype as unknown as { setSocket(...args: unknown[]): void }).setSocket.call(this, socket, ...rest);
+  }
 }
+
+const UPGRADED = Symbol('portcullis.upgraded');
 
 /** Counts body bytes and fails the upload once it exceeds the route's limit (chunked bodies have no Content-Length to check up front). */
 class BodyLimit extends Transform {
@@ -580,10 +591,10 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     logRequest(ctx, request.raw, reply.statusCode, len !== undefined ? Number(len) : undefined);
   });
 
-  function logRequest(ctx: RequestContext, raw: FastifyRequest['raw'], status: number, bytes: number | undefined): void {
+  function logRequest(ctx: RequestContext, raw: FastifyRequest['raw'], status: number, bytes: number | undefined, timed = true): void {
     const seconds = Number(process.hrtime.bigint() - ctx.startedAt) / 1e9;
     const method = raw.method ?? 'GET';
-    metrics.observeRequest(ctx.site?.id ?? UNMATCHED, ctx.route?.id ?? UNMATCHED, method, status, seconds);
+    metrics.observeRequest(ctx.site?.id ?? UNMATCHED, ctx.route?.id ?? UNMATCHED, method, status, timed ? seconds : null);
     // Only the line's object would be built for nothing: pino's info() is a no-op below its level.
     if (!logger.isLevelEnabled('info')) return;
     writeAccessLine(logger, {
@@ -636,6 +647,23 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
   });
   app.addHook('onClose', async () => upstreamClient.close());
 
+  /**
+   * A proxied WebSocket gets its access line (and its request metric) when the client's connection
+   * closes, as nginx logs one: status 101 and the session's duration, its upstream, and why the
+   * gateway closed it if it did. The reply is hijacked, so Fastify's onResponse never sees it.
+   */
+  function logWebSocketAtClose(request: FastifyRequest): void {
+    const ctx = request.gw;
+    const socket = request.raw.socket as Duplex & { [UPGRADED]?: boolean };
+    socket.once('close', () => {
+      const upgraded = socket[UPGRADED] === true;
+      // ws's server refused the handshake itself (written straight to the socket): a 400.
+      if (!upgraded) ctx.reason ??= 'websocket_handshake_refused';
+      // Counted, not timed: the duration is the session's (see observeRequest).
+      logRequest(ctx, request.raw, upgraded ? 101 : 400, undefined, !upgraded);
+    });
+  }
+
   function wsDialPlan(request: FastifyRequest): WebSocketDialPlan {
     const ctx = request.gw;
     const name = ctx.host.startsWith('[') ? ctx.host.slice(1, -1) : ctx.host;
@@ -649,19 +677,30 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
       connectFailed(origin, kind, seconds, next, wasDown) {
         metrics.upstreamAttempt(origin, seconds, kind);
         if (!wasDown) events.emit('upstream_down', { ...who(ctx), upstream: origin, reason: kind });
-        if (next !== null) ctx.upstream = next;
+        ctx.proxied = true;
+        ctx.upstream = next ?? origin;
+        if (next === null) ctx.reason = `upstream_${kind}`;
       },
       connected(origin, seconds) {
+        ctx.proxied = true;
         ctx.upstream = origin;
         metrics.upstreamAttempt(origin, seconds);
       },
       attemptFailed(origin, kind, seconds) {
+        ctx.proxied = true;
         ctx.upstream = origin;
+        ctx.reason = `upstream_${kind}`;
         metrics.upstreamAttempt(origin, seconds, kind);
       },
       // Its attempt was counted when it connected: an error now, not a second attempt.
-      handshakeTimedOut: (origin) => metrics.upstreamBrokeOff(origin, 'response_timeout'),
-      refusedUpgrade: (origin) => metrics.upstreamBrokeOff(origin, 'bad_response'),
+      handshakeTimedOut: (origin) => {
+        ctx.reason = 'upstream_response_timeout';
+        metrics.upstreamBrokeOff(origin, 'response_timeout');
+      },
+      refusedUpgrade: (origin) => {
+        ctx.reason = 'upstream_bad_response';
+        metrics.upstreamBrokeOff(origin, 'bad_response');
+      },
     };
   }
 
@@ -674,7 +713,10 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     scope.addHook('onRoute', (route) => {
       const upgradeHandler = route.handler;
       route.handler = function gatewayRoute(this: FastifyInstance, request: FastifyRequest, reply: FastifyReply) {
-        if ((request.raw as { upgrade?: boolean }).upgrade === true) return upgradeHandler.call(this, request, reply);
+        if ((request.raw as { upgrade?: boolean }).upgrade === true) {
+          logWebSocketAtClose(request);
+          return upgradeHandler.call(this, request, reply);
+        }
         proxyRequest(request, reply);
       } as typeof route.handler;
     });

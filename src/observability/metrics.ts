@@ -65,8 +65,12 @@ export interface GatewayMetrics {
   /** Text and Content-Type together: the shape `server/admin.ts`'s `metrics` option expects. */
   exposition(): Promise<{ contentType: string; body: string }>;
 
-  /** One finished client request. `status` is the HTTP status sent; `seconds` its total duration. */
-  observeRequest(site: string, route: string, method: string, status: number, seconds: number): void;
+  /**
+   * One finished client request. `status` is the HTTP status sent; `seconds` its total duration,
+   * or null for a request that is counted but not timed (a WebSocket: its duration is the
+   * session's, which would swamp the route's response times).
+   */
+  observeRequest(site: string, route: string, method: string, status: number, seconds: number | null): void;
   /**
    * One attempt to reach an upstream, successful or not: `seconds` until the response headers or
    * the failure; `error` set when it failed. Every attempt is observed, so the histogram's
@@ -165,7 +169,7 @@ export function createMetrics(options: MetricsOptions): GatewayMetrics {
   });
   const requestDuration = new Histogram({
     name: 'portcullis_http_request_duration_seconds',
-    help: 'Time from receiving a client request to finishing its response, by site and route.',
+    help: 'Time from receiving a client request to finishing its response, by site and route (WebSocket sessions are counted in portcullis_http_requests_total with status 101, not timed here).',
     labelNames: ['site', 'route'] as const,
     buckets: [...LATENCY_BUCKETS],
     registers,
@@ -372,7 +376,7 @@ export function createMetrics(options: MetricsOptions): GatewayMetrics {
         byStatus.set(code, counter);
       }
       counter.inc();
-      slot.duration.observe(seconds);
+      if (seconds !== null) slot.duration.observe(seconds);
     },
 
     upstreamAttempt(upstream, seconds, error) {

@@ -7,7 +7,7 @@ import http2 from 'node:http2';
 import http from 'node:http';
 import net from 'node:net';
 import { WebSocket, WebSocketServer } from 'ws';
-import { LOOPBACK_LISTEN, startGateway, type Tap } from '../helpers/gateway.js';
+import { LOOPBACK_LISTEN, startGateway, type LogRecord, type RunningGateway, type Tap } from '../helpers/gateway.js';
 
 /** A raw HTTP/1.1 upstream: reads one request head, writes `head`, then closes (or ends) the socket. */
 async function rawUpstream(t: Tap, head: string, how: 'destroy' | 'end'): Promise<string> {
@@ -186,13 +186,31 @@ t.test('a WebSocket fails over to the next target when the picked one refuses th
   const down = gw.logs.filter((l) => l.event === 'upstream_down');
   t.equal(down.length, 1, 'one upstream_down event');
   t.equal(down[0]?.upstream, dead);
+
+  // One access line per session, written when it closes: 101, the target that served it.
+  const lines = await wsAccessLines(gw, 4);
+  t.same(lines.map((l) => [l.status, l.path, l.upstream, l.reason]), Array(4).fill([101, '/chat', live.origin, undefined]));
+  t.ok(lines.every((l) => typeof l.duration_ms === 'number'), 'with the session duration');
+  const after = (await gw.gw.metrics.exposition()).body.split('\n');
+  t.ok(after.some((l) => l.startsWith('portcullis_http_requests_total{') && l.includes('status="101"') && l.endsWith(' 4')), 'counted as requests with status 101');
+  const timed = after.filter((l) => l.startsWith('portcullis_http_request_duration_seconds_count{') && l.includes('site="app.test"'));
+  t.ok(timed.every((l) => l.endsWith(' 0')), `but not timed: a session is not a response time (${timed.join('; ') || 'no series'})`);
 });
+
+/** The access lines of WebSocket sessions (path /chat), once `n` are there. */
+async function wsAccessLines(gw: RunningGateway, n: number): Promise<LogRecord[]> {
+  const find = () => gw.logs.filter((l) => l.type === 'access' && l.path === '/chat');
+  for (let i = 0; i < 200 && find().length < n; i++) await new Promise((r) => setTimeout(r, 10));
+  return find();
+}
 
 t.test('a WebSocket whose every target refuses is still closed with 1011, after trying each once', async (t) => {
   const [a, b] = REFUSING;
   const gw = await startGateway(t, site(`[${a}, ${b}]`));
   const res = await wsEcho(gw.port, gw.ca, 'anyone?');
   t.same(res, { echo: null, code: 1011 });
+  const [line] = await wsAccessLines(gw, 1);
+  t.match(line, { status: 101, reason: 'upstream_connect_refused', upstream: b }, 'the access line says why the session ended at once');
   const exposition = (await gw.gw.metrics.exposition()).body;
   for (const origin of [a, b]) {
     t.ok(exposition.split('\n').some((l) => l.startsWith('portcullis_upstream_errors_total') && l.includes(origin) && l.includes('connect_refused')), `${origin} was tried`);
@@ -333,4 +351,6 @@ t.test('a WebSocket upstream that refuses the upgrade (403): 1011 for the client
   const lines = (await gw.gw.metrics.exposition()).body.split('\n').filter((l) => l.startsWith('portcullis_upstream_errors_total') && l.includes(origin));
   t.ok(lines.some((l) => l.includes('bad_response') && l.trim().endsWith(' 1')), 'counted as a bad answer');
   t.notOk(lines.some((l) => l.includes('response_timeout')), 'not as a timeout');
+  const [line] = await wsAccessLines(gw, 1);
+  t.match(line, { status: 101, reason: 'upstream_bad_response', upstream: origin });
 });
