@@ -7,7 +7,7 @@ import http2 from 'node:http2';
 import http from 'node:http';
 import net from 'node:net';
 import { WebSocket, WebSocketServer } from 'ws';
-import { LOOPBACK_LISTEN, startGateway, type LogRecord, type RunningGateway, type Tap } from '../helpers/gateway.js';
+import { LOOPBACK_LISTEN, rawTls, startGateway, type LogRecord, type RunningGateway, type Tap } from '../helpers/gateway.js';
 
 /** A raw HTTP/1.1 upstream: reads one request head, writes `head`, then closes (or ends) the socket. */
 async function rawUpstream(t: Tap, head: string, how: 'destroy' | 'end'): Promise<string> {
@@ -353,4 +353,18 @@ t.test('a WebSocket upstream that refuses the upgrade (403): 1011 for the client
   t.notOk(lines.some((l) => l.includes('response_timeout')), 'not as a timeout');
   const [line] = await wsAccessLines(gw, 1);
   t.match(line, { status: 101, reason: 'upstream_bad_response', upstream: origin });
+});
+
+t.test('a WebSocket handshake the gateway refuses itself (bad Sec-WebSocket-Key): 400, logged as such, nothing dialled', async (t) => {
+  const live = await echoWebSocketUpstream(t);
+  const gw = await startGateway(t, site(live.origin));
+  const raw = await rawTls(
+    gw.port,
+    gw.ca,
+    'GET /chat HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: not-a-key\r\n\r\n',
+  );
+  t.match(raw, /^HTTP\/1\.1 400 /, 'refused with 400');
+  const [line] = await wsAccessLines(gw, 1);
+  t.match(line, { status: 400, reason: 'websocket_handshake_refused' });
+  t.same(live.hosts, [], 'the upstream was not dialled');
 });
