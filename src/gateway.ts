@@ -178,6 +178,8 @@ class ClientSideWebSocket extends WebSocket {
 }
 
 const UPGRADED = Symbol('portcullis.upgraded');
+/** RFC 6455 §4.1: a base64-encoded 16-byte nonce. */
+const WS_KEY = /^[+/0-9A-Za-z]{22}==$/;
 
 /** Counts body bytes and fails the upload once it exceeds the route's limit (chunked bodies have no Content-Length to check up front). */
 class BodyLimit extends Transform {
@@ -224,7 +226,8 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
       // HTTP/2 header block limit; the HTTP/1.1 one is set on the server below. Streams at once per
       // connection: Node advertises no limit (2^32 - 1), which lets one connection hold as many
       // upstream requests as it likes; 128 is nginx's default (Go's is 250, RFC 9113 §6.5.2
-      // recommends no fewer than 100). A client going over gets its extra streams refused.
+      // recommends no fewer than 100). A client that goes over once it has acknowledged the
+      // setting breaks the protocol: nghttp2 ends the whole connection (GOAWAY).
       settings: { maxHeaderListSize: cfg0.limits.maxHeaderSize, maxConcurrentStreams: MAX_CONCURRENT_STREAMS },
     },
     loggerInstance: logger,
@@ -648,20 +651,59 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
   app.addHook('onClose', async () => upstreamClient.close());
 
   /**
-   * A proxied WebSocket gets its access line (and its request metric) when the client's connection
+   * The checks ws's server would make on the client's handshake, made first so that a refusal is
+   * the gateway's own answer (security headers, request id, one access line with the status sent)
+   * rather than ws's bare one. What remains for ws to refuse: a malformed subprotocol or extension
+   * list (400), a server shutting down (503).
+   */
+  function refuseBadHandshake(request: FastifyRequest, reply: FastifyReply): boolean {
+    const h = request.headers;
+    if (request.raw.method !== 'GET') {
+      request.gw.reason = 'websocket_handshake_method';
+      sendError(reply, 405, 'GW_ERR_METHOD_NOT_ALLOWED', { allow: 'GET' });
+      return true;
+    }
+    const version = h['sec-websocket-version'];
+    const key = h['sec-websocket-key'];
+    if (String(h.upgrade).toLowerCase() !== 'websocket' || typeof key !== 'string' || !WS_KEY.test(key.trim())) {
+      request.gw.reason = 'websocket_handshake_invalid';
+      sendError(reply, 400, 'GW_ERR_BAD_REQUEST');
+      return true;
+    }
+    if (version !== '13' && version !== '8') {
+      request.gw.reason = 'websocket_handshake_version';
+      // RFC 6455 §4.4: the versions the server speaks.
+      sendError(reply, 400, 'GW_ERR_BAD_REQUEST', { 'sec-websocket-version': '13, 8' });
+      return true;
+    }
+    return false;
+  }
+
+  /**
+   * A proxied WebSocket gets its access line (and its request count) when the client's connection
    * closes, as nginx logs one: status 101 and the session's duration, its upstream, and why the
-   * gateway closed it if it did. The reply is hijacked, so Fastify's onResponse never sees it.
+   * gateway ended it if it did. The reply is hijacked, so Fastify's onResponse never sees it.
+   * Called after ws's server has taken the socket ('close' is never emitted synchronously).
    */
   function logWebSocketAtClose(request: FastifyRequest): void {
     const ctx = request.gw;
     const socket = request.raw.socket as Duplex & { [UPGRADED]?: boolean };
-    socket.once('close', () => {
+    const log = (): void => {
       const upgraded = socket[UPGRADED] === true;
-      // ws's server refused the handshake itself (written straight to the socket): a 400.
-      if (!upgraded) ctx.reason ??= 'websocket_handshake_refused';
+      let status = 101;
+      if (!upgraded) {
+        // Gone before the 101 (ws writes nothing then), or refused by ws itself (see above).
+        status = socket.writable ? 400 : 499;
+        ctx.reason ??= status === 499 ? 'client_closed' : 'websocket_handshake_refused';
+      } else if (!ctx.proxied) {
+        // The client left while the upstream was still being dialled.
+        ctx.reason ??= 'client_closed';
+      }
       // Counted, not timed: the duration is the session's (see observeRequest).
-      logRequest(ctx, request.raw, upgraded ? 101 : 400, undefined, !upgraded);
-    });
+      logRequest(ctx, request.raw, status, undefined, !upgraded);
+    };
+    if (socket.destroyed) log();
+    else socket.once('close', log);
   }
 
   function wsDialPlan(request: FastifyRequest): WebSocketDialPlan {
@@ -677,9 +719,9 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
       connectFailed(origin, kind, seconds, next, wasDown) {
         metrics.upstreamAttempt(origin, seconds, kind);
         if (!wasDown) events.emit('upstream_down', { ...who(ctx), upstream: origin, reason: kind });
-        ctx.proxied = true;
-        ctx.upstream = next ?? origin;
-        if (next === null) ctx.reason = `upstream_${kind}`;
+        // As for HTTP: a request no target took has no upstream in its line, and says why.
+        if (next !== null) ctx.upstream = next;
+        else ctx.reason = `upstream_${kind}`;
       },
       connected(origin, seconds) {
         ctx.proxied = true;
@@ -687,8 +729,6 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
         metrics.upstreamAttempt(origin, seconds);
       },
       attemptFailed(origin, kind, seconds) {
-        ctx.proxied = true;
-        ctx.upstream = origin;
         ctx.reason = `upstream_${kind}`;
         metrics.upstreamAttempt(origin, seconds, kind);
       },
@@ -714,8 +754,11 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
       const upgradeHandler = route.handler;
       route.handler = function gatewayRoute(this: FastifyInstance, request: FastifyRequest, reply: FastifyReply) {
         if ((request.raw as { upgrade?: boolean }).upgrade === true) {
+          if (refuseBadHandshake(request, reply)) return;
+          // A throw before the handler hijacks the reply is answered (and logged) by Fastify.
+          const out = upgradeHandler.call(this, request, reply);
           logWebSocketAtClose(request);
-          return upgradeHandler.call(this, request, reply);
+          return out;
         }
         proxyRequest(request, reply);
       } as typeof route.handler;

@@ -84,6 +84,8 @@ export function createCertificateAutomation(deps: {
   const log = deps.logger.child({ component: 'acme' });
   let manager: AcmeManager | null = null;
   let signature = '';
+  // Bumped by stop(): a start() that was waiting for the manager's module gives up.
+  let generation = 0;
 
   const onEvent = (ev: AcmeEvent): void => {
     switch (ev.event) {
@@ -115,7 +117,19 @@ export function createCertificateAutomation(deps: {
     const orders = acmeOrders(config, deps.certificates);
     signature = JSON.stringify([acme, orders]);
     if (orders.length === 0) return;
+    try {
+      await startManager(config, acme, orders);
+    } catch (err) {
+      // Not started: a reload with the same configuration must try again, not find it current.
+      signature = '';
+      throw err;
+    }
+  }
+
+  async function startManager(config: GatewayConfig, acme: NonNullable<GatewayConfig['tls']['acme']>, orders: Array<{ siteId: string; hosts: string[] }>): Promise<void> {
+    const mine = generation;
     const { createAcmeManager } = await import('../acme/manager.js');
+    if (mine !== generation) return;
     manager = createAcmeManager({
       config: acme,
       storageDir: config.tls.storage,
@@ -145,6 +159,7 @@ export function createCertificateAutomation(deps: {
   }
 
   async function stop(): Promise<void> {
+    generation++;
     const m = manager;
     manager = null;
     await m?.stop();

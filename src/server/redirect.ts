@@ -7,6 +7,7 @@ import http from 'node:http';
 import { randomUUID } from 'node:crypto';
 import { canonicalizePath, normalizeHost } from '../policy/index.js';
 import { renderError } from '../http/errors.js';
+import { ALLOW_HEADER } from '../pipeline/resolve.js';
 import type { GatewayErrorCode } from '../errors.js';
 import type { RuntimeState } from '../runtime.js';
 import type { Logger } from '../observability/logging.js';
@@ -22,7 +23,6 @@ export interface RedirectServerOptions {
 }
 
 const CHALLENGE_PREFIX = '/.well-known/acme-challenge/';
-const REDIRECTED_METHODS = 'GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS';
 const TOKEN = /^[A-Za-z0-9_-]{1,256}$/;
 
 export interface RedirectDecision {
@@ -83,7 +83,7 @@ export function createRedirectServer(opts: RedirectServerOptions): http.Server {
       const body = renderError(d.status, d.code ?? 'GW_ERR_BAD_REQUEST', requestId, req.headers.accept);
       const headers: Record<string, string> = { 'content-type': body.contentType, 'cache-control': 'no-store', 'x-request-id': requestId, 'x-content-type-options': 'nosniff' };
       // RFC 9110 §15.5.6: a 405 lists what this listener serves (the redirect, or HTTP-01's GET).
-      if (d.status === 405) headers.allow = REDIRECTED_METHODS;
+      if (d.status === 405) Object.assign(headers, ALLOW_HEADER);
       res.writeHead(d.status, headers);
       res.end(method === 'HEAD' ? undefined : body.body);
     }
