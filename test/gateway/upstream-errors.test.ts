@@ -296,6 +296,8 @@ t.test('a client that leaves while the upstream is being dialled: the dial stops
   // Past the connect timeout: without the stop, the dial would have moved on to the live target.
   await new Promise((r) => setTimeout(r, 2800));
   t.same(live.hosts, [], 'the live target was never dialled for a client that had left');
+  const [line] = await wsAccessLines(gw, 1);
+  t.match(line, { status: 101, reason: 'client_closed' }, 'logged as the client leaving');
 });
 
 t.test('a client that leaves while the upstream handshake answer is on its way: the upstream socket is closed when it opens', async (t) => {
