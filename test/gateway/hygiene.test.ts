@@ -56,6 +56,16 @@ t.test('request-target must be origin-form; TRACE and CONNECT are refused', asyn
   t.equal(up.seen.length, 0);
 });
 
+/** The status of a GET on an HTTP/2 session (the body is read and dropped). */
+function h2Status(session: http2.ClientHttp2Session, authority: string, path: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const stream = session.request({ ':path': path, ':authority': authority });
+    stream.on('response', (h) => resolve(Number(h[':status'])));
+    stream.on('error', reject);
+    stream.resume();
+  });
+}
+
 /** The value of one header of a raw HTTP/1.1 answer ('' when absent). */
 function headerOf(raw: string, name: string): string {
   for (const line of raw.split('\r\n\r\n')[0]!.split('\r\n').slice(1)) {
@@ -100,12 +110,7 @@ t.test('CONNECT gets the gateway own 405 (security headers, request id, Allow, a
   t.match(h2.body, /Method Not Allowed/, 'the gateway error body');
   t.match(h2.body, new RegExp(String(h2.headers['x-request-id'])), 'naming its request id');
   // The session survives: the next request on it is served.
-  const next = await new Promise<number>((resolve, reject) => {
-    const stream = session.request({ ':path': '/', ':authority': 'app.test' });
-    stream.on('response', (h) => resolve(Number(h[':status'])));
-    stream.on('error', reject);
-    stream.resume();
-  });
+  const next = await h2Status(session, 'app.test', '/');
   t.equal(next, 200, 'the HTTP/2 session goes on');
 
   for (let i = 0; i < 100 && gw.logs.filter((l) => l.method === 'CONNECT').length < 2; i++) await new Promise((r) => setTimeout(r, 10));
@@ -380,12 +385,7 @@ sites:
 `);
   const session = http2.connect(`https://127.0.0.1:${gw.port}`, { ca: gw.ca, servername: 'app.test' });
   t.teardown(() => session.close());
-  const get = (authority: string, path: string) => new Promise<number>((resolve, reject) => {
-    const stream = session.request({ ':path': path, ':authority': authority });
-    stream.on('response', (h) => resolve(Number(h[':status'])));
-    stream.on('error', reject);
-    stream.resume();
-  });
+  const get = (authority: string, path: string) => h2Status(session, authority, path);
   t.equal(await get('app.test', '/secret'), 200, 'the SNI site');
   t.equal(await get('other.test', '/secret'), 403, "another site's deny applies on the same connection");
   t.equal(await get('OTHER.test', '/open'), 200, "another site's public route, to its own upstream");
@@ -412,12 +412,7 @@ t.test('HTTP/2: one connection holds at most 128 streams at once (Node advertise
   await new Promise((r) => session.once('remoteSettings', r));
   t.equal(session.remoteSettings.maxConcurrentStreams, 128, 'advertised in SETTINGS');
   // 200 requests at once on one connection: a client honouring the setting queues the rest.
-  const statuses = await Promise.all(Array.from({ length: 200 }, (_, i) => new Promise<number>((resolve, reject) => {
-    const stream = session.request({ ':path': `/${i}`, ':authority': 'app.test' });
-    stream.on('response', (h) => resolve(Number(h[':status'])));
-    stream.on('error', reject);
-    stream.resume();
-  })));
+  const statuses = await Promise.all(Array.from({ length: 200 }, (_, i) => h2Status(session, 'app.test', `/${i}`)));
   t.ok(statuses.every((s) => s === 200), 'all answered');
   t.ok(most <= 128, `at most 128 reached the upstream at once (${most})`);
   t.equal(up.seen.length, 200);
@@ -438,12 +433,7 @@ t.test('HTTP/2 extended CONNECT (RFC 8441, a WebSocket over HTTP/2) is refused: 
     stream.on('close', () => resolve(stream.rstCode ?? -2));
   });
   t.equal(code, http2.constants.NGHTTP2_PROTOCOL_ERROR, 'reset with PROTOCOL_ERROR, no answer');
-  const next = await new Promise<number>((resolve, reject) => {
-    const stream = session.request({ ':path': '/', ':authority': 'app.test' });
-    stream.on('response', (h) => resolve(Number(h[':status'])));
-    stream.on('error', reject);
-    stream.resume();
-  });
+  const next = await h2Status(session, 'app.test', '/');
   t.equal(next, 200, 'the connection goes on');
   t.same(up.seen.map((r) => r.url), ['/'], 'the upstream saw only the ordinary request');
 });

@@ -7,7 +7,7 @@ import http2 from 'node:http2';
 import http from 'node:http';
 import net from 'node:net';
 import { WebSocket, WebSocketServer } from 'ws';
-import { LOOPBACK_LISTEN, rawTls, startGateway, type LogRecord, type RunningGateway, type Tap } from '../helpers/gateway.js';
+import { LOOPBACK_LISTEN, rawTls, silentServer, startGateway, type LogRecord, type RunningGateway, type Tap } from '../helpers/gateway.js';
 
 /** A raw HTTP/1.1 upstream: reads one request head, writes `head`, then closes (or ends) the socket. */
 async function rawUpstream(t: Tap, head: string, how: 'destroy' | 'end'): Promise<string> {
@@ -89,11 +89,21 @@ t.test('a status code Fastify refuses to send (999): 502 without the upstream he
   t.same(late.map((l) => l.msg), [], 'nothing is sent, or attempted, after the error answer');
 });
 
+/** A WebSocket to app.test's /chat through the gateway. */
+function openWebSocket(port: number, ca: string): WebSocket {
+  return new WebSocket(`wss://127.0.0.1:${port}/chat`, { ca, servername: 'app.test', headers: { host: 'app.test' } } as object);
+}
+
+/** The gateway's portcullis_upstream_errors_total series for `origin`. */
+async function upstreamErrorSeries(gw: RunningGateway, origin: string): Promise<string[]> {
+  return (await gw.gw.metrics.exposition()).body.split('\n').filter((l) => l.startsWith('portcullis_upstream_errors_total') && l.includes(`"${origin}"`));
+}
+
 /** Opens a WebSocket through the gateway and resolves with how it was closed. */
 function wsClose(port: number, ca: string): Promise<{ opened: boolean; code: number; reason: string }> {
   return new Promise((resolve, reject) => {
     let opened = false;
-    const ws = new WebSocket(`wss://127.0.0.1:${port}/chat`, { ca, servername: 'app.test', headers: { host: 'app.test' } } as object);
+    const ws = openWebSocket(port, ca);
     ws.once('open', () => (opened = true));
     ws.once('unexpected-response', (_req, res) => reject(new Error(`refused with ${res.statusCode}`)));
     ws.once('close', (code, reason) => resolve({ opened, code, reason: reason.toString() }));
@@ -152,7 +162,7 @@ async function echoWebSocketUpstream(t: Tap): Promise<{ origin: string; hosts: s
 /** Opens a WebSocket through the gateway, sends one message and resolves with the echo (or how it closed). */
 function wsEcho(port: number, ca: string, message: string): Promise<{ echo: string | null; code: number }> {
   return new Promise((resolve, reject) => {
-    const ws = new WebSocket(`wss://127.0.0.1:${port}/chat`, { ca, servername: 'app.test', headers: { host: 'app.test' } } as object);
+    const ws = openWebSocket(port, ca);
     // A clear failure instead of the test runner's timeout when nothing ever comes back.
     const timer = setTimeout(() => {
       ws.terminate();
@@ -180,8 +190,7 @@ t.test('a WebSocket fails over to the next target when the picked one refuses th
   t.same(results.map((r) => r.echo), ['hello 0', 'hello 1', 'hello 2', 'hello 3'], 'every socket reached the live target, the first one included');
   t.same(live.hosts, ['app.test', 'app.test', 'app.test', 'app.test'], "the handshake carried the client's Host");
 
-  const exposition = (await gw.gw.metrics.exposition()).body;
-  const refused = exposition.split('\n').filter((l) => l.startsWith('portcullis_upstream_errors_total') && l.includes(dead) && l.includes('connect_refused'));
+  const refused = (await upstreamErrorSeries(gw, dead)).filter((l) => l.includes('connect_refused'));
   t.same(refused.map((l) => l.trim().split(' ').at(-1)), ['1'], 'the dead target was tried once, then skipped while marked down');
   const down = gw.logs.filter((l) => l.event === 'upstream_down');
   t.equal(down.length, 1, 'one upstream_down event');
@@ -212,46 +221,26 @@ t.test('a WebSocket whose every target refuses is still closed with 1011, after 
   const [line] = await wsAccessLines(gw, 1);
   t.match(line, { status: 101, reason: 'upstream_connect_refused' }, 'the access line says why the session ended at once');
   t.equal(line?.upstream, undefined, 'and, as for HTTP, names no upstream: none took it');
-  const exposition = (await gw.gw.metrics.exposition()).body;
   for (const origin of [a, b]) {
-    t.ok(exposition.split('\n').some((l) => l.startsWith('portcullis_upstream_errors_total') && l.includes(origin) && l.includes('connect_refused')), `${origin} was tried`);
+    t.ok((await upstreamErrorSeries(gw, origin)).some((l) => l.includes('connect_refused')), `${origin} was tried`);
   }
 });
 
 t.test('a WebSocket target that does not finish connecting within timeouts.connect is left for the next one', async (t) => {
   // TCP accepts, the TLS handshake never gets an answer: a hung host. undici counts the TLS
   // handshake in its connect timeout for HTTP requests; the WebSocket dial does the same.
-  const held: net.Socket[] = [];
-  const silent = net.createServer((socket) => {
-    held.push(socket);
-    socket.on('error', () => undefined);
-  });
-  await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r));
-  t.teardown(() => new Promise<void>((r) => {
-    for (const socket of held) socket.destroy();
-    silent.close(() => r());
-  }));
-  const hung = `https://127.0.0.1:${(silent.address() as net.AddressInfo).port}`;
+  const hung = `https://127.0.0.1:${(await silentServer(t)).port}`;
   const live = await echoWebSocketUpstream(t);
   const gw = await startGateway(t, site(`[${hung}, ${live.origin}]`).replace('sites:', 'timeouts: { connect: 1s }\nsites:'));
   const res = await wsEcho(gw.port, gw.ca, 'through');
   t.equal(res.echo, 'through', 'the live target answered');
-  const exposition = (await gw.gw.metrics.exposition()).body;
-  t.ok(exposition.split('\n').some((l) => l.startsWith('portcullis_upstream_errors_total') && l.includes(hung) && l.includes('connect_timeout')), 'the hung target is counted as a connect timeout');
+  t.ok((await upstreamErrorSeries(gw, hung)).some((l) => l.includes('connect_timeout')), 'the hung target is counted as a connect timeout');
 });
 
 t.test('a WebSocket upstream that takes the connection and never answers the handshake: 1011 after timeouts.response', async (t) => {
-  const held: net.Socket[] = [];
-  const mute = net.createServer((socket) => {
-    held.push(socket);
-    socket.on('error', () => undefined);
-  });
-  await new Promise<void>((r) => mute.listen(0, '127.0.0.1', r));
-  t.teardown(() => new Promise<void>((r) => {
-    for (const socket of held) socket.destroy();
-    mute.close(() => r());
-  }));
-  const gw = await startGateway(t, site(`http://127.0.0.1:${(mute.address() as net.AddressInfo).port}`).replace('sites:', 'timeouts: { response: 1s }\nsites:'));
+  const mute = await silentServer(t);
+  const { held } = mute;
+  const gw = await startGateway(t, site(`http://127.0.0.1:${mute.port}`).replace('sites:', 'timeouts: { response: 1s }\nsites:'));
   const res = await wsEcho(gw.port, gw.ca, 'hello?');
   t.same(res, { echo: null, code: 1011 }, 'closed, not held open forever');
   t.equal(held.length, 1, 'the upstream was dialled once');
@@ -262,7 +251,7 @@ t.test('a WebSocket upstream that takes the connection and never answers the han
   const live = await echoWebSocketUpstream(t);
   const gw2 = await startGateway(t, site(live.origin).replace('sites:', 'timeouts: { response: 1s }\nsites:'));
   const quiet = await new Promise<string>((resolve, reject) => {
-    const ws = new WebSocket(`wss://127.0.0.1:${gw2.port}/chat`, { ca: gw2.ca, servername: 'app.test', headers: { host: 'app.test' } } as object);
+    const ws = openWebSocket(gw2.port, gw2.ca);
     ws.once('open', () => setTimeout(() => ws.send('after a quiet second'), 2500));
     ws.once('message', (data) => {
       ws.close(1000);
@@ -274,22 +263,12 @@ t.test('a WebSocket upstream that takes the connection and never answers the han
 });
 
 t.test('a client that leaves while the upstream is being dialled: the dial stops, no upstream socket is left open', async (t) => {
-  const held: net.Socket[] = [];
-  const silent = net.createServer((socket) => {
-    held.push(socket);
-    socket.on('error', () => undefined);
-  });
-  await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r));
-  t.teardown(() => new Promise<void>((r) => {
-    for (const socket of held) socket.destroy();
-    silent.close(() => r());
-  }));
-  const hung = `https://127.0.0.1:${(silent.address() as net.AddressInfo).port}`;
+  const hung = `https://127.0.0.1:${(await silentServer(t)).port}`;
   const live = await echoWebSocketUpstream(t);
   const gw = await startGateway(t, site(`[${hung}, ${live.origin}]`).replace('sites:', 'timeouts: { connect: 2s }\nsites:'));
   // The client closes right after its 101, while the gateway still waits on the hung target.
   await new Promise<void>((resolve) => {
-    const ws = new WebSocket(`wss://127.0.0.1:${gw.port}/chat`, { ca: gw.ca, servername: 'app.test', headers: { host: 'app.test' } } as object);
+    const ws = openWebSocket(gw.port, gw.ca);
     ws.once('open', () => ws.terminate());
     ws.once('close', () => resolve());
   });
@@ -312,7 +291,7 @@ t.test('a client that leaves while the upstream handshake answer is on its way: 
   t.teardown(() => new Promise<void>((r) => wss.close(() => r())));
   const gw = await startGateway(t, site(`http://127.0.0.1:${(wss.address() as net.AddressInfo).port}`));
   await new Promise<void>((resolve) => {
-    const ws = new WebSocket(`wss://127.0.0.1:${gw.port}/chat`, { ca: gw.ca, servername: 'app.test', headers: { host: 'app.test' } } as object);
+    const ws = openWebSocket(gw.port, gw.ca);
     // After the gateway has dialled (its socket is up) but before the upstream's 101.
     ws.once('open', () => setTimeout(() => ws.terminate(), 100));
     ws.once('close', () => resolve());
@@ -353,7 +332,7 @@ t.test('a WebSocket upstream that refuses the upgrade (403): 1011 for the client
   t.same(await wsEcho(gw.port, gw.ca, 'let me in'), { echo: null, code: 1011 });
   for (let i = 0; i < 200 && closedAt === 0; i++) await new Promise((r) => setTimeout(r, 10));
   t.ok(closedAt > 0 && closedAt - answeredAt < 2000, 'the gateway closed the upstream connection right away');
-  const lines = (await gw.gw.metrics.exposition()).body.split('\n').filter((l) => l.startsWith('portcullis_upstream_errors_total') && l.includes(origin));
+  const lines = await upstreamErrorSeries(gw, origin);
   t.ok(lines.some((l) => l.includes('bad_response') && l.trim().endsWith(' 1')), 'counted as a bad answer');
   t.notOk(lines.some((l) => l.includes('response_timeout')), 'not as a timeout');
   const [line] = await wsAccessLines(gw, 1);

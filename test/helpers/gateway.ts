@@ -5,6 +5,7 @@
 import http from 'node:http';
 import https from 'node:https';
 import tls from 'node:tls';
+import net from 'node:net';
 import { mkdtempSync, writeFileSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -242,4 +243,22 @@ export function tlsPeer(port: number, servername: string, ca: string): Promise<{
 export function statusOf(raw: string): number {
   const m = /^HTTP\/1\.[01] (\d{3})/.exec(raw);
   return m ? Number(m[1]) : 0;
+}
+
+/**
+ * A TCP server that accepts and never says a word (a TLS client to it never finishes connecting,
+ * an HTTP client never gets an answer). `held`: the accepted sockets, destroyed at teardown.
+ */
+export async function silentServer(t: Tap): Promise<{ port: number; held: net.Socket[] }> {
+  const held: net.Socket[] = [];
+  const server = net.createServer((socket) => {
+    held.push(socket);
+    socket.on('error', () => undefined);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  t.teardown(() => new Promise<void>((r) => {
+    for (const socket of held) socket.destroy();
+    server.close(() => r());
+  }));
+  return { port: (server.address() as net.AddressInfo).port, held };
 }

@@ -10,22 +10,20 @@ import { EventEmitter } from 'node:events';
 import type { Duplex } from 'node:stream';
 import { createUpstreamConnection, withDialPlan, type WebSocketDialPlan } from '../../src/proxy/websocket-dial.js';
 import { UpstreamPool } from '../../src/proxy/upstreams.js';
+import { silentServer } from '../helpers/gateway.js';
 
 type Tap = { teardown(fn: () => unknown): void };
 
-/** A TCP server that accepts and never says a word (a TLS client to it never finishes connecting). */
-async function silentServer(t: Tap): Promise<number> {
-  const held: net.Socket[] = [];
+/** A TCP server that closes every connection at once, counting them. */
+async function countingServer(t: Tap): Promise<{ origin: string; accepted: () => number }> {
+  let accepted = 0;
   const server = net.createServer((s) => {
-    held.push(s);
-    s.on('error', () => undefined);
+    accepted++;
+    s.destroy();
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  t.teardown(() => new Promise<void>((r) => {
-    for (const s of held) s.destroy();
-    server.close(() => r());
-  }));
-  return (server.address() as AddressInfo).port;
+  t.teardown(() => new Promise<void>((r) => server.close(() => r())));
+  return { origin: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, accepted: () => accepted };
 }
 
 /** A fake client connection: 'close' is emitted by the test. */
@@ -73,7 +71,7 @@ function dial(p: WebSocketDialPlan): Promise<{ err: Error | null; socket?: Duple
 }
 
 t.test('each attempt reports its own duration: the live target is not charged with the dead one\'s timeout', async (t) => {
-  const hung = `https://127.0.0.1:${await silentServer(t)}`;
+  const hung = `https://127.0.0.1:${(await silentServer(t)).port}`;
   const live = net.createServer((s) => s.end());
   await new Promise<void>((r) => live.listen(0, '127.0.0.1', r));
   t.teardown(() => new Promise<void>((r) => live.close(() => r())));
@@ -89,7 +87,7 @@ t.test('each attempt reports its own duration: the live target is not charged wi
 });
 
 t.test('connectTimeoutMs 0: no deadline (as undici reads it), the dial waits until the client leaves', async (t) => {
-  const hung = `https://127.0.0.1:${await silentServer(t)}`;
+  const hung = `https://127.0.0.1:${(await silentServer(t)).port}`;
   const { plan: p, rec, client } = plan([hung], 0);
   let outcome: { err: Error | null } | null = null;
   const done = dial(p).then((o) => (outcome = o));
@@ -103,20 +101,14 @@ t.test('connectTimeoutMs 0: no deadline (as undici reads it), the dial waits unt
 });
 
 t.test('a client already gone: no target is dialled', async (t) => {
-  let accepted = 0;
-  const server = net.createServer((s) => {
-    accepted++;
-    s.destroy();
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  t.teardown(() => new Promise<void>((r) => server.close(() => r())));
+  const target = await countingServer(t);
   const client = new FakeClient();
   client.destroyed = true;
-  const { plan: p, rec } = plan([`http://127.0.0.1:${(server.address() as AddressInfo).port}`], 1000, client);
+  const { plan: p, rec } = plan([target.origin], 1000, client);
   const { err } = await dial(p);
   t.match(err?.message, /client closed/);
   await new Promise((r) => setTimeout(r, 50));
-  t.equal(accepted, 0, 'nothing was dialled');
+  t.equal(target.accepted(), 0, 'nothing was dialled');
   t.same(rec, { failed: [], connected: [], otherFailures: [], handshakeTimeouts: [] });
 });
 
@@ -136,26 +128,20 @@ t.test('an https target is verified under the client host name (as undici does f
   server.on('tlsClientError', () => undefined);
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   t.teardown(() => new Promise<void>((r) => server.close(() => r())));
-  let accepted = 0;
-  const second = net.createServer((s) => {
-    accepted++;
-    s.destroy();
-  });
-  await new Promise<void>((r) => second.listen(0, '127.0.0.1', r));
-  t.teardown(() => new Promise<void>((r) => second.close(() => r())));
+  const second = await countingServer(t);
   const untrusted = `https://127.0.0.1:${(server.address() as AddressInfo).port}`;
-  const { plan: p, rec } = plan([untrusted, `http://127.0.0.1:${(second.address() as AddressInfo).port}`], 1000);
+  const { plan: p, rec } = plan([untrusted, second.origin], 1000);
   const { err } = await dial(p);
   t.match(err?.message, /self.signed/i, 'the certificate was refused');
   t.same(names, ['app.test'], 'the TLS server name was the client host, not the IP of the URL');
   t.same(rec.otherFailures, [{ origin: untrusted, kind: 'other' }], 'counted as a failed attempt');
   t.same(rec.failed, [], 'not as a connect failure');
-  t.equal(accepted, 0, 'and the next target was not tried');
+  t.equal(second.accepted(), 0, 'and the next target was not tried');
   t.notOk(p.pool.isDown(0), 'nor the target marked down');
 });
 
 t.test('a target that connects and never answers the handshake is cut after handshakeTimeoutMs', async (t) => {
-  const port = await silentServer(t);
+  const { port } = await silentServer(t);
   const { plan: p, rec } = plan([`http://127.0.0.1:${port}`], 1000);
   const shortHandshake = { ...p, handshakeTimeoutMs: 200 };
   const { err, socket } = await dial(shortHandshake);
