@@ -112,7 +112,7 @@ export interface LogConfig {
   readonly file: string | null;
   /** Absolute path of the security-event log, or null (events go to the main log). */
   readonly securityFile: string | null;
-  /** Bytes of main-log lines collected before a write (also flushed every 250 ms); 0: each line at once. */
+  /** Bytes of main-log lines collected before a write (also flushed every 250 ms); 0: a turn's lines written as the turn ends. */
   readonly buffer: number;
 }
 

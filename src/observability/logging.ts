@@ -6,6 +6,7 @@
  */
 import pino, { type Logger, type LoggerOptions } from 'pino';
 import type { LogConfig } from '../config/types.js';
+import { TurnBatchedDestination } from './turn-batch.js';
 
 export type { Logger };
 
@@ -67,8 +68,11 @@ function buildLogger(config: Pick<LogConfig, 'level' | 'file'> & { readonly buff
   const buffer = config.buffer ?? 0;
   // sonic-boom wants its largest single write (`maxWrite`, 16 KiB by default) above `minLength`.
   const batching = buffer > 0 ? { minLength: buffer, maxWrite: buffer + 16_384, periodicFlush: LOG_FLUSH_MS } : {};
-  if (config.file) return pino(options, pino.destination({ dest: config.file, mkdir: true, sync: false, ...batching }));
-  return pino(options, pino.destination({ dest: 1, sync: false, ...batching }));
+  // Either way, the lines of one event-loop turn reach sonic-boom as one write (turn-batch.ts).
+  const sink = config.file
+    ? pino.destination({ dest: config.file, mkdir: true, sync: false, ...batching })
+    : pino.destination({ dest: 1, sync: false, ...batching });
+  return pino(options, new TurnBatchedDestination(sink));
 }
 
 /**

@@ -55,7 +55,8 @@ t.test('log lines carry an ISO time and redact credentials', async (t) => {
 t.test('log.buffer reaches the destination as batching settings; 0 writes each line at once', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'portcullis-log-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  const streamOf = (l: pino.Logger) => (l as unknown as Record<symbol, { minLength: number; _periodicFlush: number }>)[pino.symbols.streamSym]!;
+  // The logger's stream is the turn batcher (turn-batch.ts); sonic-boom is behind it.
+  const streamOf = (l: pino.Logger) => (l as unknown as Record<symbol, { sink: { minLength: number; _periodicFlush: number } }>)[pino.symbols.streamSym]!.sink;
   const buffered = createLogger({ level: 'info', file: join(dir, 'a.log'), buffer: 8192 });
   t.equal(streamOf(buffered).minLength, 8192);
   t.equal(streamOf(buffered)._periodicFlush, LOG_FLUSH_MS);

@@ -1,0 +1,134 @@
+// The main log hands sonic-boom the lines of one event-loop turn as one write, in order, and loses
+// none of them when the process exits in the turn that wrote them.
+import t from 'tap';
+import { execFile } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { TurnBatchedDestination, type LineSink } from '../../src/observability/turn-batch.js';
+
+function recordingSink(): LineSink & { writes: string[]; flushed: number; flushedSync: number; ended: number; destroyed: boolean } {
+  return {
+    writes: [],
+    flushed: 0,
+    flushedSync: 0,
+    ended: 0,
+    destroyed: false,
+    write(data: string) {
+      this.writes.push(data);
+      return true;
+    },
+    flush(cb?: (err?: Error) => void) {
+      this.flushed++;
+      cb?.();
+    },
+    flushSync() {
+      this.flushedSync++;
+    },
+    end() {
+      this.ended++;
+    },
+  };
+}
+
+const endOfTurn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+
+t.test("one turn's lines reach the sink as one write, in order, at the end of the turn", async (t) => {
+  const sink = recordingSink();
+  const dest = new TurnBatchedDestination(sink);
+  dest.write('a\n');
+  dest.write('b\n');
+  dest.write('c\n');
+  t.same(sink.writes, [], 'nothing is written while the turn runs');
+  await endOfTurn();
+  t.same(sink.writes, ['a\nb\nc\n']);
+  dest.write('d\n');
+  await endOfTurn();
+  t.same(sink.writes, ['a\nb\nc\n', 'd\n'], "the next turn's lines are the next write");
+  await endOfTurn();
+  t.equal(sink.writes.length, 2, 'a turn without lines writes nothing');
+});
+
+t.test('flush and flushSync hand over what waits before the sink flushes; end too', async (t) => {
+  const sink = recordingSink();
+  const dest = new TurnBatchedDestination(sink);
+  dest.write('one\n');
+  let called = false;
+  dest.flush(() => {
+    called = true;
+  });
+  t.same(sink.writes, ['one\n']);
+  t.equal(sink.flushed, 1);
+  t.ok(called, "the sink's flush callback is passed on");
+  dest.write('two\n');
+  dest.flushSync();
+  t.same(sink.writes, ['one\n', 'two\n']);
+  t.equal(sink.flushedSync, 1);
+  dest.write('three\n');
+  dest.end();
+  t.same(sink.writes, ['one\n', 'two\n', 'three\n']);
+  t.equal(sink.ended, 1);
+  await endOfTurn();
+  t.equal(sink.writes.length, 3, 'the end of the turn finds nothing left to write');
+});
+
+t.test('a sink closed before the end of the turn drops the lines instead of throwing', async (t) => {
+  const sink = recordingSink();
+  sink.write = () => {
+    throw new Error('SonicBoom destroyed');
+  };
+  const dest = new TurnBatchedDestination(sink);
+  dest.write('late\n');
+  sink.destroyed = true;
+  await endOfTurn();
+  t.pass('no uncaught exception');
+});
+
+t.test('a sink that cannot flush synchronously (file still opening) does not break flushSync', async (t) => {
+  const sink = recordingSink();
+  sink.flushSync = () => {
+    throw new Error('sonic boom is not ready yet');
+  };
+  const dest = new TurnBatchedDestination(sink);
+  dest.write('x\n');
+  t.doesNotThrow(() => dest.flushSync());
+  t.same(sink.writes, ['x\n']);
+});
+
+// The gateway's own logger on a real file: lines written in the turn that exits still reach it.
+const LOGGING = fileURLToPath(new URL('../../src/observability/logging.ts', import.meta.url));
+
+function runChild(script: string): Promise<{ code: number | null; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = execFile(process.execPath, ['--import=tsx', '--input-type=module', '-e', script], { timeout: 20_000 }, (err, _stdout, stderr) => {
+      resolve({ code: err ? ((err as { code?: number }).code ?? child.exitCode) : 0, stderr });
+    });
+  });
+}
+
+t.test('process.exit() and an uncaught exception in the turn that logged lose no line', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'portcullis-turn-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  for (const [name, ending] of [
+    ['exit', 'process.exit(3);'],
+    ['throw', "throw new Error('boom');"],
+  ] as const) {
+    const file = join(dir, `${name}.log`);
+    // Wait until the file is open (a first line written and flushed), then log and leave at once.
+    const script = `
+      import { createLogger } from ${JSON.stringify(LOGGING)};
+      const log = createLogger({ level: 'info', file: ${JSON.stringify(file)} });
+      log.info('first');
+      await new Promise((r) => log.flush(() => r()));
+      await new Promise((r) => setTimeout(r, 50));
+      for (let i = 0; i < 100; i++) log.info({ i }, 'last turn');
+      ${ending}
+    `;
+    const r = await runChild(script);
+    t.not(r.code, 0, `${name}: the child failed as asked`);
+    const lines = readFileSync(file, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { msg: string; i?: number });
+    t.equal(lines.length, 101, `${name}: every line is in the file (${r.stderr.split('\n')[0] ?? ''})`);
+    t.same(lines.slice(1).map((l) => l.i), [...Array(100).keys()], `${name}: in order`);
+  }
+});
