@@ -20,7 +20,7 @@
  */
 import { isIP, type AddressInfo, type Socket } from 'node:net';
 import type { Server as HttpServer, IncomingHttpHeaders, IncomingMessage } from 'node:http';
-import type { Http2ServerRequest, Http2ServerResponse } from 'node:http2';
+import type { Http2ServerRequest, Http2ServerResponse, ServerHttp2Session } from 'node:http2';
 import type { Duplex } from 'node:stream';
 import type { Server as TlsServer, TLSSocket } from 'node:tls';
 import { Readable, Transform, type TransformCallback } from 'node:stream';
@@ -169,15 +169,18 @@ class ClientSideWebSocket extends WebSocket {
 
   /**
    * ws's server calls this (a method its typings leave out) once it has written the 101: the
-   * access line then says 101.
+   * access line then says 101, and counts the bytes sent from here on.
    */
   setSocket(socket: Duplex, ...rest: unknown[]): void {
-    (socket as Duplex & { [UPGRADED]?: boolean })[UPGRADED] = true;
+    (socket as Duplex & { [UPGRADED]?: number })[UPGRADED] = (socket as Socket).bytesWritten ?? 0;
     (WebSocket.prototype as unknown as { setSocket(...args: unknown[]): void }).setSocket.call(this, socket, ...rest);
   }
 }
 
+/** On a client socket ws upgraded: its `bytesWritten` once the 101 was written. */
 const UPGRADED = Symbol('portcullis.upgraded');
+/** The client address of an HTTP/2 session, kept for the line of a session that breaks. */
+const PEER_IP = Symbol('portcullis.peerIp');
 /** RFC 6455 §4.1: a base64-encoded 16-byte nonce. */
 const WS_KEY = /^[+/0-9A-Za-z]{22}==$/;
 
@@ -308,6 +311,16 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
   server.keepAliveTimeout = cfg0.timeouts.idle;
   certificates.bindServer(server as never);
   slowloris.attach(server);
+  // An HTTP/2 connection the client broke (a malformed frame, a flood nghttp2 refuses) is ended by
+  // Node with GOAWAY; Node 24 reports it as `sessionError` (Node 20 reports nothing). Without this
+  // line it left no trace, where an HTTP/1.1 request the parser refuses gets an access line. The
+  // address is read when the session starts: by the error, the socket is gone.
+  server.on('session', (session: ServerHttp2Session) => {
+    (session as ServerHttp2Session & { [PEER_IP]?: string })[PEER_IP] = session.socket.remoteAddress;
+  });
+  server.on('sessionError', (err: Error & { code?: string }, session: ServerHttp2Session & { [PEER_IP]?: string }) => {
+    logger.info({ type: 'connection', ip: session[PEER_IP], http: '2.0', reason: 'http2_protocol_error', err: { code: err.code, message: err.message } }, 'connection closed');
+  });
   // CONNECT never reaches Fastify. Without a listener, Node's HTTP/2 compat layer answers it with a
   // bare 405 (no security headers, no request id, no log line) and its HTTP/1.1 parser drops the
   // connection. Both get the gateway's own 405 here: a tunnel is not something the gateway offers.
@@ -687,9 +700,9 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
    */
   function logWebSocketAtClose(request: FastifyRequest): void {
     const ctx = request.gw;
-    const socket = request.raw.socket as Duplex & { [UPGRADED]?: boolean };
+    const socket = request.raw.socket as Socket & { [UPGRADED]?: number };
     const log = (): void => {
-      const upgraded = socket[UPGRADED] === true;
+      const upgraded = socket[UPGRADED] !== undefined;
       let status = 101;
       if (!upgraded) {
         // Gone before the 101 (ws writes nothing then), or refused by ws itself (see above).
@@ -699,8 +712,9 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
         // The client left while the upstream was still being dialled.
         ctx.reason ??= 'client_closed';
       }
-      // Counted, not timed: the duration is the session's (see observeRequest).
-      logRequest(ctx, request.raw, status, undefined, !upgraded);
+      // Counted, not timed: the duration is the session's (see observeRequest). `bytes`: what the
+      // session sent the client after the 101 (WebSocket frames, as written before TLS).
+      logRequest(ctx, request.raw, status, upgraded ? socket.bytesWritten - socket[UPGRADED]! : undefined, !upgraded);
     };
     if (socket.destroyed) log();
     else socket.once('close', log);
@@ -772,7 +786,10 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
       httpMethods: [...PROXIED_METHODS],
       // The WebSocket proxy reads the target from here (HTTP requests: ctx.upstream, in proxyRequest).
       replyOptions: { getUpstream: (request: FastifyRequest) => request.gw.upstream ?? '' },
-      wsServerOptions: { WebSocket: ClientSideWebSocket },
+      // closeTimeout: how long a peer may take to answer our close frame before its socket is
+      // destroyed. ws waits 30 s, holding the socket (and the session's access line) for a client
+      // that never answers, e.g. after the 1011 of an unreachable upstream.
+      wsServerOptions: { WebSocket: ClientSideWebSocket, closeTimeout: LINGER_MS },
       wsHooks: {
         // The client left while the upstream's handshake answer was on its way: the library closes
         // only an upstream socket that was open then, so one that opens afterwards is closed here.
@@ -781,6 +798,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
         },
       },
       wsClientOptions: {
+        closeTimeout: LINGER_MS,
         // The upstream socket is dialled by the gateway, with failover (proxy/websocket-dial.ts).
         createConnection: createUpstreamConnection,
         finishRequest: finishUpstreamRequest,

@@ -890,8 +890,11 @@ t.test('a body over the limit that nobody reads any more cannot crash the gatewa
   t.equal((await gw2.request({ path: '/after' })).status, 502);
 });
 
-t.test('a client that leaves while a stage waits for I/O: nothing is forwarded, the line says 499', async (t) => {
-  // A JWKS endpoint that answers after 800 ms: the first token check waits for it.
+/**
+ * A gateway whose route needs a token, and a JWKS endpoint that answers after 800 ms: the first
+ * token check waits for it (a stage waiting on I/O).
+ */
+async function slowJwksGateway(t: Tap, upstream: string): Promise<{ gw: RunningGateway; token: string }> {
   const { publicKey, privateKey } = await generateKeyPair('ES256');
   const jwk = { ...(await exportJWK(publicKey)), kid: 'k1', alg: 'ES256', use: 'sig' };
   const jwks = http.createServer((_req, res) => setTimeout(() => {
@@ -902,15 +905,20 @@ t.test('a client that leaves while a stage waits for I/O: nothing is forwarded, 
   t.teardown(() => new Promise<void>((r) => { jwks.closeAllConnections(); jwks.close(() => r()); }));
   const issuer = 'https://idp.forward.test';
   const token = await new SignJWT({}).setProtectedHeader({ alg: 'ES256', kid: 'k1' }).setIssuer(issuer).setAudience('api').setSubject('leaver').setIssuedAt().setExpirationTime('5m').sign(privateKey);
-  const up = await startUpstream(t);
   const gw = await startGateway(t, `${LOOPBACK_LISTEN}auth:
   issuers:
     - { issuer: ${issuer}, audiences: [api], algorithms: [ES256], jwks_uri: "http://127.0.0.1:${(jwks.address() as net.AddressInfo).port}/jwks" }
 sites:
   - hosts: [app.test]
-    upstream: ${up.origin}
+    upstream: ${upstream}
     routes: [{ path: /, access: authenticated }]
 `);
+  return { gw, token };
+}
+
+t.test('a client that leaves while a stage waits for I/O: nothing is forwarded, the line says 499', async (t) => {
+  const up = await startUpstream(t);
+  const { gw, token } = await slowJwksGateway(t, up.origin);
   const c = await tlsClient(t, gw);
   c.socket.write(`GET /leaving HTTP/1.1\r\nHost: app.test\r\nAuthorization: Bearer ${token}\r\n\r\n`);
   await sleep(100);
@@ -922,6 +930,30 @@ sites:
   t.equal(up.seen.length, 0, 'the upstream never got the request of a client that had left');
   // The same token now verifies from the cache: a normal request goes through.
   t.equal((await gw.request({ path: '/staying', headers: { authorization: `Bearer ${token}` } })).status, 200);
+});
+
+t.test('a WebSocket client that leaves while a stage waits for I/O: nothing is dialled, the line says 499', async (t) => {
+  let dialled = 0;
+  const up = net.createServer((s) => {
+    dialled++;
+    s.destroy();
+  });
+  await new Promise<void>((r) => up.listen(0, '127.0.0.1', r));
+  t.teardown(() => new Promise<void>((r) => up.close(() => r())));
+  const { gw, token } = await slowJwksGateway(t, `http://127.0.0.1:${(up.address() as net.AddressInfo).port}`);
+  const c = await tlsClient(t, gw);
+  c.socket.write(
+    `GET /chat HTTP/1.1\r\nHost: app.test\r\nAuthorization: Bearer ${token}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n` +
+      `Sec-WebSocket-Key: ${randomBytes(16).toString('base64')}\r\nSec-WebSocket-Version: 13\r\n\r\n`,
+  );
+  await sleep(100);
+  c.socket.destroy();
+  const line = await accessLine(gw, '/chat');
+  t.equal(line?.status, 499, 'logged once the token check is done');
+  t.equal(line?.reason, 'client_closed');
+  t.equal(gw.logs.filter((l) => l.type === 'access').length, 1, 'one line');
+  await sleep(200);
+  t.equal(dialled, 0, 'the upstream was never dialled for a client that had left');
 });
 
 /** An upstream that writes up to 256 MB as fast as the gateway takes it; `closed` once aborted. */

@@ -437,3 +437,49 @@ t.test('HTTP/2 extended CONNECT (RFC 8441, a WebSocket over HTTP/2) is refused: 
   t.equal(next, 200, 'the connection goes on');
   t.same(up.seen.map((r) => r.url), ['/'], 'the upstream saw only the ordinary request');
 });
+
+/** The error code of the first GOAWAY among whole HTTP/2 frames (9-byte header: length, type, flags, stream), or -1. */
+function goawayIn(bytes: Buffer): number {
+  for (let at = 0; at + 9 <= bytes.length; at += 9 + bytes.readUIntBE(at, 3)) {
+    if (bytes[at + 3] === 7 && at + 17 <= bytes.length) return bytes.readUInt32BE(at + 13);
+  }
+  return -1;
+}
+
+t.test('HTTP/2: a connection broken by a malformed frame is ended with GOAWAY and logged (Node 24); the gateway serves on', async (t) => {
+  const up = await startUpstream(t);
+  const gw = await startGateway(t, yaml(up.origin));
+  const received = await new Promise<Buffer>((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    const socket = tls.connect({ host: '127.0.0.1', port: gw.port, ca: gw.ca, servername: 'app.test', ALPNProtocols: ['h2'] }, () => {
+      t.equal(socket.alpnProtocol, 'h2');
+      // The client preface, an empty SETTINGS, then a DATA frame on stream 0: a connection error
+      // (RFC 9113 §6.1).
+      socket.write(Buffer.concat([Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'), Buffer.from([0, 0, 0, 4, 0, 0, 0, 0, 0]), Buffer.from([0, 0, 1, 0, 0, 0, 0, 0, 0, 0x41])]));
+    });
+    const timer = setTimeout(() => socket.destroy(), 5000);
+    socket.on('data', (c: Buffer) => {
+      chunks.push(c);
+      // Node 20 sends GOAWAY and leaves the socket to the client; stop reading at the GOAWAY.
+      if (goawayIn(Buffer.concat(chunks)) !== -1) socket.destroy();
+    });
+    socket.on('error', () => undefined);
+    socket.on('close', () => {
+      clearTimeout(timer);
+      if (chunks.length === 0) reject(new Error('closed without a frame'));
+      else resolve(Buffer.concat(chunks));
+    });
+  });
+  t.equal(goawayIn(received), http2.constants.NGHTTP2_PROTOCOL_ERROR, 'GOAWAY with PROTOCOL_ERROR');
+  if (Number(process.versions.node.split('.')[0]) >= 24) {
+    for (let i = 0; i < 100 && !gw.logs.some((l) => l.type === 'connection'); i++) await new Promise((r) => setTimeout(r, 10));
+    const line = gw.logs.find((l) => l.type === 'connection');
+    t.match(line, { ip: '127.0.0.1', http: '2.0', reason: 'http2_protocol_error', msg: 'connection closed' }, 'one line names the client and why');
+  } else {
+    t.comment('Node < 24 does not report HTTP/2 session errors: no line to check');
+  }
+  t.equal(up.seen.length, 0, 'nothing reached the upstream');
+  const session = http2.connect(`https://127.0.0.1:${gw.port}`, { ca: gw.ca, servername: 'app.test' });
+  t.teardown(() => session.close());
+  t.equal(await h2Status(session, 'app.test', '/'), 200, 'the next connection is served');
+});

@@ -6,6 +6,8 @@ import t, { type Test } from 'tap';
 import http2 from 'node:http2';
 import http from 'node:http';
 import net from 'node:net';
+import tls from 'node:tls';
+import { randomBytes } from 'node:crypto';
 import { WebSocket, WebSocketServer } from 'ws';
 import { LOOPBACK_LISTEN, rawTls, silentServer, startGateway, type LogRecord, type RunningGateway, type Tap } from '../helpers/gateway.js';
 
@@ -118,6 +120,35 @@ t.test('a WebSocket whose upstream is unreachable: closed with 1011, without the
   t.equal(closed.reason, '', 'no reason text: it was "connect ECONNREFUSED <upstream address>"');
 });
 
+t.test('a WebSocket client that never answers the close frame is cut after 2 s (ws waits 30 s), and logged then', async (t) => {
+  const gw = await startGateway(t, site('http://127.0.0.1:1'));
+  const started = Date.now();
+  const { received, closedAfterMs } = await new Promise<{ received: Buffer; closedAfterMs: number }>((resolve) => {
+    const chunks: Buffer[] = [];
+    const socket = tls.connect({ host: '127.0.0.1', port: gw.port, ca: gw.ca, servername: 'app.test', ALPNProtocols: ['http/1.1'] }, () => {
+      socket.write(
+        'GET /chat HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n' +
+          `Sec-WebSocket-Key: ${randomBytes(16).toString('base64')}\r\nSec-WebSocket-Version: 13\r\n\r\n`,
+      );
+    });
+    // Reads everything and answers nothing: the close frame stays unanswered.
+    socket.on('data', (c: Buffer) => chunks.push(c));
+    socket.on('error', () => undefined);
+    const giveUp = setTimeout(() => socket.destroy(), 20_000);
+    socket.on('close', () => {
+      clearTimeout(giveUp);
+      resolve({ received: Buffer.concat(chunks), closedAfterMs: Date.now() - started });
+    });
+  });
+  const text = received.toString('latin1');
+  t.match(text, /^HTTP\/1\.1 101 /, 'upgraded');
+  const frame = received.subarray(text.indexOf('\r\n\r\n') + 4);
+  t.same([...frame.subarray(0, 4)], [0x88, 0x02, 0x03, 0xf3], 'then a close frame with 1011');
+  t.ok(closedAfterMs < 10_000, `the gateway closed the connection after ${closedAfterMs} ms`);
+  const [line] = await wsAccessLines(gw, 1);
+  t.match(line, { status: 101, reason: 'upstream_connect_refused' }, 'and its line is written then');
+});
+
 t.test('a connection error longer than a close reason may be (123 bytes) does not kill the gateway', async (t) => {
   // "getaddrinfo ENOTFOUND <name>" (or EAI_AGAIN) is 140 bytes here: ws refuses such a reason by
   // throwing, from inside the upstream socket's error listener, i.e. an uncaught exception.
@@ -200,6 +231,9 @@ t.test('a WebSocket fails over to the next target when the picked one refuses th
   const lines = await wsAccessLines(gw, 4);
   t.same(lines.map((l) => [l.status, l.path, l.upstream, l.reason]), Array(4).fill([101, '/chat', live.origin, undefined]));
   t.ok(lines.every((l) => typeof l.duration_ms === 'number'), 'with the session duration');
+  // What the session sent after the 101: the echo ("hello i": 2-byte frame header + 7) and the
+  // close frame (2 + the 2-byte code).
+  t.same(lines.map((l) => l.bytes), Array(4).fill(13), 'and the bytes the client was sent');
   const after = (await gw.gw.metrics.exposition()).body.split('\n');
   t.ok(after.some((l) => l.startsWith('portcullis_http_requests_total{') && l.includes('status="101"') && l.endsWith(' 4')), 'counted as requests with status 101');
   const timed = after.filter((l) => l.startsWith('portcullis_http_request_duration_seconds_count{') && l.includes('site="app.test"'));
