@@ -81,6 +81,11 @@ export class MemoryStore implements Store {
   }
 
   async incr(key: string, windowMs: number): Promise<CounterState> {
+    return this.incrNow(key, windowMs);
+  }
+
+  /** Always known here: `incr` without the promise. */
+  incrNow(key: string, windowMs: number): CounterState {
     this.#assertOpen();
     assertPositiveMs('windowMs', windowMs);
     const now = this.#now();

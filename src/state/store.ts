@@ -43,6 +43,12 @@ export interface Store {
    * so that the common answer costs no promise.
    */
   peek?(key: string): StoredValue | null | undefined;
+  /**
+   * `incr` answered at once, when this process holds the counter (an in-memory store); absent on
+   * stores that need I/O. Called on every rate-limited request, so that the common case costs no
+   * promise. Throws what `incr` would reject with.
+   */
+  incrNow?(key: string, windowMs: number): CounterState;
   /** Stores `value` under `key` for `ttlMs` milliseconds (> 0), replacing any previous value. */
   set(key: string, value: string, ttlMs: number): Promise<void>;
   /** Removes `key`; absent keys are not an error. */

@@ -2,9 +2,9 @@ import t from 'tap';
 import Fastify from 'fastify';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import fastifyRateLimit from '@fastify/rate-limit';
-import { gatewayRateLimitOptions, routeRateLimitKey } from '../../src/protect/index.js';
+import { gatewayRateLimitOptions, rateLimitStoreFor, routeRateLimitKey } from '../../src/protect/index.js';
 import type { RouteRateLimit } from '../../src/protect/index.js';
-import { MemoryStore } from '../../src/state/index.js';
+import { MemoryStore, type Store } from '../../src/state/index.js';
 import { isGatewayError } from '../../src/errors.js';
 
 // The gateway's own route table, resolved by an onRequest hook (as the lead's pipeline does).
@@ -140,4 +140,32 @@ t.test('a failing store is a 500 (fail closed), or passes with skipOnError', asy
     const res = await app.inject({ method: 'GET', url: '/' });
     t.equal(res.statusCode, skipOnError ? 200 : 500, `skipOnError=${String(skipOnError)}`);
   }
+});
+
+t.test("the plugin's store answers in the same turn when our store can (incrNow), and through incr's promise otherwise", async (t) => {
+  const memory = new MemoryStore({ sweepIntervalMs: 0 });
+  t.teardown(() => memory.close());
+  type Answer = { error: Error | null; result?: { current: number; ttl: number } };
+  const ask = (store: Store, key: string): { answered: () => Answer | null; done: Promise<Answer> } => {
+    const Ctor = rateLimitStoreFor(store);
+    let answer: Answer | null = null;
+    const done = new Promise<Answer>((resolve) => {
+      new Ctor({} as never).incr(key, (error, result) => {
+        answer = { error, result };
+        resolve(answer);
+      }, 1000, 5);
+    });
+    return { answered: () => answer, done };
+  };
+  const now = ask(memory, 'k');
+  t.same(now.answered(), { error: null, result: { current: 1, ttl: 1000 } }, 'answered before incr returned');
+  // A store with only the promise API (a remote one): the same answers, a turn later.
+  const remoteLike: Store = { incr: (k, w) => memory.incr(k, w), get: (k) => memory.get(k), set: (k, v, ttl) => memory.set(k, v, ttl), delete: (k) => memory.delete(k), close: async () => undefined };
+  const later = ask(remoteLike, 'k');
+  t.equal(later.answered(), null, 'not answered in the same turn');
+  t.same((await later.done).result?.current, 2, 'the same counter');
+  // A key holding something else than a counter: an error either way, never a throw.
+  await memory.set('text', 'abc', 1000);
+  t.match((await ask(memory, 'text').done).error?.message, /does not hold a counter/);
+  t.match((await ask(remoteLike, 'text').done).error?.message, /does not hold a counter/);
 });
