@@ -145,7 +145,11 @@ async function pairedRuns(running, load, o) {
   const rounds = [];
   for (let round = 1; round <= o.rounds; round++) {
     const scenario = o.scenarios[0];
-    const [ra, rb] = await Promise.all([load(a, scenario, o.durationMs), load(b, scenario, o.durationMs)]);
+    // The load generator started first gets a head start; alternate which one it is, so that the
+    // head start favours each system in every other round instead of A always.
+    const [ra, rb] = round % 2 === 1
+      ? await Promise.all([load(a, scenario, o.durationMs), load(b, scenario, o.durationMs)])
+      : (await Promise.all([load(b, scenario, o.durationMs), load(a, scenario, o.durationMs)])).reverse();
     const r = { round, scenario, [a.name]: ra, [b.name]: rb, ratio: rb.rps / ra.rps };
     rounds.push(r);
     log(`round ${round} ${scenario}: ${a.name} ${ra.rps.toFixed(0)} req/s, ${b.name} ${rb.rps.toFixed(0)} req/s, ratio ${r.ratio.toFixed(3)}`);
@@ -231,9 +235,15 @@ async function main() {
     const load = (inst, scenario, durationMs) =>
       runLoad({ tool, plan, dir, url: inst.url, headers: inst.headers, ...SCENARIOS[scenario], durationMs, clientCores });
 
-    for (const inst of running) {
-      log(`warm-up ${inst.name}`);
-      await load(inst, 'c64', o.warmupMs);
+    if (o.paired) {
+      // Warmed up together, as they will be measured: neither starts the first round hotter.
+      log(`warm-up ${running.map((inst) => inst.name).join(' and ')}, together`);
+      await Promise.all(running.map((inst) => load(inst, 'c64', o.warmupMs)));
+    } else {
+      for (const inst of running) {
+        log(`warm-up ${inst.name}`);
+        await load(inst, 'c64', o.warmupMs);
+      }
     }
 
     if (o.paired) {

@@ -1,6 +1,6 @@
 // The systems under test: their configurations (generated into the run's temp dir) and how to
 // start, check and stop them. Every system listens on 127.0.0.1 only.
-import { writeFileSync, mkdirSync, readFileSync, existsSync } from 'node:fs';
+import { writeFileSync, mkdirSync, readFileSync, existsSync, appendFileSync } from 'node:fs';
 import { join, dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import https from 'node:https';
@@ -102,7 +102,12 @@ export const ABLATIONS = ['log', 'ratelimit', 'bans', 'headers', 'jwt', 'admin']
 
 /** `full-no-X` systems for `--ablate`. */
 export function ablationSystems() {
-  return ABLATIONS.map((part) => gatewaySystem(`full-no-${part}`, true, 0, new Set([part])));
+  return [
+    ...ABLATIONS.map((part) => gatewaySystem(`full-no-${part}`, true, 0, new Set([part]))),
+    // Every part off at once: what is left of `full` (CSRF's check, the in-process metrics, the
+    // route's policy) against proxy-only, i.e. whether the parts' costs add up to the gap.
+    gatewaySystem('full-no-all', true, 0, new Set(ABLATIONS)),
+  ];
 }
 
 function httpsGet(port, headers = {}) {
@@ -151,7 +156,14 @@ async function startGateway({ name, plan, pin, configPath, port, dir, cpuProfDir
     cli, 'start', '--config', configPath,
   ];
   const [cmd, args] = pin ? pinned(plan, 'server', process.execPath, nodeArgs) : [process.execPath, nodeArgs];
-  const proc = startChild(cmd, args, { cwd: dir, onLine: (l) => lines.length < 200 && lines.push(l) });
+  // BENCH_GATEWAY_OUTPUT=FILE: every line the gateways print (e.g. with `--node-flags="… --trace-gc"`)
+  // is appended to FILE; otherwise only the first 200 are kept, to explain a failed start.
+  const copyTo = process.env.BENCH_GATEWAY_OUTPUT;
+  const onLine = (l) => {
+    if (copyTo) appendFileSync(copyTo, `${name}: ${l}\n`);
+    if (lines.length < 200) lines.push(l);
+  };
+  const proc = startChild(cmd, args, { cwd: dir, onLine });
   try {
     await waitForPort(port, 20_000, proc.child);
   } catch (err) {
