@@ -1,9 +1,9 @@
 // Shared setup for test/authz: a real oidc-provider IdP in front of which the real gateway runs,
 // the example policy as YAML, and forgers for attack tokens (signed with jose, never by hand).
-import net from 'node:net';
 import { SignJWT, importJWK, base64url, type JWK } from 'jose';
 import { createHmac, createPublicKey } from 'node:crypto';
 import { LOOPBACK_LISTEN, type LogRecord, type RunningGateway, type SeenRequest } from '../helpers/gateway.js';
+import { freePort } from '../helpers/ports.mjs';
 // @ts-expect-error -- plain .mjs helper without types
 import { startIdp as startIdpUntyped, signingKeys as signingKeysUntyped, RESOURCE, OPAQUE_RESOURCE } from '../helpers/idp.mjs';
 
@@ -26,15 +26,6 @@ export interface Idp {
 export const ADMIN_CLAIMS = { email: 'svc@app.test', realm_access: { roles: ['admin', 'ops'] } };
 export const USER_CLAIMS = { email: 'svc@app.test', realm_access: { roles: ['user'] } };
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer().once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as net.AddressInfo;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 export const signingKeys = (prefix: string): Promise<PrivateJwk[]> => signingKeysUntyped(prefix) as Promise<PrivateJwk[]>;
 

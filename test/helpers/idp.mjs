@@ -9,9 +9,9 @@
 //   const idp = await startIdp();  // free port; idp.issuer, idp.port, idp.close()
 // CLI: node oidc-idp.mjs [port=3000]
 import http from 'node:http';
-import net from 'node:net';
 import { fileURLToPath } from 'node:url';
 import Provider, { errors } from 'oidc-provider';
+import { freePort } from './ports.mjs';
 import { generateKeyPair, exportJWK } from 'jose';
 
 export const RESOURCE = 'https://api.app.test';          // JWT (RFC 9068) access tokens
@@ -27,10 +27,6 @@ export async function signingKeys(prefix = 'test') {
   return out;
 }
 
-const freePort = () => new Promise((resolve, reject) => {
-  const s = net.createServer().once('error', reject);
-  s.listen(0, '127.0.0.1', () => { const { port } = s.address(); s.close(() => resolve(port)); });
-});
 
 // port 0 = pick a free port (the issuer URL must be known before the Provider is built)
 // Extensions for test/auth (Portcullis):

@@ -12,7 +12,6 @@
 import { spawn, execFileSync } from 'node:child_process';
 import { mkdtempSync, writeFileSync, readFileSync, rmSync } from 'node:fs';
 import https from 'node:https';
-import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -20,12 +19,9 @@ import { startFakeDns } from './fake-dns.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 
-export function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer().once('error', reject);
-    s.listen(0, '127.0.0.1', () => { const { port } = s.address(); s.close(() => resolve(port)); });
-  });
-}
+import { freePort } from './ports.mjs';
+
+export { freePort };
 
 function get(url, ca) {
   return new Promise((resolve, reject) => {

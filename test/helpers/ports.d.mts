@@ -1,0 +1,2 @@
+/** A free loopback port below the ephemeral range (see ports.mjs). */
+export function freePort(): Promise<number>;
