@@ -143,6 +143,23 @@ t.test('the harness runs the gateway (proxy-only and full) and the upstream and 
   t.match(result.text, /issue 7 targets/);
 });
 
+t.test('--paired loads two systems together and reports a ratio per round (both start orders)', async (t) => {
+  // full-no-all (--ablate): the full pipeline's configuration with every ablatable part off.
+  const r = await runNode(t, [RUN, '--paired', 'proxy-only,full-no-all', '--ablate', '--json', '--duration', '1s', '--warmup', '1s', '--rounds', '2', '--scenarios', 'c64'], 120_000);
+  t.equal(r.code, 0, `harness exit code (stderr: ${r.stderr.slice(-2000)})`);
+  type Load = { rps: number; non2xx: number; errors: number };
+  const result = JSON.parse(r.stdout) as { paired: string[]; rounds: Array<{ round: number; ratio: number } & Record<string, unknown>>; medianRatio: number };
+  t.same(result.paired, ['proxy-only', 'full-no-all']);
+  t.same(result.rounds.map((x) => x.round), [1, 2], 'two rounds (the second starts the loads in the other order)');
+  for (const round of result.rounds) {
+    const a = round['proxy-only'] as Load;
+    const b = round['full-no-all'] as Load;
+    t.ok(a.rps > 0 && b.rps > 0, `round ${round.round}: both served (${a.rps}, ${b.rps})`);
+    t.equal(a.non2xx + a.errors + b.non2xx + b.errors, 0, `round ${round.round}: only 2xx, no socket errors`);
+  }
+  t.ok(result.medianRatio > 0);
+});
+
 t.test('an unknown system name is refused, not silently ignored', async (t) => {
   const r = await runNode(t, [RUN, '--quick', '--only', 'proxy-only,ngnix'], 60_000);
   t.equal(r.code, 1);
