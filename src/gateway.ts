@@ -164,7 +164,17 @@ export function sendError(reply: FastifyReply, status: number, code: GatewayErro
  */
 class ClientSideWebSocket extends WebSocket {
   override close(code?: number, data?: string | Buffer): void {
+    // Read before the close frame is queued (it counts in bufferedAmount until written).
+    const nothingQueued = this.bufferedAmount === 0;
     super.close(code, code === 1011 ? undefined : data);
+    // The gateway's own 1011 (its upstream failed): ws waits 30 s for the client's close frame,
+    // holding the socket and the session's access line. With nothing left to deliver, a client
+    // that has not answered within LINGER_MS is cut. ws's timer starts when the frame is queued,
+    // not sent, so with data still queued its wait is kept: a slow reader still gets the rest.
+    if (code === 1011 && nothingQueued && this.readyState === WebSocket.CLOSING) {
+      const timer = setTimeout(() => this.terminate(), LINGER_MS).unref();
+      this.once('close', () => clearTimeout(timer));
+    }
   }
 
   /**
@@ -183,6 +193,16 @@ const UPGRADED = Symbol('portcullis.upgraded');
 const PEER_IP = Symbol('portcullis.peerIp');
 /** RFC 6455 §4.1: a base64-encoded 16-byte nonce. */
 const WS_KEY = /^[+/0-9A-Za-z]{22}==$/;
+
+/**
+ * The access-log reason for an HTTP/2 session error: `http2_protocol_error` for nghttp2's own
+ * refusal (ERR_HTTP2_ERROR), `http2_<rest>` for Node's other ERR_HTTP2_* codes, null for a socket
+ * error (ECONNRESET and the like), which is the client leaving, not breaking the protocol.
+ */
+function http2ErrorReason(code: string | undefined): string | null {
+  if (code === undefined || !code.startsWith('ERR_HTTP2_')) return null;
+  return code === 'ERR_HTTP2_ERROR' ? 'http2_protocol_error' : `http2_${code.slice('ERR_HTTP2_'.length).toLowerCase()}`;
+}
 
 /** Counts body bytes and fails the upload once it exceeds the route's limit (chunked bodies have no Content-Length to check up front). */
 class BodyLimit extends Transform {
@@ -312,14 +332,18 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
   certificates.bindServer(server as never);
   slowloris.attach(server);
   // An HTTP/2 connection the client broke (a malformed frame, a flood nghttp2 refuses) is ended by
-  // Node with GOAWAY; Node 24 reports it as `sessionError` (Node 20 reports nothing). Without this
-  // line it left no trace, where an HTTP/1.1 request the parser refuses gets an access line. The
-  // address is read when the session starts: by the error, the socket is gone.
+  // Node with GOAWAY; Node 24 reports it as `sessionError` with an ERR_HTTP2_* code (Node 20 does
+  // not report a malformed frame). Without this line it left no trace, where an HTTP/1.1 request
+  // the parser refuses gets an access line. Socket errors come this way too (a client's reset, on
+  // Node 20): not logged, as for HTTP/1.1. The address is read when the session starts: by the
+  // error, the socket is gone.
   server.on('session', (session: ServerHttp2Session) => {
     (session as ServerHttp2Session & { [PEER_IP]?: string })[PEER_IP] = session.socket.remoteAddress;
   });
   server.on('sessionError', (err: Error & { code?: string }, session: ServerHttp2Session & { [PEER_IP]?: string }) => {
-    logger.info({ type: 'connection', ip: session[PEER_IP], http: '2.0', reason: 'http2_protocol_error', err: { code: err.code, message: err.message } }, 'connection closed');
+    const reason = http2ErrorReason(err.code);
+    if (reason === null) return;
+    logger.info({ type: 'connection', ip: session[PEER_IP], http: '2.0', reason, err: { code: err.code, message: err.message } }, 'connection closed');
   });
   // CONNECT never reaches Fastify. Without a listener, Node's HTTP/2 compat layer answers it with a
   // bare 405 (no security headers, no request id, no log line) and its HTTP/1.1 parser drops the
@@ -786,10 +810,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
       httpMethods: [...PROXIED_METHODS],
       // The WebSocket proxy reads the target from here (HTTP requests: ctx.upstream, in proxyRequest).
       replyOptions: { getUpstream: (request: FastifyRequest) => request.gw.upstream ?? '' },
-      // closeTimeout: how long a peer may take to answer our close frame before its socket is
-      // destroyed. ws waits 30 s, holding the socket (and the session's access line) for a client
-      // that never answers, e.g. after the 1011 of an unreachable upstream.
-      wsServerOptions: { WebSocket: ClientSideWebSocket, closeTimeout: LINGER_MS },
+      wsServerOptions: { WebSocket: ClientSideWebSocket },
       wsHooks: {
         // The client left while the upstream's handshake answer was on its way: the library closes
         // only an upstream socket that was open then, so one that opens afterwards is closed here.
@@ -798,7 +819,6 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
         },
       },
       wsClientOptions: {
-        closeTimeout: LINGER_MS,
         // The upstream socket is dialled by the gateway, with failover (proxy/websocket-dial.ts).
         createConnection: createUpstreamConnection,
         finishRequest: finishUpstreamRequest,

@@ -483,3 +483,25 @@ t.test('HTTP/2: a connection broken by a malformed frame is ended with GOAWAY an
   t.teardown(() => session.close());
   t.equal(await h2Status(session, 'app.test', '/'), 200, 'the next connection is served');
 });
+
+t.test('HTTP/2: a client that resets its connection is not logged as a protocol error', async (t) => {
+  const up = await startUpstream(t);
+  const gw = await startGateway(t, yaml(up.origin));
+  await new Promise<void>((resolve, reject) => {
+    const tcp = net.connect({ host: '127.0.0.1', port: gw.port }, () => {
+      const socket = tls.connect({ socket: tcp, ca: gw.ca, servername: 'app.test', ALPNProtocols: ['h2'] }, () => {
+        socket.write(Buffer.concat([Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'), Buffer.from([0, 0, 0, 4, 0, 0, 0, 0, 0])]));
+      });
+      socket.on('error', () => undefined);
+      // The gateway's SETTINGS: the session is up. Then a TCP reset, no GOAWAY, no close_notify.
+      socket.once('data', () => {
+        tcp.resetAndDestroy();
+        resolve();
+      });
+    });
+    tcp.on('error', reject);
+  });
+  await new Promise((r) => setTimeout(r, 300));
+  t.same(gw.logs.filter((l) => l.type === 'connection'), [], 'no connection line: the client left, it broke nothing');
+  t.equal((await gw.request({ path: '/' })).status, 200, 'the gateway serves on');
+});

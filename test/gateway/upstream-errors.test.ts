@@ -149,6 +149,49 @@ t.test('a WebSocket client that never answers the close frame is cut after 2 s (
   t.match(line, { status: 101, reason: 'upstream_connect_refused' }, 'and its line is written then');
 });
 
+t.test('a slow WebSocket reader still gets everything queued before the 1011 of an upstream that died: no 2 s cut then', async (t) => {
+  const MB = 1024 * 1024;
+  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0 });
+  await new Promise<void>((r) => wss.once('listening', () => r()));
+  t.teardown(() => new Promise<void>((r) => wss.close(() => r())));
+  wss.on('connection', (ws) => {
+    // 16 MB, then a frame a server may not send (masked): the gateway's side of the upstream
+    // connection fails with an error, and the gateway closes the client's with 1011.
+    const raw = (ws as unknown as { _socket: net.Socket })._socket;
+    for (let i = 0; i < 16; i++) ws.send(Buffer.alloc(MB, i), i === 15 ? () => raw.write(Buffer.from([0x81, 0x80, 1, 2, 3, 4])) : undefined);
+  });
+  const gw = await startGateway(t, site(`http://127.0.0.1:${(wss.address() as net.AddressInfo).port}`));
+  const received = await new Promise<Buffer>((resolve) => {
+    const chunks: Buffer[] = [];
+    const socket = tls.connect({ host: '127.0.0.1', port: gw.port, ca: gw.ca, servername: 'app.test', ALPNProtocols: ['http/1.1'] }, () => {
+      socket.write(
+        'GET /chat HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n' +
+          `Sec-WebSocket-Key: ${randomBytes(16).toString('base64')}\r\nSec-WebSocket-Version: 13\r\n\r\n`,
+      );
+    });
+    socket.once('data', () => {
+      // Upgraded: stop reading for 3 s (longer than the 2 s the gateway gives an idle close).
+      socket.pause();
+      setTimeout(() => socket.resume(), 3000);
+    });
+    let seen = 0;
+    socket.on('data', (c: Buffer) => {
+      chunks.push(c);
+      seen += c.length;
+      // Done at the close frame (this client does not answer it).
+      if (seen > 16 * MB && c.subarray(-4).equals(Buffer.from([0x88, 0x02, 0x03, 0xf3]))) socket.destroy();
+    });
+    socket.on('error', () => undefined);
+    const giveUp = setTimeout(() => socket.destroy(), 20_000);
+    socket.on('close', () => {
+      clearTimeout(giveUp);
+      resolve(Buffer.concat(chunks));
+    });
+  });
+  t.ok(received.length > 16 * MB, `every message reached the client (${received.length} bytes)`);
+  t.same([...received.subarray(received.length - 4)], [0x88, 0x02, 0x03, 0xf3], 'then the 1011 close frame');
+});
+
 t.test('a connection error longer than a close reason may be (123 bytes) does not kill the gateway', async (t) => {
   // "getaddrinfo ENOTFOUND <name>" (or EAI_AGAIN) is 140 bytes here: ws refuses such a reason by
   // throwing, from inside the upstream socket's error listener, i.e. an uncaught exception.

@@ -10,26 +10,29 @@ function canListen(port) {
   });
 }
 
-/** The lowest port Linux hands out for `listen(0)` and outgoing connections (32768 by default). */
-function ephemeralLow() {
+/** The ports Linux hands out for `listen(0)` and outgoing connections: [low, high]. */
+function ephemeralRange() {
   try {
-    const low = Number(readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]);
-    return Number.isInteger(low) && low > 11000 ? low : 32768;
+    const [low, high] = readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/).map(Number);
+    if (Number.isInteger(low) && Number.isInteger(high)) return [low, high];
   } catch {
-    return 32768;
+    // not Linux, or no /proc: Linux's default
   }
+  return [32768, 60999];
 }
 
 /**
  * A port for a server a test must name before it starts (Pebble validates the gateway on fixed
- * ports). Picked below the ephemeral range: a port from `listen(0)` can be handed out again, to a
- * parallel test's `listen(0)` or outgoing connection, between this check and the real bind (seen
+ * ports). Picked outside the ephemeral range: a port from `listen(0)` can be handed out again, to
+ * a parallel test's `listen(0)` or outgoing connection, between this check and the real bind (seen
  * as EADDRINUSE in test/cluster/acme.test.ts). Random, so that parallel suites rarely try the same
  * one, and checked, so that a taken one is skipped.
  */
 export async function freePort() {
-  const low = 10000;
-  const high = ephemeralLow();
+  const [ephLow, ephHigh] = ephemeralRange();
+  // At least 1000 ports below the range (from 10000), or else above it.
+  const [low, high] = ephLow - 10000 >= 1000 ? [10000, ephLow] : [ephHigh + 1, 65536];
+  if (high - low < 1000) throw new Error(`no room outside the ephemeral port range ${ephLow}-${ephHigh} for fixed test ports`);
   for (let i = 0; i < 100; i++) {
     const port = low + Math.floor(Math.random() * (high - low));
     if (await canListen(port)) return port;

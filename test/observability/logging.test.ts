@@ -52,7 +52,7 @@ t.test('log lines carry an ISO time and redact credentials', async (t) => {
   t.notMatch(lines[0]!, /SECRET/);
 });
 
-t.test('log.buffer reaches the destination as batching settings; 0 writes each line at once', async (t) => {
+t.test('log.buffer reaches the destination as batching settings; 0 adds no batching of its own (a turn\'s lines are still one write)', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'portcullis-log-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   // The logger's stream is the turn batcher (turn-batch.ts); sonic-boom is behind it.
