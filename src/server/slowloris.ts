@@ -73,7 +73,6 @@ export class SlowlorisGuard {
       });
     });
     server.on('upgrade', (req: IncomingMessage) => this.disarm(req.socket as Guarded));
-
   }
 
   /** A connection the HTTP server let go of (a CONNECT the gateway answers and closes itself). */

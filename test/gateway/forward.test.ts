@@ -29,7 +29,7 @@ import https from 'node:https';
 import net from 'node:net';
 import tls from 'node:tls';
 import { parseExposition, total } from '../ops-e2e/_support.js';
-import { LOOPBACK_LISTEN, rawTls, startGateway, startUpstream, statusOf, type LogRecord, type RunningGateway, type Tap } from '../helpers/gateway.js';
+import { countingServer, LOOPBACK_LISTEN, rawTls, startGateway, startUpstream, statusOf, type LogRecord, type RunningGateway, type Tap } from '../helpers/gateway.js';
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -933,14 +933,8 @@ t.test('a client that leaves while a stage waits for I/O: nothing is forwarded, 
 });
 
 t.test('a WebSocket client that leaves while a stage waits for I/O: nothing is dialled, the line says 499', async (t) => {
-  let dialled = 0;
-  const up = net.createServer((s) => {
-    dialled++;
-    s.destroy();
-  });
-  await new Promise<void>((r) => up.listen(0, '127.0.0.1', r));
-  t.teardown(() => new Promise<void>((r) => up.close(() => r())));
-  const { gw, token } = await slowJwksGateway(t, `http://127.0.0.1:${(up.address() as net.AddressInfo).port}`);
+  const up = await countingServer(t);
+  const { gw, token } = await slowJwksGateway(t, up.origin);
   const c = await tlsClient(t, gw);
   c.socket.write(
     `GET /chat HTTP/1.1\r\nHost: app.test\r\nAuthorization: Bearer ${token}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n` +
@@ -953,7 +947,7 @@ t.test('a WebSocket client that leaves while a stage waits for I/O: nothing is d
   t.equal(line?.reason, 'client_closed');
   t.equal(gw.logs.filter((l) => l.type === 'access').length, 1, 'one line');
   await sleep(200);
-  t.equal(dialled, 0, 'the upstream was never dialled for a client that had left');
+  t.equal(up.accepted(), 0, 'the upstream was never dialled for a client that had left');
 });
 
 /** An upstream that writes up to 256 MB as fast as the gateway takes it; `closed` once aborted. */

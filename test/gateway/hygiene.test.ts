@@ -505,3 +505,15 @@ t.test('HTTP/2: a client that resets its connection is not logged as a protocol 
   t.same(gw.logs.filter((l) => l.type === 'connection'), [], 'no connection line: the client left, it broke nothing');
   t.equal((await gw.request({ path: '/' })).status, 200, 'the gateway serves on');
 });
+
+t.test('HTTP/2: a client that ends its connection with an error code is logged as http2_session_error', async (t) => {
+  const up = await startUpstream(t);
+  const gw = await startGateway(t, yaml(up.origin));
+  const session = http2.connect(`https://127.0.0.1:${gw.port}`, { ca: gw.ca, servername: 'app.test' });
+  session.on('error', () => undefined);
+  await new Promise((r) => session.once('remoteSettings', r));
+  session.goaway(http2.constants.NGHTTP2_PROTOCOL_ERROR);
+  for (let i = 0; i < 100 && !gw.logs.some((l) => l.type === 'connection'); i++) await new Promise((r) => setTimeout(r, 10));
+  session.destroy();
+  t.match(gw.logs.find((l) => l.type === 'connection'), { ip: '127.0.0.1', http: '2.0', reason: 'http2_session_error', msg: 'connection closed' });
+});

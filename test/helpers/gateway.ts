@@ -262,3 +262,15 @@ export async function silentServer(t: Tap): Promise<{ port: number; held: net.So
   }));
   return { port: (server.address() as net.AddressInfo).port, held };
 }
+
+/** A TCP server that closes every connection at once, counting them (was anything dialled?). */
+export async function countingServer(t: Tap): Promise<{ origin: string; accepted: () => number }> {
+  let accepted = 0;
+  const server = net.createServer((s) => {
+    accepted++;
+    s.destroy();
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  t.teardown(() => new Promise<void>((r) => server.close(() => r())));
+  return { origin: `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`, accepted: () => accepted };
+}

@@ -10,21 +10,7 @@ import { EventEmitter } from 'node:events';
 import type { Duplex } from 'node:stream';
 import { createUpstreamConnection, withDialPlan, type WebSocketDialPlan } from '../../src/proxy/websocket-dial.js';
 import { UpstreamPool } from '../../src/proxy/upstreams.js';
-import { silentServer } from '../helpers/gateway.js';
-
-type Tap = { teardown(fn: () => unknown): void };
-
-/** A TCP server that closes every connection at once, counting them. */
-async function countingServer(t: Tap): Promise<{ origin: string; accepted: () => number }> {
-  let accepted = 0;
-  const server = net.createServer((s) => {
-    accepted++;
-    s.destroy();
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  t.teardown(() => new Promise<void>((r) => server.close(() => r())));
-  return { origin: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, accepted: () => accepted };
-}
+import { countingServer, silentServer } from '../helpers/gateway.js';
 
 /** A fake client connection: 'close' is emitted by the test. */
 class FakeClient extends EventEmitter {
