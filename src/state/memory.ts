@@ -26,7 +26,12 @@ export const DEFAULT_MAX_ENTRIES = 100_000;
 export const DEFAULT_SWEEP_INTERVAL_MS = 30_000;
 
 interface Entry {
-  value: string;
+  /**
+   * A counter is held as a number: `String(count)` on every increment made a new string that V8's
+   * number-to-string cache (old generation) kept alive, so each one was promoted; measured at ~4 %
+   * of everything the gateway promoted under load (BENCHMARKS.md, session 8). Callers still only ever see strings.
+   */
+  value: string | number;
   /** Epoch milliseconds (store clock) at which the entry stops existing. */
   expiresAt: number;
 }
@@ -35,6 +40,11 @@ function assertPositiveMs(name: string, ms: number): void {
   if (!Number.isFinite(ms) || ms <= 0) {
     throw new TypeError(`${name} must be a positive number of milliseconds, got ${String(ms)}`);
   }
+}
+
+/** The integer a stored string spells in decimal (as Redis's INCR accepts it), else NaN. */
+function counterOf(value: string): number {
+  return /^(?:0|-?[1-9][0-9]*)$/.test(value) ? Number(value) : NaN;
 }
 
 export class MemoryStore implements Store {
@@ -91,14 +101,15 @@ export class MemoryStore implements Store {
     const now = this.#now();
     const entry = this.#live(key, now);
     if (entry === undefined) {
-      this.#insert(key, { value: '1', expiresAt: now + windowMs });
+      this.#insert(key, { value: 1, expiresAt: now + windowMs });
       return { count: 1, ttlMs: windowMs };
     }
-    const current = Number(entry.value);
+    // A string here was written by `set`: a counter only if it reads as one (as Redis's INCR).
+    const current = typeof entry.value === 'number' ? entry.value : counterOf(entry.value);
     if (!Number.isSafeInteger(current)) {
       throw new GatewayError('GW_ERR_INTERNAL', `state key ${JSON.stringify(key)} does not hold a counter`);
     }
-    entry.value = String(current + 1);
+    entry.value = current + 1;
     return { count: current + 1, ttlMs: entry.expiresAt - now };
   }
 
@@ -111,7 +122,7 @@ export class MemoryStore implements Store {
     this.#assertOpen();
     const now = this.#now();
     const entry = this.#live(key, now);
-    return entry === undefined ? null : { value: entry.value, ttlMs: entry.expiresAt - now };
+    return entry === undefined ? null : { value: String(entry.value), ttlMs: entry.expiresAt - now };
   }
 
   async set(key: string, value: string, ttlMs: number): Promise<void> {

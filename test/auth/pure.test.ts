@@ -81,6 +81,59 @@ t.test('ExpiringLru', async (t) => {
   t.throws(() => new ExpiringLru(0));
 });
 
+t.test('ExpiringLru: a hit moves its entry only once it has drifted into the older half', async (t) => {
+  const lru = new ExpiringLru<string>(4);
+  for (const k of ['a', 'b', 'c', 'd']) lru.set(k, k.toUpperCase(), 100);
+  // 'c' has 1 placement after it (< 4/2): read, not moved. 'a' has 3: read and moved.
+  t.equal(lru.get('c', 0), 'C');
+  t.equal(lru.get('a', 0), 'A');
+  lru.set('e', 'E', 100);
+  t.equal(lru.get('b', 0), undefined, 'b was the oldest');
+  lru.set('f', 'F', 100);
+  t.equal(lru.get('c', 0), undefined, 'c was not moved by its read, so it went next');
+  t.equal(lru.get('a', 0), 'A', 'a was moved by its read');
+});
+
+t.test('ExpiringLru: properties', async () => {
+  type Op = { set: string; exp: number } | { get: string; now: number };
+  const key = fc.constantFrom('a', 'b', 'c', 'd', 'e', 'f', 'g');
+  const op: fc.Arbitrary<Op> = fc.oneof(
+    fc.record({ set: key, exp: fc.integer({ min: 0, max: 20 }) }),
+    fc.record({ get: key, now: fc.integer({ min: 0, max: 20 }) }),
+  );
+  fc.assert(fc.property(fc.integer({ min: 1, max: 6 }), fc.array(op, { maxLength: 60 }), (max, ops) => {
+    const lru = new ExpiringLru<string>(max);
+    const last = new Map<string, { value: string; exp: number }>();
+    let n = 0;
+    for (const o of ops) {
+      if ('set' in o) {
+        const value = `${o.set}${n++}`;
+        lru.set(o.set, value, o.exp);
+        last.set(o.set, { value, exp: o.exp });
+      } else {
+        const got = lru.get(o.get, o.now);
+        const model = last.get(o.get);
+        // never a value that was not the latest one set, nor one that has expired
+        if (got !== undefined && (model === undefined || got !== model.value || model.exp <= o.now)) throw new Error(`stale ${o.get}`);
+        if (got === undefined) last.delete(o.get); // expired or evicted: gone for good
+      }
+      if (lru.size > max) throw new Error('over max');
+    }
+  }));
+  fc.assert(fc.property(fc.integer({ min: 1, max: 40 }), fc.array(fc.nat(39), { maxLength: 200 }), fc.nat(39), (max, reads, pick) => {
+    const lru = new ExpiringLru<number>(max);
+    let fresh = 0;
+    for (let i = 0; i < max; i++) lru.set(`k${fresh++}`, 0, Infinity);
+    for (const r of reads) lru.get(`k${r}`, 0); // hits move some entries, misses nothing
+    const hit = `k${pick % max}`;
+    if (lru.get(hit, 0) === undefined) throw new Error('a full cache of never-expiring entries lost one without an insertion');
+    // exact LRU would keep it for max - 1 insertions; this one for at least half of max
+    const keep = max === 1 ? 0 : max - (max >>> 1);
+    for (let i = 0; i < keep; i++) lru.set(`k${fresh++}`, 0, Infinity);
+    if (lru.get(hit, 0) === undefined) throw new Error(`a hit evicted within ${keep} insertions (max ${max})`);
+  }));
+});
+
 t.test('judgeIntrospection', async (t) => {
   const issuer: IssuerConfig = {
     issuer: 'https://idp.test', audiences: ['api'], algorithms: ['RS256'], jwksUri: null, rolesClaim: 'roles',

@@ -327,6 +327,64 @@ t.test('upstream dies mid-chunk (chunked): the client never gets the last chunk,
   t.match(String(line?.reason), /^upstream_/, `access line reason: ${String(line?.reason)}`);
 });
 
+t.test('an upstream that goes silent mid-body is cut after timeouts.response, and its connection closed', async (t) => {
+  let upstreamClosedAt = 0;
+  const up = await rawUpstream(t, (socket) => {
+    socket.on('close', () => (upstreamClosedAt = Date.now()));
+    socket.write('HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: 1000\r\n\r\n0123456789');
+    // and nothing more, the connection held open
+  });
+  const gw = await startGateway(t, site(up.origin, 'timeouts: { response: 1s }\n'));
+  const started = Date.now();
+  const res = await h1Get(t, gw, '/silent-body', 5000);
+  const took = Date.now() - started;
+  t.equal(res.status, 200, 'the response had started');
+  t.equal(res.bytes, 10, 'with what the upstream sent');
+  t.notOk(res.ended, 'the body never looked complete');
+  t.ok(res.failed, 'the client saw the response aborted');
+  t.ok(took >= 900 && took < 4000, `cut after about 1 s (${took} ms)`);
+  t.ok(await until(() => upstreamClosedAt > 0, 3000), 'the upstream connection was closed, not returned to the pool');
+  const line = await accessLine(gw, '/silent-body');
+  t.equal(line?.reason, 'upstream_response_timeout');
+  t.equal(line?.bytes, 10);
+});
+
+t.test('an upstream that trickles its body, each gap shorter than timeouts.response, is relayed whole', async (t) => {
+  // 5 gaps of 400 ms: 2 s in all, twice the timeout, which bounds each wait, not the whole body.
+  const up = await rawUpstream(t, (socket) => {
+    socket.write('HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n');
+    let n = 0;
+    const next = (): void => {
+      if (socket.destroyed) return;
+      if (n++ < 5) {
+        socket.write('5\r\npart.\r\n');
+        setTimeout(next, 400);
+      } else socket.write('0\r\n\r\n');
+    };
+    setTimeout(next, 400); // the head's wait counts too
+  });
+  const gw = await startGateway(t, site(up.origin, 'timeouts: { response: 1s }\n'));
+  const res = await h1Get(t, gw, '/trickle', 6000);
+  t.equal(res.status, 200);
+  t.ok(res.ended && !res.failed, 'the body ended cleanly');
+  t.equal(res.bytes, 25, 'every chunk arrived');
+  const line = await accessLine(gw, '/trickle');
+  t.equal(line?.reason, undefined, 'no failure on the access line');
+});
+
+t.test('an upstream that answers 103 and then nothing gets the gateway 504 after timeouts.response', async (t) => {
+  const up = await rawUpstream(t, (socket) => {
+    socket.write('HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n');
+  });
+  const gw = await startGateway(t, site(up.origin, 'timeouts: { response: 1s }\n'));
+  const started = Date.now();
+  const res = await gw.request({ path: '/hint-then-nothing' });
+  t.equal(res.status, 504);
+  t.ok(Date.now() - started < 4000, 'within the timeout, not held open');
+  const line = await accessLine(gw, '/hint-then-nothing');
+  t.equal(line?.reason, 'upstream_response_timeout');
+});
+
 t.test('upstream fails mid-body, HTTP/2 client: the stream is reset with an error code, never ended', async (t) => {
   // Without a Content-Length (chunked upstream) END_STREAM versus RST_STREAM is the client's only
   // clue; a reset with NO_ERROR reads as a clean end in Node's client.

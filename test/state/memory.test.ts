@@ -53,6 +53,16 @@ t.test('counters are readable through get; incr on a non-counter is a coded erro
   t.same(await store.get('c'), { value: '2', ttlMs: 1000 });
   await store.set('s', 'banned', 1000);
   await t.rejects(store.incr('s', 1000), { code: 'GW_ERR_INTERNAL' });
+  // a counter written as a string counts on, as Redis's INCR does; only decimal integers are counters
+  await store.set('n', '41', 1000);
+  t.same(await store.incr('n', 1000), { count: 42, ttlMs: 1000 });
+  t.same(await store.get('n'), { value: '42', ttlMs: 1000 }, 'read back as a string');
+  for (const notCounter of ['', ' 1', '1.5', '0x10', '1e3', '01', '-0', 'NaN']) {
+    await store.set('z', notCounter, 1000);
+    await t.rejects(store.incr('z', 1000), { code: 'GW_ERR_INTERNAL' }, JSON.stringify(notCounter));
+  }
+  await store.set('z', '-3', 1000);
+  t.equal((await store.incr('z', 1000)).count, -2, 'a negative counter counts up');
 });
 
 t.test('bounded: a flood of keys evicts expired first, then the oldest', async (t) => {
