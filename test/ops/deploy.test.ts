@@ -114,7 +114,7 @@ t.test('Dockerfile agrees with docker/gateway.yml and the compose file', async (
   t.ok(runtime.findIndex((i) => i.op === 'VOLUME') > runtime.indexOf(mkdir!), 'chown before VOLUME (later changes are discarded)');
 
   const cmd = JSON.parse(one('CMD')) as string[];
-  t.same(cmd, ['node', '--max-semi-space-size=4', '--max-old-space-size=384', 'dist/cli.js', 'start', '--config', '/etc/portcullis/gateway.yml'], 'exec form, no shell, no npm');
+  t.same(cmd, ['node', '--max-semi-space-size=8', '--max-old-space-size=384', 'dist/cli.js', 'start', '--config', '/etc/portcullis/gateway.yml'], 'exec form, no shell, no npm');
   const configCopy = runtime.find((i) => i.op === 'COPY' && i.args.endsWith(' /etc/portcullis/gateway.yml'));
   t.equal(configCopy?.args, 'docker/gateway.yml /etc/portcullis/gateway.yml', 'the default config is docker/gateway.yml');
   t.equal(one('WORKDIR'), '/app', 'dist/cli.js resolves against WORKDIR');
