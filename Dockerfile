@@ -35,7 +35,7 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
 # the signal reaches node directly. Memory flags (BENCHMARKS.md, "Session 3"), inherited by workers:
 # --max-semi-space-size=8: V8's young generation otherwise grows to 32 MB (Node 20) / 64+ MB (Node 24)
 #   per process under load; capped at 4, RSS under load drops by ~60-90 MB, for up to ~10-20 %
-#   throughput. 8 (session 8): 4-5 % more req/s than 4 for ~3 MB more RSS (Node 24: 144-146 MB);
+#   throughput. 8 (session 8): 4-5 % more req/s than 4 for 3-6 MB more RSS (Node 24: 144-146 MB);
 #   16 measured 163 MB.
 # --max-old-space-size=384: V8 sizes its old-generation growth by this limit; with the default
 #   (GBs) promoted request garbage piles up to ~100 MB before a full GC (Node 24: 230-245 MB RSS under
