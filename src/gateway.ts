@@ -823,7 +823,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
         createConnection: createUpstreamConnection,
         finishRequest: finishUpstreamRequest,
         rewriteRequestHeaders: (_headers: HeaderBag, request: FastifyRequest) => {
-          const h = upstreamHeaders(request, { ...(request.headers as HeaderBag) }, true);
+          const h = upstreamHeaders(request, true);
           for (const name of Object.keys(h)) if (name.startsWith('sec-websocket-') || name === 'connection' || name === 'upgrade') delete h[name];
           return withDialPlan(h, wsDialPlan(request));
         },
@@ -837,12 +837,12 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     return { ip: ctx.clientIp, user: ctx.principal?.subject, site: ctx.site?.id, route: ctx.route?.id, request_id: ctx.requestId };
   }
 
-  function upstreamHeaders(request: FastifyRequest, headers: HeaderBag, websocket: boolean): HeaderBag {
+  function upstreamHeaders(request: FastifyRequest, websocket: boolean): HeaderBag {
     const ctx = request.gw;
     const st = ctx.state;
     const p = ctx.principal;
     const rawHost = request.raw.httpVersionMajor === 2 ? request.headers[':authority'] ?? request.headers.host : request.headers.host;
-    return buildUpstreamHeaders(headers, {
+    return buildUpstreamHeaders({
       peer: peerOf(request),
       trustedPeer: ctx.trustedPeer,
       requestId: ctx.requestId,
@@ -850,7 +850,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
       publicPort: publicPort(st),
       gatewayOwned: st.gatewayOwnedHeaders,
       identityHeaders: st.identityHeaders,
-      identity: p ? { user: p.subject, email: p.email, roles: p.roles, issuer: p.issuer } : null,
+      identity: p ?? null,
       forwardToken: st.config.auth.forwardToken,
       websocket,
       received: request.headers,
@@ -935,7 +935,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     const pool = ctx.state.pools.get(route)!;
     const raw = request.raw;
     const method = raw.method ?? 'GET';
-    const headers = upstreamHeaders(request, copyHeaders(request.headers), false);
+    const headers = upstreamHeaders(request, false);
     let body: Readable | string | Buffer | null = null;
     if (method === 'GET' || method === 'HEAD') {
       // Fastify never reads a GET or HEAD body; Node discards it after the response. It is not
@@ -1105,13 +1105,6 @@ const notAnswered = (): false => false;
 
 function single(v: string | string[] | undefined): string | undefined {
   return Array.isArray(v) ? v[0] : v;
-}
-
-/** A copy of the client's headers for the upstream request (built up and filtered in place after). */
-function copyHeaders(headers: IncomingHttpHeaders): HeaderBag {
-  const out: HeaderBag = {};
-  for (const name in headers) out[name] = headers[name];
-  return out;
 }
 
 function headerValues(rawHeaders: readonly string[], lowerName: string): string[] {

@@ -19,7 +19,7 @@ export interface RuntimeState {
   readonly pools: ReadonlyMap<RouteConfig, UpstreamPool>;
   readonly authenticator: Authenticator | null;
   /** Lower-case header names only the gateway may set towards the upstream. */
-  readonly gatewayOwnedHeaders: readonly string[];
+  readonly gatewayOwnedHeaders: ReadonlySet<string>;
   /** Lower-case identity header names, in the order user, email, roles. */
   readonly identityHeaders: readonly [user: string, email: string, roles: string, issuer: string];
   /** `Strict-Transport-Security` value, or null when disabled. */
@@ -74,12 +74,12 @@ export function buildRuntimeState(
     pools,
     authenticator,
     identityHeaders: [identityHeaders[0], identityHeaders[1], identityHeaders[2], identityHeaders[3]],
-    gatewayOwnedHeaders: [
+    gatewayOwnedHeaders: new Set([
       ...identityHeaders,
       'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-forwarded-port', 'forwarded',
       'x-real-ip', 'x-request-id',
       ...OVERRIDE_HEADERS,
-    ],
+    ]),
     hsts: hstsValue(config.tls.hsts),
     protections: protections.routes,
     siteProtections: protections.sites,

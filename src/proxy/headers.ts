@@ -42,39 +42,28 @@ export function connectionTokens(value: string | string[] | number | undefined):
   return out;
 }
 
+const HOP_BY_HOP_SET: ReadonlySet<string> = new Set(HOP_BY_HOP);
+
 /**
- * Removes, in place, every header that must not reach the upstream as the client sent it:
- * hop-by-hop headers, headers the client's Connection header names, and the gateway-owned
- * names (identity headers, X-Forwarded-*, Forwarded, X-Request-Id, the method/path override
- * headers) — the caller sets some of those after.
+ * Whether a client header may reach the upstream as the client sent it. Not: hop-by-hop headers,
+ * headers the client's Connection header names, the gateway-owned names (identity headers,
+ * X-Forwarded-*, Forwarded, X-Request-Id, the method/path override headers; the gateway sets some
+ * of those itself), their underscore spellings, HTTP/2 pseudo-headers, `Expect` (undici refuses it
+ * and the client-facing server already answered 100-continue) and, unless it is forwarded, the
+ * client's `Authorization`. A WebSocket handshake keeps `Connection: Upgrade` and `Upgrade`.
  */
-export function stripRequestHeaders(headers: HeaderBag, gatewayOwned: readonly string[], keepUpgrade: boolean): void {
-  // Per request: `delete` only what is there (deleting turns the object into a slow dictionary;
-  // a read of an absent name does not), and no token array unless a Connection header exists.
-  if (headers.connection !== undefined) {
-    for (const name of connectionTokens(headers.connection)) {
-      if (keepUpgrade && name === 'upgrade') continue;
-      delete headers[name];
-    }
-  }
-  for (let i = 0; i < HOP_BY_HOP.length; i++) {
-    const name = HOP_BY_HOP[i]!;
-    if (keepUpgrade && (name === 'connection' || name === 'upgrade')) continue;
-    if (Object.hasOwn(headers, name)) delete headers[name];
-  }
-  for (let i = 0; i < gatewayOwned.length; i++) {
-    const name = gatewayOwned[i]!;
-    if (Object.hasOwn(headers, name)) delete headers[name];
-  }
-  const names = Object.keys(headers);
-  for (let i = 0; i < names.length; i++) {
-    const name = names[i]!;
-    // HTTP/2 pseudo-headers never go upstream.
-    if (name.charCodeAt(0) === 58 /* ':' */) delete headers[name];
-    // CGI, WSGI, Rack and PHP map both `-` and `_` to `_` (X_Auth_User → HTTP_X_AUTH_USER), so an
-    // underscore spelling of a gateway-owned header would reach the app under the same name.
-    else if (name.includes('_') && gatewayOwned.includes(name.replace(/_/g, '-'))) delete headers[name];
-  }
+function forwardable(name: string, input: UpstreamHeaderInput, named: readonly string[] | null): boolean {
+  const keepUpgrade = input.websocket;
+  if (HOP_BY_HOP_SET.has(name) && !(keepUpgrade && (name === 'connection' || name === 'upgrade'))) return false;
+  if (named !== null && named.includes(name) && !(keepUpgrade && name === 'upgrade')) return false;
+  if (input.gatewayOwned.has(name)) return false;
+  if (name === 'expect' || (name === 'authorization' && !input.forwardToken)) return false;
+  // HTTP/2 pseudo-headers never go upstream.
+  if (name.charCodeAt(0) === 58 /* ':' */) return false;
+  // CGI, WSGI, Rack and PHP map both `-` and `_` to `_` (X_Auth_User → HTTP_X_AUTH_USER), so an
+  // underscore spelling of a gateway-owned header would reach the app under the same name.
+  if (name.includes('_') && input.gatewayOwned.has(name.replace(/_/g, '-'))) return false;
+  return true;
 }
 
 const RESPONSE_DROPPED: ReadonlySet<string> = new Set([...HOP_BY_HOP, ...LEAKY_RESPONSE_HEADERS]);
@@ -104,31 +93,67 @@ export interface UpstreamHeaderInput {
   /** The Host (or :authority) value the client sent, forwarded as is: apps build URLs from it. */
   readonly host: string;
   readonly publicPort: number;
-  readonly gatewayOwned: readonly string[];
+  /** Lower-case names only the gateway may set (see `forwardable`). */
+  readonly gatewayOwned: ReadonlySet<string>;
   readonly identityHeaders: readonly [user: string, email: string, roles: string, issuer: string];
-  readonly identity: { readonly user: string; readonly email: string | null; readonly roles: readonly string[]; readonly issuer: string } | null;
+  /** The authenticated principal (the same object for every request of a cached token), or null. */
+  readonly identity: Identity | null;
   readonly forwardToken: boolean;
   readonly websocket: boolean;
   /**
-   * The request's headers as received, before anything was dropped. A trusted proxy's forwarding
-   * chain is read from here: `headers` loses what the proxy's `Connection` names, and the client
-   * address was taken from the chain as received.
+   * The client's headers as received (never modified here): what may go is copied from them, and
+   * a trusted proxy's forwarding chain is read from them as received, even where the proxy's
+   * `Connection` names it (the client address was taken from the chain as received).
    */
   readonly received: Readonly<Record<string, string | string[] | undefined>>;
 }
 
-/** The headers the upstream receives, built in place on a copy of the client's headers. */
-export function buildUpstreamHeaders(headers: HeaderBag, input: UpstreamHeaderInput): HeaderBag {
+/** What the identity headers are made of: a Principal's fields. */
+export interface Identity {
+  readonly subject: string;
+  readonly email: string | null;
+  readonly roles: readonly string[];
+  readonly issuer: string;
+}
+
+/** Identity header values, encoded once per principal: the verified-token cache hands out the same one. */
+const encodedIdentities = new WeakMap<Identity, readonly [user: string, email: string | null, roles: string, issuer: string]>();
+
+function encodedIdentity(identity: Identity): readonly [user: string, email: string | null, roles: string, issuer: string] {
+  let encoded = encodedIdentities.get(identity);
+  if (encoded === undefined) {
+    encoded = [
+      headerSafe(identity.subject, false),
+      identity.email === null ? null : headerSafe(identity.email, false),
+      identity.roles.map((r) => headerSafe(r, true)).join(','),
+      headerSafe(identity.issuer, false),
+    ];
+    encodedIdentities.set(identity, encoded);
+  }
+  return encoded;
+}
+
+/**
+ * The headers the upstream receives: a NEW object with the client's headers that may go
+ * (`forwardable`), in the client's order, then the gateway's own. Filtering while copying keeps
+ * the object out of V8's slow dictionary mode, into which every `delete` would turn it (an
+ * authenticated request always had its `Authorization` deleted, a browser's its `Connection`).
+ */
+export function buildUpstreamHeaders(input: UpstreamHeaderInput): HeaderBag {
   const received = input.received;
   const clientXff = received['x-forwarded-for'];
   const clientProto = received['x-forwarded-proto'];
   const clientFHost = received['x-forwarded-host'];
   const clientFPort = received['x-forwarded-port'];
   const forwarded = received.forwarded;
-  stripRequestHeaders(headers, input.gatewayOwned, input.websocket);
-  // undici refuses `Expect` and the client-facing server already answered 100-continue.
-  delete headers.expect;
-  if (!input.forwardToken) delete headers.authorization;
+  // No token array unless a Connection header exists.
+  const named = received.connection !== undefined ? connectionTokens(received.connection) : null;
+  const headers: HeaderBag = {};
+  const names = Object.keys(received);
+  for (let i = 0; i < names.length; i++) {
+    const name = names[i]!;
+    if (forwardable(name, input, named)) headers[name] = received[name];
+  }
   headers.host = input.host;
   const peer = plainAddress(input.peer);
   if (input.trustedPeer) {
@@ -146,11 +171,12 @@ export function buildUpstreamHeaders(headers: HeaderBag, input: UpstreamHeaderIn
   }
   headers['x-request-id'] = input.requestId;
   if (input.identity) {
-    const [user, email, roles, issuer] = input.identityHeaders;
-    headers[user] = headerSafe(input.identity.user, false);
-    headers[issuer] = headerSafe(input.identity.issuer, false);
-    if (input.identity.email !== null) headers[email] = headerSafe(input.identity.email, false);
-    headers[roles] = input.identity.roles.map((r) => headerSafe(r, true)).join(',');
+    const [userName, emailName, rolesName, issuerName] = input.identityHeaders;
+    const [user, email, roles, issuer] = encodedIdentity(input.identity);
+    headers[userName] = user;
+    headers[issuerName] = issuer;
+    if (email !== null) headers[emailName] = email;
+    headers[rolesName] = roles;
   }
   return headers;
 }

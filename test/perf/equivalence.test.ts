@@ -10,7 +10,8 @@ import ipaddr from 'ipaddr.js';
 import { ipKey, ipKeyReference, SLOW_KEY_CACHE_SIZE } from '../../src/protect/client-key.js';
 import { hardenSetCookie } from '../../src/protect/cookies.js';
 import { applySecurityHeaders, type SecurityHeaderSet } from '../../src/protect/headers.js';
-import { stripRequestHeaders, withoutHopByHopResponseHeaders, HOP_BY_HOP, LEAKY_RESPONSE_HEADERS, connectionTokens, type HeaderBag } from '../../src/proxy/headers.js';
+import { buildUpstreamHeaders, headerSafe, withoutHopByHopResponseHeaders, HOP_BY_HOP, LEAKY_RESPONSE_HEADERS, connectionTokens, type HeaderBag, type Identity } from '../../src/proxy/headers.js';
+import { plainAddress } from '../../src/proxy/forwarded.js';
 import type { CookieRules } from '../../src/protect/types.js';
 
 // ---------------------------------------------------------------- ipKey
@@ -219,8 +220,16 @@ t.test('an unfrozen header set is not cached: a later change is applied', async 
 const reqName = fc.constantFrom(
   'host', 'connection', 'keep-alive', 'te', 'upgrade', 'transfer-encoding', 'proxy-authorization', 'x-auth-user', 'x_auth_user', 'x-forwarded-for',
   'x_forwarded_for', ':path', ':authority', 'server', 'x-powered-by', 'x-runtime', 'x-custom', 'x_custom', 'constructor', 'hasOwnProperty',
+  'authorization', 'expect', 'forwarded', 'x-request-id', 'x_request_id', 'x-http-method-override', 'x-forwarded-proto', 'x-forwarded-port',
 );
-const bag = fc.dictionary(reqName, fc.oneof(fc.constantFrom('1', 'x-custom, close', 'X-Auth-User', 'upgrade', 'Keep-Alive, x_custom'), fc.array(fc.constantFrom('x-custom', 'te'), { maxLength: 2 })), { maxKeys: 10 });
+const bag = fc.dictionary(
+  reqName,
+  fc.oneof(
+    fc.constantFrom('1', 'x-custom, close', 'X-Auth-User', 'upgrade', 'Keep-Alive, x_custom', 'Host, Authorization', 'X-Forwarded-For, expect'),
+    fc.array(fc.constantFrom('x-custom', 'te'), { maxLength: 2 }),
+  ),
+  { maxKeys: 10 },
+);
 
 function referenceStripRequest(headers: HeaderBag, gatewayOwned: readonly string[], keepUpgrade: boolean): void {
   for (const name of connectionTokens(headers.connection)) {
@@ -244,19 +253,75 @@ function referenceStripResponse(headers: HeaderBag): void {
   for (const name of LEAKY_RESPONSE_HEADERS) delete headers[name];
 }
 
-t.test('stripRequestHeaders agrees with the reference', async (t) => {
-  const owned = ['x-auth-user', 'x-auth-email', 'x-auth-roles', 'x-forwarded-for', 'x-request-id'];
+/**
+ * What the gateway sent upstream before it filtered while copying: a copy of the client's
+ * headers, `delete`s, then the gateway's own headers (the implementation it replaced).
+ */
+function referenceUpstreamHeaders(received: HeaderBag, o: { owned: readonly string[]; websocket: boolean; forwardToken: boolean; trustedPeer: boolean; identity: Identity | null }): HeaderBag {
+  const headers: HeaderBag = { ...received };
+  referenceStripRequest(headers, o.owned, o.websocket);
+  delete headers.expect;
+  if (!o.forwardToken) delete headers.authorization;
+  headers.host = 'app.example';
+  const peer = plainAddress('::ffff:192.0.2.1');
+  const first = (v: HeaderBag[string]) => (v === undefined ? undefined : Array.isArray(v) ? v[0] : String(v));
+  if (o.trustedPeer) {
+    const xff = received['x-forwarded-for'];
+    const joined = Array.isArray(xff) ? xff.join(', ') : xff;
+    headers['x-forwarded-for'] = joined ? `${joined}, ${peer}` : peer;
+    headers['x-forwarded-proto'] = first(received['x-forwarded-proto']) ?? 'https';
+    headers['x-forwarded-host'] = first(received['x-forwarded-host']) ?? 'app.example';
+    headers['x-forwarded-port'] = first(received['x-forwarded-port']) ?? '8443';
+    if (received.forwarded !== undefined) headers.forwarded = received.forwarded;
+  } else {
+    headers['x-forwarded-for'] = peer;
+    headers['x-forwarded-proto'] = 'https';
+    headers['x-forwarded-host'] = 'app.example';
+    headers['x-forwarded-port'] = '8443';
+  }
+  headers['x-request-id'] = 'req-1';
+  if (o.identity) {
+    headers['x-auth-user'] = headerSafe(o.identity.subject, false);
+    headers['x-auth-issuer'] = headerSafe(o.identity.issuer, false);
+    if (o.identity.email !== null) headers['x-auth-email'] = headerSafe(o.identity.email, false);
+    headers['x-auth-roles'] = o.identity.roles.map((r) => headerSafe(r, true)).join(',');
+  }
+  return headers;
+}
+
+const claimText = fc.oneof(fc.constantFrom('alice', 'a,b', 'ü', '100%', 'x\r\ny', ''), fc.string({ maxLength: 8 }));
+const identity = fc.option(
+  fc.record({ subject: claimText, email: fc.option(claimText, { nil: null }), roles: fc.array(claimText, { maxLength: 3 }), issuer: claimText }),
+  { nil: null },
+);
+
+t.test('buildUpstreamHeaders (filtering while copying) = the reference copy-then-delete, in the same order', async (t) => {
+  const ownedList = [
+    'x-auth-user', 'x-auth-email', 'x-auth-roles', 'x-auth-issuer', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host',
+    'x-forwarded-port', 'forwarded', 'x-real-ip', 'x-request-id', 'x-http-method-override',
+  ];
+  const owned = new Set(ownedList);
   fc.assert(
-    fc.property(bag, fc.boolean(), (headers, keepUpgrade) => {
-      const a = { ...headers };
-      const b = { ...headers };
-      stripRequestHeaders(a, owned, keepUpgrade);
-      referenceStripRequest(b, owned, keepUpgrade);
-      return JSON.stringify(a) === JSON.stringify(b);
+    fc.property(bag, fc.boolean(), fc.boolean(), fc.boolean(), identity, (received, websocket, forwardToken, trustedPeer, who) => {
+      const before = JSON.stringify(received);
+      const got = buildUpstreamHeaders({
+        peer: '::ffff:192.0.2.1', trustedPeer, requestId: 'req-1', host: 'app.example', publicPort: 8443, gatewayOwned: owned,
+        identityHeaders: ['x-auth-user', 'x-auth-email', 'x-auth-roles', 'x-auth-issuer'], identity: who, forwardToken, websocket,
+        received: received as Record<string, string | string[]>,
+      });
+      const want = referenceUpstreamHeaders(received, { owned: ownedList, websocket, forwardToken, trustedPeer, identity: who });
+      // Twice: the second call takes the identity's encoded values from the per-principal memo.
+      const again = buildUpstreamHeaders({
+        peer: '::ffff:192.0.2.1', trustedPeer, requestId: 'req-1', host: 'app.example', publicPort: 8443, gatewayOwned: owned,
+        identityHeaders: ['x-auth-user', 'x-auth-email', 'x-auth-roles', 'x-auth-issuer'], identity: who, forwardToken, websocket,
+        received: received as Record<string, string | string[]>,
+      });
+      const same = (a: HeaderBag) => JSON.stringify(Object.entries(a)) === JSON.stringify(Object.entries(want));
+      return JSON.stringify(received) === before && same(got) && same(again);
     }),
     { numRuns: 5000 },
   );
-  t.pass('5000 generated header bags agree');
+  t.pass('5000 generated requests agree, key order included; the client headers are not modified');
 });
 
 t.test('withoutHopByHopResponseHeaders = the reference strip on a copy, input untouched', async (t) => {
