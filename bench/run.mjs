@@ -3,7 +3,8 @@
 // it benchmarks the BUILT gateway (dist/), so run `npm run build` first (`npm run bench` does).
 //
 //   node bench/run.mjs [--quick] [--json] [--duration 10s] [--rounds 3] [--only a,b]
-//                      [--tool wrk|autocannon] [--workers N] [--ablate] [--node-flags "..."] [--idle [--idle-connections 10000]]
+//                      [--tool wrk|autocannon] [--workers N] [--ablate] [--node-flags "..."] [--gateway-env "K=V ..."]
+//                      [--idle [--idle-connections 10000]]
 //                      [--out FILE] [--cpu-prof DIR]
 //
 // --cpu-prof DIR: the gateway processes run with `node --cpu-prof`; their profiles land in DIR
@@ -20,15 +21,17 @@ import { join, resolve } from 'node:path';
 import http from 'node:http';
 import { generateKeyPair, exportJWK, SignJWT } from 'jose';
 import { clockTicksPerSecond, pinningPlan, sampleRss, treeCpuTicks, treeRss } from './lib/proc.mjs';
-import { systems, workerSystems, ablationSystems, baselineSystems, imageNodeFlags, makeCertificate, startUpstream, ISSUER, AUDIENCE } from './lib/systems.mjs';
+import { systems, workerSystems, ablationSystems, baselineSystems, imageNodeFlags, imageEnv, parseEnvList, makeCertificate, startUpstream, ISSUER, AUDIENCE } from './lib/systems.mjs';
 import { pickLoadGenerator, runLoad } from './lib/load.mjs';
 import { cpuUsPerRequest, summarize, ratios, targets, formatTable, parseDurationMs } from './lib/stats.mjs';
 import { idleBenchmark } from './lib/idle.mjs';
 
 const USAGE = `usage: node bench/run.mjs [--quick] [--json] [--duration 10s] [--rounds 3] [--only direct,nginx,caddy,proxy-only,full]
-                         [--scenarios c64,c1,handshake] [--tool wrk|autocannon] [--workers N] [--ablate] [--node-flags "..."] [--out FILE]
+                         [--scenarios c64,c1,handshake] [--tool wrk|autocannon] [--workers N] [--ablate] [--node-flags "..."]
+                         [--gateway-env "K=V ..."] [--out FILE]
        node bench/run.mjs --idle [--idle-connections 10000] [--json]
-       node bench/run.mjs --paired A,B [--ablate] [--baseline DIR [--baseline-node-flags="..."]] [--rounds 9] [--duration 2s] [--scenarios c64]`;
+       node bench/run.mjs --paired A,B [--ablate] [--baseline DIR [--baseline-node-flags="..."] [--baseline-gateway-env="K=V ..."]]
+                          [--rounds 9] [--duration 2s] [--scenarios c64]`;
 
 const SCENARIOS = {
   c64: { connections: 64, close: false },
@@ -55,12 +58,14 @@ function options() {
       workers: { type: 'string' },
       ablate: { type: 'boolean' },
       'node-flags': { type: 'string' },
+      'gateway-env': { type: 'string' },
       out: { type: 'string' },
       'cpu-prof': { type: 'string' },
       idle: { type: 'boolean' },
       paired: { type: 'string' },
       baseline: { type: 'string' },
       'baseline-node-flags': { type: 'string' },
+      'baseline-gateway-env': { type: 'string' },
       'idle-connections': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
@@ -82,11 +87,13 @@ function options() {
     workers: values.workers ? Number(values.workers) : 0,
     ablate: values.ablate ?? false,
     nodeFlags: values['node-flags'] === undefined ? imageNodeFlags() : values['node-flags'].split(' ').filter(Boolean),
+    gatewayEnv: values['gateway-env'] === undefined ? imageEnv() : parseEnvList(values['gateway-env']),
     out: values.out ?? null,
     cpuProfDir: values['cpu-prof'] ? resolve(values['cpu-prof']) : null,
     idle: values.idle ?? false,
     baseline: values.baseline ?? null,
     baselineNodeFlags: values['baseline-node-flags'] === undefined ? null : values['baseline-node-flags'].split(' ').filter(Boolean),
+    baselineGatewayEnv: values['baseline-gateway-env'] === undefined ? null : parseEnvList(values['baseline-gateway-env']),
     paired: values.paired ? values.paired.split(',').map((x) => x.trim()).filter(Boolean) : null,
     idleConnections: Number(values['idle-connections'] ?? 10_000),
   };
@@ -192,7 +199,7 @@ async function main() {
     cleanups.push(() => upstream.stop());
     const jwks = await startJwks();
     cleanups.push(() => jwks.stop());
-    const ctx = { plan, dir, cert, upstream, jwks, cpuProfDir: o.cpuProfDir, nodeFlags: o.nodeFlags };
+    const ctx = { plan, dir, cert, upstream, jwks, cpuProfDir: o.cpuProfDir, nodeFlags: o.nodeFlags, gatewayEnv: o.gatewayEnv };
 
     if (o.idle) {
       const result = await idleBenchmark(ctx, o, log);
@@ -203,7 +210,7 @@ async function main() {
     }
 
     if (!tool) throw new Error('no load generator: install wrk (Debian: wrk) or run `npm install` in bench/ for autocannon');
-    const all = [...systems(), ...(o.workers > 0 ? workerSystems(o.workers) : []), ...(o.ablate ? ablationSystems() : []), ...(o.baseline ? baselineSystems(o.baseline, o.baselineNodeFlags) : [])];
+    const all = [...systems(), ...(o.workers > 0 ? workerSystems(o.workers) : []), ...(o.ablate ? ablationSystems() : []), ...(o.baseline ? baselineSystems(o.baseline, o.baselineNodeFlags, o.baselineGatewayEnv) : [])];
     if (o.only) {
       const unknown = o.only.filter((n) => !all.some((s) => s.name === n));
       if (unknown.length) throw new Error(`unknown system(s) in --only: ${unknown.join(', ')} (known: ${all.map((s) => s.name).join(', ')})`);
@@ -293,6 +300,7 @@ async function main() {
         scenarios: Object.fromEntries(o.scenarios.map((s) => [s, SCENARIOS[s]])),
         upstreamBodyBytes: upstream.bodyBytes,
         gatewayNodeFlags: o.nodeFlags,
+        gatewayEnv: o.gatewayEnv,
       },
       skipped,
       rows,
@@ -301,7 +309,7 @@ async function main() {
       rssAfterLoadBytes: idleRss,
       samples,
     };
-    const title = `Portcullis benchmark — ${m.cpu}, ${m.cores} cores, Node ${m.node}, ${tool}${plan ? `, server on CPU ${plan.server}, load on CPU ${plan.client}` : ', no CPU pinning'}${o.nodeFlags.length ? `, gateway run as node ${o.nodeFlags.join(' ')} (the image's CMD)` : ''}`;
+    const title = `Portcullis benchmark — ${m.cpu}, ${m.cores} cores, Node ${m.node}, ${tool}${plan ? `, server on CPU ${plan.server}, load on CPU ${plan.client}` : ', no CPU pinning'}${o.nodeFlags.length ? `, gateway run as node ${o.nodeFlags.join(' ')} (the image's CMD)` : ''}${Object.keys(o.gatewayEnv).length ? ` with ${Object.entries(o.gatewayEnv).map(([k, v]) => `${k}=${v}`).join(' ')}` : ''}`;
     result.text = `${formatTable(rows, rs, { title, targets: tg })}${skipped.length ? `\n\nskipped:\n${skipped.map((s) => `- ${s.system}: ${s.reason}`).join('\n')}` : ''}`;
     if (o.out) writeFileSync(o.out, `${JSON.stringify(result, null, 2)}\n`);
     process.stdout.write(o.json ? `${JSON.stringify(result, null, 2)}\n` : `${result.text}\n`);

@@ -147,8 +147,33 @@ export function imageNodeFlags() {
   return script > 1 ? cmd.slice(1, script) : [];
 }
 
+/**
+ * The environment the Docker image sets (the `ENV` lines of its last stage): the gateway runs with
+ * it, as it is shipped. `--gateway-env` overrides it (`--gateway-env=`: none of it).
+ */
+export function imageEnv() {
+  const text = readFileSync(join(ROOT, 'Dockerfile'), 'utf8').replace(/\\\n/g, ' ');
+  const runtime = text.split(/^FROM /m).at(-1) ?? '';
+  const env = {};
+  for (const line of runtime.split('\n')) {
+    if (line.startsWith('ENV ')) Object.assign(env, parseEnvList(line.slice(4)));
+  }
+  return env;
+}
+
+/** `KEY=VALUE KEY2=VALUE2` (no quoting: the Dockerfile's values and the flag's have no spaces). */
+export function parseEnvList(text) {
+  const env = {};
+  for (const item of text.split(/\s+/).filter(Boolean)) {
+    const m = /^([A-Za-z_][A-Za-z0-9_]*)=(.*)$/.exec(item);
+    if (!m) throw new Error(`not KEY=VALUE: ${item}`);
+    env[m[1]] = m[2];
+  }
+  return env;
+}
+
 /** Starts the gateway CLI on a config file; rejects with the CLI's own output when it fails. */
-async function startGateway({ name, plan, pin, configPath, port, dir, cpuProfDir, nodeFlags, cli = GATEWAY_CLI }) {
+async function startGateway({ name, plan, pin, configPath, port, dir, cpuProfDir, nodeFlags, gatewayEnv, cli = GATEWAY_CLI }) {
   const lines = [];
   const nodeArgs = [
     ...nodeFlags,
@@ -163,7 +188,7 @@ async function startGateway({ name, plan, pin, configPath, port, dir, cpuProfDir
     if (copyTo) appendFileSync(copyTo, `${name}: ${l}\n`);
     if (lines.length < 200) lines.push(l);
   };
-  const proc = startChild(cmd, args, { cwd: dir, onLine });
+  const proc = startChild(cmd, args, { cwd: dir, onLine, env: { ...process.env, ...gatewayEnv } });
   try {
     await waitForPort(port, 20_000, proc.child);
   } catch (err) {
@@ -294,13 +319,16 @@ export function workerSystems(workers) {
  * with other node flags (`--baseline . --baseline-node-flags=`: the same build without the
  * image's flags).
  */
-export function baselineSystems(dir, nodeFlags = null) {
+export function baselineSystems(dir, nodeFlags = null, gatewayEnv = null) {
   const cli = join(resolve(dir), 'dist', 'cli.js');
-  return [gatewaySystem('proxy-only@base', false, 0, new Set(), cli, nodeFlags), gatewaySystem('full@base', true, 0, new Set(), cli, nodeFlags)];
+  return [gatewaySystem('proxy-only@base', false, 0, new Set(), cli, nodeFlags, gatewayEnv), gatewaySystem('full@base', true, 0, new Set(), cli, nodeFlags, gatewayEnv)];
 }
 
-/** `nodeFlags`: this system's node flags instead of the run's (`--baseline-node-flags`). */
-function gatewaySystem(name, full, workers = 0, without = new Set(), cli = GATEWAY_CLI, nodeFlags = null) {
+/**
+ * `nodeFlags`, `gatewayEnv`: this system's node flags and environment instead of the run's
+ * (`--baseline-node-flags`, `--baseline-gateway-env`).
+ */
+function gatewaySystem(name, full, workers = 0, without = new Set(), cli = GATEWAY_CLI, nodeFlags = null, gatewayEnv = null) {
   return {
     name,
     available: () => (existsSync(cli) ? null : `${cli} is missing: run \`npm run build\` first`),
@@ -315,7 +343,7 @@ function gatewaySystem(name, full, workers = 0, without = new Set(), cli = GATEW
       const problem = await validateGatewayConfig(configPath, cli);
       if (problem) throw new Error(`${name}: the generated configuration is refused by \`portcullis validate\`:\n${problem}`);
       // Several workers cannot share one pinned core: a multi-worker gateway runs unpinned.
-      const proc = await startGateway({ name, plan: ctx.plan, pin: ctx.plan !== null && workers === 0, configPath, port, dir: ctx.dir, cpuProfDir: ctx.cpuProfDir, nodeFlags: nodeFlags ?? ctx.nodeFlags, cli });
+      const proc = await startGateway({ name, plan: ctx.plan, pin: ctx.plan !== null && workers === 0, configPath, port, dir: ctx.dir, cpuProfDir: ctx.cpuProfDir, nodeFlags: nodeFlags ?? ctx.nodeFlags, gatewayEnv: gatewayEnv ?? ctx.gatewayEnv, cli });
       const headers = full ? { authorization: `Bearer ${ctx.jwks.token}` } : {};
       return {
         url: `https://${HOST}:${port}/`,

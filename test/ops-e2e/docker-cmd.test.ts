@@ -1,7 +1,8 @@
 /**
  * The Docker image's command outside Docker: `node dist/cli.js start --config <file>` (the CMD,
- * exec form, cwd like WORKDIR /app) on a copy of docker/gateway.yml, with the environment compose
- * gives it (docker/.env.example as the env_file, METRICS_TOKEN_FILE pointing at a secret file).
+ * exec form, cwd like WORKDIR /app) on a copy of docker/gateway.yml, with the image's ENV and the
+ * environment compose gives it (docker/.env.example as the env_file, METRICS_TOKEN_FILE pointing
+ * at a secret file).
  *
  * What the copy changes, and why:
  *   - listeners 0.0.0.0:8080/8443/9090 → 127.0.0.1:0 (tests bind ephemeral loopback ports only);
@@ -34,6 +35,17 @@ function imageCmd(): string[] {
   const line = readFileSync(join(ROOT, 'Dockerfile'), 'utf8').split('\n').find((l) => l.startsWith('CMD '));
   if (line === undefined) throw new Error('no CMD in the Dockerfile');
   return JSON.parse(line.slice(4)) as string[];
+}
+
+/** The environment the image sets: the ENV lines of the Dockerfile's last stage. */
+function imageEnv(): Record<string, string> {
+  const text = readFileSync(join(ROOT, 'Dockerfile'), 'utf8').replace(/\\\n/g, ' ');
+  const runtime = text.split(/^FROM /m).at(-1) ?? '';
+  const env: Record<string, string> = {};
+  for (const line of runtime.split('\n').filter((l) => l.startsWith('ENV '))) {
+    for (const m of line.slice(4).matchAll(/([A-Za-z_][A-Za-z0-9_]*)=(\S*)/g)) env[m[1]!] = m[2]!;
+  }
+  return env;
 }
 
 /** docker/.env.example as compose's env_file reads it (KEY=VALUE lines). */
@@ -87,7 +99,9 @@ t.test('the image CMD on a copy of docker/gateway.yml: starts, HEALTHCHECK passe
   const token = 'metrics-secret-from-file-0123456789abcdef';
   const tokenFile = join(dir, 'metrics_token');
   writeFileSync(tokenFile, `${token}\n`, { mode: 0o444 });
-  const env = { ...envExample(), PORTCULLIS_HOST: 'app.test', OIDC_ISSUER: iss.issuer, OIDC_AUDIENCE: 'example-app', METRICS_TOKEN_FILE: tokenFile };
+  const image = imageEnv();
+  t.equal(image.NODE_ENV, 'production', "the image's ENV, as the container gets it");
+  const env = { ...image, ...envExample(), PORTCULLIS_HOST: 'app.test', OIDC_ISSUER: iss.issuer, OIDC_AUDIENCE: 'example-app', METRICS_TOKEN_FILE: tokenFile };
 
   const cli = spawnCli(t, [...cmd.slice(cliAt + 1, cliAt + 3), config], env, { nodeArgs: nodeFlags });
   const ports = await started(cli);

@@ -115,6 +115,8 @@ t.test('Dockerfile agrees with docker/gateway.yml and the compose file', async (
 
   const cmd = JSON.parse(one('CMD')) as string[];
   t.same(cmd, ['node', '--max-semi-space-size=8', '--max-old-space-size=384', 'dist/cli.js', 'start', '--config', '/etc/portcullis/gateway.yml'], 'exec form, no shell, no npm');
+  const env = Object.fromEntries(one('ENV').split(/\s+/).map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
+  t.same(env, { NODE_ENV: 'production', MALLOC_ARENA_MAX: '2' }, 'production mode, two glibc malloc arenas (BENCHMARKS.md, session 9)');
   const configCopy = runtime.find((i) => i.op === 'COPY' && i.args.endsWith(' /etc/portcullis/gateway.yml'));
   t.equal(configCopy?.args, 'docker/gateway.yml /etc/portcullis/gateway.yml', 'the default config is docker/gateway.yml');
   t.equal(one('WORKDIR'), '/app', 'dist/cli.js resolves against WORKDIR');
