@@ -823,9 +823,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
         createConnection: createUpstreamConnection,
         finishRequest: finishUpstreamRequest,
         rewriteRequestHeaders: (_headers: HeaderBag, request: FastifyRequest) => {
-          const h = upstreamHeaders(request, true);
-          for (const name of Object.keys(h)) if (name.startsWith('sec-websocket-') || name === 'connection' || name === 'upgrade') delete h[name];
-          return withDialPlan(h, wsDialPlan(request));
+          return withDialPlan(upstreamHeaders(request, true), wsDialPlan(request));
         },
       },
       // Reached only by an upgrade that is not a WebSocket handshake after all.

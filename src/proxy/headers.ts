@@ -50,12 +50,12 @@ const HOP_BY_HOP_SET: ReadonlySet<string> = new Set(HOP_BY_HOP);
  * X-Forwarded-*, Forwarded, X-Request-Id, the method/path override headers; the gateway sets some
  * of those itself), their underscore spellings, HTTP/2 pseudo-headers, `Expect` (undici refuses it
  * and the client-facing server already answered 100-continue) and, unless it is forwarded, the
- * client's `Authorization`. A WebSocket handshake keeps `Connection: Upgrade` and `Upgrade`.
+ * client's `Authorization`. For a WebSocket handshake, not the client's `Sec-WebSocket-*` either:
+ * the gateway's own WebSocket client sends its own (and its own `Connection` and `Upgrade`).
  */
 function forwardable(name: string, input: UpstreamHeaderInput, named: readonly string[] | null): boolean {
-  const keepUpgrade = input.websocket;
-  if (HOP_BY_HOP_SET.has(name) && !(keepUpgrade && (name === 'connection' || name === 'upgrade'))) return false;
-  if (named !== null && named.includes(name) && !(keepUpgrade && name === 'upgrade')) return false;
+  if (HOP_BY_HOP_SET.has(name) || (named !== null && named.includes(name))) return false;
+  if (input.websocket && name.startsWith('sec-websocket-')) return false;
   if (input.gatewayOwned.has(name)) return false;
   if (name === 'expect' || (name === 'authorization' && !input.forwardToken)) return false;
   // HTTP/2 pseudo-headers never go upstream.
@@ -99,6 +99,7 @@ export interface UpstreamHeaderInput {
   /** The authenticated principal (the same object for every request of a cached token), or null. */
   readonly identity: Identity | null;
   readonly forwardToken: boolean;
+  /** A WebSocket handshake, forwarded by the gateway's WebSocket client. */
   readonly websocket: boolean;
   /**
    * The client's headers as received (never modified here): what may go is copied from them, and

@@ -20,7 +20,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseDocument } from 'yaml';
 import { httpsRequest, startUpstream } from '../helpers/gateway.js';
-import { ROOT, run } from '../ops/tools.js';
+import { ROOT, envInstruction, parseDockerfile, run } from '../ops/tools.js';
 import { CLI_SKIP, parseExposition, pick, scrape, spawnCli, startIssuer, total, type CliProcess } from './_support.js';
 
 /** The Dockerfile's HEALTHCHECK exec array (continuations joined). */
@@ -37,15 +37,11 @@ function imageCmd(): string[] {
   return JSON.parse(line.slice(4)) as string[];
 }
 
-/** The environment the image sets: the ENV lines of the Dockerfile's last stage. */
+/** The environment the image sets: the ENV instructions of the Dockerfile's last stage. */
 function imageEnv(): Record<string, string> {
-  const text = readFileSync(join(ROOT, 'Dockerfile'), 'utf8').replace(/\\\n/g, ' ');
-  const runtime = text.split(/^FROM /m).at(-1) ?? '';
-  const env: Record<string, string> = {};
-  for (const line of runtime.split('\n').filter((l) => l.startsWith('ENV '))) {
-    for (const m of line.slice(4).matchAll(/([A-Za-z_][A-Za-z0-9_]*)=(\S*)/g)) env[m[1]!] = m[2]!;
-  }
-  return env;
+  const instructions = parseDockerfile(readFileSync(join(ROOT, 'Dockerfile'), 'utf8'));
+  const last = Math.max(...instructions.map((i) => i.stage));
+  return Object.assign({}, ...instructions.filter((i) => i.stage === last && i.op === 'ENV').map((i) => envInstruction(i.args))) as Record<string, string>;
 }
 
 /** docker/.env.example as compose's env_file reads it (KEY=VALUE lines). */

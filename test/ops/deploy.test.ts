@@ -9,36 +9,7 @@ import { existsSync, readFileSync, writeFileSync, mkdtempSync, rmSync } from 'no
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parse } from 'yaml';
-import { ROOT, run } from './tools.js';
-
-interface Instruction {
-  readonly op: string;
-  readonly args: string;
-  readonly stage: number;
-}
-
-/** Dockerfile instructions with `\` continuations joined and comments dropped. */
-function parseDockerfile(text: string): Instruction[] {
-  const out: Instruction[] = [];
-  let stage = -1;
-  let buf = '';
-  for (const raw of text.split('\n')) {
-    const line = raw.trimEnd();
-    if (buf === '' && (line.trim() === '' || line.trimStart().startsWith('#'))) continue;
-    if (line.endsWith('\\')) {
-      buf += line.slice(0, -1) + ' ';
-      continue;
-    }
-    const full = (buf + line).trim();
-    buf = '';
-    const m = /^([A-Za-z]+)\s+(.*)$/.exec(full);
-    if (m === null) throw new Error(`cannot parse Dockerfile line: ${full}`);
-    const op = m[1]!.toUpperCase();
-    if (op === 'FROM') stage++;
-    out.push({ op, args: m[2]!.trim(), stage });
-  }
-  return out;
-}
+import { ROOT, envInstruction, parseDockerfile, run } from './tools.js';
 
 const dockerfile = parseDockerfile(readFileSync(join(ROOT, 'Dockerfile'), 'utf8'));
 const runtimeStage = Math.max(...dockerfile.map((i) => i.stage));
@@ -115,8 +86,7 @@ t.test('Dockerfile agrees with docker/gateway.yml and the compose file', async (
 
   const cmd = JSON.parse(one('CMD')) as string[];
   t.same(cmd, ['node', '--max-semi-space-size=8', '--max-old-space-size=384', 'dist/cli.js', 'start', '--config', '/etc/portcullis/gateway.yml'], 'exec form, no shell, no npm');
-  const env = Object.fromEntries(one('ENV').split(/\s+/).map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
-  t.same(env, { NODE_ENV: 'production', MALLOC_ARENA_MAX: '2' }, 'production mode, two glibc malloc arenas (BENCHMARKS.md, session 9)');
+  t.same(envInstruction(one('ENV')), { NODE_ENV: 'production', MALLOC_ARENA_MAX: '2' }, 'production mode, two glibc malloc arenas (BENCHMARKS.md, session 9)');
   const configCopy = runtime.find((i) => i.op === 'COPY' && i.args.endsWith(' /etc/portcullis/gateway.yml'));
   t.equal(configCopy?.args, 'docker/gateway.yml /etc/portcullis/gateway.yml', 'the default config is docker/gateway.yml');
   t.equal(one('WORKDIR'), '/app', 'dist/cli.js resolves against WORKDIR');

@@ -79,3 +79,43 @@ export async function startExampleApp(t: { teardown(fn: () => unknown): void }, 
     child.once('exit', (code) => reject(new Error(`app.py exited (${code}) before listening:\n${log}`)));
   });
 }
+
+export interface DockerInstruction {
+  readonly op: string;
+  readonly args: string;
+  readonly stage: number;
+}
+
+/** Dockerfile instructions with `\` continuations joined and comments dropped. */
+export function parseDockerfile(text: string): DockerInstruction[] {
+  const out: DockerInstruction[] = [];
+  let stage = -1;
+  let buf = '';
+  for (const raw of text.split('\n')) {
+    const line = raw.trimEnd();
+    if (buf === '' && (line.trim() === '' || line.trimStart().startsWith('#'))) continue;
+    if (line.endsWith('\\')) {
+      buf += line.slice(0, -1) + ' ';
+      continue;
+    }
+    const full = (buf + line).trim();
+    buf = '';
+    const m = /^([A-Za-z]+)\s+(.*)$/.exec(full);
+    if (m === null) throw new Error(`cannot parse Dockerfile line: ${full}`);
+    const op = m[1]!.toUpperCase();
+    if (op === 'FROM') stage++;
+    out.push({ op, args: m[2]!.trim(), stage });
+  }
+  return out;
+}
+
+/** The variables of an `ENV` instruction's `KEY=VALUE KEY2=VALUE2` form (unquoted values). */
+export function envInstruction(args: string): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const item of args.split(/\s+/).filter(Boolean)) {
+    const eq = item.indexOf('=');
+    if (eq <= 0) throw new Error(`ENV ${args}: not KEY=VALUE: ${item}`);
+    env[item.slice(0, eq)] = item.slice(eq + 1);
+  }
+  return env;
+}

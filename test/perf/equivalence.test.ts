@@ -221,6 +221,7 @@ const reqName = fc.constantFrom(
   'host', 'connection', 'keep-alive', 'te', 'upgrade', 'transfer-encoding', 'proxy-authorization', 'x-auth-user', 'x_auth_user', 'x-forwarded-for',
   'x_forwarded_for', ':path', ':authority', 'server', 'x-powered-by', 'x-runtime', 'x-custom', 'x_custom', 'constructor', 'hasOwnProperty',
   'authorization', 'expect', 'forwarded', 'x-request-id', 'x_request_id', 'x-http-method-override', 'x-forwarded-proto', 'x-forwarded-port',
+  'sec-websocket-key', 'sec-websocket-protocol',
 );
 const bag = fc.dictionary(
   reqName,
@@ -255,7 +256,9 @@ function referenceStripResponse(headers: HeaderBag): void {
 
 /**
  * What the gateway sent upstream before it filtered while copying: a copy of the client's
- * headers, `delete`s, then the gateway's own headers (the implementation it replaced).
+ * headers, `delete`s, then the gateway's own headers (the implementation it replaced); for a
+ * WebSocket handshake, then without Connection, Upgrade and Sec-WebSocket-* (deleted by the
+ * gateway's WebSocket route, which now leaves that to buildUpstreamHeaders).
  */
 function referenceUpstreamHeaders(received: HeaderBag, o: { owned: readonly string[]; websocket: boolean; forwardToken: boolean; trustedPeer: boolean; identity: Identity | null }): HeaderBag {
   const headers: HeaderBag = { ...received };
@@ -286,6 +289,7 @@ function referenceUpstreamHeaders(received: HeaderBag, o: { owned: readonly stri
     if (o.identity.email !== null) headers['x-auth-email'] = headerSafe(o.identity.email, false);
     headers['x-auth-roles'] = o.identity.roles.map((r) => headerSafe(r, true)).join(',');
   }
+  if (o.websocket) for (const name of Object.keys(headers)) if (name.startsWith('sec-websocket-') || name === 'connection' || name === 'upgrade') delete headers[name];
   return headers;
 }
 
