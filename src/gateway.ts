@@ -627,11 +627,21 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
   app.addHook('onResponse', async function accessLog(request, reply) {
     const ctx = request.gw as RequestContext | undefined;
     if (!ctx || ctx.proxied) return;
+    if (!reply.raw.headersSent) {
+      // Nothing was answered: an HTTP/2 stream the client cancelled (Node's compat layer then
+      // emits 'finish'), e.g. while a stage waited for a token check. Logged as the forwarding path
+      // logs a client gone before its answer; a stage resuming later logs nothing more.
+      ctx.reason ??= 'client_closed';
+      logRequest(ctx, request.raw, 499, undefined);
+      return;
+    }
     const len = reply.getHeader('content-length');
     logRequest(ctx, request.raw, reply.statusCode, len !== undefined ? Number(len) : undefined);
   });
 
   function logRequest(ctx: RequestContext, raw: FastifyRequest['raw'], status: number, bytes: number | undefined, timed = true): void {
+    if (ctx.logged) return;
+    ctx.logged = true;
     const seconds = Number(process.hrtime.bigint() - ctx.startedAt) / 1e9;
     const method = raw.method ?? 'GET';
     metrics.observeRequest(ctx.site?.id ?? UNMATCHED, ctx.route?.id ?? UNMATCHED, method, status, timed ? seconds : null);

@@ -179,14 +179,14 @@ const Timeouts = (top: boolean) =>
     ? Type.Object(
         {
           connect: Type.Optional(Duration('Time to open a connection to the upstream.', DEFAULTS.timeouts.connect)),
-          response: Type.Optional(Duration("Time from sending the request to receiving the upstream's response headers, the longest pause while its body streams, and the longest a client may read nothing of a response (then it is cut).", DEFAULTS.timeouts.response)),
+          response: Type.Optional(Duration("Time from sending the request to receiving the upstream's response headers, the longest pause while its body streams, and the longest a client may read nothing of a response (then it is cut). `0s`: none of these deadlines.", DEFAULTS.timeouts.response)),
           idle: Type.Optional(Duration('Idle time of a keep-alive connection (client and upstream).', DEFAULTS.timeouts.idle)),
         },
         { ...Closed, description: 'Upstream timeouts.' },
       )
     : // Connections are pooled per upstream, not per route: only the per-request timeout can differ.
       Type.Object(
-        { response: Type.Optional(Duration("Time from sending the request to receiving the upstream's response headers, the longest pause while its body streams, and the longest a client may read nothing of a response (then it is cut).")) },
+        { response: Type.Optional(Duration("Time from sending the request to receiving the upstream's response headers, the longest pause while its body streams, and the longest a client may read nothing of a response (then it is cut). `0s`: none of these deadlines.")) },
         { ...Closed, description: 'Per-route override of timeouts.response (connect and idle are per upstream connection: top level only).' },
       );
 

@@ -36,6 +36,12 @@ export interface RequestContext {
   proxied: boolean;
   /** Why the gateway refused the request, for the access log (never sent to the client). */
   reason: string | null;
+  /**
+   * The access line was written (and the request counted). One per request, whichever path gets
+   * there first: an HTTP/2 stream the client cancels while a stage waits for I/O is reported by
+   * Fastify's onResponse at once, and again by the stage that resumes afterwards.
+   */
+  logged: boolean;
 }
 
 declare module 'fastify' {

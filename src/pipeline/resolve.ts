@@ -133,5 +133,6 @@ export function newContext(state: RuntimeState, req: RawRequestView, startedAt: 
     upstreamIndex: -1,
     proxied: false,
     reason: null,
+    logged: false,
   };
 }

@@ -51,7 +51,10 @@ export interface ForwardRequest {
   readonly path: string;
   readonly headers: Record<string, string | string[]>;
   readonly body: Readable | string | Buffer | null;
-  /** Milliseconds to wait for the response headers, and between two body chunks. */
+  /**
+   * Milliseconds to wait for the response head once the request is sent whole, between two
+   * response body chunks, and for a client that reads nothing (then cut). 0: no such deadline.
+   */
   readonly timeoutMs: number;
   readonly res: ClientResponse;
   /**
@@ -201,6 +204,8 @@ class Exchange<C> implements Dispatcher.DispatchHandler {
   private clientGone = false;
   private waitingForDrain = false;
   private stallTimer: NodeJS.Timeout | null = null;
+  /** The streamed request body's end is being waited for (to start the response timer then). */
+  private watchingUpload = false;
   /** Runs while the upstream owes us its head or more body (never while the client is the slow one). */
   private responseTimer: NodeJS.Timeout | null = null;
   private bytes = 0;
@@ -258,15 +263,34 @@ class Exchange<C> implements Dispatcher.DispatchHandler {
     return Number(process.hrtime.bigint() - this.startedAt) / 1e9;
   }
 
-  /** undici calls this as the request starts being written: undici's headers timeout started here too. */
+  /**
+   * undici calls this as the request starts being written. The wait for the upstream's answer
+   * starts once the request is sent whole: at once without a body (or with one in memory), else when
+   * undici has read the client's streamed body to its end. How long the client takes to upload is
+   * not the upstream's delay: it is bounded by `limits.request_timeout` (HTTP/1.1) and the
+   * connection's idle timeout, not by `timeouts.response`.
+   */
   onRequestStart(controller: Dispatcher.DispatchController): void {
     this.controller = controller;
     if (this.clientGone) {
       controller.abort(new ClientClosedError());
       return;
     }
-    this.armResponseTimer();
+    const body = this.req.body;
+    if (body === null || typeof body === 'string' || Buffer.isBuffer(body) || body.readableEnded) {
+      this.armResponseTimer();
+    } else if (!this.watchingUpload) {
+      // Once per exchange: a failover dispatches the same (still unread) body again.
+      this.watchingUpload = true;
+      body.once('end', this.onRequestSent);
+    }
   }
+
+  private readonly onRequestSent = (): void => {
+    // Not while the client is the slow reader (the stall timer watches it), nor after the end.
+    if (this.clientGone || this.handedOver || this.ended || this.waitingForDrain) return;
+    this.armResponseTimer();
+  };
 
   /** (Re)starts the wait for the upstream's next sign of life. */
   private armResponseTimer(): void {
@@ -314,7 +338,8 @@ class Exchange<C> implements Dispatcher.DispatchHandler {
       if (!this.waitingForDrain) {
         this.waitingForDrain = true;
         this.req.res.once('drain', this.onDrain);
-        this.stallTimer = setTimeout(this.onStall, this.req.timeoutMs).unref();
+        // `timeouts.response: 0` turns both waits off: the client may be as slow as it likes.
+        if (this.req.timeoutMs > 0) this.stallTimer = setTimeout(this.onStall, this.req.timeoutMs).unref();
       }
     }
   }

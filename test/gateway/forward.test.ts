@@ -385,6 +385,38 @@ t.test('an upstream that answers 103 and then nothing gets the gateway 504 after
   t.equal(line?.reason, 'upstream_response_timeout');
 });
 
+t.test('a streamed upload, then an upstream that says nothing: 504 after timeouts.response, counted from the end of the body', async (t) => {
+  // The wait starts once the request is sent whole: the 1.5 s the client takes to upload are not
+  // the upstream's delay, the second of silence after them is.
+  let bodyDoneAt = 0;
+  const up = await rawUpstream(t, (socket) => {
+    socket.on('data', (c: Buffer) => {
+      if (c.toString('latin1').includes('END')) bodyDoneAt = Date.now();
+    });
+  });
+  const gw = await startGateway(t, site(up.origin, 'timeouts: { response: 1s }\n'));
+  const started = Date.now();
+  const res = await new Promise<{ status: number; at: number }>((resolve, reject) => {
+    const req = https.request(
+      { host: '127.0.0.1', port: gw.port, method: 'POST', path: '/upload-then-silence', ca: gw.ca, servername: 'app.test', agent: false, headers: { host: 'app.test', 'content-type': 'application/octet-stream', 'content-length': '11' } },
+      (r) => {
+        r.resume();
+        r.on('end', () => resolve({ status: r.statusCode!, at: Date.now() }));
+      },
+    );
+    req.on('error', reject);
+    req.write('first-');
+    setTimeout(() => req.end('+ END'), 1500);
+  });
+  t.equal(res.status, 504);
+  t.ok(bodyDoneAt > 0, 'the upstream got the whole body');
+  const afterBody = res.at - bodyDoneAt;
+  t.ok(res.at - started >= 2300, `not before the body's end plus the timeout (${res.at - started} ms after the start)`);
+  t.ok(afterBody >= 800 && afterBody < 4000, `about 1 s after the body's end (${afterBody} ms)`);
+  const line = await accessLine(gw, '/upload-then-silence');
+  t.equal(line?.reason, 'upstream_response_timeout');
+});
+
 t.test('upstream fails mid-body, HTTP/2 client: the stream is reset with an error code, never ended', async (t) => {
   // Without a Content-Length (chunked upstream) END_STREAM versus RST_STREAM is the client's only
   // clue; a reset with NO_ERROR reads as a clean end in Node's client.
