@@ -128,6 +128,11 @@ export function createAuthenticator(config: AuthConfig, options: AuthenticatorOp
       maxAgeMs,
       logger,
       onRefresh: options.onJwksRefresh,
+      // A key gone from the set: cached outcomes of this issuer's JWTs are dropped (they are
+      // verified again, against the new set, on their next use).
+      onKeysRemoved: (issuer) => {
+        cache.deleteWhere((o) => o.kind === 'authenticated' && o.principal.tokenType === 'jwt' && o.principal.issuer === issuer);
+      },
       // Keys are rate-limited by their own cooldown, so they may bypass discovery's.
       jwksUri: async () => {
         if (cfg.jwksUri !== null) return cfg.jwksUri;
@@ -167,7 +172,11 @@ export function createAuthenticator(config: AuthConfig, options: AuthenticatorOp
     // make the gateway fetch anything.
     const st = iss === null ? undefined : states.get(iss);
     if (st === undefined) return refused('unknown_issuer');
-    const result = await st.verify(token, at);
+    const removals = st.keys.removals;
+    let result = await st.verify(token, at);
+    // A refresh removed a key while this token was being verified: it may have been verified with
+    // that key, and its outcome would then outlive the cache's invalidation. Verified again.
+    if (st.keys.removals !== removals) result = await st.verify(token, at);
     if (!result.ok) {
       if (result.reason === 'jwks_unavailable') return UNAVAILABLE.jwks_unavailable;
       return refused(result.reason);
@@ -300,6 +309,16 @@ export function createAuthenticator(config: AuthConfig, options: AuthenticatorOp
 
   return {
     async start() {
+      // The key sets are looked at on a timer too (see IssuerKeys.refreshIfStale), so that a key
+      // withdrawn at the IdP stops the cached tokens it signed within about jwksMaxAge.
+      if (!closed && timers.size === 0) {
+        const every = Math.max(1_000, Math.min(maxAgeMs / 2, 60_000));
+        const timer = setInterval(() => {
+          for (const st of states.values()) st.keys.refreshIfStale();
+        }, every);
+        timer.unref();
+        timers.add(timer);
+      }
       const results = await Promise.all([...states.values()].map((st) => warm(st, 0)));
       logger?.info({ issuers: states.size, ready: results.every(Boolean) }, 'auth: started');
     },

@@ -32,6 +32,21 @@ export interface IssuerKeysOptions {
   readonly maxAgeMs: number;
   readonly logger: AuthLogger | undefined;
   readonly onRefresh: ((issuer: string, result: 'ok' | 'error') => void) | undefined;
+  /**
+   * A refresh found a key gone that the previous set had (a rotation, or a key withdrawn after a
+   * leak): what was verified with it must not be trusted any longer. Called after the new set is
+   * in use. Must not throw.
+   */
+  readonly onKeysRemoved?: ((issuer: string) => void) | undefined;
+}
+
+/** What identifies a public key in a set (the fields jose matches a token's header and signature on). */
+function keyIds(jwks: JSONWebKeySet): Set<string> {
+  const ids = new Set<string>();
+  for (const k of jwks.keys as unknown as Record<string, unknown>[]) {
+    ids.add(JSON.stringify([k.kid, k.kty, k.alg, k.use, k.crv, k.x, k.y, k.n, k.e]));
+  }
+  return ids;
 }
 
 type LocalSet = ReturnType<typeof createLocalJWKSet>;
@@ -43,6 +58,8 @@ export class IssuerKeys {
   #lastSuccess = Number.NEGATIVE_INFINITY;
   #lastFailed = false;
   #pending: Promise<boolean> | null = null;
+  #ids: Set<string> | null = null;
+  #removals = 0;
 
   constructor(options: IssuerKeysOptions) {
     this.#o = options;
@@ -52,8 +69,26 @@ export class IssuerKeys {
     return this.#local !== null;
   }
 
+  /**
+   * How many refreshes so far removed a key. A verification that started under one count and
+   * ended under another may have used a key that is gone.
+   */
+  get removals(): number {
+    return this.#removals;
+  }
+
   #coolingDown(): boolean {
     return this.#o.now() - this.#lastAttempt < this.#o.cooldownMs;
+  }
+
+  /**
+   * Fetches the key set again if it is older than `maxAgeMs` (and no fetch was tried within the
+   * cooldown). Called on a timer: with every token answered from the verified-token cache nothing
+   * else would look at the set, and a withdrawn key would go unnoticed.
+   */
+  refreshIfStale(): void {
+    if (this.#local === null || this.#pending !== null || this.#coolingDown()) return;
+    if (this.#o.now() - this.#lastSuccess >= this.#o.maxAgeMs) void this.refresh();
   }
 
   /** Fetches the key set now (coalesced with a fetch in flight). Never throws. */
@@ -71,10 +106,19 @@ export class IssuerKeys {
       const res = await this.#o.http.request(uri, { method: 'GET', headers: { accept: 'application/json, application/jwk-set+json' } });
       if (res.status !== 200) throw new IdpUnreachable(`JWKS answered ${res.status}`);
       // createLocalJWKSet validates the shape (throws JWKSInvalid) and only ever uses public keys.
-      this.#local = createLocalJWKSet(res.json as JSONWebKeySet);
+      const jwks = res.json as JSONWebKeySet;
+      this.#local = createLocalJWKSet(jwks);
+      const ids = keyIds(jwks);
+      const before = this.#ids;
+      this.#ids = ids;
       this.#lastSuccess = this.#o.now();
       this.#lastFailed = false;
       this.#o.onRefresh?.(this.#o.issuer, 'ok');
+      if (before !== null && [...before].some((id) => !ids.has(id))) {
+        this.#removals++;
+        this.#o.logger?.info({ issuer: this.#o.issuer }, 'auth: JWKS no longer has a key it had; tokens verified with the old set are verified again');
+        this.#o.onKeysRemoved?.(this.#o.issuer);
+      }
       this.#o.logger?.debug({ issuer: this.#o.issuer }, 'auth: JWKS refreshed');
       return true;
     } catch (err) {

@@ -58,6 +58,18 @@ export class ExpiringLru<V> {
     this.#map.delete(key);
   }
 
+  /** Drops every entry whose value matches (a full scan: for rare events, never per request). */
+  deleteWhere(match: (value: V) => boolean): number {
+    let dropped = 0;
+    for (const [key, entry] of this.#map) {
+      if (match(entry.value)) {
+        this.#map.delete(key);
+        dropped++;
+      }
+    }
+    return dropped;
+  }
+
   clear(): void {
     this.#map.clear();
   }

@@ -85,6 +85,19 @@ const SECRET_PARAMS = new Set([
   'signature', 'x-amz-signature', 'x-amz-credential', 'x-amz-security-token', 'jwt', 'assertion',
 ]);
 
+/**
+ * Whether a (decoded) query parameter name carries a credential. Frameworks read structured
+ * names (PHP, Rails and `qs`: `access_token[]`, `access_token[0]`, `auth[access_token]`; `qs`
+ * with `allowDots`: `auth.access_token`) as the plain one, so each part of such a name counts.
+ */
+function secretName(name: string): boolean {
+  const lower = name.toLowerCase();
+  if (SECRET_PARAMS.has(lower)) return true;
+  if (!/[[\].]/.test(lower)) return false;
+  for (const part of lower.split(/[[\].]+/)) if (part !== '' && SECRET_PARAMS.has(part)) return true;
+  return false;
+}
+
 /** `path?query` with secret-looking query values replaced; the path itself is logged as is. */
 export function redactUrl(url: string): string {
   const q = url.indexOf('?');
@@ -101,7 +114,7 @@ export function redactUrl(url: string): string {
     } catch {
       // keep the raw name; an undecodable name is not one of ours
     }
-    if (SECRET_PARAMS.has(name.toLowerCase())) {
+    if (secretName(name)) {
       parts[i] = `${part.slice(0, eq)}=${CENSOR}`;
       changed = true;
     }

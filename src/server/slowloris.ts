@@ -11,9 +11,24 @@ import type { TLSSocket } from 'node:tls';
 
 const kTimer = Symbol('portcullis.headersTimer');
 const kIdleSince = Symbol('portcullis.idleSinceBytes');
-type Guarded = TLSSocket & { [kTimer]?: NodeJS.Timeout; [kIdleSince]?: number };
+const kActive = Symbol('portcullis.activeRequests');
+type Guarded = TLSSocket & { [kTimer]?: NodeJS.Timeout; [kIdleSince]?: number; [kActive]?: number; _httpMessage?: unknown };
 
 const TIMEOUT_RESPONSE = 'HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n';
+
+/**
+ * A deadline passed: the client gets a 408 and the connection ends. `res`: the response of the
+ * request whose body was late, if any. The 408 is written as raw bytes, so only when nothing else
+ * is being written on the connection: not once that response has started, nor while an earlier
+ * pipelined response is still going out (Node attaches one response at a time to the socket):
+ * the bytes would land inside it. Then the connection is only closed.
+ */
+function timedOut(socket: Guarded, res: ServerResponse | null): void {
+  const writing = socket._httpMessage;
+  const busy = (writing !== undefined && writing !== null && writing !== res) || res?.headersSent === true;
+  if (!busy) socket.end(TIMEOUT_RESPONSE);
+  socket.destroySoon();
+}
 
 export class SlowlorisGuard {
   private readonly sockets = new Set<Guarded>();
@@ -48,29 +63,27 @@ export class SlowlorisGuard {
       if (req.httpVersionMajor !== 1) return;
       const socket = req.socket as Guarded;
       this.disarm(socket);
+      // Pipelined requests: Node emits 'request' for the next one while an earlier response is
+      // still going out. The connection is idle only once every one of them is over; an idle
+      // deadline armed by the first response to finish would cut the others.
+      socket[kActive] = (socket[kActive] ?? 0) + 1;
+      // 'close' comes once per response, finished or not (then the connection is going anyway).
+      res.once('close', () => {
+        socket[kActive]! -= 1;
+        if (socket[kActive] === 0 && !socket.destroyed) this.armIdle(socket);
+      });
       // RFC 9112 §6.3: neither Content-Length nor Transfer-Encoding → no body, nothing left to
       // wait for: no body deadline (a timer and three listeners less on most requests).
-      if (req.headers['content-length'] === undefined && req.headers['transfer-encoding'] === undefined) {
-        res.once('finish', () => {
-          if (!socket.destroyed) this.armIdle(socket);
-        });
-        return;
-      }
-      const bodyTimer = setTimeout(() => {
-        if (!res.headersSent) socket.end(TIMEOUT_RESPONSE);
-        socket.destroySoon();
-      }, this.requestTimeout);
+      if (req.headers['content-length'] === undefined && req.headers['transfer-encoding'] === undefined) return;
+      const bodyTimer = setTimeout(() => timedOut(socket, res), this.requestTimeout);
       bodyTimer.unref();
       const clear = (): void => clearTimeout(bodyTimer);
       if (req.complete) clear();
       else {
         req.once('end', clear);
         req.once('close', clear);
+        res.once('close', clear);
       }
-      res.once('finish', () => {
-        clear();
-        if (!socket.destroyed) this.armIdle(socket);
-      });
     });
     server.on('upgrade', (req: IncomingMessage) => this.disarm(req.socket as Guarded));
   }
@@ -82,10 +95,7 @@ export class SlowlorisGuard {
 
   private arm(socket: Guarded, ms: number): void {
     this.disarm(socket);
-    const t = setTimeout(() => {
-      socket.end(TIMEOUT_RESPONSE);
-      socket.destroySoon();
-    }, ms);
+    const t = setTimeout(() => timedOut(socket, null), ms);
     t.unref();
     socket[kTimer] = t;
   }

@@ -122,3 +122,74 @@ t.test('verified-token cache is bounded (LRU)', async (t) => {
   t.equal(await auth.authenticate(bearer(a as string)), oa);
   t.not(await auth.authenticate(bearer(b as string)), ob, 'b was evicted and verified again');
 });
+
+t.test('a key withdrawn from the JWKS: a token cached while its key was published is refused once the set no longer has it', async (t) => {
+  let idp = await startIdp({ keys: await signingKeys('leaked') });
+  t.teardown(() => idp.close());
+  const clock = fakeClock();
+  const auth = createAuthenticator(authConfig([issuerConfig(idp)]), { now: clock.now });
+  t.teardown(() => auth.close());
+  await auth.start();
+  const before = await getToken(idp);
+  t.equal(reasonOf(await auth.authenticate(bearer(before))), 'authenticated', 'verified and cached');
+  t.equal(reasonOf(auth.check(bearer(before)) as AuthOutcome), 'authenticated', 'served from the cache (synchronously)');
+
+  // The IdP withdraws every key it had (e.g. after a leak) and signs with new ones.
+  const port = idp.port;
+  await idp.close();
+  idp = await startIdp({ port, keys: await signingKeys('fresh') });
+  clock.advance(31_000);
+  t.equal(reasonOf(await auth.authenticate(bearer(await getToken(idp)))), 'authenticated', 'a token of the new key: the set is fetched again');
+  const again = auth.check(bearer(before));
+  t.ok(again instanceof Promise, 'the old token is no longer answered from the cache');
+  t.not(reasonOf(await again), 'authenticated', 'and is refused, as an uncached token of the withdrawn key is');
+});
+
+t.test('a refresh that drops one key re-verifies the cached tokens of the keys kept: they stay valid', async (t) => {
+  const keys = (await signingKeys('kept')) as Array<Record<string, unknown>>;
+  let idp = await startIdp({ keys });
+  t.teardown(() => idp.close());
+  const clock = fakeClock();
+  const auth = createAuthenticator(authConfig([issuerConfig(idp)]), { now: clock.now, jwksMaxAge: 60_000 });
+  t.teardown(() => auth.close());
+  await auth.start();
+  const token = await getToken(idp);
+  const kid = (JSON.parse(Buffer.from(token.split('.')[0] as string, 'base64url').toString()) as { kid: string }).kid;
+  t.equal(reasonOf(await auth.authenticate(bearer(token))), 'authenticated');
+
+  // The other key is replaced; the token's own key stays published.
+  const port = idp.port;
+  await idp.close();
+  const replacement = ((await signingKeys('other')) as Array<Record<string, unknown>>).filter((k) => k.alg !== keys.find((x) => x.kid === kid)!.alg);
+  idp = await startIdp({ port, keys: [keys.find((k) => k.kid === kid)!, ...replacement] });
+  // Older than jwksMaxAge: the next verification (a token not cached yet) refreshes in the background.
+  clock.advance(61_000);
+  t.equal(reasonOf(await auth.authenticate(bearer(await getToken(idp)))), 'authenticated');
+  for (let i = 0; i < 50 && count(idp, 'GET /jwks') < 1; i++) await new Promise((r) => setTimeout(r, 20));
+  t.equal(count(idp, 'GET /jwks'), 1, 'the set was fetched again');
+  const after = auth.check(bearer(token));
+  t.ok(after instanceof Promise, 'the cache of this issuer was dropped with the removed key');
+  t.equal(reasonOf(await after), 'authenticated', 'and the token, whose key is still published, verifies again');
+  t.equal(reasonOf(auth.check(bearer(token)) as AuthOutcome), 'authenticated', 'then is cached again');
+});
+
+t.test('with every token served from the cache, a withdrawn key is still noticed: the key set is looked at on a timer', async (t) => {
+  let idp = await startIdp({ keys: await signingKeys('quiet') });
+  t.teardown(() => idp.close());
+  const clock = fakeClock();
+  // jwksMaxAge 2 s: the set is looked at every second (real time), refreshed once older than 2 s (fake clock).
+  const auth = createAuthenticator(authConfig([issuerConfig(idp)]), { now: clock.now, jwksMaxAge: 2_000, jwksCooldown: 1_000 });
+  t.teardown(() => auth.close());
+  await auth.start();
+  const token = await getToken(idp);
+  t.equal(reasonOf(await auth.authenticate(bearer(token))), 'authenticated');
+  const port = idp.port;
+  await idp.close();
+  idp = await startIdp({ port, keys: await signingKeys('replaced') });
+  clock.advance(3_000);
+  t.equal(reasonOf(auth.check(bearer(token)) as AuthOutcome), 'authenticated', 'still cached: nothing has looked at the set yet');
+  for (let i = 0; i < 150 && count(idp, 'GET /jwks') < 1; i++) await new Promise((r) => setTimeout(r, 20));
+  t.equal(count(idp, 'GET /jwks'), 1, 'the timer fetched the set, with no request asking');
+  for (let i = 0; i < 50 && !(auth.check(bearer(token)) instanceof Promise); i++) await new Promise((r) => setTimeout(r, 20));
+  t.not(reasonOf(await auth.authenticate(bearer(token))), 'authenticated', 'the token of the withdrawn key is refused');
+});

@@ -154,3 +154,14 @@ t.test('judgeIntrospection', async (t) => {
   t.match(judgeIntrospection({ ...ok, exp: '1' }, issuer, cfg, now), { reason: 'bad_claims' });
   t.match(judgeIntrospection({ active: true, sub: 'u' }, issuer, cfg, now), { ok: true, cacheUntil: now + 60_000 }, 'no exp: cache time');
 });
+
+t.test('ExpiringLru.deleteWhere drops exactly the matching entries and keeps serving the rest', async (t) => {
+  const lru = new ExpiringLru<{ issuer: string }>(10);
+  for (let i = 0; i < 6; i++) lru.set(`k${i}`, { issuer: i % 2 ? 'a' : 'b' }, 1_000);
+  t.equal(lru.deleteWhere((v) => v.issuer === 'a'), 3);
+  t.equal(lru.size, 3);
+  for (let i = 0; i < 6; i++) t.equal(lru.get(`k${i}`, 0)?.issuer, i % 2 ? undefined : 'b', `k${i}`);
+  t.equal(lru.deleteWhere(() => false), 0);
+  lru.set('k9', { issuer: 'a' }, 1_000);
+  t.equal(lru.get('k9', 0)?.issuer, 'a', 'new entries after a sweep are kept');
+});

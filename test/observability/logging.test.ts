@@ -52,6 +52,21 @@ t.test('log lines carry an ISO time and redact credentials', async (t) => {
   t.notMatch(lines[0]!, /SECRET/);
 });
 
+t.test('redactUrl: credential names in the structured spellings frameworks read as the plain name', async (t) => {
+  const cases: [string, string][] = [
+    ['/q?access_token[]=S1&x=1', '/q?access_token[]=[REDACTED]&x=1'],
+    ['/q?access_token%5B%5D=S2', '/q?access_token%5B%5D=[REDACTED]'],
+    ['/q?access_token[0]=S3', '/q?access_token[0]=[REDACTED]'],
+    ['/q?auth[access_token]=S4', '/q?auth[access_token]=[REDACTED]'],
+    ['/q?user[Password]=S5', '/q?user[Password]=[REDACTED]'],
+    ['/q?oauth.refresh_token=S6', '/q?oauth.refresh_token=[REDACTED]'],
+    ['/q?a[b][client_secret]=S7', '/q?a[b][client_secret]=[REDACTED]'],
+  ];
+  for (const [url, want] of cases) t.equal(redactUrl(url), want, url);
+  const plain = '/q?page[size]=10&sort=name&filter.kind=x&tags[]=a';
+  t.equal(redactUrl(plain), plain, 'structured names without a credential part are logged as sent');
+});
+
 t.test('log.buffer reaches the destination as batching settings; 0 adds no batching of its own (a turn\'s lines are still one write)', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'portcullis-log-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
