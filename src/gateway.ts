@@ -19,7 +19,7 @@
  * and admin (health, readiness, metrics). A configuration change swaps one RuntimeState.
  */
 import { isIP, type AddressInfo, type Socket } from 'node:net';
-import type { Server as HttpServer, IncomingHttpHeaders, IncomingMessage } from 'node:http';
+import type { Server as HttpServer, IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
 import type { Http2ServerRequest, Http2ServerResponse, ServerHttp2Session } from 'node:http2';
 import type { Duplex } from 'node:stream';
 import type { Server as TlsServer, TLSSocket } from 'node:tls';
@@ -348,17 +348,49 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
   // CONNECT never reaches Fastify. Without a listener, Node's HTTP/2 compat layer answers it with a
   // bare 405 (no security headers, no request id, no log line) and its HTTP/1.1 parser drops the
   // connection. Both get the gateway's own 405 here: a tunnel is not something the gateway offers.
+  /**
+   * The gateway's 405 for a request no Fastify route can take, written to the response Node made
+   * for it (security headers, request id, one access line). The connection stays usable.
+   */
+  function answerMethodNotAllowed(req: IncomingMessage | Http2ServerRequest, res: ServerResponse | Http2ServerResponse, ctx: RequestContext): void {
+    ctx.reason = 'method_not_allowed';
+    const out = renderError(405, 'GW_ERR_METHOD_NOT_ALLOWED', ctx.requestId, single(req.headers.accept));
+    const base: IncomingHttpHeaders = { 'content-type': out.contentType, 'cache-control': 'no-store', 'x-request-id': ctx.requestId, ...ALLOW_HEADER };
+    res.writeHead(405, applySecurityHeaders(base, state.fallbackProtection.headers, 'override', { https: true, gatewayGenerated: true }) as never);
+    res.end(out.body);
+    // 'close', not 'finish': a stream the client resets is logged too.
+    res.once('close', () => logRequest(ctx, req as FastifyRequest['raw'], 405, res.writableFinished ? Buffer.byteLength(out.body) : undefined));
+  }
+
+  // Methods Fastify's router does not know never reach a hook: Fastify answers them itself (a bare
+  // 404, its own request id, no access line) and logs a "fastify bug" warning with the whole route
+  // table, which any client could use to flood the log. HTTP/2 carries any token as `:method`
+  // (`FOO`, `get`); Node's HTTP/1.1 parser refuses unknown methods before this. They get the
+  // gateway's 405 instead; every other request goes to Fastify as before.
+  const routable: ReadonlySet<string> = new Set((app as unknown as { supportedMethods: string[] }).supportedMethods);
+  const [fastifyHandler] = server.listeners('request') as ((req: IncomingMessage, res: ServerResponse) => void)[];
+  if (fastifyHandler === undefined) throw new Error('unreachable: Fastify installed no request listener');
+  server.removeListener('request', fastifyHandler);
+  server.prependListener('request', function gatewayRequest(this: HttpServer, req: IncomingMessage, res: ServerResponse) {
+    if (routable.has(req.method ?? '')) {
+      fastifyHandler.call(this, req, res);
+      return;
+    }
+    const view: RawRequestView = {
+      method: req.method ?? '',
+      url: req.url ?? '',
+      headers: req.headers as Record<string, string | string[] | undefined>,
+      peer: req.socket?.remoteAddress ?? '',
+      httpVersionMajor: req.httpVersionMajor,
+    };
+    answerMethodNotAllowed(req, res, newContext(state, view, process.hrtime.bigint()));
+  });
+
   server.on('connect', (req: IncomingMessage | Http2ServerRequest, resOrSocket: Http2ServerResponse | Duplex) => {
     const ctx = newContext(state, connectView(req), process.hrtime.bigint());
     ctx.reason = 'method_not_allowed';
     if (req.httpVersionMajor === 2) {
-      const res = resOrSocket as Http2ServerResponse;
-      const out = renderError(405, 'GW_ERR_METHOD_NOT_ALLOWED', ctx.requestId, req.headers.accept);
-      const base: IncomingHttpHeaders = { 'content-type': out.contentType, 'cache-control': 'no-store', 'x-request-id': ctx.requestId, ...ALLOW_HEADER };
-      res.writeHead(405, applySecurityHeaders(base, state.fallbackProtection.headers, 'override', { https: true, gatewayGenerated: true }) as never);
-      res.end(out.body);
-      // 'close', not 'finish': a stream the client resets is logged too.
-      res.once('close', () => logRequest(ctx, req as FastifyRequest['raw'], 405, res.writableFinished ? Buffer.byteLength(out.body) : undefined));
+      answerMethodNotAllowed(req, resOrSocket as Http2ServerResponse, ctx);
       return;
     }
     const socket = resOrSocket as Duplex & { _httpMessage?: unknown };

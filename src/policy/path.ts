@@ -9,7 +9,7 @@
  */
 
 /** Why a raw path was refused; each maps to a 400 `GW_ERR_BAD_PATH`. */
-export type PathRejection = 'not_origin_form' | 'encoded_slash' | 'backslash' | 'control_char' | 'bad_encoding' | 'double_encoding';
+export type PathRejection = 'not_origin_form' | 'encoded_slash' | 'backslash' | 'control_char' | 'bad_encoding' | 'double_encoding' | 'ambiguous_segment';
 
 /** Reason codes of {@link canonicalizePath} rejections (logged, never sent to the client). */
 export const PathRejections = {
@@ -28,6 +28,14 @@ export const PathRejections = {
    * would see a different path (`/%2561dmin` → `/admin`) than the one the policy was applied to.
    */
   DOUBLE_ENCODING: 'double_encoding',
+  /**
+   * A segment that some upstream reads as a dot-segment or as more than one segment, though it is
+   * neither here: `..;x` (Tomcat and Jetty drop `;` parameters, then resolve `..`), `%EF%BC%8E%EF%BC%8E`
+   * (full-width dots: `..` to an upstream that applies Unicode NFKC), `x%EF%BC%8Fy` (a full-width
+   * slash), `...` or `.%20` (Windows and IIS drop trailing dots and spaces). Behind a public prefix
+   * such a segment would climb into a protected one after the policy was decided.
+   */
+  AMBIGUOUS_SEGMENT: 'ambiguous_segment',
 } as const satisfies Record<string, PathRejection>;
 
 const DOUBLE_ENCODED = /%25[0-9A-Fa-f]{2}/;
@@ -55,6 +63,7 @@ for (const ch of 'abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789
 
 const HEX = '0123456789ABCDEF';
 const UTF8 = new TextEncoder();
+const UTF8_DECODER = new TextDecoder('utf-8');
 const SLASH = 0x2f;
 const DOT = 0x2e;
 
@@ -68,6 +77,45 @@ export function hexValue(c: number): number {
 
 function pct(byte: number): string {
   return '%' + HEX[byte >> 4]! + HEX[byte & 15]!;
+}
+
+/**
+ * The broadest reading any upstream may give a canonical segment: every escape decoded (as
+ * UTF-8), Unicode NFKC applied, cut at the first `;`, trailing dots and spaces dropped. Only for
+ * segments that can read differently (see `needsBroadReading`).
+ */
+function broadReading(seg: string): string {
+  const bytes = new Uint8Array(seg.length);
+  let len = 0;
+  for (let i = 0; i < seg.length; i++) {
+    const c = seg.charCodeAt(i);
+    const hi = c === 0x25 ? hexValue(seg.charCodeAt(i + 1)) : -1;
+    const lo = hi >= 0 ? hexValue(seg.charCodeAt(i + 2)) : -1;
+    if (lo >= 0) {
+      bytes[len++] = (hi << 4) | lo;
+      i += 2;
+    } else {
+      bytes[len++] = c & 0xff; // canonical segments hold ASCII only
+    }
+  }
+  let s = UTF8_DECODER.decode(bytes.subarray(0, len)).normalize('NFKC');
+  const semi = s.indexOf(';');
+  if (semi >= 0) s = s.slice(0, semi);
+  let end = s.length;
+  while (end > 0 && (s.charCodeAt(end - 1) === DOT || s.charCodeAt(end - 1) === 0x20)) end--;
+  return s.slice(0, end);
+}
+
+/** A segment whose broad reading may differ from a plain one: it holds an escape or `;`, or starts or ends with a dot. */
+function needsBroadReading(seg: string): boolean {
+  return seg.charCodeAt(0) === DOT || seg.charCodeAt(seg.length - 1) === DOT || seg.includes('%') || seg.includes(';');
+}
+
+/** Read as `.`, `..` or nothing, or as containing a separator, by some upstream. */
+function isAmbiguous(seg: string): boolean {
+  if (!needsBroadReading(seg)) return false;
+  const r = broadReading(seg);
+  return r === '' || r.includes('/') || r.includes('\\');
 }
 
 /**
@@ -86,15 +134,9 @@ export function canonicalizePath(rawPath: string): CanonicalPathResult {
   // Fast path: a single scan proving the input is already canonical.
   for (let i = 1; i < n; i++) {
     const c = rawPath.charCodeAt(i);
-    if (c >= 0x80 || CLASS[c] !== KEEP) return slowPath(rawPath);
-    if (rawPath.charCodeAt(i - 1) === SLASH) {
-      if (c === SLASH) return slowPath(rawPath); // `//`
-      if (c === DOT) {
-        const c1 = i + 1 < n ? rawPath.charCodeAt(i + 1) : SLASH;
-        if (c1 === SLASH) return slowPath(rawPath); // `/./` or trailing `/.`
-        if (c1 === DOT && (i + 2 >= n || rawPath.charCodeAt(i + 2) === SLASH)) return slowPath(rawPath); // `/../`
-      }
-    }
+    // `;` and segments starting with a dot (`..;`, `...`, `.well-known`) get the slow path's checks.
+    if (c >= 0x80 || CLASS[c] !== KEEP || c === 0x3b) return slowPath(rawPath);
+    if (rawPath.charCodeAt(i - 1) === SLASH && (c === SLASH || c === DOT)) return slowPath(rawPath); // `//`, `/.`
   }
   return { ok: true, path: rawPath };
 }
@@ -158,6 +200,7 @@ function slowPath(raw: string): CanonicalPathResult {
       out.pop(); // above the root stays at the root
       if (last) trailingSlash = true;
     } else {
+      if (isAmbiguous(seg)) return { ok: false, reason: 'ambiguous_segment' };
       out.push(seg);
       if (last) trailingSlash = false;
     }

@@ -2,8 +2,8 @@
  * The precompiled route table: host → site, (method, canonical path) → route.
  *
  * Matching compares path segments through a *matching view* at least as broad as any upstream's
- * reading of the forwarded path: fully percent-decoded, case-folded and cut at the first `;`
- * (Tomcat/Jetty path parameters). `canonicalizePath` has already refused `%2F`, `%5C` and control
+ * reading of the forwarded path: fully percent-decoded, case-folded, cut at the first `;`
+ * (Tomcat/Jetty path parameters) and without trailing dots and spaces (Windows, IIS). `canonicalizePath` has already refused `%2F`, `%5C` and control
  * characters, so decoding cannot create a segment boundary.
  *
  * A broad view alone is not enough: when a segment only matches through the view (`/admin/PUBLIC`
@@ -58,13 +58,13 @@ const UTF8 = new TextDecoder('utf-8');
 // Only used on ASCII bytes (no byte >= 0x80), where latin1 and ASCII agree.
 const LATIN1 = new TextDecoder('latin1');
 
-/** A canonical segment every upstream reads the same way: no escape, no upper case, no `;`. */
+/** A canonical segment every upstream reads the same way: no escape, no upper case, no `;`, no trailing dot. */
 function isPlainSegment(seg: string): boolean {
   for (let i = 0; i < seg.length; i++) {
     const c = seg.charCodeAt(i);
     if (c === 0x25 || c === 0x3b || (c >= 0x41 && c <= 0x5a)) return false;
   }
-  return true;
+  return seg.charCodeAt(seg.length - 1) !== 0x2e;
 }
 
 /**
@@ -72,7 +72,8 @@ function isPlainSegment(seg: string): boolean {
  *
  * Escaped non-ASCII bytes are read as UTF-8, NFKC-normalized and case-folded through upper then
  * lower case, because Unicode-aware upstreams equate `ſ` with `s`, `K` (U+212A) with `k` and
- * full-width letters with ASCII ones.
+ * full-width letters with ASCII ones. A segment whose view would be a dot-segment or hold a `/`
+ * never gets here: `canonicalizePath` refuses it (`ambiguous_segment`).
  */
 export function matchingView(seg: string): string {
   if (isPlainSegment(seg)) return seg;
@@ -99,6 +100,11 @@ export function matchingView(seg: string): string {
   }
   const semi = s.indexOf(';');
   if (semi >= 0) s = s.slice(0, semi);
+  // Windows and IIS drop trailing dots and spaces: `admin.` and `admin%20` are `admin` there.
+  // (A segment that would be left empty never gets here: canonicalizePath refuses it.)
+  let end = s.length;
+  while (end > 1 && (s.charCodeAt(end - 1) === 0x2e || s.charCodeAt(end - 1) === 0x20)) end--;
+  if (end < s.length) s = s.slice(0, end);
   return s.toLowerCase();
 }
 

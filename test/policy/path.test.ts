@@ -18,8 +18,9 @@ const accepted: [raw: string, canonical: string][] = [
   ['/a/%2e%2E/b', '/b'],
   ['/a/.%2e/b', '/b'],
   ['/a/%2e/b', '/a/b'],
-  ['/admin/..%2E/x', '/admin/.../x'], // three dots is a name
-  ['/.../x', '/.../x'],
+  ['/admin./x', '/admin./x'], // a trailing dot is kept (the route table reads it as `admin`, as IIS does)
+  ['/.well-known/security.txt', '/.well-known/security.txt'],
+  ['/a/b;v=1', '/a/b;v=1'],
   ['/a/.b/..c', '/a/.b/..c'],
   // repeated slashes collapse, trailing slash kept
   ['//x//y/', '/x/y/'],
@@ -93,6 +94,19 @@ const rejected: [raw: string, reason: PathRejection][] = [
   ['/%2561dmin', 'double_encoding'],
   ['/%25%36%31dmin', 'double_encoding'],
   ['/a/%25%64F', 'double_encoding'],
+  // read as a dot-segment, or as two segments, by some upstream
+  ['/public/..;/admin', 'ambiguous_segment'], // Tomcat, Jetty: `;` parameters dropped, then `..`
+  ['/public/..;x=1/admin', 'ambiguous_segment'],
+  ['/public/.;/admin', 'ambiguous_segment'],
+  ['/public/..%3B/admin', 'ambiguous_segment'],
+  ['/public/%2e%2e;/admin', 'ambiguous_segment'],
+  ['/public/%EF%BC%8E%EF%BC%8E/admin', 'ambiguous_segment'], // FULLWIDTH FULL STOPs: `..` after NFKC
+  ['/public/\uff0e\uff0e/admin', 'ambiguous_segment'],
+  ['/public/%E2%80%A5/admin', 'ambiguous_segment'], // TWO DOT LEADER
+  ['/public/x%EF%BC%8Fy', 'ambiguous_segment'], // FULLWIDTH SOLIDUS
+  ['/admin/..%2E/x', 'ambiguous_segment'], // `...`: nothing, to Windows and IIS
+  ['/.../x', 'ambiguous_segment'],
+  ['/a/.%20/b', 'ambiguous_segment'],
 ];
 
 t.test('rejected paths', async (t) => {

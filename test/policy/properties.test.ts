@@ -19,6 +19,10 @@ const TOKENS = [
   '%C5%BF', // LONG S, upper-cases to `S`
   '%C4%B1', // DOTLESS I, upper-cases to `I`
   '%EF%BD%81', // FULLWIDTH a, NFKC → `a`
+  '%EF%BC%8E', // FULLWIDTH FULL STOP, NFKC → `.`
+  '%EF%BC%8F', // FULLWIDTH SOLIDUS, NFKC → `/`
+  '%E2%80%A5', // TWO DOT LEADER, NFKC → `..`
+  '..;', '.;x', '．', '／',
 ];
 const token = fc.constantFrom(...TOKENS);
 const SEGMENTS = ['admin', 'api', 'public', 'key', 'secret', 'ai'];
@@ -28,7 +32,7 @@ const UNICODE_LOOKALIKE: Record<string, string> = { k: '%E2%84%AA', s: '%C5%BF',
 const disguisedSegment = fc
   .tuple(
     fc.constantFrom(...SEGMENTS, 'x', '.', '..', ''),
-    fc.array(fc.tuple(fc.constantFrom('upper', 'pct', 'pctLower', 'unicode', 'param', 'encParam', 'dots'), fc.nat()), { maxLength: 3 }),
+    fc.array(fc.tuple(fc.constantFrom('upper', 'pct', 'pctLower', 'unicode', 'param', 'encParam', 'dots', 'paramDots', 'wideDots', 'trailingDot'), fc.nat()), { maxLength: 3 }),
   )
   .map(([word, edits]) => {
     let chars = [...word];
@@ -42,6 +46,9 @@ const disguisedSegment = fc
       else if (edit === 'param') chars = [...chars, ';', 'v=1'];
       else if (edit === 'encParam') chars = [...chars, '%3B', 'v'];
       else if (edit === 'dots') chars = ['..', '/', ...chars];
+      else if (edit === 'paramDots') chars = ['..;', '/', ...chars];
+      else if (edit === 'wideDots') chars = ['%EF%BC%8E%EF%BC%8E', '/', ...chars];
+      else if (edit === 'trailingDot') chars = [...chars, '.'];
     }
     return chars.join('');
   });
@@ -100,15 +107,43 @@ const stripParams = (s: string): string => s.split(';')[0]!;
 const same = (a: string, b: string) => a === b;
 const asciiCi = (a: string, b: string) => a.replace(/[A-Z]/g, (c) => c.toLowerCase()) === b;
 
+/** RFC 3986 §5.2.4 on segments an upstream has transformed: what `..;` or `．．` become there. */
+const resolveDots = (segs: string[]): string[] => {
+  const out: string[] = [];
+  for (const seg of segs) {
+    if (seg === '.') continue;
+    if (seg === '..') out.pop();
+    else out.push(seg);
+  }
+  return out;
+};
+/** Windows and IIS: trailing dots and spaces dropped from each segment. */
+const stripTrailing = (s: string): string => s.replace(/[. ]+$/, '');
+
 const MODELS: Model[] = [
   { name: 'plain', segments: splitPath, eq: same },
+  // Jetty and Tomcat drop `;` parameters, then resolve dot-segments: `/public/..;/admin` is `/admin`.
+  { name: 'tomcat-dots', segments: (p) => resolveDots(splitPath(p).map((s) => decodeLatin1(stripParams(s)))), eq: same },
+  // An upstream that applies NFKC to the decoded path, then splits and resolves it again.
+  {
+    name: 'nfkc-dots',
+    segments: (p) => resolveDots(splitPath(p).flatMap((s) => stripParams(decodeUtf8(s)).normalize('NFKC').split('/'))),
+    eq: (a, b) => a.toLowerCase() === b,
+  },
+  { name: 'iis', segments: (p) => resolveDots(splitPath(p).map((s) => stripTrailing(decodeLatin1(s)))), eq: asciiCi },
+  // IIS with a best-fit mapping of Unicode look-alikes to ASCII.
+  {
+    name: 'iis-unicode',
+    segments: (p) => resolveDots(splitPath(p).map((s) => stripTrailing(stripParams(decodeUtf8(s).normalize('NFKC'))))),
+    eq: (a, b) => a.toLowerCase() === b,
+  },
   { name: 'decoded', segments: (p) => splitPath(p).map(decodeLatin1), eq: same },
   { name: 'case-insensitive', segments: splitPath, eq: asciiCi },
   { name: 'tomcat', segments: (p) => splitPath(p).map((s) => decodeLatin1(stripParams(s))), eq: same },
   { name: 'decode-then-strip', segments: (p) => splitPath(p).map((s) => stripParams(decodeLatin1(s))), eq: same },
   {
     name: 'combined',
-    segments: (p) => splitPath(p).map((s) => stripParams(decodeLatin1(s))),
+    segments: (p) => splitPath(p).map((s) => stripTrailing(stripParams(decodeLatin1(s)))),
     eq: asciiCi,
   },
   {
@@ -175,7 +210,7 @@ t.test('(b) no upstream reading reaches a less strict route than the enforced on
       if (!c.ok) return;
       const table = compileRouteTable([site]);
       const enforced = table.matchRoute(site, method, c.path);
-      const plain = splitPath(c.path).every((s) => !/[%;A-Z]/.test(s));
+      const plain = splitPath(c.path).every((s) => !/[%;A-Z]|\.$/.test(s));
       if (!plain) ambiguous++;
       for (const model of MODELS) {
         const reached = modelRoute(model, site.routes, method, c.path);
@@ -208,7 +243,7 @@ t.test('(b) liveness: when one reading is the strictest, the gateway enforces ex
     fc.property(siteArb, rawPath, fc.constantFrom('GET', 'POST'), (site, raw, method) => {
       const c = canonicalizePath(raw);
       if (!c.ok) return;
-      if (splitPath(c.path).filter((seg) => /[%;A-Z]/.test(seg)).length > 1) return;
+      if (splitPath(c.path).filter((seg) => /[%;A-Z]|\.$/.test(seg)).length > 1) return;
       const enforced = compileRouteTable([site]).matchRoute(site, method, c.path);
       const readings = MODELS.map((m) => modelRoute(m, site.routes, method, c.path));
       const strictest = readings.find((r) => readings.every((o) => stricter(r, o)));
@@ -221,6 +256,30 @@ t.test('(b) liveness: when one reading is the strictest, the gateway enforces ex
   t.pass('4000 runs');
 });
 
+/** Independent of src/policy: how a raw segment reads when everything an upstream may do is done. */
+function ambiguousSegment(raw: string): boolean {
+  if (raw === '') return false;
+  const unreserved = raw.replace(/%(2[dD]|2[eE]|5[fF]|7[eE]|3[0-9]|4[1-9a-fA-F]|5[0-9aA]|6[1-9a-fA-F]|7[0-9aA])/g, (_m, h: string) => String.fromCharCode(parseInt(h, 16)));
+  if (unreserved === '.' || unreserved === '..') return false; // a dot-segment, resolved by the gateway
+  const bytes: number[] = [];
+  for (let i = 0; i < raw.length; i++) {
+    const h = /^%[0-9a-fA-F]{2}/.test(raw.slice(i, i + 3)) ? parseInt(raw.slice(i + 1, i + 3), 16) : -1;
+    if (h >= 0) {
+      bytes.push(h);
+      i += 2;
+      continue;
+    }
+    const cp = raw.codePointAt(i)!;
+    if (cp <= 0xff) bytes.push(cp);
+    else {
+      bytes.push(...Buffer.from(String.fromCodePoint(cp), 'utf8'));
+      if (cp > 0xffff) i++;
+    }
+  }
+  const read = stripTrailing(Buffer.from(bytes).toString('utf8').normalize('NFKC').split(';')[0]!);
+  return read === '' || read.includes('/') || read.includes('\\');
+}
+
 t.test('(c) a path is refused exactly when it holds a refused construct', async (t) => {
   const constructs = {
     not_origin_form: (s: string) => !s.startsWith('/'),
@@ -231,6 +290,9 @@ t.test('(c) a path is refused exactly when it holds a refused construct', async 
     bad_encoding: (s: string) => /%(?![0-9a-f]{2})/i.test(s) || /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/.test(s),
     // after decoding escapes of hex digits (`%25%36%31` is `%2561` once `%36%31` are decoded)
     double_encoding: (s: string) => /%25[0-9a-f]{2}/i.test(s.replace(/%(3[0-9]|4[1-6]|6[1-6])/gi, (_m, h: string) => String.fromCharCode(parseInt(h, 16)))),
+    // A segment some upstream reads as `.`/`..`/nothing or as holding a separator (see the models
+    // above), though it is not a dot-segment here.
+    ambiguous_segment: (s: string) => s.split('/').some(ambiguousSegment),
   };
   fc.assert(
     fc.property(fc.oneof(rawPath, fc.string({ unit: 'binary' }).map((s) => '/' + s)), (raw) => {
