@@ -84,6 +84,9 @@ export function resolveRequest(state: RuntimeState, req: RawRequestView, ctx: Re
   const canonical = canonicalizePath(rawPath);
   if (!canonical.ok) return { status: 400, code: 'GW_ERR_BAD_PATH', reason: `path_${canonical.reason}` };
   ctx.path = canonical.path;
+  if (req.method !== 'GET' && req.method !== 'HEAD' && ctx.query !== '' && hasMethodOverrideParam(ctx.query)) {
+    return { status: 400, code: 'GW_ERR_BAD_REQUEST', reason: 'method_override_param' };
+  }
 
   const route = state.routes.matchRoute(site, req.method, canonical.path);
   if (route === undefined) return { status: 404, code: 'GW_ERR_NO_ROUTE', reason: 'no_route' };
@@ -94,6 +97,29 @@ export function resolveRequest(state: RuntimeState, req: RawRequestView, ctx: Re
     return { status: 413, code: 'GW_ERR_BODY_TOO_LARGE', reason: 'body_too_large' };
   }
   return null;
+}
+
+/**
+ * A `_method` query parameter (`?_method=DELETE`): Symfony and Laravel (method override on, as
+ * Laravel has it by default) take it for the method of a POST, Express's method-override can be
+ * set to, so the app would run a method the policy never allowed. The override headers are removed
+ * (proxy/headers.ts), but the query is forwarded as sent, so such a request is refused instead.
+ * The name is compared decoded (`%5Fmethod`) and case-insensitively, and with any `[…]` suffix.
+ */
+export function hasMethodOverrideParam(query: string): boolean {
+  if (!/_method|%5f/i.test(query)) return false;
+  for (const part of query.slice(1).split('&')) {
+    const eq = part.indexOf('=');
+    let name = eq === -1 ? part : part.slice(0, eq);
+    try {
+      name = decodeURIComponent(name.replace(/\+/g, ' '));
+    } catch {
+      // an undecodable name is compared as sent
+    }
+    const bracket = name.indexOf('[');
+    if ((bracket === -1 ? name : name.slice(0, bracket)).toLowerCase() === '_method') return true;
+  }
+  return false;
 }
 
 /**
