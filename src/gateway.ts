@@ -601,8 +601,8 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
   }
 
   // 7. body limit for bodies without (or lying about) Content-Length. Callback style, like the
-  //    gate: the counting stream must reach its consumer (Fastify's body parser, or undici) in the
-  //    same turn it is created. Piping starts the flow on the next tick; a limit passed before the
+  //    gate: the counting stream must reach its consumer (undici, through the pass-through body
+  //    parser) in the same turn it is created. Piping starts the flow on the next tick; a limit passed before the
   //    consumer listened would be an 'error' with no listener.
   app.addHook('preParsing', function bodyLimit(request, reply, payload, done) {
     const limit = request.gw.route?.maxBodySize;
@@ -622,7 +622,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     }
     const counted = new BodyLimit(limit);
     payload.on('error', (err) => counted.destroy(err));
-    // The consumer (undici, or Fastify's parser for text/plain) answers the error with a 413, or
+    // The consumer (undici) answers the error with a 413, or
     // cuts a response already under way; this listener is for the moments when none listens (the
     // upload goes on after a failed or finished exchange), where the error would otherwise be an
     // uncaught exception. The rest of the body is never read: the connection carries no more requests.
@@ -830,6 +830,11 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
   // requests with `upgrade` set) take its own route handler, whose per-request destination checks
   // (three URL objects, a query re-encoding) cost ~4 % of a proxied request and concern only them.
   await app.register(async function proxyRoutes(scope) {
+    // Fastify's own text/plain parser (inherited from the root) reads the body whole and decodes it
+    // as UTF-8: a Latin-1, UTF-16 or gzip-coded text/plain body reached the app re-encoded, its
+    // bytes replaced. Without it, @fastify/http-proxy's catch-all parser passes every content type
+    // through as the client sent it (it replaces the JSON parser itself).
+    scope.removeContentTypeParser('text/plain');
     scope.addHook('onRoute', (route) => {
       const upgradeHandler = route.handler;
       route.handler = function gatewayRoute(this: FastifyInstance, request: FastifyRequest, reply: FastifyReply) {
@@ -976,19 +981,16 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     const raw = request.raw;
     const method = raw.method ?? 'GET';
     const headers = upstreamHeaders(request, false);
-    let body: Readable | string | Buffer | null = null;
+    let body: Readable | null = null;
     if (method === 'GET' || method === 'HEAD') {
       // Fastify never reads a GET or HEAD body; Node discards it after the response. It is not
       // announced to the upstream either (a body it does not expect is a desync waiting to happen).
       delete headers['content-length'];
     } else {
+      // Every content type is passed through as a stream (see proxyRoutes): the upstream gets the
+      // client's bytes.
       const parsed = request.body as unknown;
       if (parsed instanceof Readable) body = parsed;
-      else if (typeof parsed === 'string' || Buffer.isBuffer(parsed)) {
-        // A content type Fastify reads whole (text/plain): its length as re-encoded.
-        body = parsed;
-        headers['content-length'] = String(Buffer.byteLength(parsed));
-      }
     }
     upstreamClient.forward(
       {

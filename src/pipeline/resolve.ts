@@ -92,6 +92,13 @@ export function resolveRequest(state: RuntimeState, req: RawRequestView, ctx: Re
   if (route === undefined) return { status: 404, code: 'GW_ERR_NO_ROUTE', reason: 'no_route' };
   ctx.route = route;
 
+  // RFC 9112 §6.1: a transfer coding the server does not understand gets 501. Node's parser
+  // accepts any list ending in `chunked` (`gzip, chunked`) and removes only the chunking; the body
+  // would reach the app still gzip-coded, with nothing left to say so.
+  const te = req.headers['transfer-encoding'];
+  if (te !== undefined && (typeof te !== 'string' || te.trim().toLowerCase() !== 'chunked')) {
+    return { status: 501, code: 'GW_ERR_NOT_IMPLEMENTED', reason: 'transfer_coding' };
+  }
   const cl = req.headers['content-length'];
   if (typeof cl === 'string' && Number(cl) > route.maxBodySize) {
     return { status: 413, code: 'GW_ERR_BODY_TOO_LARGE', reason: 'body_too_large' };
