@@ -3,7 +3,7 @@
 // it benchmarks the BUILT gateway (dist/), so run `npm run build` first (`npm run bench` does).
 //
 //   node bench/run.mjs [--quick] [--json] [--duration 10s] [--rounds 3] [--only a,b]
-//                      [--tool wrk|autocannon] [--workers N] [--ablate] [--node-flags "..."] [--gateway-env "K=V ..."]
+//                      [--tool wrk|autocannon] [--workers N] [--floor] [--ablate] [--node-flags "..."] [--gateway-env "K=V ..."]
 //                      [--idle [--idle-connections 10000]]
 //                      [--out FILE] [--cpu-prof DIR]
 //
@@ -11,7 +11,8 @@
 // when the run ends (summarize one with `node bench/profile-summary.mjs FILE`).
 //
 // Systems: direct (the upstream itself, plain HTTP: the ceiling), nginx, caddy (skipped when not
-// installed), proxy-only and full (the gateway). Scenarios: keep-alive with 64 connections, with
+// installed), proxy-only and full (the gateway); with --floor, floor (Fastify + undici and nothing
+// else: what the gateway's own work adds to its stack). Scenarios: keep-alive with 64 connections, with
 // 1 connection, and a new TLS handshake per request. Systems run interleaved, round after round;
 // the table shows medians.
 import { parseArgs } from 'node:util';
@@ -21,13 +22,13 @@ import { join, resolve } from 'node:path';
 import http from 'node:http';
 import { generateKeyPair, exportJWK, SignJWT } from 'jose';
 import { clockTicksPerSecond, pinningPlan, sampleRss, treeCpuTicks, treeRss } from './lib/proc.mjs';
-import { systems, workerSystems, ablationSystems, baselineSystems, imageNodeFlags, imageEnv, parseEnvList, makeCertificate, startUpstream, ISSUER, AUDIENCE } from './lib/systems.mjs';
+import { systems, workerSystems, floorSystem, ablationSystems, baselineSystems, imageNodeFlags, imageEnv, parseEnvList, makeCertificate, startUpstream, ISSUER, AUDIENCE } from './lib/systems.mjs';
 import { pickLoadGenerator, runLoad } from './lib/load.mjs';
 import { cpuUsPerRequest, summarize, ratios, targets, formatTable, parseDurationMs } from './lib/stats.mjs';
 import { idleBenchmark } from './lib/idle.mjs';
 
 const USAGE = `usage: node bench/run.mjs [--quick] [--json] [--duration 10s] [--rounds 3] [--only direct,nginx,caddy,proxy-only,full]
-                         [--scenarios c64,c1,handshake] [--tool wrk|autocannon] [--workers N] [--ablate] [--node-flags "..."]
+                         [--scenarios c64,c1,handshake] [--tool wrk|autocannon] [--workers N] [--floor] [--ablate] [--node-flags "..."]
                          [--gateway-env "K=V ..."] [--out FILE]
        node bench/run.mjs --idle [--idle-connections 10000] [--json]
        node bench/run.mjs --paired A,B [--ablate] [--baseline DIR [--baseline-node-flags="..."] [--baseline-gateway-env="K=V ..."]]
@@ -57,6 +58,7 @@ function options() {
       tool: { type: 'string' },
       workers: { type: 'string' },
       ablate: { type: 'boolean' },
+      floor: { type: 'boolean' },
       'node-flags': { type: 'string' },
       'gateway-env': { type: 'string' },
       out: { type: 'string' },
@@ -86,6 +88,7 @@ function options() {
     tool: values.tool ?? null,
     workers: values.workers ? Number(values.workers) : 0,
     ablate: values.ablate ?? false,
+    floor: values.floor ?? false,
     nodeFlags: values['node-flags'] === undefined ? imageNodeFlags() : values['node-flags'].split(' ').filter(Boolean),
     gatewayEnv: values['gateway-env'] === undefined ? imageEnv() : parseEnvList(values['gateway-env']),
     out: values.out ?? null,
@@ -210,7 +213,7 @@ async function main() {
     }
 
     if (!tool) throw new Error('no load generator: install wrk (Debian: wrk) or run `npm install` in bench/ for autocannon');
-    const all = [...systems(), ...(o.workers > 0 ? workerSystems(o.workers) : []), ...(o.ablate ? ablationSystems() : []), ...(o.baseline ? baselineSystems(o.baseline, o.baselineNodeFlags, o.baselineGatewayEnv) : [])];
+    const all = [...systems(), ...(o.workers > 0 ? workerSystems(o.workers) : []), ...(o.floor || o.only?.includes('floor') ? [floorSystem()] : []), ...(o.ablate ? ablationSystems() : []), ...(o.baseline ? baselineSystems(o.baseline, o.baselineNodeFlags, o.baselineGatewayEnv) : [])];
     if (o.only) {
       const unknown = o.only.filter((n) => !all.some((s) => s.name === n));
       if (unknown.length) throw new Error(`unknown system(s) in --only: ${unknown.join(', ')} (known: ${all.map((s) => s.name).join(', ')})`);

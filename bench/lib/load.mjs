@@ -1,5 +1,6 @@
 // Load generation: wrk (preferred: C, not the bottleneck) or autocannon when wrk is absent.
-import { writeFileSync, existsSync } from 'node:fs';
+import { writeFileSync, existsSync, renameSync } from 'node:fs';
+import { createHash, randomBytes } from 'node:crypto';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { which, pinned, run } from './proc.mjs';
@@ -38,6 +39,21 @@ end
 }
 
 /**
+ * The script's file, named by its content. Two load runs at once (`--paired`) with the same
+ * headers share it: it is written to a temporary name and renamed, so that a wrk starting
+ * meanwhile never reads it half-written (which cost it its done() and the run its result).
+ */
+function scriptFile(dir, text) {
+  const file = join(dir, `wrk-${createHash('sha256').update(text).digest('hex').slice(0, 16)}.lua`);
+  if (!existsSync(file)) {
+    const tmp = `${file}.${process.pid}.${randomBytes(4).toString('hex')}`;
+    writeFileSync(tmp, text);
+    renameSync(tmp, file);
+  }
+  return file;
+}
+
+/**
  * One load run. `scenario`: { connections, close } (close = `Connection: close`: a new TCP + TLS
  * handshake per request). Returns { rps, p50Ms, p99Ms, non2xx, errors, requests }.
  */
@@ -45,8 +61,7 @@ export async function runLoad({ tool, plan, dir, url, headers, connections, clos
   const allHeaders = { ...headers, ...(close ? { connection: 'close' } : {}) };
   const seconds = Math.max(1, Math.round(durationMs / 1000));
   if (tool === 'wrk') {
-    const script = join(dir, `wrk-${Object.keys(allHeaders).join('-') || 'plain'}.lua`);
-    writeFileSync(script, wrkScript(allHeaders));
+    const script = scriptFile(dir, wrkScript(allHeaders));
     const threads = Math.max(1, Math.min(connections, clientCores));
     const [cmd, args] = pinned(plan, 'client', which('wrk'), ['-t', String(threads), '-c', String(connections), '-d', `${seconds}s`, '--timeout', '10s', '-s', script, url]);
     const r = await run(cmd, args);

@@ -143,6 +143,9 @@ export function ratios(rows) {
     fullOverNginx: ratio(full64, get('nginx', 'c64', 'rps')),
     fullOverCaddy: ratio(full64, get('caddy', 'c64', 'rps')),
     proxyOnlyOverDirect: ratio(get('proxy-only', 'c64', 'rps'), get('direct', 'c64', 'rps')),
+    // `--floor`: the gateway's own work, over the bare stack it runs on (Fastify + undici).
+    proxyOnlyOverFloor: ratio(get('proxy-only', 'c64', 'rps'), get('floor', 'c64', 'rps')),
+    floorOverNginx: ratio(get('floor', 'c64', 'rps'), get('nginx', 'c64', 'rps')),
     fullP99OverNginxP99: ratio(get('full', 'c64', 'p99Ms'), get('nginx', 'c64', 'p99Ms')),
     handshakesFullOverNginx: ratio(get('full', 'handshake', 'rps'), get('nginx', 'handshake', 'rps')),
     // `--workers N` adds a system `full-wN`: how much N processes gain over one.
@@ -205,6 +208,10 @@ export function formatTable(rows, rs, meta = {}) {
   lines.push(`full / nginx           ${r(rs.fullOverNginx)}`);
   lines.push(`full / Caddy           ${r(rs.fullOverCaddy)}`);
   lines.push(`proxy-only / direct    ${r(rs.proxyOnlyOverDirect)}`);
+  if (rs.proxyOnlyOverFloor != null || rs.floorOverNginx != null) {
+    lines.push(`proxy-only / floor     ${r(rs.proxyOnlyOverFloor)}`);
+    lines.push(`floor / nginx          ${r(rs.floorOverNginx)}`);
+  }
   lines.push(`full p99 / nginx p99   ${r(rs.fullP99OverNginxP99)}`);
   lines.push(`handshakes full/nginx  ${r(rs.handshakesFullOverNginx)}`);
   for (const w of rs.workers ?? []) {

@@ -307,6 +307,44 @@ export function systems() {
   ];
 }
 
+/**
+ * `--floor`: the stack's own floor (bench/lib/floor.mjs: Fastify + undici, nothing of the gateway),
+ * run like the gateway (the image's node flags and environment, pinned to the server core).
+ * `proxy-only / floor` is what the gateway's own per-request work costs.
+ */
+export function floorSystem() {
+  return {
+    name: 'floor',
+    available: () => null,
+    async start(ctx) {
+      const port = await freePort();
+      const nodeArgs = [
+        ...ctx.nodeFlags,
+        ...(ctx.cpuProfDir ? ['--cpu-prof', '--cpu-prof-dir', ctx.cpuProfDir, '--cpu-prof-name', 'floor.cpuprofile'] : []),
+        join(here, 'floor.mjs'), String(port), ctx.upstream.origin, ctx.cert.cert, ctx.cert.key];
+      const [cmd, args] = pinned(ctx.plan, 'server', process.execPath, nodeArgs);
+      const lines = [];
+      const proc = startChild(cmd, args, { cwd: ROOT, env: { ...process.env, ...ctx.gatewayEnv }, onLine: (l) => lines.length < 100 && lines.push(l) });
+      try {
+        await waitForPort(port, 15_000, proc.child);
+      } catch (err) {
+        await proc.stop(1000);
+        throw new Error(`floor did not start (${err.message}):\n${lines.join('\n')}`);
+      }
+      return {
+        url: `https://${HOST}:${port}/`,
+        pid: proc.pid,
+        headers: {},
+        async check() {
+          const r = await httpsGet(port);
+          if (r.status !== 200) throw new Error(`floor: expected 200, got ${r.status}`);
+        },
+        stop: () => proc.stop(),
+      };
+    },
+  };
+}
+
 /** `workers: N` variants, only when asked for (the key may not exist yet). */
 export function workerSystems(workers) {
   return [gatewaySystem(`full-w${workers}`, true, workers)];

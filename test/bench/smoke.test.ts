@@ -115,14 +115,14 @@ t.test('pure helpers of the harness', async (t) => {
 t.test('the harness runs the gateway (proxy-only and full) and the upstream and reports sane numbers', async (t) => {
   const r = await runNode(
     t,
-    [RUN, '--quick', '--json', '--duration', '1s', '--warmup', '1s', '--rounds', '1', '--scenarios', 'c64,c1', '--workers', '2', '--only', 'direct,proxy-only,full,full-w2'],
+    [RUN, '--quick', '--json', '--duration', '1s', '--warmup', '1s', '--rounds', '1', '--scenarios', 'c64,c1', '--workers', '2', '--only', 'direct,floor,proxy-only,full,full-w2'],
     150_000,
   );
   t.equal(r.code, 0, `harness exit code (stderr: ${r.stderr.slice(-2000)})`);
   const result = JSON.parse(r.stdout) as { rows: Row[]; skipped: { system: string; reason: string }[]; text: string; machine: { node: string } };
   t.same(result.skipped, [], 'every requested system started (a refused gateway config is reported here)');
   t.equal(result.machine.node, process.version);
-  for (const system of ['direct', 'proxy-only', 'full', 'full-w2']) {
+  for (const system of ['direct', 'floor', 'proxy-only', 'full', 'full-w2']) {
     for (const scenario of ['c64', 'c1']) {
       const row = result.rows.find((x) => x.system === system && x.scenario === scenario);
       t.ok(row, `${system} ${scenario} measured`);
@@ -140,6 +140,7 @@ t.test('the harness runs the gateway (proxy-only and full) and the upstream and 
   }
   t.match(result.text, /full \/ proxy-only\s+\d+\.\d\d/, 'the table has the ratio');
   t.match(result.text, /full-w2 \/ full\s+\d+\.\d\d/, 'and the gain of two workers');
+  t.match(result.text, /proxy-only \/ floor\s+\d+\.\d\d/, 'and what the gateway adds to its stack (floor)');
   t.match(result.text, /issue 7 targets/);
 });
 
