@@ -395,17 +395,19 @@ t.test('Host and SNI: each request is judged by the site its Host names; odd Hos
   // HTTP/2: :authority names the site, whatever the SNI; a second name for the request is refused.
   const session = http2.connect(`https://127.0.0.1:${gw.port}`, { ca: gw.ca, servername: 'open.test' });
   t.teardown(() => session.close());
-  const h2cases: Array<[http2.OutgoingHttpHeaders, number]> = [
-    [{ ':authority': 'app.test' }, 401],
-    [{ ':authority': 'APP.test.:443' }, 401],
-    [{ ':authority': 'open.test', host: 'app.test' }, 400],
-    [{ ':authority': 'app.test', host: 'open.test' }, 400],
-    [{ ':authority': 'user@app.test' }, 400],
-    [{ ':authority': 'open.test', 'x-forwarded-host': 'app.test' }, 200],
+  // 0: the stream was reset before any answer (Node 24's HTTP/2 layer refuses userinfo in
+  // :authority itself; Node 20 hands it over and the gateway answers 400).
+  const h2cases: Array<[http2.OutgoingHttpHeaders, readonly number[]]> = [
+    [{ ':authority': 'app.test' }, [401]],
+    [{ ':authority': 'APP.test.:443' }, [401]],
+    [{ ':authority': 'open.test', host: 'app.test' }, [400]],
+    [{ ':authority': 'app.test', host: 'open.test' }, [400]],
+    [{ ':authority': 'user@app.test' }, [400, 0]],
+    [{ ':authority': 'open.test', 'x-forwarded-host': 'app.test' }, [200]],
   ];
-  for (const [headers, status] of h2cases) {
+  for (const [headers, statuses] of h2cases) {
     const a = await h2(session, { ':method': 'GET', ':path': '/admin', ...headers });
-    t.equal(a.status, status, `HTTP/2 ${JSON.stringify(headers)}: ${status}`);
+    t.ok(statuses.includes(a.status), `HTTP/2 ${JSON.stringify(headers)}: ${statuses.join(' or ')} (got ${a.status})`);
   }
   t.equal(up.seen.length, 0, 'the protected site upstream still saw nothing');
   t.same(open.seen.map((s) => s.headers.host), ['open.test', 'open.test']);
