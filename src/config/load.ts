@@ -84,6 +84,12 @@ export function parseConfig(text: string, filePath: string, env: NodeJS.ProcessE
     const message = err.code === 'DUPLICATE_KEY' ? `duplicate key ${JSON.stringify(/^[^:\n]*/.exec(text.slice(offset))?.[0]?.trim() ?? '')}` : `YAML syntax error: ${err.message.split('\n')[0] ?? ''}`;
     problems.push({ file: filePath, line, col, path: '', message });
   }
+  // The parser only warns about what it cannot resolve, e.g. an unknown tag (`!env SECRET`), and
+  // then loads the plain text (`SECRET`): a value the file did not mean, so refused like an error.
+  for (const warning of doc.warnings) {
+    const { line, col } = at(warning.pos[0]);
+    problems.push({ file: filePath, line, col, path: '', message: `YAML: ${warning.message.split('\n')[0] ?? ''}` });
+  }
   if (problems.length > 0) throw new ConfigError('GW_ERR_CONFIG_INVALID', problems);
 
   let data: unknown;

@@ -1,5 +1,6 @@
 /**
- * Header and request deadlines for HTTP/1.1 connections on the HTTPS listener.
+ * Header and request deadlines for HTTP/1.1 connections on the HTTPS listener, and the request
+ * (body) deadline for HTTP/2 streams.
  *
  * Node's http2 server with `allowHTTP1` hands HTTP/1.1 connections to the http1 parser but does
  * not apply `headersTimeout`/`requestTimeout` to them (verified on Node 20), so a client could
@@ -7,6 +8,7 @@
  * deliver complete request headers, and every request a deadline to deliver its body.
  */
 import type { Server as HttpServer, IncomingMessage, ServerResponse } from 'node:http';
+import { constants as h2, type Http2ServerRequest, type Http2ServerResponse } from 'node:http2';
 import type { TLSSocket } from 'node:tls';
 
 const kTimer = Symbol('portcullis.headersTimer');
@@ -60,6 +62,10 @@ export class SlowlorisGuard {
       socket.on('close', this.onClose);
     });
     server.on('request', (req: IncomingMessage, res: ServerResponse) => {
+      if (req.httpVersionMajor === 2) {
+        this.streamBodyDeadline(req as unknown as Http2ServerRequest, res as unknown as Http2ServerResponse);
+        return;
+      }
       if (req.httpVersionMajor !== 1) return;
       const socket = req.socket as Guarded;
       this.disarm(socket);
@@ -86,6 +92,33 @@ export class SlowlorisGuard {
       }
     });
     server.on('upgrade', (req: IncomingMessage) => this.disarm(req.socket as Guarded));
+  }
+
+  /**
+   * HTTP/2: the session's idle timeout does not end one stream whose body stalls while others are
+   * busy, so each stream with a body gets `limits.request_timeout` to deliver it, as an HTTP/1.1
+   * request does. Then a 408 if nothing was answered yet (and RST_STREAM NO_ERROR once it is out,
+   * RFC 9113 §8.1: stop sending), else the stream is reset (CANCEL); either way the upstream
+   * request is aborted (the forwarding path sees the client's side close).
+   */
+  private streamBodyDeadline(req: Http2ServerRequest, res: Http2ServerResponse): void {
+    const stream = req.stream;
+    // HEADERS with END_STREAM: no body to wait for (every GET from a browser).
+    if (stream.endAfterHeaders || req.complete) return;
+    const timer = setTimeout(() => {
+      if (stream.destroyed || req.complete) return;
+      if (!res.headersSent) {
+        res.once('finish', () => stream.close(h2.NGHTTP2_NO_ERROR));
+        res.writeHead(408, { 'content-length': '0', 'cache-control': 'no-store' });
+        res.end();
+      } else {
+        stream.close(h2.NGHTTP2_CANCEL);
+      }
+    }, this.requestTimeout);
+    timer.unref();
+    const clear = (): void => clearTimeout(timer);
+    req.once('end', clear);
+    stream.once('close', clear);
   }
 
   /** A connection the HTTP server let go of (a CONNECT the gateway answers and closes itself). */

@@ -13,6 +13,7 @@
  *   POODLE-style padding oracles), no static-RSA key exchange (no forward secrecy, ROBOT).
  */
 import type { SecureContextOptions, TlsOptions } from 'node:tls';
+import { constants as cryptoConstants } from 'node:crypto';
 
 export type TlsMinVersion = 'TLSv1.2' | 'TLSv1.3';
 
@@ -51,6 +52,9 @@ export function secureContextOptions(minVersion: TlsMinVersion): SecureContextOp
     // Mozilla intermediate: every offered suite is strong, so let the client pick (a phone without
     // AES hardware prefers CHACHA20).
     honorCipherOrder: false,
+    // TLS 1.2 renegotiation started by the client: a CPU cost it can impose on the server at will
+    // (and the ground of old attacks). TLS 1.3 has none; nginx and Caddy refuse it too.
+    secureOptions: cryptoConstants.SSL_OP_NO_RENEGOTIATION,
   };
 }
 
