@@ -53,7 +53,7 @@ import { createAdminServer } from './server/admin.js';
 import { SlowlorisGuard } from './server/slowloris.js';
 import { closeServer, listenOn } from './server/lifecycle.js';
 import { createCertificateAutomation, type AcmeTuning, type CertificateAutomation } from './server/acme.js';
-import type { Authenticator } from './auth/index.js';
+import { claimedIssuer, type Authenticator } from './auth/index.js';
 
 export interface GatewayOptions {
   readonly config: GatewayConfig;
@@ -513,7 +513,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     if (!ban.banned) return false;
     ctx.reason = 'banned';
     metrics.rateLimited(ctx.site!.id, ctx.route!.id);
-    events.emit('banned', { ...who(ctx), reason: 'ban_active' });
+    events.emit('banned', { ...who(ctx), reason: 'ban_active', key: ipKey(ctx.clientIp) });
     sendError(reply, 429, 'GW_ERR_BANNED', { 'retry-after': String(Math.max(1, Math.ceil(ban.retryAfterMs / 1000))) });
     return true;
   }
@@ -573,11 +573,11 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     const authorization = hasDuplicate(request.raw.rawHeaders, 'authorization') ? headerValues(request.raw.rawHeaders, 'authorization') : request.headers.authorization;
     const refusal = authorizeRequest(ctx, authorization);
     if (refusal === null) return false;
-    if (refusal instanceof Promise) return refusal.then((r) => (r === null ? false : refuseAccess(ctx, reply, r)));
-    return refuseAccess(ctx, reply, refusal);
+    if (refusal instanceof Promise) return refusal.then((r) => (r === null ? false : refuseAccess(ctx, reply, r, authorization)));
+    return refuseAccess(ctx, reply, refusal, authorization);
   }
 
-  function refuseAccess(ctx: RequestContext, reply: FastifyReply, refusal: AuthRefusal): boolean | Promise<boolean> {
+  function refuseAccess(ctx: RequestContext, reply: FastifyReply, refusal: AuthRefusal, authorization: string | string[] | undefined): boolean | Promise<boolean> {
     ctx.reason = refusal.reason;
     if (refusal.status === 403) {
       metrics.accessDenied(ctx.site!.id, ctx.route!.id);
@@ -585,12 +585,13 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     } else if (refusal.code === 'GW_ERR_INVALID_TOKEN' || (refusal.status === 400 && refusal.reason.startsWith('token_'))) {
       const reason = refusal.reason.replace(/^token_/, '');
       metrics.authFailure(reason);
-      events.emit('auth_failed', { ...who(ctx), reason });
+      const issuer = claimedIssuer(authorization, ctx.state.config.auth.issuers.map((i) => i.issuer));
+      events.emit('auth_failed', { ...who(ctx), reason, ...(issuer === undefined ? {} : { issuer }) });
       const prot = protectionOf(ctx);
       if (prot.bans) {
         const rules = prot.bans;
         return bans.recordAuthFailure(ipKey(ctx.clientIp), rules).then((result) => {
-          if (result.banned) events.emit('banned', { ...who(ctx), reason: 'auth_failures', failures: result.failures, duration_ms: rules.durationMs });
+          if (result.banned) events.emit('banned', { ...who(ctx), reason: 'auth_failures', key: ipKey(ctx.clientIp), failures: result.failures, duration_ms: rules.durationMs });
           sendError(reply, refusal.status, refusal.code, refusal.headers);
           return true;
         });
@@ -798,7 +799,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
       client: request.raw.socket,
       connectFailed(origin, kind, seconds, next, wasDown) {
         metrics.upstreamAttempt(origin, seconds, kind);
-        if (!wasDown) events.emit('upstream_down', { ...who(ctx), upstream: origin, reason: kind });
+        if (!wasDown) events.emit('upstream_down', { ...who(ctx), upstream: origin, reason: kind, error: kind });
         // As for HTTP: a request no target took has no upstream in its line, and says why.
         if (next !== null) ctx.upstream = next;
         else ctx.reason = `upstream_${kind}`;
@@ -939,7 +940,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     connectFailed(reply, origin, kind, seconds, next, wasDown) {
       const ctx = reply.request.gw;
       metrics.upstreamAttempt(origin, seconds, kind);
-      if (!wasDown) events.emit('upstream_down', { ...who(ctx), upstream: origin, reason: kind });
+      if (!wasDown) events.emit('upstream_down', { ...who(ctx), upstream: origin, reason: kind, error: kind });
       if (next !== null) ctx.upstream = next;
     },
     failed(reply, origin, error) {

@@ -7,6 +7,7 @@
 export { createAuthenticator, DEFAULTS as AUTH_DEFAULTS } from './authenticator.js';
 export { wwwAuthenticate } from './www-authenticate.js';
 export { MAX_TOKEN_LENGTH } from './header.js';
+export { claimedIssuer } from './jwt.js';
 export type {
   AuthFailureReason,
   AuthLogger,

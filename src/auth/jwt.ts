@@ -7,6 +7,7 @@ import type { IssuerConfig } from '../config/types.js';
 import { KeysUnavailable } from './jwks.js';
 import type { IssuerKeys } from './jwks.js';
 import type { AuthFailureReason } from './types.js';
+import { parseAuthorization } from './header.js';
 
 /** Exactly three dot-separated parts (JWS compact, RFC 7515 §7.1); JWE (5 parts) is not accepted. */
 export function looksLikeJwt(token: string): boolean {
@@ -79,4 +80,15 @@ export function createJwtVerifier(issuer: IssuerConfig, keys: IssuerKeys): (toke
       return { ok: false, reason: reasonFor(err) };
     }
   };
+}
+
+/**
+ * For the security log: the issuer a Bearer JWT names, when it is one of `configured` (so a log line
+ * never carries an issuer string a client made up). Not verified: the token may be forged.
+ */
+export function claimedIssuer(authorization: string | readonly string[] | undefined, configured: readonly string[]): string | undefined {
+  const parsed = parseAuthorization(authorization);
+  if (parsed === null || 'kind' in parsed || !looksLikeJwt(parsed.token)) return undefined;
+  const iss = unverifiedIssuer(parsed.token);
+  return typeof iss === 'string' && configured.includes(iss) ? iss : undefined;
 }

@@ -142,7 +142,7 @@ const RateLimit = Nullable(
       window: Duration('Length of the counting window.', '1m'),
       key: Type.String({
         pattern: RATE_LIMIT_KEY_PATTERN,
-        description: 'What is counted: ip (client address, after trusted_proxies), user (the authenticated subject, per issuer), or header:NAME.',
+        description: 'What is counted: ip (client address, after trusted_proxies), user (the authenticated subject, per issuer), or header:NAME (the header value, kept and logged only as its SHA-256: it is usually an API key).',
         default: 'ip',
       }),
     },

@@ -73,7 +73,7 @@ export const SECURITY_EVENTS: readonly SecurityEventInfo[] = Object.freeze([
   { name: 'csrf_rejected', level: 'warn', description: 'A cross-site state-changing request was refused (HTTP 403).', fields: ['origin', 'method'] },
   { name: 'config_reloaded', level: 'info', description: 'A new configuration was loaded and is now active.', fields: ['file'] },
   { name: 'config_rejected', level: 'error', description: 'A configuration reload failed validation; the previous configuration stays active.', fields: ['file', 'problems'] },
-  { name: 'cert_issued', level: 'info', description: 'A certificate was issued or renewed (ACME or development CA).', fields: ['host', 'hosts', 'not_after', 'issuer'] },
+  { name: 'cert_issued', level: 'info', description: 'A certificate was issued or renewed by ACME (`host`: its first name). The development CA only logs a warning.', fields: ['host', 'hosts', 'not_after', 'issuer'] },
   { name: 'cert_renewal_failed', level: 'error', description: 'A certificate order or renewal failed; the current certificate (if any) stays in use.', fields: ['host', 'hosts', 'error', 'retry_at'] },
   { name: 'upstream_down', level: 'error', description: 'An upstream could not be reached (connection refused, timed out or reset).', fields: ['upstream', 'error'] },
 ] as const satisfies readonly SecurityEventInfo[]);

@@ -125,5 +125,7 @@ export function rateLimitKey(spec: RateLimitKeySpec, client: ClientIdentity): st
   if (spec === 'ip') return ipKey(client.ip);
   const name = spec.header.toLowerCase();
   const value = headerValue(client.headers, name);
-  return value === undefined ? ipKey(client.ip) : `header:${name}:${bounded(value)}`;
+  // Always hashed: the header is typically a credential (an API key), and the key is what the
+  // store holds (shared with Redis) and what the security log's rate_limited and banned events say.
+  return value === undefined ? ipKey(client.ip) : `header:${name}:sha256:${createHash('sha256').update(value).digest('base64url')}`;
 }

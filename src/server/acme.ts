@@ -91,12 +91,13 @@ export function createCertificateAutomation(deps: {
     switch (ev.event) {
       case 'cert_issued':
         deps.metrics.acmeOrder('success');
-        deps.events.emit('cert_issued', { site: ev.site, hosts: ev.hosts, not_after: new Date(ev.notAfter).toISOString(), issuer: 'acme' });
+        deps.events.emit('cert_issued', { site: ev.site, host: ev.hosts[0], hosts: ev.hosts, not_after: new Date(ev.notAfter).toISOString(), issuer: 'acme' });
         break;
       case 'cert_renewal_failed':
         deps.metrics.acmeOrder('failure');
         deps.events.emit('cert_renewal_failed', {
           site: ev.site,
+          host: ev.hosts[0],
           hosts: ev.hosts,
           reason: ev.problem ?? 'order_failed',
           error: ev.reason,

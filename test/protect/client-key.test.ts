@@ -1,4 +1,5 @@
 import t from 'tap';
+import { createHash } from 'node:crypto';
 import { ipKey, MAX_KEY_PART, rateLimitKey } from '../../src/protect/index.js';
 
 t.test('IPv4 as is', async (t) => {
@@ -39,17 +40,18 @@ t.test('user key with ip fallback', async (t) => {
   t.not(rateLimitKey('user', { ip: '192.0.2.1', subject: 'ip:192.0.2.1', headers: {} }), 'ip:192.0.2.1', 'a subject cannot impersonate an ip key');
 });
 
-t.test('header key: case-insensitive name, ip fallback, bounded and hashed when long', async (t) => {
+t.test('header key: case-insensitive name, ip fallback, the value always hashed (it is usually a credential)', async (t) => {
   const spec = { header: 'X-Api-Key' };
-  t.equal(rateLimitKey(spec, { ip: '192.0.2.1', headers: { 'x-api-key': 'k1' } }), 'header:x-api-key:k1');
+  const sha = (v: string): string => `header:x-api-key:sha256:${createHash('sha256').update(v).digest('base64url')}`;
+  t.equal(rateLimitKey(spec, { ip: '192.0.2.1', headers: { 'x-api-key': 'k1' } }), sha('k1'));
+  t.notMatch(rateLimitKey(spec, { ip: '192.0.2.1', headers: { 'x-api-key': 'sk_live_secret' } }), /sk_live_secret/, 'the value never appears in the key');
   t.equal(rateLimitKey(spec, { ip: '192.0.2.1', headers: {} }), 'ip:192.0.2.1');
   t.equal(rateLimitKey(spec, { ip: '192.0.2.1', headers: { 'x-api-key': '  ' } }), 'ip:192.0.2.1', 'blank is absent');
-  t.equal(rateLimitKey(spec, { ip: '192.0.2.1', headers: { 'x-api-key': ['a', 'b'] } }), 'header:x-api-key:a, b');
+  t.equal(rateLimitKey(spec, { ip: '192.0.2.1', headers: { 'x-api-key': ['a', 'b'] } }), sha('a, b'));
+  t.equal(rateLimitKey(spec, { ip: '192.0.2.1', headers: { 'x-api-key': ' k1 ' } }), sha('k1'), 'trimmed before hashing');
   const long = rateLimitKey(spec, { ip: '192.0.2.1', headers: { 'x-api-key': 'k'.repeat(10_000) } });
   t.ok(long.length < 64 + MAX_KEY_PART / 2, 'bounded');
-  t.match(long, /^header:x-api-key:sha256:/);
-  t.not(long, rateLimitKey(spec, { ip: '192.0.2.1', headers: { 'x-api-key': 'k'.repeat(10_001) } }), 'distinct long values stay distinct');
-  t.equal(rateLimitKey(spec, { ip: '192.0.2.1', headers: { 'x-api-key': 'x'.repeat(MAX_KEY_PART) } }), `header:x-api-key:${'x'.repeat(MAX_KEY_PART)}`);
+  t.not(long, rateLimitKey(spec, { ip: '192.0.2.1', headers: { 'x-api-key': 'k'.repeat(10_001) } }), 'distinct values stay distinct');
 });
 
 t.test('a forged X-Forwarded-For never enters the key unless it is given as ip', async (t) => {
