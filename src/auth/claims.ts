@@ -50,6 +50,9 @@ export function audienceMatches(aud: unknown, audiences: readonly string[]): boo
   return false;
 }
 
+const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
+const wellFormed = (s: string): boolean => !LONE_SURROGATE.test(s);
+
 export function buildPrincipal(
   claims: Claims,
   ctx: { issuer: string; rolesClaim: string; tokenType: 'jwt' | 'opaque'; expiresAt: number },
@@ -60,12 +63,16 @@ export function buildPrincipal(
   const sub = claims['sub'] ?? (ctx.tokenType === 'opaque' ? clientId : undefined);
   if (typeof sub !== 'string' || sub.length === 0) return 'missing_sub';
   const email = claims['email'];
+  const roles = toStringList(readClaimPath(claims, ctx.rolesClaim));
+  // A lone UTF-16 surrogate (legal in JSON, not Unicode) has no UTF-8 form: the identity headers
+  // could not carry it, and replacing it would let two different names arrive as one.
+  if (!wellFormed(sub) || (typeof email === 'string' && !wellFormed(email)) || !roles.every(wellFormed)) return 'bad_claims';
   // RFC 8693 §4.2 `scope` (space separated); some IdPs (Azure, Okta) send `scp` as an array.
   const scope = claims['scope'] ?? claims['scp'];
   return Object.freeze({
     subject: sub,
     email: typeof email === 'string' ? email : null,
-    roles: toStringList(readClaimPath(claims, ctx.rolesClaim)),
+    roles,
     issuer: ctx.issuer,
     clientId: typeof clientId === 'string' ? clientId : null,
     tokenType: ctx.tokenType,

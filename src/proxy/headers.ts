@@ -190,13 +190,16 @@ function firstValue(v: string | string[] | number | undefined): string | undefin
 /**
  * Claim values come from tokens: anything outside visible ASCII (and, in a list, the comma that
  * separates items) is percent-encoded so that a claim can neither break the header nor smuggle
- * an extra role into the list.
+ * an extra role into the list. So is a value (or list item) that starts or ends with a space: HTTP
+ * parsers and comma-list readers trim it, and the role ` admin`, which the policy refused, would
+ * reach the app as `admin`.
  */
 export function headerSafe(value: string, listItem: boolean): string {
   let safe = true;
-  for (let i = 0; i < value.length; i++) {
+  const last = value.length - 1;
+  for (let i = 0; i <= last; i++) {
     const c = value.charCodeAt(i);
-    if (c < 0x20 || c > 0x7e || c === 0x25 /* % */ || (listItem && c === 0x2c)) {
+    if (c < 0x20 || c > 0x7e || c === 0x25 /* % */ || (listItem && c === 0x2c) || (c === 0x20 && (i === 0 || i === last))) {
       safe = false;
       break;
     }
