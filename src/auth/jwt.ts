@@ -75,9 +75,6 @@ export function createJwtVerifier(issuer: IssuerConfig, keys: IssuerKeys): (toke
         requiredClaims: ['exp'],
         currentDate: new Date(now),
       });
-      // jose checks `iat` against the clock only with `maxTokenAge`; a token issued in the future
-      // (beyond clock_skew, as for nbf) is not valid yet.
-      if (typeof payload.iat === 'number' && payload.iat * 1000 > now + issuer.clockSkew) return { ok: false, reason: 'not_yet_valid' };
       return { ok: true, claims: payload };
     } catch (err) {
       return { ok: false, reason: reasonFor(err) };

@@ -249,7 +249,7 @@ const Issuer = Type.Object(
     }),
     jwks_uri: Type.Optional(Nullable(NonEmpty('URL.'), 'JWKS URL; default: jwks_uri from OIDC discovery.', null)),
     roles_claim: Type.Optional(NonEmpty('Dot path of the roles claim, e.g. realm_access.roles (default: roles).')),
-    clock_skew: Type.Optional(Duration('Tolerance for exp/nbf/iat.', DEFAULTS.auth.clock_skew)),
+    clock_skew: Type.Optional(Duration('Tolerance for exp and nbf (iat is only checked to be a number: a token the IdP dated in the future is still bounded by its exp).', DEFAULTS.auth.clock_skew)),
     ca_bundle: Type.Optional(Nullable(NonEmpty('Path.'), 'PEM file of CAs to trust for this issuer\'s HTTPS endpoints; null: system CAs.', null)),
     introspection: Type.Optional(Introspection),
   },
