@@ -205,6 +205,32 @@ export async function validateGatewayConfig(configPath, cli = GATEWAY_CLI) {
 }
 
 /**
+ * A server (Caddy, the floor) started as a child serving HTTPS on `port`: waits for the port
+ * (failing with the child's first lines of output) and returns the running system, checked with
+ * a 200 from `/`.
+ */
+async function startTlsChild(name, port, cmd, args, spawnOptions, startTimeoutMs) {
+  const lines = [];
+  const proc = startChild(cmd, args, { ...spawnOptions, onLine: (l) => lines.length < 100 && lines.push(l) });
+  try {
+    await waitForPort(port, startTimeoutMs, proc.child);
+  } catch (err) {
+    await proc.stop(1000);
+    throw new Error(`${name} did not start (${err.message}):\n${lines.join('\n')}`);
+  }
+  return {
+    url: `https://${HOST}:${port}/`,
+    pid: proc.pid,
+    headers: {},
+    async check() {
+      const r = await httpsGet(port);
+      if (r.status !== 200) throw new Error(`${name}: expected 200, got ${r.status}`);
+    },
+    stop: () => proc.stop(),
+  };
+}
+
+/**
  * Every system, as { name, available(): string|null (null = yes, else why not), start(ctx) }.
  * start() returns { url, pid, headers, check(), stop() }.
  */
@@ -281,25 +307,8 @@ export function systems() {
         const conf = join(d, 'Caddyfile');
         writeFileSync(conf, caddyfile({ port, dir: d, upstreamPort: ctx.upstream.port, ...ctx.cert }));
         const [cmd, args] = pinned(ctx.plan, 'server', caddy, ['run', '--config', conf, '--adapter', 'caddyfile']);
-        const lines = [];
         const env = { ...process.env, GOMAXPROCS: '1', HOME: d, XDG_DATA_HOME: join(d, 'data'), XDG_CONFIG_HOME: join(d, 'config') };
-        const proc = startChild(cmd, args, { env, onLine: (l) => lines.length < 100 && lines.push(l) });
-        try {
-          await waitForPort(port, 20_000, proc.child);
-        } catch (err) {
-          await proc.stop(1000);
-          throw new Error(`caddy did not start (${err.message}):\n${lines.join('\n')}`);
-        }
-        return {
-          url: `https://${HOST}:${port}/`,
-          pid: proc.pid,
-          headers: {},
-          async check() {
-            const r = await httpsGet(port);
-            if (r.status !== 200) throw new Error(`caddy: expected 200, got ${r.status}`);
-          },
-          stop: () => proc.stop(),
-        };
+        return startTlsChild('caddy', port, cmd, args, { env }, 20_000);
       },
     },
     gatewaySystem('proxy-only', false),
@@ -323,24 +332,7 @@ export function floorSystem() {
         ...(ctx.cpuProfDir ? ['--cpu-prof', '--cpu-prof-dir', ctx.cpuProfDir, '--cpu-prof-name', 'floor.cpuprofile'] : []),
         join(here, 'floor.mjs'), String(port), ctx.upstream.origin, ctx.cert.cert, ctx.cert.key];
       const [cmd, args] = pinned(ctx.plan, 'server', process.execPath, nodeArgs);
-      const lines = [];
-      const proc = startChild(cmd, args, { cwd: ROOT, env: { ...process.env, ...ctx.gatewayEnv }, onLine: (l) => lines.length < 100 && lines.push(l) });
-      try {
-        await waitForPort(port, 15_000, proc.child);
-      } catch (err) {
-        await proc.stop(1000);
-        throw new Error(`floor did not start (${err.message}):\n${lines.join('\n')}`);
-      }
-      return {
-        url: `https://${HOST}:${port}/`,
-        pid: proc.pid,
-        headers: {},
-        async check() {
-          const r = await httpsGet(port);
-          if (r.status !== 200) throw new Error(`floor: expected 200, got ${r.status}`);
-        },
-        stop: () => proc.stop(),
-      };
+      return startTlsChild('floor', port, cmd, args, { cwd: ROOT, env: { ...process.env, ...ctx.gatewayEnv } }, 15_000);
     },
   };
 }

@@ -16,21 +16,12 @@ import { loadConfigFile } from '../../src/config/index.js';
 import { buildGateway } from '../../src/gateway.js';
 import { prepareCertificates } from '../../src/server/certificates.js';
 import { followerAutomation } from '../../src/server/acme.js';
-import { LOOPBACK_LISTEN, httpRequest, memoryLogger, startGateway, startUpstream, statusOf, type LogRecord, type RunningGateway, type Tap } from '../helpers/gateway.js';
+import { LOOPBACK_LISTEN, httpRequest, memoryLogger, startGateway, startUpstream, statusOf, type LogRecord, type RunningGateway, type Tap, sleep, until } from '../helpers/gateway.js';
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-async function until(cond: () => boolean, ms = 3000): Promise<boolean> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) return false;
-    await sleep(10);
-  }
-  return true;
-}
 
 const site = (origin: string, routes = '[{ path: /, access: public }]', extra = ''): string => `${LOOPBACK_LISTEN}${extra}
 sites:

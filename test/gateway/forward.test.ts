@@ -29,7 +29,7 @@ import https from 'node:https';
 import net from 'node:net';
 import tls from 'node:tls';
 import { parseExposition, total } from '../ops-e2e/_support.js';
-import { countingServer, LOOPBACK_LISTEN, rawTls, startGateway, startUpstream, statusOf, type LogRecord, type RunningGateway, type Tap } from '../helpers/gateway.js';
+import { countingServer, LOOPBACK_LISTEN, rawTls, startGateway, startUpstream, statusOf, type RunningGateway, type Tap, sleep, until, accessLine, rawUpstream } from '../helpers/gateway.js';
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -41,70 +41,15 @@ sites:
     routes: [{ path: /, access: public }]
 `;
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-/** Polls `cond` every 10 ms; true once it holds, false after `ms`. */
-async function until(cond: () => boolean, ms = 3000): Promise<boolean> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) return false;
-    await sleep(10);
-  }
-  return true;
-}
 
-/** The access line of the request to `path` (waits for it: it is written when the response is over). */
-async function accessLine(gw: RunningGateway, path: string): Promise<LogRecord | undefined> {
-  const find = () => gw.logs.find((l) => l.type === 'access' && l.path === path);
-  await until(() => find() !== undefined);
-  return find();
-}
 
 /** A control character other than HTAB (what Node refuses in a header value). */
 const hasControlChar = (s: string): boolean => [...s].some((ch) => (ch < ' ' && ch !== '\t') || ch === '\x7f');
 
 const sha256 = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 
-interface RawUpstream {
-  origin: string;
-  /** Every request head seen, in order (bytes up to and including the blank line). */
-  heads: string[];
-  /** Everything received, per connection, as latin1 text. */
-  received: string[];
-}
 
-/**
- * A raw HTTP/1.1 upstream for misbehaving answers: `onHead` is called for every request head it
- * reads (it expects no request bodies: body bytes would show up at the start of the next "head").
- */
-async function rawUpstream(t: Tap, onHead: (socket: net.Socket, head: string) => void): Promise<RawUpstream> {
-  const up: RawUpstream = { origin: '', heads: [], received: [] };
-  const sockets = new Set<net.Socket>();
-  const server = net.createServer((socket) => {
-    sockets.add(socket);
-    const conn = up.received.push('') - 1;
-    let buf = '';
-    socket.on('data', (c: Buffer) => {
-      up.received[conn] += c.toString('latin1');
-      buf += c.toString('latin1');
-      for (let end = buf.indexOf('\r\n\r\n'); end !== -1; end = buf.indexOf('\r\n\r\n')) {
-        const head = buf.slice(0, end + 4);
-        buf = buf.slice(end + 4);
-        up.heads.push(head);
-        onHead(socket, head);
-      }
-    });
-    socket.on('error', () => undefined);
-    socket.on('close', () => sockets.delete(socket));
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  t.teardown(() => new Promise<void>((r) => {
-    for (const s of sockets) s.destroy();
-    server.close(() => r());
-  }));
-  up.origin = `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`;
-  return up;
-}
 
 interface TlsClient {
   socket: tls.TLSSocket;

@@ -19,21 +19,12 @@ import { createLogger } from '../../src/observability/logging.js';
 import { buildGateway } from '../../src/gateway.js';
 import { prepareCertificates } from '../../src/server/certificates.js';
 import { MemoryStore } from '../../src/state/index.js';
-import { LOOPBACK_LISTEN, startGateway, startUpstream, statusOf, type LogRecord, type RunningGateway, type Tap } from '../helpers/gateway.js';
+import { LOOPBACK_LISTEN, startGateway, startUpstream, statusOf, type LogRecord, type RunningGateway, type Tap, sleep, until, accessLine } from '../helpers/gateway.js';
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-async function until(cond: () => boolean, ms = 3000): Promise<boolean> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) return false;
-    await sleep(10);
-  }
-  return true;
-}
 
 const site = (origin: string, routes = '[{ path: /, access: public }]', extra = ''): string => `${LOOPBACK_LISTEN}${extra}
 sites:
@@ -42,11 +33,6 @@ sites:
     routes: ${routes}
 `;
 
-async function accessLine(gw: RunningGateway, path: string): Promise<LogRecord | undefined> {
-  const find = (): LogRecord | undefined => gw.logs.find((l) => l.type === 'access' && l.path === path);
-  await until(() => find() !== undefined);
-  return find();
-}
 
 interface TlsClient {
   socket: tls.TLSSocket;

@@ -16,30 +16,15 @@ import net from 'node:net';
 import tls from 'node:tls';
 import { createHash, randomBytes } from 'node:crypto';
 import { SignJWT, exportJWK, generateKeyPair } from 'jose';
-import { LOOPBACK_LISTEN, startGateway, startUpstream, statusOf, type LogRecord, type RunningGateway, type SeenRequest, type Tap } from '../helpers/gateway.js';
+import { LOOPBACK_LISTEN, startGateway, startUpstream, statusOf, type RunningGateway, type SeenRequest, type Tap, sleep, until, accessLine, rawUpstream } from '../helpers/gateway.js';
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-async function until(cond: () => boolean, ms = 3000): Promise<boolean> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) return false;
-    await sleep(10);
-  }
-  return true;
-}
 
 const sha256 = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 
-/** The access line of the request to `path` (written when the response is over: waited for). */
-async function accessLine(gw: RunningGateway, path: string): Promise<LogRecord | undefined> {
-  const find = (): LogRecord | undefined => gw.logs.find((l) => l.type === 'access' && l.path === path);
-  await until(() => find() !== undefined);
-  return find();
-}
 
 /** Lower-case raw header names the upstream received. */
 const rawNames = (s: SeenRequest): string[] => s.rawHeaders.filter((_v, i) => i % 2 === 0).map((n) => n.toLowerCase());
@@ -153,41 +138,7 @@ function parseResponses(raw: string, methods: string[]): RawResponse[] {
   return out;
 }
 
-interface RawUpstream {
-  origin: string;
-  heads: string[];
-  received: string[];
-}
 
-/** A raw HTTP/1.1 upstream for misbehaving answers; `onHead` gets every request head (no request bodies expected). */
-async function rawUpstream(t: Tap, onHead: (socket: net.Socket, head: string) => void): Promise<RawUpstream> {
-  const up: RawUpstream = { origin: '', heads: [], received: [] };
-  const sockets = new Set<net.Socket>();
-  const server = net.createServer((socket) => {
-    sockets.add(socket);
-    const conn = up.received.push('') - 1;
-    let buf = '';
-    socket.on('data', (c: Buffer) => {
-      up.received[conn] += c.toString('latin1');
-      buf += c.toString('latin1');
-      for (let end = buf.indexOf('\r\n\r\n'); end !== -1; end = buf.indexOf('\r\n\r\n')) {
-        const head = buf.slice(0, end + 4);
-        buf = buf.slice(end + 4);
-        up.heads.push(head);
-        onHead(socket, head);
-      }
-    });
-    socket.on('error', () => undefined);
-    socket.on('close', () => sockets.delete(socket));
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  t.teardown(() => new Promise<void>((r) => {
-    for (const s of sockets) s.destroy();
-    server.close(() => r());
-  }));
-  up.origin = `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`;
-  return up;
-}
 
 function h2Session(t: Tap, gw: RunningGateway): http2.ClientHttp2Session {
   const session = http2.connect(`https://127.0.0.1:${gw.port}`, { ca: gw.ca, servername: 'app.test' });

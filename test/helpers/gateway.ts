@@ -274,3 +274,63 @@ export async function countingServer(t: Tap): Promise<{ origin: string; accepted
   t.teardown(() => new Promise<void>((r) => server.close(() => r())));
   return { origin: `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`, accepted: () => accepted };
 }
+
+export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** Polls `cond` every 10 ms; true once it holds, false after `ms`. */
+export async function until(cond: () => boolean, ms = 3000): Promise<boolean> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) return false;
+    await sleep(10);
+  }
+  return true;
+}
+
+/** The access line of the request to `path` (waits for it: it is written when the response is over). */
+export async function accessLine(gw: RunningGateway, path: string): Promise<LogRecord | undefined> {
+  const find = (): LogRecord | undefined => gw.logs.find((l) => l.type === 'access' && l.path === path);
+  await until(() => find() !== undefined);
+  return find();
+}
+
+export interface RawUpstream {
+  origin: string;
+  /** Every request head read, in order. */
+  heads: string[];
+  /** Everything each connection received, as latin1 text, one entry per connection. */
+  received: string[];
+}
+
+/**
+ * A raw HTTP/1.1 upstream for misbehaving answers: `onHead` is called for every request head it
+ * reads (it expects no request bodies: body bytes would show up at the start of the next "head").
+ */
+export async function rawUpstream(t: Tap, onHead: (socket: net.Socket, head: string) => void): Promise<RawUpstream> {
+  const up: RawUpstream = { origin: '', heads: [], received: [] };
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((socket) => {
+    sockets.add(socket);
+    const conn = up.received.push('') - 1;
+    let buf = '';
+    socket.on('data', (c: Buffer) => {
+      up.received[conn] += c.toString('latin1');
+      buf += c.toString('latin1');
+      for (let end = buf.indexOf('\r\n\r\n'); end !== -1; end = buf.indexOf('\r\n\r\n')) {
+        const head = buf.slice(0, end + 4);
+        buf = buf.slice(end + 4);
+        up.heads.push(head);
+        onHead(socket, head);
+      }
+    });
+    socket.on('error', () => undefined);
+    socket.on('close', () => sockets.delete(socket));
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  t.teardown(() => new Promise<void>((r) => {
+    for (const s of sockets) s.destroy();
+    server.close(() => r());
+  }));
+  up.origin = `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`;
+  return up;
+}
