@@ -6,7 +6,7 @@
  */
 import pino, { type Logger, type LoggerOptions } from 'pino';
 import type { LogConfig } from '../config/types.js';
-import { TurnBatchedDestination } from './turn-batch.js';
+import { TurnBatchedDestination, type LineSink } from './turn-batch.js';
 
 export type { Logger };
 
@@ -69,10 +69,12 @@ function buildLogger(config: Pick<LogConfig, 'level' | 'file'> & { readonly buff
   // sonic-boom wants its largest single write (`maxWrite`, 16 KiB by default) above `minLength`.
   const batching = buffer > 0 ? { minLength: buffer, maxWrite: buffer + 16_384, periodicFlush: LOG_FLUSH_MS } : {};
   // Either way, the lines of one event-loop turn reach sonic-boom as one write (turn-batch.ts).
+  // Buffers, not strings: see turn-batch.ts.
   const sink = config.file
-    ? pino.destination({ dest: config.file, mkdir: true, sync: false, ...batching })
-    : pino.destination({ dest: 1, sync: false, ...batching });
-  return pino(options, new TurnBatchedDestination(sink));
+    ? pino.destination({ dest: config.file, mkdir: true, sync: false, contentMode: 'buffer', ...batching })
+    : pino.destination({ dest: 1, sync: false, contentMode: 'buffer', ...batching });
+  // Typed for strings; in buffer mode sonic-boom's write takes the Buffers TurnBatchedDestination hands it.
+  return pino(options, new TurnBatchedDestination(sink as unknown as LineSink));
 }
 
 /**

@@ -15,8 +15,9 @@ function recordingSink(): LineSink & { writes: string[]; flushed: number; flushe
     flushedSync: 0,
     ended: 0,
     destroyed: false,
-    write(data: string) {
-      this.writes.push(data);
+    write(data: Buffer) {
+      if (!Buffer.isBuffer(data)) throw new TypeError('the sink is handed bytes, not strings');
+      this.writes.push(data.toString('utf8'));
       return true;
     },
     flush(cb?: (err?: Error) => void) {
@@ -132,5 +133,40 @@ t.test('process.exit() and an uncaught exception in the turn that logged lose no
     const lines = readFileSync(file, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { msg: string; i?: number });
     t.equal(lines.length, 101, `${name}: every line is in the file (${r.stderr.split('\n')[0] ?? ''})`);
     t.same(lines.slice(1).map((l) => l.i), [...Array(100).keys()], `${name}: in order`);
+  }
+});
+
+t.test('many turns of lines with multi-byte characters reach a file and a stdout pipe whole and in order', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'portcullis-turn-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  // Lines of every UTF-8 length, written over many turns while earlier writes are still in flight
+  // (the bytes are handed to sonic-boom as Buffers: a length counted in characters would cut them).
+  const writer = (dest: string, buffer: number) => `
+      import { createLogger } from ${JSON.stringify(LOGGING)};
+      const log = createLogger({ level: 'info', ${dest} buffer: ${buffer} });
+      const words = ['plain', 'café', '日本語', 'emoji \\u{1F600}', 'sep \\u2028 \\u2029', 'x'.repeat(3000)];
+      for (let turn = 0; turn < 200; turn++) {
+        for (let j = 0; j < 25; j++) { const i = turn * 25 + j; log.info({ i, w: words[i % words.length] }, 'line'); }
+        await new Promise((r) => setImmediate(r));
+      }
+      await new Promise((r) => log.flush(() => r()));
+    `;
+  const check = (name: string, text: string) => {
+    const lines = text.trim().split('\n').map((l) => JSON.parse(l) as { i: number; w: string });
+    t.equal(lines.length, 5000, `${name}: every line`);
+    const words = ['plain', 'café', '日本語', 'emoji \u{1F600}', 'sep \u2028 \u2029', 'x'.repeat(3000)];
+    t.ok(lines.every((l, k) => l.i === k && l.w === words[k % words.length]), `${name}: in order, every character intact`);
+  };
+  for (const buffer of [0, 8192]) {
+    const file = join(dir, `many-${buffer}.log`);
+    const r = await runChild(writer(`file: ${JSON.stringify(file)},`, buffer));
+    t.equal(r.code, 0, r.stderr);
+    check(`file, log.buffer ${buffer}`, readFileSync(file, 'utf8'));
+    const out = await new Promise<string>((resolve, reject) => {
+      execFile(process.execPath, ['--import=tsx', '--input-type=module', '-e', writer('', buffer)], { timeout: 30_000, maxBuffer: 64 << 20 }, (err, stdout) =>
+        err ? reject(err) : resolve(stdout),
+      );
+    });
+    check(`stdout pipe, log.buffer ${buffer}`, out);
   }
 });
