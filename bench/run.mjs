@@ -80,7 +80,7 @@ function options() {
   const o = {
     quick,
     json: values.json ?? false,
-    durationMs: parseDurationMs(values.duration ?? (quick ? '2s' : '10s')),
+    durationMs: parseDurationMs(values.duration ?? (quick ? '1s' : '10s')),
     warmupMs: parseDurationMs(values.warmup ?? (quick ? '1s' : '3s')),
     rounds: Number(values.rounds ?? 3),
     only: values.only ? values.only.split(',').map((s) => s.trim()).filter(Boolean) : null,
