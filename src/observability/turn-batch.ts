@@ -13,8 +13,9 @@
  * The turn's lines are handed over as one UTF-8 `Buffer` (sonic-boom's `contentMode: 'buffer'`).
  * Given strings, sonic-boom measures the UTF-8 length of its whole pending string again on every
  * write while one is in flight (flattening it each time), has `fs.write` encode it, and copies it
- * into a new Buffer again when the write completes: with a few lines per turn that was ~3 µs of a
- * request's ~100 (BENCHMARKS.md, session 11). Given Buffers, it adds lengths and concatenates once.
+ * into a new Buffer again when the write completes. Given Buffers, it adds lengths and concatenates
+ * once: in a micro-benchmark with two lines per turn, 2.7 instead of 4.5 µs per line, and no longer
+ * more with `log.buffer` than without (BENCHMARKS.md, session 11; end to end, within the noise).
  *
  * A process that exits in the turn that logged (`process.exit()`, an uncaught exception) still
  * writes what waits here: the `exit` listener hands it over and flushes synchronously, as pino
