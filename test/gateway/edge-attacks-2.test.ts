@@ -16,16 +16,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { WebSocket, WebSocketServer } from 'ws';
 import { LOOPBACK_LISTEN, startGateway, startUpstream, type RunningGateway, type Tap, sleep, until } from '../helpers/gateway.js';
+import { appSite as site } from '../helpers/clients.js';
 import { makeCert } from '../config/certs.js';
-
-
-
-const site = (origin: string, routes = '[{ path: /, access: public }]', extra = ''): string => `${LOOPBACK_LISTEN}${extra}
-sites:
-  - hosts: [app.test]
-    upstream: ${origin}
-    routes: ${routes}
-`;
 
 interface Hs {
   ok: boolean;

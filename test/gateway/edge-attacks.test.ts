@@ -6,8 +6,6 @@
 // Every test runs a real gateway (real TLS, ephemeral loopback ports) in front of a real upstream.
 import t from 'tap';
 import http2 from 'node:http2';
-import net from 'node:net';
-import tls from 'node:tls';
 import { gzipSync } from 'node:zlib';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -16,53 +14,11 @@ import { loadConfigFile } from '../../src/config/index.js';
 import { buildGateway } from '../../src/gateway.js';
 import { prepareCertificates } from '../../src/server/certificates.js';
 import { followerAutomation } from '../../src/server/acme.js';
-import { LOOPBACK_LISTEN, httpRequest, memoryLogger, startGateway, startUpstream, statusOf, type LogRecord, type RunningGateway, type Tap, sleep, until } from '../helpers/gateway.js';
+import { LOOPBACK_LISTEN, httpRequest, memoryLogger, rawTls, startGateway, startUpstream, statusOf, type LogRecord, type RunningGateway, type Tap, sleep, until } from '../helpers/gateway.js';
+import { appSite as site, rawTcp, statuses } from '../helpers/clients.js';
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-
-
-const site = (origin: string, routes = '[{ path: /, access: public }]', extra = ''): string => `${LOOPBACK_LISTEN}${extra}
-sites:
-  - hosts: [app.test]
-    upstream: ${origin}
-    routes: ${routes}
-`;
-
-/** Raw bytes to a plain TCP port; everything sent back until close (or `waitMs`). */
-function rawTcp(port: number, bytes: string | Buffer, waitMs = 1500): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    const s = net.connect(port, '127.0.0.1', () => s.write(bytes));
-    const timer = setTimeout(() => s.destroy(), waitMs);
-    s.on('data', (c: Buffer) => chunks.push(c));
-    s.on('close', () => {
-      clearTimeout(timer);
-      resolve(Buffer.concat(chunks).toString('latin1'));
-    });
-    s.on('error', (err) => {
-      if (chunks.length === 0) reject(err);
-    });
-  });
-}
-
-/** Raw bytes over TLS (HTTP/1.1 ALPN); everything sent back until close (or `waitMs`). */
-function rawTls(port: number, ca: string, bytes: string | Buffer, waitMs = 1500): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    const s = tls.connect({ host: '127.0.0.1', port, ca, servername: 'app.test', ALPNProtocols: ['http/1.1'] }, () => s.write(bytes));
-    const timer = setTimeout(() => s.destroy(), waitMs);
-    s.on('data', (c: Buffer) => chunks.push(c));
-    s.on('close', () => {
-      clearTimeout(timer);
-      resolve(Buffer.concat(chunks).toString('latin1'));
-    });
-    s.on('error', (err) => {
-      if (chunks.length === 0) reject(err);
-    });
-  });
-}
 
 /** Header `name` (lower-case) of the first response in raw bytes, or undefined. */
 function headerOf(raw: string, name: string): string | undefined {
@@ -73,9 +29,6 @@ function headerOf(raw: string, name: string): string | undefined {
   }
   return undefined;
 }
-
-/** Every status line in raw bytes of one connection. */
-const statuses = (raw: string): number[] => [...raw.matchAll(/HTTP\/1\.[01] (\d{3})/g)].map((m) => Number(m[1]));
 
 // ---------------------------------------------------------------------------------------------
 // 1. The plain-HTTP redirect listener
@@ -338,7 +291,7 @@ t.test('framing shapes the parser must refuse: nothing reaches the upstream', as
     ['chunk extension with a bare LF', 'POST /s HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n3;a=b\nabc\r\n0\r\n\r\n'],
   ];
   for (const [name, bytes] of cases) {
-    const raw = await rawTls(gw.port, gw.ca, bytes);
+    const raw = await rawTls(gw.port, gw.ca, bytes, { waitMs: 1500 });
     t.equal(statusOf(raw), 400, `${name}: 400`);
   }
   await sleep(200);
@@ -358,7 +311,7 @@ t.test('accepted framing variants: the upstream gets exactly the body the gatewa
   ];
   for (const [name, bytes, body] of cases) {
     const before = up.seen.length;
-    const raw = await rawTls(gw.port, gw.ca, bytes, 800);
+    const raw = await rawTls(gw.port, gw.ca, bytes, { waitMs: 800 });
     t.equal(statusOf(raw), 200, `${name}: 200`);
     await until(() => up.seen.length > before);
     t.equal(up.seen.length, before + 1, `${name}: one request upstream`);
@@ -375,7 +328,7 @@ t.test('chunked trailers never reach the upstream as headers; framing fields in 
     gw.ca,
     'POST /trail HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\nTrailer: X-Auth-User\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n' +
       'X-Auth-User: admin\r\nX-Forwarded-For: 10.0.0.1\r\nX-Http-Method-Override: DELETE\r\n\r\n',
-    800,
+    { waitMs: 800 },
   );
   t.equal(statusOf(raw), 200);
   await until(() => up.seen.length === 1);
@@ -386,7 +339,7 @@ t.test('chunked trailers never reach the upstream as headers; framing fields in 
   t.equal(seen.headers['x-forwarded-for'], '127.0.0.1', 'X-Forwarded-For is the gateway\'s');
   t.notOk(seen.headers.trailer, 'no Trailer header upstream');
   for (const field of ['Content-Length: 99', 'Transfer-Encoding: chunked']) {
-    const res = await rawTls(gw.port, gw.ca, `POST /trail-framing HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n${field}\r\n\r\n`, 800);
+    const res = await rawTls(gw.port, gw.ca, `POST /trail-framing HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n${field}\r\n\r\n`, { waitMs: 800 });
     t.equal(statusOf(res), 400, `${field} in a trailer: 400`);
   }
   await sleep(100);
@@ -403,7 +356,7 @@ t.test('Transfer-Encoding: gzip, chunked (a coding the gateway does not decode):
     gz,
     Buffer.from('\r\n0\r\n\r\n'),
   ]);
-  const raw = await rawTls(gw.port, gw.ca, bytes, 800);
+  const raw = await rawTls(gw.port, gw.ca, bytes, { waitMs: 800 });
   await sleep(200);
   const forwarded = up.seen.find((s) => s.url === '/te-gzip');
   // RFC 9112 §6.1: a transfer coding the server does not understand → 501 (or the request is
@@ -575,15 +528,15 @@ sites:
     ['504', 'GET /slow/x HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n', 504],
   ];
   for (const [name, bytes, status] of cases) {
-    const raw = await rawTls(gw.port, gw.ca, bytes, 2000);
+    const raw = await rawTls(gw.port, gw.ca, bytes, { waitMs: 2000 });
     t.equal(statusOf(raw), status, `${name}: ${status}`);
     check(`${name} ${status}`, rawHead(raw));
   }
   // A chunked body over the limit: the 413 is decided mid-body.
-  const chunked = await rawTls(gw.port, gw.ca, `POST / HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\nContent-Type: application/octet-stream\r\n\r\n800\r\n${'x'.repeat(2048)}\r\n0\r\n\r\n`, 2000);
+  const chunked = await rawTls(gw.port, gw.ca, `POST / HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\nContent-Type: application/octet-stream\r\n\r\n800\r\n${'x'.repeat(2048)}\r\n0\r\n\r\n`, { waitMs: 2000 });
   t.equal(statusOf(chunked), 413, 'chunked 413');
   check('chunked 413', rawHead(chunked));
-  const chunkedText = await rawTls(gw.port, gw.ca, `POST / HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\nContent-Type: text/plain\r\n\r\n800\r\n${'x'.repeat(2048)}\r\n0\r\n\r\n`, 2000);
+  const chunkedText = await rawTls(gw.port, gw.ca, `POST / HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\nContent-Type: text/plain\r\n\r\n800\r\n${'x'.repeat(2048)}\r\n0\r\n\r\n`, { waitMs: 2000 });
   t.equal(statusOf(chunkedText), 413, 'chunked text/plain 413');
   check('chunked text/plain 413', rawHead(chunkedText));
 });

@@ -27,129 +27,19 @@ import http from 'node:http';
 import http2 from 'node:http2';
 import https from 'node:https';
 import net from 'node:net';
-import tls from 'node:tls';
 import { parseExposition, total } from '../ops-e2e/_support.js';
 import { countingServer, LOOPBACK_LISTEN, rawTls, startGateway, startUpstream, statusOf, type RunningGateway, type Tap, sleep, until, accessLine, rawUpstream } from '../helpers/gateway.js';
+import { appSite, h2Session, parseResponses, tlsClient } from '../helpers/clients.js';
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-const site = (origin: string | string[], extra = ''): string => `${LOOPBACK_LISTEN}${extra}
-sites:
-  - hosts: [app.test]
-    upstream: ${Array.isArray(origin) ? `[${origin.join(', ')}]` : origin}
-    routes: [{ path: /, access: public }]
-`;
-
-
-
+const site = (origin: string | string[], extra = ''): string => appSite(origin, undefined, extra);
 
 /** A control character other than HTAB (what Node refuses in a header value). */
 const hasControlChar = (s: string): boolean => [...s].some((ch) => (ch < ' ' && ch !== '\t') || ch === '\x7f');
 
 const sha256 = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
-
-
-
-interface TlsClient {
-  socket: tls.TLSSocket;
-  /** Everything received so far, as latin1 text. */
-  text(): string;
-  isClosed(): boolean;
-  /** Resolves true once the gateway closed the connection, false if it is still open after `ms`. */
-  closedWithin(ms: number): Promise<boolean>;
-}
-
-/** A raw HTTP/1.1 client over TLS (ALPN http/1.1) that keeps everything the gateway sends. */
-async function tlsClient(t: Tap, gw: RunningGateway): Promise<TlsClient> {
-  const socket = tls.connect({ host: '127.0.0.1', port: gw.port, ca: gw.ca, servername: 'app.test', ALPNProtocols: ['http/1.1'] });
-  const chunks: Buffer[] = [];
-  let closed = false;
-  socket.on('data', (c: Buffer) => chunks.push(c));
-  socket.on('error', () => undefined);
-  socket.on('close', () => (closed = true));
-  t.teardown(() => socket.destroy());
-  await new Promise<void>((resolve, reject) => {
-    socket.once('secureConnect', () => resolve());
-    socket.once('error', reject);
-  });
-  return {
-    socket,
-    text: () => Buffer.concat(chunks).toString('latin1'),
-    isClosed: () => closed,
-    closedWithin: (ms) => until(() => closed, ms),
-  };
-}
-
-interface RawResponse {
-  status: number;
-  /** Lower-case names; repeated headers joined with ', '. */
-  headers: Record<string, string>;
-  body: string;
-  /** The body's framing was complete (Content-Length reached, or the last chunk seen). */
-  complete: boolean;
-}
-
-/**
- * Splits the bytes a gateway sent on one HTTP/1.1 connection into responses. `methods` are the
- * methods of the requests, in order (a HEAD response has no body whatever its headers say).
- */
-function parseResponses(raw: string, methods: string[]): RawResponse[] {
-  const out: RawResponse[] = [];
-  let rest = raw;
-  while (rest.length > 0) {
-    const end = rest.indexOf('\r\n\r\n');
-    if (end === -1) break;
-    const [statusLine, ...lines] = rest.slice(0, end).split('\r\n');
-    rest = rest.slice(end + 4);
-    const status = statusOf(statusLine!);
-    const headers: Record<string, string> = {};
-    for (const line of lines) {
-      const i = line.indexOf(':');
-      const name = line.slice(0, i).toLowerCase();
-      const value = line.slice(i + 1).trim();
-      headers[name] = headers[name] === undefined ? value : `${headers[name]}, ${value}`;
-    }
-    const method = methods[out.length] ?? 'GET';
-    let body = '';
-    let complete = true;
-    if (method === 'HEAD' || status < 200 || status === 204 || status === 304) {
-      // no body
-    } else if (/chunked/i.test(headers['transfer-encoding'] ?? '')) {
-      complete = false;
-      for (;;) {
-        const eol = rest.indexOf('\r\n');
-        if (eol === -1) break;
-        const size = parseInt(rest.slice(0, eol), 16);
-        if (Number.isNaN(size)) break;
-        if (size === 0) {
-          if (rest.startsWith('\r\n', eol + 2)) {
-            complete = true;
-            rest = rest.slice(eol + 4);
-          }
-          break;
-        }
-        const data = rest.slice(eol + 2, eol + 2 + size);
-        body += data;
-        if (data.length < size || !rest.startsWith('\r\n', eol + 2 + size)) {
-          rest = '';
-          break;
-        }
-        rest = rest.slice(eol + 4 + size);
-      }
-    } else if (headers['content-length'] !== undefined) {
-      const n = Number(headers['content-length']);
-      body = rest.slice(0, n);
-      complete = body.length === n;
-      rest = rest.slice(n);
-    } else {
-      body = rest;
-      rest = '';
-    }
-    out.push({ status, headers, body, complete });
-  }
-  return out;
-}
 
 /** Number of HTTP/1.x status lines in raw response bytes. */
 const statusLines = (raw: string): number => (raw.match(/HTTP\/1\.[01] \d{3} /g) ?? []).length;
@@ -196,14 +86,6 @@ function h1Get(t: Tap, gw: RunningGateway, path: string, waitMs = 3000): Promise
     req.on('error', reject);
     req.end();
   });
-}
-
-/** An HTTP/2 session to the gateway, closed at teardown. */
-function h2Session(t: Tap, gw: RunningGateway): http2.ClientHttp2Session {
-  const session = http2.connect(`https://127.0.0.1:${gw.port}`, { ca: gw.ca, servername: 'app.test' });
-  session.on('error', () => undefined);
-  t.teardown(() => session.destroy());
-  return session;
 }
 
 /** One HTTP/2 request, reading the body to its end or reset. */

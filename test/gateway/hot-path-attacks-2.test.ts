@@ -19,57 +19,11 @@ import { createLogger } from '../../src/observability/logging.js';
 import { buildGateway } from '../../src/gateway.js';
 import { prepareCertificates } from '../../src/server/certificates.js';
 import { MemoryStore } from '../../src/state/index.js';
-import { LOOPBACK_LISTEN, startGateway, startUpstream, statusOf, type LogRecord, type RunningGateway, type Tap, sleep, until, accessLine } from '../helpers/gateway.js';
+import { LOOPBACK_LISTEN, startGateway, startUpstream, statusOf, type LogRecord, type Tap, sleep, until, accessLine } from '../helpers/gateway.js';
+import { appSite as site, h2Request, h2Session, statuses, tlsClient, type H2Response } from '../helpers/clients.js';
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-
-
-const site = (origin: string, routes = '[{ path: /, access: public }]', extra = ''): string => `${LOOPBACK_LISTEN}${extra}
-sites:
-  - hosts: [app.test]
-    upstream: ${origin}
-    routes: ${routes}
-`;
-
-
-interface TlsClient {
-  socket: tls.TLSSocket;
-  text(): string;
-  closed(): boolean;
-  closedAt(): number;
-  closedWithin(ms: number): Promise<boolean>;
-}
-
-/** A raw HTTP/1.1 client over TLS that keeps everything the gateway sends. */
-async function tlsClient(t: Tap, gw: RunningGateway): Promise<TlsClient> {
-  const socket = tls.connect({ host: '127.0.0.1', port: gw.port, ca: gw.ca, servername: 'app.test', ALPNProtocols: ['http/1.1'] });
-  const chunks: Buffer[] = [];
-  let closed = false;
-  let closedAt = 0;
-  socket.on('data', (c: Buffer) => chunks.push(c));
-  socket.on('error', () => undefined);
-  socket.on('close', () => {
-    closed = true;
-    closedAt = Date.now();
-  });
-  t.teardown(() => socket.destroy());
-  await new Promise<void>((resolve, reject) => {
-    socket.once('secureConnect', () => resolve());
-    socket.once('error', reject);
-  });
-  return {
-    socket,
-    text: () => Buffer.concat(chunks).toString('latin1'),
-    closed: () => closed,
-    closedAt: () => closedAt,
-    closedWithin: (ms) => until(() => closed, ms),
-  };
-}
-
-/** Status codes of every response head in a raw HTTP/1.1 byte string, in order. */
-const statuses = (raw: string): number[] => [...raw.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => Number(m[1]));
 
 /** An upstream that records each request's fate: completed (whole body read) or aborted. */
 interface FateUpstream {
@@ -107,42 +61,6 @@ async function fateUpstream(t: Tap, respond?: (req: http.IncomingMessage, res: h
   return up;
 }
 
-function h2Session(t: Tap, gw: RunningGateway): http2.ClientHttp2Session {
-  const session = http2.connect(`https://127.0.0.1:${gw.port}`, { ca: gw.ca, servername: 'app.test' });
-  session.on('error', () => undefined);
-  t.teardown(() => session.destroy());
-  return session;
-}
-
-interface H2Response {
-  status: number;
-  headers: http2.IncomingHttpHeaders;
-  informational: number[];
-  trailers: http2.IncomingHttpHeaders | null;
-  body: string;
-  rstCode: number | undefined;
-}
-
-function h2Request(session: http2.ClientHttp2Session, headers: http2.OutgoingHttpHeaders, body?: string): Promise<H2Response> {
-  return new Promise((resolve, reject) => {
-    const req = session.request({ ':authority': 'app.test', ...headers });
-    let text = '';
-    let head: http2.IncomingHttpHeaders = {};
-    const informational: number[] = [];
-    let trailers: http2.IncomingHttpHeaders | null = null;
-    req.setEncoding('utf8');
-    req.on('headers', (h) => informational.push(Number(h[':status'])));
-    req.on('response', (h) => (head = h));
-    req.on('trailers', (h) => (trailers = h));
-    req.on('data', (d: string) => (text += d));
-    req.on('close', () => resolve({ status: Number(head[':status']), headers: head, informational, trailers, body: text, rstCode: req.rstCode }));
-    req.on('error', () => undefined);
-    if (body !== undefined) req.end(body);
-    else req.end();
-    void reject;
-  });
-}
-
 // =============================================================================================
 // 1. HTTP/1.1 deadlines on the HTTP/2 compat server (src/server/slowloris.ts).
 
@@ -155,7 +73,7 @@ t.test('slowloris drip: header bytes every 150 ms do not extend limits.headers_t
   const opened = Date.now();
   const head = 'GET /drip HTTP/1.1\r\nHost: app.test\r\nX-Slow: ' + 'a'.repeat(200);
   void (async () => {
-    for (let i = 0; i < head.length && !c.closed(); i++) {
+    for (let i = 0; i < head.length && !c.isClosed(); i++) {
       c.socket.write(head[i]!);
       await sleep(150);
     }
@@ -178,7 +96,7 @@ t.test('keep-alive: a second request whose headers never complete gets 408 after
   // The next request starts, then drips a byte every 150 ms forever.
   const head = 'GET /second HTTP/1.1\r\nHost: app.test\r\nX-Slow: ' + 'b'.repeat(500);
   void (async () => {
-    for (let i = 0; i < head.length && !c.closed(); i++) {
+    for (let i = 0; i < head.length && !c.isClosed(); i++) {
       c.socket.write(head[i]!);
       await sleep(150);
     }
@@ -197,7 +115,7 @@ t.test('a Content-Length body trickled slower than limits.request_timeout: close
   const began = Date.now();
   c.socket.write('POST /trickle HTTP/1.1\r\nHost: app.test\r\nContent-Type: application/octet-stream\r\nContent-Length: 100\r\n\r\n');
   void (async () => {
-    for (let i = 0; i < 100 && !c.closed(); i++) {
+    for (let i = 0; i < 100 && !c.isClosed(); i++) {
       c.socket.write('x');
       await sleep(200); // each gap far below idle; 20 s in total
     }
@@ -217,7 +135,7 @@ t.test('a chunked body trickled slower than limits.request_timeout: closed, the 
   const began = Date.now();
   c.socket.write('POST /trickle-chunked HTTP/1.1\r\nHost: app.test\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n');
   void (async () => {
-    for (let i = 0; i < 100 && !c.closed(); i++) {
+    for (let i = 0; i < 100 && !c.isClosed(); i++) {
       c.socket.write('1\r\nx\r\n');
       await sleep(200);
     }
@@ -251,7 +169,7 @@ sites:
   const began = Date.now();
   c.socket.write('POST /refused HTTP/1.1\r\nHost: app.test\r\nContent-Type: application/octet-stream\r\nContent-Length: 1000000\r\n\r\n');
   void (async () => {
-    for (let i = 0; i < 200 && !c.closed(); i++) {
+    for (let i = 0; i < 200 && !c.isClosed(); i++) {
       c.socket.write('y');
       await sleep(100);
     }
@@ -287,7 +205,7 @@ t.test('pipelined: a second request with a body uploaded within request_timeout 
   const gw = await startGateway(t, site(up.origin, '[{ path: /, access: public }]', 'timeouts: { idle: 1s, response: 10s }\nlimits: { headers_timeout: 1s, request_timeout: 5s }\n'));
   const c = await tlsClient(t, gw);
   c.socket.write('GET /fast HTTP/1.1\r\nHost: app.test\r\n\r\nPOST /upload HTTP/1.1\r\nHost: app.test\r\nContent-Type: application/octet-stream\r\nContent-Length: 10\r\nConnection: close\r\n\r\n');
-  for (let i = 0; i < 10 && !c.closed(); i++) {
+  for (let i = 0; i < 10 && !c.isClosed(); i++) {
     await sleep(300); // 3 s in all: under request_timeout (5 s), over idle + headers_timeout (2 s)
     c.socket.write('z');
   }

@@ -13,18 +13,15 @@ import http from 'node:http';
 import http2 from 'node:http2';
 import https from 'node:https';
 import net from 'node:net';
-import tls from 'node:tls';
 import { createHash, randomBytes } from 'node:crypto';
 import { SignJWT, exportJWK, generateKeyPair } from 'jose';
-import { LOOPBACK_LISTEN, startGateway, startUpstream, statusOf, type RunningGateway, type SeenRequest, type Tap, sleep, until, accessLine, rawUpstream } from '../helpers/gateway.js';
+import { LOOPBACK_LISTEN, startGateway, startUpstream, statusOf, type SeenRequest, type Tap, sleep, until, accessLine, rawUpstream } from '../helpers/gateway.js';
+import { appSite as site, h2Request, h2Session, parseResponses, tlsClient } from '../helpers/clients.js';
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-
-
 const sha256 = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
-
 
 /** Lower-case raw header names the upstream received. */
 const rawNames = (s: SeenRequest): string[] => s.rawHeaders.filter((_v, i) => i % 2 === 0).map((n) => n.toLowerCase());
@@ -35,138 +32,6 @@ const rawValues = (s: SeenRequest, name: string): string[] => {
   for (let i = 0; i < s.rawHeaders.length; i += 2) if (s.rawHeaders[i]!.toLowerCase() === name) out.push(s.rawHeaders[i + 1]!);
   return out;
 };
-
-const site = (origin: string, routes = '[{ path: /, access: public }]', extra = ''): string => `${LOOPBACK_LISTEN}${extra}
-sites:
-  - hosts: [app.test]
-    upstream: ${origin}
-    routes: ${routes}
-`;
-
-interface TlsClient {
-  socket: tls.TLSSocket;
-  text(): string;
-  closedWithin(ms: number): Promise<boolean>;
-}
-
-/** A raw HTTP/1.1 client over TLS that keeps everything the gateway sends. */
-async function tlsClient(t: Tap, gw: RunningGateway): Promise<TlsClient> {
-  const socket = tls.connect({ host: '127.0.0.1', port: gw.port, ca: gw.ca, servername: 'app.test', ALPNProtocols: ['http/1.1'] });
-  const chunks: Buffer[] = [];
-  let closed = false;
-  socket.on('data', (c: Buffer) => chunks.push(c));
-  socket.on('error', () => undefined);
-  socket.on('close', () => (closed = true));
-  t.teardown(() => socket.destroy());
-  await new Promise<void>((resolve, reject) => {
-    socket.once('secureConnect', () => resolve());
-    socket.once('error', reject);
-  });
-  return { socket, text: () => Buffer.concat(chunks).toString('latin1'), closedWithin: (ms) => until(() => closed, ms) };
-}
-
-interface RawResponse {
-  status: number;
-  /** Raw header lines of the head, as sent. */
-  lines: string[];
-  /** Lower-case names; repeated ones joined with ', '. */
-  headers: Record<string, string>;
-  body: string;
-  complete: boolean;
-}
-
-/** Splits the bytes of one HTTP/1.1 connection into responses (`methods`: the requests' methods, in order). */
-function parseResponses(raw: string, methods: string[]): RawResponse[] {
-  const out: RawResponse[] = [];
-  let rest = raw;
-  while (rest.length > 0) {
-    const end = rest.indexOf('\r\n\r\n');
-    if (end === -1) break;
-    const [statusLine, ...lines] = rest.slice(0, end).split('\r\n');
-    rest = rest.slice(end + 4);
-    const status = statusOf(statusLine!);
-    const headers: Record<string, string> = {};
-    for (const line of lines) {
-      const i = line.indexOf(':');
-      const name = line.slice(0, i).toLowerCase();
-      const value = line.slice(i + 1).trim();
-      headers[name] = headers[name] === undefined ? value : `${headers[name]}, ${value}`;
-    }
-    const method = methods[out.length] ?? 'GET';
-    let body = '';
-    let complete = true;
-    if (status < 200) {
-      // interim: no body, the final response follows
-      out.push({ status, lines, headers, body, complete });
-      continue;
-    }
-    if (method === 'HEAD' || status === 204 || status === 304) {
-      // no body
-    } else if (/chunked/i.test(headers['transfer-encoding'] ?? '')) {
-      complete = false;
-      for (;;) {
-        const eol = rest.indexOf('\r\n');
-        if (eol === -1) break;
-        const size = parseInt(rest.slice(0, eol), 16);
-        if (Number.isNaN(size)) break;
-        if (size === 0) {
-          if (rest.startsWith('\r\n', eol + 2)) {
-            complete = true;
-            rest = rest.slice(eol + 4);
-          }
-          break;
-        }
-        const data = rest.slice(eol + 2, eol + 2 + size);
-        body += data;
-        if (data.length < size || !rest.startsWith('\r\n', eol + 2 + size)) {
-          rest = '';
-          break;
-        }
-        rest = rest.slice(eol + 4 + size);
-      }
-    } else if (headers['content-length'] !== undefined) {
-      const n = Number(headers['content-length']);
-      body = rest.slice(0, n);
-      complete = body.length === n;
-      rest = rest.slice(n);
-    } else {
-      body = rest;
-      rest = '';
-    }
-    out.push({ status, lines, headers, body, complete });
-  }
-  return out;
-}
-
-
-
-function h2Session(t: Tap, gw: RunningGateway): http2.ClientHttp2Session {
-  const session = http2.connect(`https://127.0.0.1:${gw.port}`, { ca: gw.ca, servername: 'app.test' });
-  session.on('error', () => undefined);
-  t.teardown(() => session.destroy());
-  return session;
-}
-
-interface H2Response {
-  status: number;
-  headers: http2.IncomingHttpHeaders;
-  body: string;
-}
-
-function h2Request(session: http2.ClientHttp2Session, headers: http2.OutgoingHttpHeaders, body?: string): Promise<H2Response> {
-  return new Promise((resolve, reject) => {
-    const req = session.request({ ':authority': 'app.test', ...headers });
-    let text = '';
-    let head: http2.IncomingHttpHeaders = {};
-    req.setEncoding('utf8');
-    req.on('response', (h) => (head = h));
-    req.on('data', (d: string) => (text += d));
-    req.on('end', () => resolve({ status: Number(head[':status']), headers: head, body: text }));
-    req.on('error', reject);
-    if (body !== undefined) req.end(body);
-    else req.end();
-  });
-}
 
 /**
  * A token issuer on loopback: an ES256 key whose JWKS is served by a local HTTP server. While
