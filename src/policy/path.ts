@@ -67,12 +67,33 @@ const UTF8_DECODER = new TextDecoder('utf-8');
 const SLASH = 0x2f;
 const DOT = 0x2e;
 
-/** Value of an ASCII hex digit, or -1 (also for NaN past the end of a string). Internal. */
-export function hexValue(c: number): number {
+/** Value of an ASCII hex digit, or -1 (also for NaN past the end of a string). */
+function hexValue(c: number): number {
   if (c >= 0x30 && c <= 0x39) return c - 0x30;
   if (c >= 0x41 && c <= 0x46) return c - 0x37;
   if (c >= 0x61 && c <= 0x66) return c - 0x57;
   return -1;
+}
+
+/**
+ * The bytes of a canonical segment with its escapes decoded. Internal (routes.ts reads segments
+ * the same way). Canonical segments hold ASCII and valid escapes only, so every other char is one byte.
+ */
+export function segmentBytes(seg: string): Uint8Array {
+  const bytes = new Uint8Array(seg.length);
+  let len = 0;
+  for (let i = 0; i < seg.length; i++) {
+    const c = seg.charCodeAt(i);
+    const hi = c === 0x25 ? hexValue(seg.charCodeAt(i + 1)) : -1;
+    const lo = hi >= 0 ? hexValue(seg.charCodeAt(i + 2)) : -1;
+    if (lo >= 0) {
+      bytes[len++] = (hi << 4) | lo;
+      i += 2;
+    } else {
+      bytes[len++] = c & 0xff;
+    }
+  }
+  return bytes.subarray(0, len);
 }
 
 function pct(byte: number): string {
@@ -85,20 +106,7 @@ function pct(byte: number): string {
  * segments that can read differently (see `needsBroadReading`).
  */
 function broadReading(seg: string): string {
-  const bytes = new Uint8Array(seg.length);
-  let len = 0;
-  for (let i = 0; i < seg.length; i++) {
-    const c = seg.charCodeAt(i);
-    const hi = c === 0x25 ? hexValue(seg.charCodeAt(i + 1)) : -1;
-    const lo = hi >= 0 ? hexValue(seg.charCodeAt(i + 2)) : -1;
-    if (lo >= 0) {
-      bytes[len++] = (hi << 4) | lo;
-      i += 2;
-    } else {
-      bytes[len++] = c & 0xff; // canonical segments hold ASCII only
-    }
-  }
-  let s = UTF8_DECODER.decode(bytes.subarray(0, len)).normalize('NFKC');
+  let s = UTF8_DECODER.decode(segmentBytes(seg)).normalize('NFKC');
   const semi = s.indexOf(';');
   if (semi >= 0) s = s.slice(0, semi);
   let end = s.length;

@@ -14,7 +14,7 @@
 import type { RouteConfig, SiteConfig } from '../config/types.js';
 import { GatewayError } from '../errors.js';
 import { isAtLeastAsStrict } from './decision.js';
-import { canonicalizePath, hexValue } from './path.js';
+import { canonicalizePath, segmentBytes } from './path.js';
 
 /** What the table reads from a route; anything else the route carries is returned untouched. */
 export type RouteLike = Pick<RouteConfig, 'path' | 'methods' | 'access' | 'roles'>;
@@ -79,24 +79,8 @@ export function matchingView(seg: string): string {
   if (isPlainSegment(seg)) return seg;
   let s = seg;
   if (s.includes('%')) {
-    // Canonical segments only hold ASCII and valid escapes, so every char is one byte.
-    const bytes = new Uint8Array(s.length);
-    let len = 0;
-    let wide = false;
-    for (let i = 0; i < s.length; i++) {
-      const c = s.charCodeAt(i);
-      const hi = c === 0x25 ? hexValue(s.charCodeAt(i + 1)) : -1;
-      const lo = hi >= 0 ? hexValue(s.charCodeAt(i + 2)) : -1;
-      if (lo >= 0) {
-        bytes[len++] = (hi << 4) | lo;
-        i += 2;
-      } else {
-        bytes[len++] = c & 0xff;
-      }
-      if (bytes[len - 1]! >= 0x80) wide = true;
-    }
-    const decoded = bytes.subarray(0, len);
-    s = wide ? UTF8.decode(decoded).normalize('NFKC').toUpperCase().toLowerCase() : LATIN1.decode(decoded);
+    const decoded = segmentBytes(s);
+    s = decoded.some((b) => b >= 0x80) ? UTF8.decode(decoded).normalize('NFKC').toUpperCase().toLowerCase() : LATIN1.decode(decoded);
   }
   const semi = s.indexOf(';');
   if (semi >= 0) s = s.slice(0, semi);
