@@ -573,8 +573,26 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     const authorization = hasDuplicate(request.raw.rawHeaders, 'authorization') ? headerValues(request.raw.rawHeaders, 'authorization') : request.headers.authorization;
     const refusal = authorizeRequest(ctx, authorization);
     if (refusal === null) return false;
-    if (refusal instanceof Promise) return refusal.then((r) => (r === null ? false : refuseAccess(ctx, reply, r, authorization)));
+    if (refusal instanceof Promise) {
+      // The ban was checked (stage 2) before the token went to verification. Verifications of
+      // one burst (streams of one HTTP/2 connection, many connections at once) all pass that
+      // check in the same turn and finish later: without a second look, every guess of the burst
+      // is answered, and a right one forwarded, after the failures before it earned a ban.
+      return refusal.then((r) => {
+        if (!protectionOf(ctx).bans) return r === null ? false : refuseAccess(ctx, reply, r, authorization);
+        return afterBanCheck(ctx, reply, () => (r === null ? false : refuseAccess(ctx, reply, r, authorization)));
+      });
+    }
+    // The same holds for an answer known at once (a cached refusal) after a stage that waited.
+    if (protectionOf(ctx).bans) return afterBanCheck(ctx, reply, () => refuseAccess(ctx, reply, refusal, authorization));
     return refuseAccess(ctx, reply, refusal, authorization);
+  }
+
+  /** `next()` unless the client is banned by now (then the 429, and nothing else). */
+  function afterBanCheck(ctx: RequestContext, reply: FastifyReply, next: () => boolean | Promise<boolean>): boolean | Promise<boolean> {
+    const ban = bans.check(ipKey(ctx.clientIp));
+    if (ban instanceof Promise) return ban.then((b) => refuseBanned(ctx, reply, b) || next());
+    return refuseBanned(ctx, reply, ban) || next();
   }
 
   function refuseAccess(ctx: RequestContext, reply: FastifyReply, refusal: AuthRefusal, authorization: string | string[] | undefined): boolean | Promise<boolean> {

@@ -1,6 +1,7 @@
 /**
  * OIDC Discovery 1.0 (§4): `jwks_uri` and `introspection_endpoint` when the config leaves them out.
  */
+import { checkSecureUrl } from '../config/checks.js';
 import type { IdpHttp } from './http.js';
 import { IdpUnreachable } from './http.js';
 
@@ -15,8 +16,11 @@ export class DiscoveryInvalid extends Error {
 }
 
 /**
- * An endpoint taken from discovery must be an absolute http(s) URL, and https when the issuer is:
- * a tampered or sloppy document must not downgrade key or token transport to cleartext.
+ * An endpoint taken from discovery is held to the rule an endpoint written in the configuration
+ * is (`checkSecureUrl`): https, or http on a loopback address only, no user info, no fragment;
+ * and https whenever the issuer is.
+ * A tampered or sloppy document must not move key or token transport to cleartext — not even
+ * for an issuer that is itself plain http on loopback (a local IdP naming a host elsewhere).
  */
 export function checkEndpoint(issuer: string, value: unknown, name: string): string | null {
   if (value === undefined || value === null) return null;
@@ -29,6 +33,8 @@ export function checkEndpoint(issuer: string, value: unknown, name: string): str
   }
   if (url.protocol !== 'https:' && url.protocol !== 'http:') throw new DiscoveryInvalid(`${name} must be http(s)`);
   if (url.protocol === 'http:' && issuer.startsWith('https:')) throw new DiscoveryInvalid(`${name} must be https for an https issuer`);
+  const checked = checkSecureUrl(value);
+  if (!checked.ok) throw new DiscoveryInvalid(`${name} ${checked.message}`);
   return url.href;
 }
 

@@ -34,9 +34,28 @@ export type IntrospectionVerdict =
   | { readonly ok: false; readonly reason: 'introspection_failed' };
 
 /**
+ * Whether the answer, where it says what kind of token this is, says a bearer access token:
+ * `token_type` (RFC 7662 §2.2, the RFC 6749 §7.1 type: `Bearer`, not `DPoP`, `N_A` or
+ * `refresh_token`), `token_use` (Ory Hydra: `access_token`; Amazon Cognito: `access`), `typ`
+ * (Keycloak: `Bearer`, not `Refresh`, `Offline` or `ID`). A refresh token is for the token
+ * endpoint only (RFC 6749 §10.4) and outlives the access token; a DPoP-bound token is worthless
+ * without its proof, which the gateway does not check.
+ */
+function isAccessToken(a: Record<string, unknown>): boolean {
+  const type = a['token_type'];
+  if (type !== undefined && (typeof type !== 'string' || type.toLowerCase() !== 'bearer')) return false;
+  const use = a['token_use'];
+  if (use !== undefined && use !== 'access_token' && use !== 'access') return false;
+  const typ = a['typ'];
+  if (typ !== undefined && (typeof typ !== 'string' || typ.toLowerCase() !== 'bearer')) return false;
+  return true;
+}
+
+/**
  * Pure judgement of an introspection answer (RFC 7662 §2.2). The endpoint's word on `active` is
  * final, but the claims are still checked like a JWT's: another issuer's answer (`iss`), a token
- * for another resource (`aud`), an expired one (`exp`: an endpoint with a stale cache).
+ * for another resource or none named (`aud`, required), an expired one (`exp`: an endpoint with a
+ * stale cache), a token that is not an access token (`token_type`, `token_use`, `typ`).
  */
 export function judgeIntrospection(answer: unknown, issuer: IssuerConfig, cfg: IntrospectionConfig, now: number): IntrospectionVerdict {
   if (typeof answer !== 'object' || answer === null || Array.isArray(answer)) return { ok: false, reason: 'introspection_failed' };
@@ -44,7 +63,10 @@ export function judgeIntrospection(answer: unknown, issuer: IssuerConfig, cfg: I
   if (typeof a['active'] !== 'boolean') return { ok: false, reason: 'introspection_failed' };
   if (!a['active']) return { ok: false, reason: 'inactive_token' };
   if (a['iss'] !== undefined && a['iss'] !== issuer.issuer) return { ok: false, reason: 'bad_issuer' };
-  if (a['aud'] !== undefined && !audienceMatches(a['aud'], issuer.audiences)) return { ok: false, reason: 'bad_audience' };
+  // `audiences` must match, as for a JWT: an answer without `aud` does not say the token is for
+  // this API (a refresh token, or an access token for another resource of the same IdP).
+  if (!audienceMatches(a['aud'], issuer.audiences)) return { ok: false, reason: 'bad_audience' };
+  if (!isAccessToken(a)) return { ok: false, reason: 'wrong_token_type' };
   const exp = a['exp'];
   const nbf = a['nbf'];
   if (exp !== undefined && (typeof exp !== 'number' || !Number.isFinite(exp))) return { ok: false, reason: 'bad_claims' };

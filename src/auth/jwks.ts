@@ -41,6 +41,23 @@ export interface IssuerKeysOptions {
 }
 
 /** What identifies a public key in a set (the fields jose matches a token's header and signature on). */
+/**
+ * Whether the set holds a key that can verify a signature: an asymmetric key (`oct` never
+ * verifies here: the algorithms allowed are asymmetric), for signing (`use` absent or `sig`)
+ * and allowed to verify (`key_ops` absent or naming `verify`). A set without one is treated like
+ * a failed fetch — the keys already held stay — as Envoy treats a JWKS without valid keys: an
+ * IdP answering `{"keys": []}` for a moment is far likelier than one withdrawing every key on
+ * purpose, and taking it at its word turned every valid token into a 401.
+ */
+function hasVerifyingKey(jwks: JSONWebKeySet): boolean {
+  return (jwks.keys as unknown as Record<string, unknown>[]).some(
+    (k) =>
+      (k.kty === 'RSA' || k.kty === 'EC' || k.kty === 'OKP') &&
+      (k.use === undefined || k.use === 'sig') &&
+      (k.key_ops === undefined || (Array.isArray(k.key_ops) && k.key_ops.includes('verify'))),
+  );
+}
+
 function keyIds(jwks: JSONWebKeySet): Set<string> {
   const ids = new Set<string>();
   for (const k of jwks.keys as unknown as Record<string, unknown>[]) {
@@ -107,7 +124,9 @@ export class IssuerKeys {
       if (res.status !== 200) throw new IdpUnreachable(`JWKS answered ${res.status}`);
       // createLocalJWKSet validates the shape (throws JWKSInvalid) and only ever uses public keys.
       const jwks = res.json as JSONWebKeySet;
-      this.#local = createLocalJWKSet(jwks);
+      const local = createLocalJWKSet(jwks);
+      if (!hasVerifyingKey(jwks)) throw new KeysUnavailable('the JWKS has no key that can verify a signature');
+      this.#local = local;
       const ids = keyIds(jwks);
       const before = this.#ids;
       this.#ids = ids;

@@ -49,7 +49,9 @@ export type AuthFailureReason =
   | 'missing_sub'
   | 'bad_claims'
   // introspection (RFC 7662)
-  | 'inactive_token';
+  | 'inactive_token'
+  /** The endpoint says it is not an access token (a refresh or ID token, a DPoP-bound one). */
+  | 'wrong_token_type';
 
 /** Why the gateway could not decide (answered with 503, never as "denied"). */
 export type UnavailableReason =

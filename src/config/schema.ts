@@ -235,7 +235,7 @@ const Introspection = Nullable(
     },
     Closed,
   ),
-  'Validate opaque (non-JWT) tokens with RFC 7662 introspection; null: off.',
+  'Validate opaque (non-JWT) tokens with RFC 7662 introspection; null: off. An answer is accepted only if its `aud` names one of `audiences` and, where it gives a token type (`token_type`, `token_use`, `typ`), that type is a bearer access token (not a refresh, ID or DPoP-bound token).',
   null,
 );
 
@@ -321,7 +321,7 @@ export const GatewayFileSchema = Type.Object(
       ),
     ),
     trusted_proxies: Type.Optional(
-      Type.Array(NonEmpty('IPv4/IPv6 address or CIDR.'), { description: 'Proxies allowed to set X-Forwarded-*/Forwarded; empty: trust nobody.', default: [] }),
+      Type.Array(NonEmpty('IPv4/IPv6 address or CIDR.'), { description: 'Proxies allowed to set X-Forwarded-*/Forwarded; empty: trust nobody. An X-Forwarded-For hop written with a port (`ip:port`, `[ipv6]:port`) counts as its address.', default: [] }),
     ),
     log: Type.Optional(
       Type.Object(

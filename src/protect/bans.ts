@@ -74,6 +74,15 @@ export class BanList {
     assertRules(rules);
     const { count } = await this.#store.incr(this.#failKey(clientKey), rules.windowMs);
     if (count < rules.authFailures) return { banned: false, failures: count };
+    // Only the failure that reaches the threshold bans. The counter is atomic, so of a burst of
+    // failures recorded together exactly one does; the rest must not ban again (a second ban
+    // would move the first one's end and log a second `banned` event for one client). A count
+    // that reaches the threshold again while the ban holds (counting restarts below) bans nobody.
+    if (count > rules.authFailures) return { banned: false, failures: count };
+    if ((await this.check(clientKey)).banned) {
+      await this.#store.delete(this.#failKey(clientKey));
+      return { banned: false, failures: count };
+    }
     await this.#store.set(this.#banKey(clientKey), '1', rules.durationMs);
     // Start from zero after the ban instead of being re-banned by the next single failure.
     await this.#store.delete(this.#failKey(clientKey));

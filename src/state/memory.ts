@@ -1,11 +1,16 @@
 /**
- * In-process {@link Store}: one `Map`, expiry checked lazily on every read plus a periodic sweep.
+ * In-process {@link Store}: expiry checked lazily on every read plus a periodic sweep.
  *
- * Bounded: when `maxEntries` is reached, expired entries are swept first and, if the map is still
- * full, the oldest-inserted entries are evicted. Eviction forgets a counter or a ban early (fails
- * open); the bound exists so that a flood of distinct client keys cannot exhaust memory. Size the
- * bound above the number of distinct clients expected per window (IPv6 clients are keyed by /64 in
- * `protect/client-key.ts`, which limits how many keys one attacker can mint cheaply).
+ * Bounded: when `maxEntries` live keys are held, expired entries are swept first and, if the
+ * store is still full, the oldest-inserted entries of the LARGEST namespace are evicted. A
+ * namespace is a key's prefix up to its second `:` — one per route's rate limit (`rl:<route>:`),
+ * one for ban counters (`ban:fail:`), one for bans (`ban:on:`) — much as nginx gives each
+ * `limit_req_zone` its own memory. Without it, a key space a client can mint at will (`key:
+ * header:NAME`, or a flood of IPv6 /64s) pushed the oldest entries of every other space out: a
+ * client evicted its own ban and the counters of its address by sending made-up API keys. Now a
+ * flood evicts from the space it floods, and eviction still forgets a counter early (fails open)
+ * only there. Size the bound above the number of distinct clients expected per window (IPv6
+ * clients are keyed by /64 in `protect/client-key.ts`).
  *
  * State is per process: several gateway instances each count separately (use the Redis store).
  */
@@ -47,8 +52,18 @@ function counterOf(value: string): number {
   return /^(?:0|-?[1-9][0-9]*)$/.test(value) ? Number(value) : NaN;
 }
 
+/** The namespace of `key`: its prefix up to and including the second `:` (or the first, or none). */
+export function namespaceOf(key: string): string {
+  const first = key.indexOf(':');
+  if (first === -1) return '';
+  const second = key.indexOf(':', first + 1);
+  return key.slice(0, (second === -1 ? first : second) + 1);
+}
+
 export class MemoryStore implements Store {
-  readonly #entries = new Map<string, Entry>();
+  /** namespace → (key → entry), each in insertion order. */
+  readonly #spaces = new Map<string, Map<string, Entry>>();
+  #size = 0;
   readonly #maxEntries: number;
   readonly #now: () => number;
   #timer: NodeJS.Timeout | null = null;
@@ -74,19 +89,23 @@ export class MemoryStore implements Store {
 
   /** Number of keys held, including expired ones not yet swept (for tests and a gauge). */
   get size(): number {
-    return this.#entries.size;
+    return this.#size;
   }
 
   /** Drops every expired entry now. Returns how many were dropped. */
   sweep(): number {
     const now = this.#now();
     let dropped = 0;
-    for (const [key, entry] of this.#entries) {
-      if (entry.expiresAt <= now) {
-        this.#entries.delete(key);
-        dropped++;
+    for (const [name, entries] of this.#spaces) {
+      for (const [key, entry] of entries) {
+        if (entry.expiresAt <= now) {
+          entries.delete(key);
+          dropped++;
+        }
       }
+      if (entries.size === 0) this.#spaces.delete(name);
     }
+    this.#size -= dropped;
     return dropped;
   }
 
@@ -129,13 +148,13 @@ export class MemoryStore implements Store {
     this.#assertOpen();
     assertPositiveMs('ttlMs', ttlMs);
     // Re-insert so that Map order stays "oldest write first" for eviction.
-    this.#entries.delete(key);
+    this.#remove(key);
     this.#insert(key, { value, expiresAt: this.#now() + ttlMs });
   }
 
   async delete(key: string): Promise<void> {
     this.#assertOpen();
-    this.#entries.delete(key);
+    this.#remove(key);
   }
 
   async close(): Promise<void> {
@@ -144,28 +163,51 @@ export class MemoryStore implements Store {
       this.#timer = null;
     }
     this.#closed = true;
-    this.#entries.clear();
+    this.#spaces.clear();
+    this.#size = 0;
   }
 
   #live(key: string, now: number): Entry | undefined {
-    const entry = this.#entries.get(key);
+    const entries = this.#spaces.get(namespaceOf(key));
+    const entry = entries?.get(key);
     if (entry !== undefined && entry.expiresAt <= now) {
-      this.#entries.delete(key);
+      entries!.delete(key);
+      this.#size--;
       return undefined;
     }
     return entry;
   }
 
+  #remove(key: string): void {
+    const entries = this.#spaces.get(namespaceOf(key));
+    if (entries !== undefined && entries.delete(key)) this.#size--;
+  }
+
   #insert(key: string, entry: Entry): void {
-    if (this.#entries.size >= this.#maxEntries) {
+    if (this.#size >= this.#maxEntries) {
       this.sweep();
-      // Map iteration order is insertion order: evict the oldest until there is room.
-      for (const oldest of this.#entries.keys()) {
-        if (this.#entries.size < this.#maxEntries) break;
-        this.#entries.delete(oldest);
-      }
+      while (this.#size >= this.#maxEntries) this.#evictOldestOfLargest();
     }
-    this.#entries.set(key, entry);
+    const name = namespaceOf(key);
+    let entries = this.#spaces.get(name);
+    if (entries === undefined) {
+      entries = new Map();
+      this.#spaces.set(name, entries);
+    }
+    entries.set(key, entry);
+    this.#size++;
+  }
+
+  /** Map iteration order is insertion order: the first key of the largest namespace is its oldest. */
+  #evictOldestOfLargest(): void {
+    let largest: Map<string, Entry> | undefined;
+    for (const entries of this.#spaces.values()) {
+      if (largest === undefined || entries.size > largest.size) largest = entries;
+    }
+    const oldest = largest?.keys().next();
+    if (oldest === undefined || oldest.done === true) return;
+    largest!.delete(oldest.value);
+    this.#size--;
   }
 
   #assertOpen(): void {

@@ -6,6 +6,7 @@ import { wwwAuthenticate } from '../../src/auth/index.js';
 import { buildPrincipal, readClaimPath, toStringList } from '../../src/auth/claims.js';
 import { ExpiringLru } from '../../src/auth/lru.js';
 import { judgeIntrospection } from '../../src/auth/introspection.js';
+import { checkEndpoint } from '../../src/auth/discovery.js';
 import type { IssuerConfig } from '../../src/config/types.js';
 
 t.test('parseAuthorization', async (t) => {
@@ -152,7 +153,20 @@ t.test('judgeIntrospection', async (t) => {
   t.match(judgeIntrospection({ ...ok, exp: now / 1000 }, issuer, cfg, now), { reason: 'expired' });
   t.match(judgeIntrospection({ ...ok, nbf: now / 1000 + 10 }, issuer, cfg, now), { reason: 'not_yet_valid' });
   t.match(judgeIntrospection({ ...ok, exp: '1' }, issuer, cfg, now), { reason: 'bad_claims' });
-  t.match(judgeIntrospection({ active: true, sub: 'u' }, issuer, cfg, now), { ok: true, cacheUntil: now + 60_000 }, 'no exp: cache time');
+  t.match(judgeIntrospection({ active: true, sub: 'u', aud: 'api' }, issuer, cfg, now), { ok: true, cacheUntil: now + 60_000 }, 'no exp: cache time');
+  t.match(judgeIntrospection({ active: true, sub: 'u' }, issuer, cfg, now), { ok: false, reason: 'bad_audience' }, 'no aud: not said to be for this API');
+  t.match(judgeIntrospection({ ...ok, aud: [] }, issuer, cfg, now), { reason: 'bad_audience' });
+  t.match(judgeIntrospection({ ...ok, aud: ['x', 'api'] }, issuer, cfg, now), { ok: true });
+  for (const type of ['Bearer', 'bearer', 'BEARER']) t.match(judgeIntrospection({ ...ok, token_type: type }, issuer, cfg, now), { ok: true }, `token_type ${type}`);
+  for (const type of ['refresh_token', 'DPoP', 'N_A', 'mac', '', 1, null]) {
+    t.match(judgeIntrospection({ ...ok, token_type: type }, issuer, cfg, now), { ok: false, reason: 'wrong_token_type' }, `token_type ${JSON.stringify(type)}`);
+  }
+  for (const use of ['access_token', 'access']) t.match(judgeIntrospection({ ...ok, token_use: use }, issuer, cfg, now), { ok: true }, `token_use ${use}`);
+  for (const use of ['refresh_token', 'id', 'id_token', 'Access_Token']) {
+    t.match(judgeIntrospection({ ...ok, token_use: use }, issuer, cfg, now), { ok: false, reason: 'wrong_token_type' }, `token_use ${use}`);
+  }
+  t.match(judgeIntrospection({ ...ok, typ: 'Bearer' }, issuer, cfg, now), { ok: true }, 'Keycloak access token');
+  for (const typ of ['Refresh', 'Offline', 'ID']) t.match(judgeIntrospection({ ...ok, typ }, issuer, cfg, now), { ok: false, reason: 'wrong_token_type' }, `Keycloak typ ${typ}`);
 });
 
 t.test('ExpiringLru.deleteWhere drops exactly the matching entries and keeps serving the rest', async (t) => {
@@ -164,4 +178,21 @@ t.test('ExpiringLru.deleteWhere drops exactly the matching entries and keeps ser
   t.equal(lru.deleteWhere(() => false), 0);
   lru.set('k9', { issuer: 'a' }, 1_000);
   t.equal(lru.get('k9', 0)?.issuer, 'a', 'new entries after a sweep are kept');
+});
+
+t.test('checkEndpoint: a discovered endpoint is held to the configuration\'s rule (https, or http on loopback), and https for an https issuer', async (t) => {
+  const local = 'http://127.0.0.1:4000';
+  t.equal(checkEndpoint(local, 'https://idp.example/jwks', 'jwks_uri'), 'https://idp.example/jwks');
+  t.equal(checkEndpoint(local, 'http://127.0.0.1:4000/jwks', 'jwks_uri'), 'http://127.0.0.1:4000/jwks');
+  t.equal(checkEndpoint(local, 'http://localhost:4001/jwks', 'jwks_uri'), 'http://localhost:4001/jwks');
+  t.equal(checkEndpoint(local, 'http://[::1]:4001/jwks', 'jwks_uri'), 'http://[::1]:4001/jwks');
+  t.equal(checkEndpoint(local, undefined, 'jwks_uri'), null);
+  t.throws(() => checkEndpoint(local, 'http://idp-keys.corp.example/jwks', 'jwks_uri'), /jwks_uri must be an https URL/, 'a loopback http issuer cannot move keys to cleartext elsewhere');
+  t.throws(() => checkEndpoint(local, 'http://10.0.0.5/introspect', 'introspection_endpoint'), /introspection_endpoint must be an https URL/);
+  t.throws(() => checkEndpoint('https://idp.example', 'http://127.0.0.1/jwks', 'jwks_uri'), /must be https for an https issuer/);
+  t.throws(() => checkEndpoint(local, 'https://user:pw@idp.example/jwks', 'jwks_uri'), /user info/);
+  t.throws(() => checkEndpoint(local, 'https://idp.example/jwks#x', 'jwks_uri'), /fragment/);
+  t.throws(() => checkEndpoint(local, 'file:///etc/passwd', 'jwks_uri'), /must be http\(s\)/);
+  t.throws(() => checkEndpoint(local, '/jwks', 'jwks_uri'), /not an absolute URL/);
+  t.throws(() => checkEndpoint(local, 42, 'jwks_uri'), /not a string/);
 });

@@ -30,6 +30,18 @@ t.test('the Nth failure in the window bans; the ban expires by itself', async (t
   t.same(await bans.recordAuthFailure('ip:192.0.2.1', rules), { banned: false, failures: 1 }, 'counting starts afresh');
 });
 
+t.test('a burst of failures recorded together: one ban, one "banned" result, its end not moved', async (t) => {
+  const { clock, bans } = setup(t);
+  const results = await Promise.all(Array.from({ length: 20 }, () => bans.recordAuthFailure('ip:192.0.2.7', rules)));
+  t.equal(results.filter((r) => r.banned).length, 1, 'exactly one failure of the burst bans');
+  t.same(await bans.isBanned('ip:192.0.2.7'), { banned: true, retryAfterMs: 300_000 });
+  clock.advance(100_000);
+  for (let i = 0; i < 5; i++) t.equal((await bans.recordAuthFailure('ip:192.0.2.7', rules)).banned, false, 'failures while banned ban nobody again');
+  t.same(await bans.isBanned('ip:192.0.2.7'), { banned: true, retryAfterMs: 200_000 }, 'the ban ends when it was set to');
+  clock.advance(200_000);
+  t.same(await bans.recordAuthFailure('ip:192.0.2.7', rules), { banned: false, failures: 1 }, 'after the ban, counting starts afresh');
+});
+
 t.test('failures spread over more than the window do not ban (slow guessing is the window\'s job)', async (t) => {
   const { clock, bans } = setup(t);
   await bans.recordAuthFailure('c', rules);

@@ -1,5 +1,6 @@
 import t from 'tap';
 import { MemoryStore } from '../../src/state/index.js';
+import { namespaceOf } from '../../src/state/memory.js';
 
 function fakeClock(start = 1_000_000): { now: () => number; advance: (ms: number) => void } {
   let now = start;
@@ -80,6 +81,45 @@ t.test('bounded: a flood of keys evicts expired first, then the oldest', async (
   t.equal(store.size, 3, 'never above maxEntries');
   t.equal(await store.get('old'), null, 'oldest live entries were evicted');
   t.not(await store.get('flood999'), null);
+});
+
+t.test('namespaces: a key\'s prefix up to its second colon', async (t) => {
+  t.equal(namespaceOf('rl:login:ip:192.0.2.1'), 'rl:login:');
+  t.equal(namespaceOf('rl:api%3Av2:hdr:sha256:abc'), 'rl:api%3Av2:');
+  t.equal(namespaceOf('ban:on:ip:2001:db8::/64'), 'ban:on:');
+  t.equal(namespaceOf('ban:fail:ip:192.0.2.1'), 'ban:fail:');
+  t.equal(namespaceOf('one:two'), 'one:');
+  t.equal(namespaceOf('plain'), '');
+});
+
+t.test('bounded per namespace: a flood in one key space evicts only from that space', async (t) => {
+  const clock = fakeClock();
+  const store = new MemoryStore({ now: clock.now, sweepIntervalMs: 0, maxEntries: 10 });
+  t.teardown(() => store.close());
+  // What one client holds before it floods: a ban, its failure count, its address's login counter.
+  await store.set('ban:on:ip:192.0.2.1', '1', 900_000);
+  await store.incr('ban:fail:ip:192.0.2.9', 60_000);
+  await store.incr('rl:login:ip:192.0.2.1', 3_600_000);
+  await store.incr('rl:login:ip:192.0.2.1', 3_600_000);
+  for (let i = 0; i < 1000; i++) await store.incr(`rl:keyed:hdr:made-up-${i}`, 60_000);
+  t.equal(store.size, 10, 'never above maxEntries');
+  t.same(await store.get('ban:on:ip:192.0.2.1'), { value: '1', ttlMs: 900_000 }, 'the ban survived');
+  t.equal((await store.get('ban:fail:ip:192.0.2.9'))?.value, '1', 'the failure count survived');
+  t.equal((await store.get('rl:login:ip:192.0.2.1'))?.value, '2', 'the other route\'s counter survived');
+  t.not(await store.get('rl:keyed:hdr:made-up-999'), null, 'the newest key of the flood is held');
+  t.equal(await store.get('rl:keyed:hdr:made-up-0'), null, 'the flood evicted its own oldest keys');
+  // A new key in a small space still finds room: the largest space gives it up.
+  await store.set('ban:on:ip:192.0.2.2', '1', 900_000);
+  t.not(await store.get('ban:on:ip:192.0.2.2'), null);
+  t.not(await store.get('ban:on:ip:192.0.2.1'), null);
+  t.equal(store.size, 10);
+  // Deletes and expiry keep the count right.
+  await store.delete('ban:on:ip:192.0.2.2');
+  await store.delete('ban:on:ip:192.0.2.2');
+  t.equal(store.size, 9);
+  clock.advance(60_000);
+  t.equal(store.sweep(), 7, 'the six keyed counters left and the failure count expired');
+  t.equal(store.size, 2, 'the ban and the login counter are left');
 });
 
 t.test('sweep removes expired entries without reads', async (t) => {
