@@ -28,7 +28,7 @@
 import type { IncomingHttpHeaders, OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import { constants as http2Constants, type Http2ServerResponse } from 'node:http2';
 import type { Readable } from 'node:stream';
-import { Agent, type Dispatcher } from 'undici';
+import { Agent, buildConnector, type Dispatcher } from 'undici';
 import { classifyUpstreamError, isConnectFailure, type UpstreamErrorKind } from './upstream-errors.js';
 import type { UpstreamPool } from './upstreams.js';
 
@@ -160,6 +160,25 @@ export class ResponseHeadRefusedError extends Error {
   }
 }
 
+/**
+ * True exactly while an upstream socket emits an ECONNRESET. A body delimited by the
+ * connection's close (no Content-Length, not chunked: HTTP/1.0, or `Connection: close`) ends with
+ * a FIN; a reset is the upstream aborting, and the body may be short. undici (7.x, client-h1
+ * `onHttpSocketError`) ends such a message on ECONNRESET as if it were complete, calling the
+ * handler's `onResponseEnd` inside that 'error' emission; this flag lets the exchange cut the
+ * client's response instead — as nginx does on a recv() error. One emission runs at a time.
+ */
+let upstreamResetting = false;
+
+/** The upstream reset the connection that delimited the response body. */
+export class UpstreamResetError extends Error {
+  readonly code = 'ECONNRESET';
+  constructor() {
+    super('the upstream reset the connection before a close-delimited body was known to be complete');
+    this.name = 'UpstreamResetError';
+  }
+}
+
 /** undici's dispatcher for every upstream of one gateway: a pool of keep-alive connections per origin. */
 export class UpstreamClient {
   private readonly agent: Agent;
@@ -170,7 +189,7 @@ export class UpstreamClient {
       // One request at a time per connection: a pipelined request behind a slow one would wait
       // for it, and a failure would take the requests queued behind it down too.
       pipelining: 1,
-      connect: { timeout: options.connectTimeoutMs },
+      connect: watchResets(buildConnector({ timeout: options.connectTimeoutMs })),
       keepAliveTimeout: options.keepAliveTimeoutMs,
       // An upstream's keep-alive hint may not hold a connection longer than ours.
       keepAliveMaxTimeout: options.keepAliveTimeoutMs,
@@ -186,6 +205,31 @@ export class UpstreamClient {
   async close(): Promise<void> {
     await this.agent.close();
   }
+}
+
+/**
+ * `connect`, with each socket's ECONNRESET emission bracketed by {@link upstreamResetting}. The
+ * flag must be down again before anything else runs (another socket's FIN-ended body may end in
+ * the very next tick), so it wraps the emission rather than being raised by a listener.
+ */
+function watchResets(connect: buildConnector.connector): buildConnector.connector {
+  return (options, callback) =>
+    connect(options, (err, socket) => {
+      // On a failed connect undici's connector passes no socket at all (undefined, not null).
+      if (socket) {
+        const emit = socket.emit as (this: unknown, event: string | symbol, ...args: unknown[]) => boolean;
+        socket.emit = function emitWatchingResets(this: typeof socket, event: string | symbol, ...args: unknown[]): boolean {
+          if (event !== 'error' || (args[0] as NodeJS.ErrnoException | undefined)?.code !== 'ECONNRESET') return emit.call(this, event, ...args);
+          upstreamResetting = true;
+          try {
+            return emit.call(this, event, ...args);
+          } finally {
+            upstreamResetting = false;
+          }
+        } as typeof socket.emit;
+      }
+      (callback as (err: Error | null, socket: unknown) => void)(err, socket);
+    });
 }
 
 /** One client request and its attempts upstream; undici's dispatch handler for each attempt. */
@@ -313,10 +357,11 @@ class Exchange<C> implements Dispatcher.DispatchHandler {
   };
 
   onResponseStart(controller: Dispatcher.DispatchController, statusCode: number, headers: IncomingHttpHeaders): void {
-    // A 1xx counts as a sign of life too, as it did for undici's headers timeout.
-    this.armResponseTimer();
-    // 1xx (100 Continue, 103 Early Hints) are interim: the final response follows.
+    // 1xx (100 Continue, 103 Early Hints) are interim: the final response follows, and
+    // `timeouts.response` runs until its head. An interim answer does not restart it: an upstream
+    // dripping 103s would hold the client and a pooled connection for as long as it liked.
     if (statusCode < 200) return;
+    this.armResponseTimer();
     if (statusCode > 599) {
       controller.abort(new UpstreamBadStatusError(statusCode));
       return;
@@ -345,6 +390,11 @@ class Exchange<C> implements Dispatcher.DispatchHandler {
   }
 
   onResponseEnd(controller: Dispatcher.DispatchController): void {
+    if (upstreamResetting) {
+      // A close-delimited body ended by a reset, not a FIN: it may be short (see upstreamResetting).
+      this.onResponseError(controller, new UpstreamResetError());
+      return;
+    }
     this.stopResponseTimer();
     if (this.clientGone || this.handedOver) return;
     if (!this.committed && !this.commit(controller)) return;

@@ -25,7 +25,7 @@ export function classifyUpstreamError(err: unknown): UpstreamErrorKind {
   if (cs.includes('UND_ERR_CONNECT_TIMEOUT') || cs.includes('ConnectTimeoutError')) return 'connect_timeout';
   if (cs.some((c) => c === 'UND_ERR_HEADERS_TIMEOUT' || c === 'UND_ERR_BODY_TIMEOUT')) return 'response_timeout';
   // undici's parser errors carry no code for some llhttp errors (its code table is keyed by name): match the class name too.
-  if (cs.some((c) => c.startsWith('HPE_') || c === 'HTTPParserError' || c === 'UND_ERR_INFO' || c === 'GW_UPSTREAM_BAD_STATUS' || c === 'GW_UPSTREAM_BAD_HEADER' || c === 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH')) return 'bad_response';
+  if (cs.some((c) => c.startsWith('HPE_') || c === 'HTTPParserError' || c === 'UND_ERR_INFO' || c === 'GW_UPSTREAM_BAD_STATUS' || c === 'GW_UPSTREAM_BAD_HEADER' || c === 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH' || c === 'UND_ERR_HEADERS_OVERFLOW' || c === 'HeadersOverflowError')) return 'bad_response';
   if (cs.some((c) => c === 'ECONNRESET' || c === 'UND_ERR_SOCKET' || c === 'EPIPE' || c === 'UND_ERR_CLOSED')) return 'reset';
   return 'other';
 }
