@@ -12,7 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { dirname, join } from 'node:path';
 import { loadConfigFile, ConfigError, formatProblems } from './config/index.js';
 import { createLogger } from './observability/logging.js';
-import { buildGateway } from './gateway.js';
+import { buildGateway, type Gateway } from './gateway.js';
 import { prepareCertificates } from './server/certificates.js';
 import { explain, formatExplanation } from './pipeline/explain.js';
 import { runPrimary, WORKER_ENV } from './cluster/primary.js';
@@ -77,6 +77,11 @@ export async function main(argv: string[], io: Io = stdio): Promise<number> {
     return 0;
   }
   const command = positionals[0];
+  if (positionals.length > 1) {
+    // `portcullis validate prod.yml` must not validate ./gateway.yml and call it valid.
+    io.err(`portcullis: unexpected argument ${JSON.stringify(positionals[1])} (give the configuration file with --config FILE)\n\n${HELP}`);
+    return 2;
+  }
   if (values.help || command === undefined || command === 'help') {
     io.out(HELP);
     return command === undefined && !values.help ? 2 : 0;
@@ -144,9 +149,20 @@ async function start(configPath: string, watchFile: boolean, io: Io): Promise<nu
   const { config, warnings } = loaded;
   const logger = createLogger(config.log);
   for (const w of warnings) logger.warn({ config: configPath }, w);
-  const certificates = await prepareCertificates(config, logger);
-  const gateway = await buildGateway({ config, logger, certificates, version: version() });
-  const addrs = await gateway.listen();
+  // What fails here (a port in use, a log file that cannot be opened, a certificate that cannot
+  // be made) is the operator's to fix: one line saying what, not a stack trace.
+  let gateway: Gateway | undefined;
+  let addrs: Awaited<ReturnType<Gateway['listen']>>;
+  try {
+    const certificates = await prepareCertificates(config, logger);
+    gateway = await buildGateway({ config, logger, certificates, version: version() });
+    addrs = await gateway.listen();
+  } catch (err) {
+    await gateway?.close().catch(() => undefined);
+    logger.flush?.();
+    io.err(`portcullis: cannot start: ${(err as Error).message}\n`);
+    return 1;
+  }
   logger.info(
     { version: version(), node: process.version, https: addrs.https, http: addrs.http, admin: addrs.admin },
     'portcullis started',

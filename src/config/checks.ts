@@ -146,6 +146,8 @@ export function checkRoutePath(text: string): Checked<string> {
     if (text.includes(ch)) return bad(`must not contain "${ch}" (write the canonical, decoded path)`);
   }
   if (text.includes('//')) return bad('must not contain "//"');
+  // `/admin/*` read as a literal path would leave /admin/panel to a laxer route.
+  if (text.includes('*')) return bad('must not contain "*": a route path is a prefix (/admin covers /admin/panel), not a pattern');
   const segments = text.split('/');
   if (segments.some((s) => s === '.' || s === '..')) return bad('must not contain "." or ".." segments');
   if (!/^[A-Za-z0-9\-._~!$&'()*+,;=:@/]*$/.test(text)) return bad('may contain only URL path characters (RFC 3986 pchar)');

@@ -6,11 +6,11 @@
  * normalization → deep freeze. Positions come from the YAML document, looked up by path at the
  * end, so each stage can stay a pure function of plain data.
  */
-import { readFileSync } from 'node:fs';
 import { readFile as readFileAsync } from 'node:fs/promises';
 import path from 'node:path';
 import { isCollection, isMap, isPair, isScalar, LineCounter, parseDocument, type Document } from 'yaml';
 import { substituteEnv, type ReadFile } from './env.js';
+import { readConfigFile } from './files.js';
 import { normalize } from './normalize.js';
 import { ConfigError, type ConfigProblem, type PathSegments, type PendingProblem } from './problems.js';
 import type { GatewayFile } from './schema.js';
@@ -25,7 +25,7 @@ export interface LoadResult {
   readonly text: string;
 }
 
-const defaultReadFile: ReadFile = (p) => readFileSync(p, 'utf8');
+const defaultReadFile: ReadFile = readConfigFile;
 
 type Positioned = { offset: number };
 

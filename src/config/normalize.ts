@@ -10,6 +10,7 @@ import { ACME_DIRECTORIES, DEFAULTS, MAX_WORKERS, type GatewayFile, type RawProt
 import { parseDuration, parseSize } from './units.js';
 import { checkCidr, checkHost, checkListen, checkOrigin, checkRoutePath, checkSecureUrl, checkUpstream, isLocalhostName, isLoopbackListen, TOKEN, type Checked } from './checks.js';
 import type { PathSegments, PendingProblem } from './problems.js';
+import { routeKey } from '../policy/routes.js';
 import type { ReadFile } from './env.js';
 import type {
   AcmeConfig,
@@ -54,19 +55,23 @@ class Collector {
   constructor(readonly ctx: NormalizeContext) {}
 
   fail(path: PathSegments, message: string): void {
-    this.problems.push({ path, message });
+    // Checks quote what they refuse (a DNS label, a CIDR): never a value from the environment.
+    this.problems.push({ path, message: this.fromEnv(path) ? message.replace(/"(?:[^"\\]|\\.)*"/g, '(a part of the value)') : message });
   }
   warn(path: PathSegments, message: string): void {
     this.warnings.push({ path, message });
   }
   /** The value in quotes for a message, unless it came from the environment (may be a secret). */
   show(path: PathSegments, value: string): string {
-    return this.ctx.fromEnv.has(path.join('.')) ? 'the value' : JSON.stringify(value);
+    return this.fromEnv(path) ? 'the value' : JSON.stringify(value);
   }
   take<T>(path: PathSegments, r: Checked<T>, fallback: T): T {
     if (r.ok) return r.value;
     this.fail(path, r.message);
     return fallback;
+  }
+  fromEnv(path: PathSegments): boolean {
+    return this.ctx.fromEnv.has(path.join('.'));
   }
   duration(path: PathSegments, text: string): number {
     try {
@@ -75,6 +80,20 @@ class Collector {
       this.fail(path, (err as Error).message.replace(/ ".*"/, ''));
       return 0;
     }
+  }
+  /**
+   * A duration that becomes a Node timer. Node runs a delay over 2^31-1 ms (~24.8 days) as 1 ms
+   * (with a warning), so a legal `25d` or `1y` would fire at once: a 504 for every request, or no
+   * shutdown grace. `zero: 'off'` where the documentation gives `0s` a meaning; else 0 is refused
+   * too (a 0 ms headers deadline answers 408 to everything; Node's 0 keep-alive is no limit).
+   */
+  timer(path: PathSegments, text: string, zero: 'off' | 'refuse'): number {
+    const before = this.problems.length;
+    const ms = this.duration(path, text);
+    if (this.problems.length > before) return ms;
+    if (ms > MAX_TIMER_MS) this.fail(path, 'must be at most 24d (a longer timer fires at once in Node)');
+    else if (ms === 0 && zero === 'refuse') this.fail(path, 'must be longer than 0');
+    return ms;
   }
   size(path: PathSegments, text: string): number {
     try {
@@ -94,14 +113,41 @@ class Collector {
       return { file, text: this.ctx.readFile(file) };
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
-      this.fail(at, `cannot read ${file}${code === undefined ? '' : ` (${code})`}`);
+      const why = code === undefined ? '' : ` (${code})`;
+      if (!this.fromEnv(at)) this.fail(at, `cannot read ${file}${why}`);
+      // A value from the environment may be the secret itself rather than its file's name.
+      else if (p.includes('-----BEGIN')) this.fail(at, 'the value from the environment is a PEM, not a file name: write it to a file and name that file');
+      else this.fail(at, `cannot read the file the value from the environment names${why}`);
       return { file, text: null };
     }
   }
 }
 
+const WILDCARDS = new Set(['0.0.0.0', '::']);
+
+/** The longest delay a Node timer honours (2^31-1 ms); the configuration allows up to 24d. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+/** The smallest `limits.max_header_size`: below it a browser's ordinary request is refused. */
+const MIN_HEADER_SIZE = 1024;
+
 /** The largest `log.buffer`: what a crash can lose stays small. */
 const MAX_LOG_BUFFER = 1024 * 1024;
+
+/** Not a timer (the ACME policy waits in steps), but 0 would renew only once the certificate expired. */
+function renewBefore(c: Collector, text: string): number {
+  const before = c.problems.length;
+  const ms = c.duration(['tls', 'acme', 'renew_before'], text);
+  if (c.problems.length === before && ms === 0) c.fail(['tls', 'acme', 'renew_before'], 'must be longer than 0');
+  return ms;
+}
+
+function headerSize(c: Collector, text: string): number {
+  const before = c.problems.length;
+  const bytes = c.size(['limits', 'max_header_size'], text);
+  // Node reads 0 as "its default" (16 KiB), and a few hundred bytes refuse every browser request.
+  if (c.problems.length === before && bytes < MIN_HEADER_SIZE) c.fail(['limits', 'max_header_size'], 'must be at least 1kb');
+  return bytes;
+}
 
 function logBuffer(c: Collector, text: string): number {
   const bytes = c.size(['log', 'buffer'], text);
@@ -306,6 +352,15 @@ export function normalize(raw: GatewayFile, ctx: NormalizeContext): NormalizeRes
   const http = httpText === null ? null : c.take(['listen', 'http'], checkListen(httpText), FALLBACK_ADDR);
   const adminText = listenRaw.admin === undefined ? DEFAULTS.listen.admin : listenRaw.admin;
   const admin = adminText === null ? null : c.take(['listen', 'admin'], checkListen(adminText), FALLBACK_ADDR);
+  // Two listeners on one address: `validate` would pass and `start` die on EADDRINUSE. A wildcard
+  // address takes the port on every address (of its family, and both for `::` on Linux).
+  const bound: [string, ListenAddress][] = [['https', https]];
+  for (const [name, addr] of [['http', http], ['admin', admin]] as const) {
+    if (addr === null || addr.port === 0) continue;
+    const clash = bound.find(([, other]) => other.port === addr.port && (other.host === addr.host || WILDCARDS.has(other.host) || WILDCARDS.has(addr.host)));
+    if (clash !== undefined) c.fail(['listen', name], `uses the address of listen.${clash[0]} (port ${addr.port}): each listener needs its own port`);
+    bound.push([name, addr]);
+  }
   const metricsToken = raw.admin?.metrics_token ?? null;
   if (admin !== null && !isLoopbackListen(admin) && metricsToken === null) {
     c.warn(['listen', 'admin'], 'the admin listener is not bound to a loopback address and admin.metrics_token is not set: anyone who can reach it can read /metrics');
@@ -369,7 +424,7 @@ export function normalize(raw: GatewayFile, ctx: NormalizeContext): NormalizeRes
       keyType: a.key_type ?? DEFAULTS.tls.acme.key_type,
       caBundle: ca,
       eab: a.eab ? { kid: a.eab.kid, hmacKey: a.eab.hmac_key } : null,
-      renewBefore: a.renew_before ? c.duration(['tls', 'acme', 'renew_before'], a.renew_before) : null,
+      renewBefore: a.renew_before ? renewBefore(c, a.renew_before) : null,
     };
   }
 
@@ -388,15 +443,15 @@ export function normalize(raw: GatewayFile, ctx: NormalizeContext): NormalizeRes
   const lim = { ...DEFAULTS.limits, ...raw.limits };
   const limits = {
     maxBodySize: c.size(['limits', 'max_body_size'], lim.max_body_size),
-    maxHeaderSize: c.size(['limits', 'max_header_size'], lim.max_header_size),
-    headersTimeout: c.duration(['limits', 'headers_timeout'], lim.headers_timeout),
-    requestTimeout: c.duration(['limits', 'request_timeout'], lim.request_timeout),
+    maxHeaderSize: headerSize(c, lim.max_header_size),
+    headersTimeout: c.timer(['limits', 'headers_timeout'], lim.headers_timeout, 'refuse'),
+    requestTimeout: c.timer(['limits', 'request_timeout'], lim.request_timeout, 'refuse'),
   };
   const to = { ...DEFAULTS.timeouts, ...raw.timeouts };
   const timeouts: TimeoutsConfig = {
-    connect: c.duration(['timeouts', 'connect'], to.connect),
-    response: c.duration(['timeouts', 'response'], to.response),
-    idle: c.duration(['timeouts', 'idle'], to.idle),
+    connect: c.timer(['timeouts', 'connect'], to.connect, 'refuse'),
+    response: c.timer(['timeouts', 'response'], to.response, 'off'),
+    idle: c.timer(['timeouts', 'idle'], to.idle, 'refuse'),
   };
 
   // auth
@@ -522,9 +577,9 @@ export function normalize(raw: GatewayFile, ctx: NormalizeContext): NormalizeRes
         // RFC 9110 §9.3.2: HEAD is GET without the body; a route that allows GET allows HEAD.
         if (methods.includes('GET') && !methods.includes('HEAD')) methods.push('HEAD');
       }
-      const matchKey = `${routePath} ${methods === null ? '*' : [...methods].sort().join(',')}`;
+      const matchKey = `${routeKey(routePath) ?? routePath} ${methods === null ? '*' : [...methods].sort().join(',')}`;
       const prevMatch = seenMatch.get(matchKey);
-      if (prevMatch !== undefined) c.fail([...rat, 'path'], `same path and methods as sites.${si}.routes.${prevMatch}: one of them could never match`);
+      if (prevMatch !== undefined) c.fail([...rat, 'path'], `same path and methods as sites.${si}.routes.${prevMatch}: one of them could never match (paths match whatever their case and a trailing /)`);
       seenMatch.set(matchKey, ri);
       const roles = [...new Set(route.roles ?? [])];
       const access = route.access ?? 'authenticated';
@@ -549,7 +604,7 @@ export function normalize(raw: GatewayFile, ctx: NormalizeContext): NormalizeRes
         maxBodySize: route.max_body_size !== undefined ? c.size([...rat, 'max_body_size'], route.max_body_size) : siteBody,
         timeouts: {
           connect: timeouts.connect,
-          response: rto.response !== undefined ? c.duration([...rat, 'timeouts', 'response'], rto.response) : timeouts.response,
+          response: rto.response !== undefined ? c.timer([...rat, 'timeouts', 'response'], rto.response, 'off') : timeouts.response,
           idle: timeouts.idle,
         },
         protect: toProtect(merged),
@@ -593,7 +648,7 @@ export function normalize(raw: GatewayFile, ctx: NormalizeContext): NormalizeRes
     } as GatewayConfig['log'],
     limits,
     timeouts,
-    shutdownGrace: c.duration(['shutdown_grace'], raw.shutdown_grace ?? DEFAULTS.shutdown_grace),
+    shutdownGrace: c.timer(['shutdown_grace'], raw.shutdown_grace ?? DEFAULTS.shutdown_grace, 'off'),
     workers: raw.workers === 'auto' ? Math.min(usableCpus(), MAX_WORKERS) : raw.workers ?? 1,
     auth: { issuers, identityHeaders, forwardToken: authRaw.forward_token ?? DEFAULTS.auth.forward_token, realm },
     sites,

@@ -178,22 +178,22 @@ const Timeouts = (top: boolean) =>
   top
     ? Type.Object(
         {
-          connect: Type.Optional(Duration('Time to open a connection to the upstream.', DEFAULTS.timeouts.connect)),
-          response: Type.Optional(Duration("Time from sending the request to receiving the upstream's response headers, the longest pause while its body streams, and the longest a client may read nothing of a response (then it is cut). `0s`: none of these deadlines.", DEFAULTS.timeouts.response)),
-          idle: Type.Optional(Duration('Idle time of a keep-alive connection (client and upstream).', DEFAULTS.timeouts.idle)),
+          connect: Type.Optional(Duration('Time to open a connection to the upstream; more than 0, at most 24d.', DEFAULTS.timeouts.connect)),
+          response: Type.Optional(Duration("Time from sending the request to receiving the upstream's response headers, the longest pause while its body streams, and the longest a client may read nothing of a response (then it is cut). `0s`: none of these deadlines. At most 24d.", DEFAULTS.timeouts.response)),
+          idle: Type.Optional(Duration('Idle time of a keep-alive connection (client and upstream); more than 0, at most 24d.', DEFAULTS.timeouts.idle)),
         },
         { ...Closed, description: 'Upstream timeouts.' },
       )
     : // Connections are pooled per upstream, not per route: only the per-request timeout can differ.
       Type.Object(
-        { response: Type.Optional(Duration("Time from sending the request to receiving the upstream's response headers, the longest pause while its body streams, and the longest a client may read nothing of a response (then it is cut). `0s`: none of these deadlines.")) },
+        { response: Type.Optional(Duration("Time from sending the request to receiving the upstream's response headers, the longest pause while its body streams, and the longest a client may read nothing of a response (then it is cut). `0s`: none of these deadlines. At most 24d.")) },
         { ...Closed, description: 'Per-route override of timeouts.response (connect and idle are per upstream connection: top level only).' },
       );
 
 const Route = Type.Object(
   {
     id: Type.Optional(NonEmpty('Stable id for logs and metrics; default `<site id>:<index>`. Unique.')),
-    path: NonEmpty('Path prefix, canonical: starts with /, no . or .. segments, no //, no %, \\, ?, #.'),
+    path: NonEmpty('Path prefix, canonical: starts with /, no . or .. segments, no //, no %, \\, ?, #, no * (a prefix: /admin covers /admin/panel).'),
     methods: Type.Optional(Type.Array(NonEmpty('HTTP method.'), { minItems: 1, description: 'Methods this route matches (upper-cased; GET implies HEAD); default: any.' })),
     access: Type.Optional(
       Type.Union([Type.Literal('public'), Type.Literal('authenticated'), Type.Literal('deny')], {
@@ -276,7 +276,7 @@ const Acme = Type.Object(
         null,
       ),
     ),
-    renew_before: Type.Optional(Nullable(Duration('Renew this long before expiry.'), 'Renew this long before expiry; null: a third of the lifetime.', null)),
+    renew_before: Type.Optional(Nullable(Duration('Renew this long before expiry (more than 0).'), 'Renew this long before expiry (more than 0); null: a third of the lifetime.', null)),
   },
   { ...Closed, description: 'Obtain certificates automatically (RFC 8555) for hosts no tls.certificates entry covers.' },
 );
@@ -348,15 +348,15 @@ export const GatewayFileSchema = Type.Object(
       Type.Object(
         {
           max_body_size: Type.Optional(Size('Default largest request body.', DEFAULTS.limits.max_body_size)),
-          max_header_size: Type.Optional(Size('Largest request line + headers.', DEFAULTS.limits.max_header_size)),
-          headers_timeout: Type.Optional(Duration('Time to receive the request headers (slowloris).', DEFAULTS.limits.headers_timeout)),
-          request_timeout: Type.Optional(Duration('Time to receive the whole request.', DEFAULTS.limits.request_timeout)),
+          max_header_size: Type.Optional(Size('Largest request line + headers; at least 1kb.', DEFAULTS.limits.max_header_size)),
+          headers_timeout: Type.Optional(Duration('Time to receive the request headers (slowloris); more than 0, at most 24d.', DEFAULTS.limits.headers_timeout)),
+          request_timeout: Type.Optional(Duration('Time to receive the whole request; more than 0, at most 24d.', DEFAULTS.limits.request_timeout)),
         },
         { ...Closed, description: 'Client request limits.' },
       ),
     ),
     timeouts: Type.Optional(Timeouts(true)),
-    shutdown_grace: Type.Optional(Duration('Time in-flight requests get to finish on SIGTERM.', DEFAULTS.shutdown_grace)),
+    shutdown_grace: Type.Optional(Duration('Time in-flight requests get to finish on SIGTERM; at most 24d.', DEFAULTS.shutdown_grace)),
     workers: Type.Optional(
       Type.Union([Type.Integer({ minimum: 1, maximum: MAX_WORKERS }), Type.Literal('auto')], {
         description:

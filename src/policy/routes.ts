@@ -92,6 +92,22 @@ export function matchingView(seg: string): string {
   return s.toLowerCase();
 }
 
+/**
+ * The node a route path lands on, as a string: its segments through the matching view. Two
+ * routes with the same key (and methods) are the same route to the table (`/Admin` and `/admin`,
+ * `/admin/` and `/admin`): the configuration refuses the second, which could never decide.
+ * `null` when the path is not canonical.
+ */
+export function routeKey(routePath: string): string | null {
+  const canon = canonicalizePath(routePath);
+  if (!canon.ok) return null;
+  return canon.path
+    .split('/')
+    .filter((seg) => seg !== '')
+    .map(matchingView)
+    .join('/');
+}
+
 function configError(message: string): GatewayError {
   return new GatewayError('GW_ERR_CONFIG_INVALID', message);
 }
