@@ -449,7 +449,7 @@ export function normalize(raw: GatewayFile, ctx: NormalizeContext): NormalizeRes
   };
   const to = { ...DEFAULTS.timeouts, ...raw.timeouts };
   const timeouts: TimeoutsConfig = {
-    connect: c.timer(['timeouts', 'connect'], to.connect, 'refuse'),
+    connect: c.timer(['timeouts', 'connect'], to.connect, 'off'),
     response: c.timer(['timeouts', 'response'], to.response, 'off'),
     idle: c.timer(['timeouts', 'idle'], to.idle, 'refuse'),
   };

@@ -178,7 +178,7 @@ const Timeouts = (top: boolean) =>
   top
     ? Type.Object(
         {
-          connect: Type.Optional(Duration('Time to open a connection to the upstream; more than 0, at most 24d.', DEFAULTS.timeouts.connect)),
+          connect: Type.Optional(Duration('Time to open a connection to the upstream; `0s`: no deadline but the system\'s own. At most 24d.', DEFAULTS.timeouts.connect)),
           response: Type.Optional(Duration("Time from sending the request to receiving the upstream's response headers, the longest pause while its body streams, and the longest a client may read nothing of a response (then it is cut). `0s`: none of these deadlines. At most 24d.", DEFAULTS.timeouts.response)),
           idle: Type.Optional(Duration('Idle time of a keep-alive connection (client and upstream); more than 0, at most 24d.', DEFAULTS.timeouts.idle)),
         },
