@@ -15,6 +15,7 @@ import { closeSync, mkdirSync, openSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { pino, type Logger, type LevelWithSilent } from 'pino';
 import { GatewayError } from '../errors.js';
+import { escapeRawControls } from './logging.js';
 
 export type SecurityEventName =
   | 'auth_failed'
@@ -137,7 +138,9 @@ export interface SecurityLog {
  */
 export function openSecurityLog(file: string | null, mainLogger: Logger, level: LevelWithSilent = 'info'): SecurityLog {
   if (file === null) {
-    const logger = mainLogger.child({ log: 'security' });
+    // The events are an audit trail: `log.level: error` quiets the main log, not them (only
+    // `silent` does, as it silences everything).
+    const logger = mainLogger.child({ log: 'security' }, { level: mainLogger.level === 'silent' ? 'silent' : level });
     return { logger, close: () => Promise.resolve() };
   }
   // Opened once synchronously so an unwritable path fails at startup with a clear error, instead
@@ -152,7 +155,7 @@ export function openSecurityLog(file: string | null, mainLogger: Logger, level: 
   // A later write failure (disk full) must not crash the gateway through an unhandled 'error'
   // event: report it on the main log, which has a different destination.
   dest.on('error', (err: unknown) => mainLogger.error({ err, file }, 'security log write failed'));
-  const logger = pino({ level, base: { pid: process.pid, log: 'security' } }, dest);
+  const logger = pino({ level, base: { pid: process.pid, log: 'security' }, hooks: { streamWrite: escapeRawControls } }, dest);
   let closed: Promise<void> | null = null;
   return {
     logger,

@@ -60,6 +60,7 @@ function buildLogger(config: Pick<LogConfig, 'level' | 'file'> & { readonly buff
     timestamp: isoTimeCached,
     redact: { paths: REDACT_PATHS, censor: CENSOR },
     formatters: { level: (label) => ({ level: label }) },
+    hooks: { streamWrite: escapeRawControls },
   };
   if (destination) return pino(options, destination);
   // `log.buffer`: fewer, larger writes. Each write is a thread-pool job and its completion on the
@@ -78,26 +79,50 @@ function buildLogger(config: Pick<LogConfig, 'level' | 'file'> & { readonly buff
 }
 
 /**
- * Query parameters that carry credentials in the wild (OAuth codes and tokens, API keys,
- * pre-signed URL signatures). Compared case-insensitively.
+ * Query parameter names that carry credentials in the wild and contain none of the words of
+ * {@link SECRET_PART} (OAuth codes, API keys, pre-signed URL signatures), compacted.
  */
-const SECRET_PARAMS = new Set([
-  'access_token', 'id_token', 'refresh_token', 'token', 'code', 'client_secret', 'password', 'passwd',
-  'pwd', 'secret', 'api_key', 'apikey', 'key', 'auth', 'authorization', 'session', 'sessionid', 'sig',
-  'signature', 'x-amz-signature', 'x-amz-credential', 'x-amz-security-token', 'jwt', 'assertion',
-]);
+const SECRET_PARAMS = new Set(['code', 'pwd', 'key', 'auth', 'authorization', 'session', 'sessionid', 'sig', 'jwt', 'assertion']);
+/**
+ * What a name that carries a credential contains, once compacted (lower case, without `-`, `_`
+ * and spaces): `accessToken`, `access-token`, `oauth_token`, `client_secret`, `X-Goog-Signature`,
+ * `X-Amz-Credential`, `api-key`, `passwd`… An over-eager match only hides a value from the log.
+ */
+const SECRET_PART = /token|secret|passw|signature|credential|apikey/;
+
+function secretPart(part: string): boolean {
+  const compact = part.replace(/[-_ ]/g, '');
+  return SECRET_PARAMS.has(compact) || SECRET_PART.test(compact);
+}
 
 /**
  * Whether a (decoded) query parameter name carries a credential. Frameworks read structured
  * names (PHP, Rails and `qs`: `access_token[]`, `access_token[0]`, `auth[access_token]`; `qs`
- * with `allowDots`: `auth.access_token`) as the plain one, so each part of such a name counts.
+ * with `allowDots`: `auth.access_token`) as the plain one, so each part of such a name counts;
+ * and PHP reads `access token` and ` password` as `access_token` and `password` (spaces and dots
+ * become `_`, leading spaces go), which the compaction covers.
  */
 function secretName(name: string): boolean {
   const lower = name.toLowerCase();
-  if (SECRET_PARAMS.has(lower)) return true;
+  if (secretPart(lower)) return true;
   if (!/[[\].]/.test(lower)) return false;
-  for (const part of lower.split(/[[\].]+/)) if (part !== '' && SECRET_PARAMS.has(part)) return true;
+  for (const part of lower.split(/[[\].]+/)) if (part !== '' && secretPart(part)) return true;
   return false;
+}
+
+// DEL, the C1 controls (U+0085 NEL and U+009B CSI among them) and the Unicode line and paragraph
+// separators: JSON.stringify and pino leave them raw, and log readers split lines at them
+// (Python's splitlines) or terminals obey them.
+const RAW_CONTROL = /[\u007f-\u009f\u2028\u2029]/;
+const RAW_CONTROLS = /[\u007f-\u009f\u2028\u2029]/g;
+const escapeControl = (ch: string): string => `\\u${ch.charCodeAt(0).toString(16).padStart(4, '0')}`;
+
+/**
+ * A JSON text with those characters escaped (`\u0085`): it decodes to the same value. Every log
+ * line goes through it (pino's `streamWrite` hook, and the access line's own writer).
+ */
+export function escapeRawControls(json: string): string {
+  return RAW_CONTROL.test(json) ? json.replace(RAW_CONTROLS, escapeControl) : json;
 }
 
 /** `path?query` with secret-looking query values replaced; the path itself is logged as is. */
@@ -193,7 +218,7 @@ export function writeAccessLine(logger: Logger, f: AccessLine): void {
   }
   // pino's key order; JSON.stringify leaves out undefined values and writes non-finite numbers
   // as null, as pino does.
-  const json = JSON.stringify({
+  const json = escapeRawControls(JSON.stringify({
     type: 'access',
     request_id: f.request_id,
     ip: f.ip,
@@ -210,6 +235,6 @@ export function writeAccessLine(logger: Logger, f: AccessLine): void {
     reason: f.reason,
     http: f.http,
     msg: 'request',
-  });
+  }));
   stream.write(`{"level":"info"${(l[timeSym] as () => string)()}${l[chindingsSym] as string},${json.slice(1)}\n`);
 }
