@@ -1079,8 +1079,13 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
       front = createTlsFront({
         store: certificates,
         target: server as never,
+        // The slowloris limit starts at accept: the ClientHello and the handshake count too.
+        helloTimeoutMs: cfg.limits.headersTimeout,
+        handshakeDeadlineMs: () => state.config.limits.headersTimeout,
         onEvent: (ev) => logger.info({ ...ev }, 'tls front'),
       });
+      const tlsFront = front;
+      server.on('secureConnection', (socket: TLSSocket) => tlsFront.handshakeDone(socket));
       const https = await front.listen(cfg.listen.https.port, cfg.listen.https.host);
       addrs = { https, http: null, admin: null };
       if (cfg.listen.http) {

@@ -7,6 +7,7 @@
  * what is installed; it is retried with capped exponential backoff. The pure decisions live in
  * `policy.ts`, files in `storage.ts`, CA transport quirks in `transport.ts`.
  */
+import { createPrivateKey, X509Certificate } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import acme from 'acme-client';
 import { GatewayError } from '../errors.js';
@@ -104,14 +105,19 @@ export function createAcmeManager(opts: AcmeManagerOptions): AcmeManager {
     }
   };
 
-  /** `hosts` defaults to the site's; an outdated certificate is installed only for names it covers. */
-  const install = (s: SiteState, cert: StoredCert, hosts: readonly string[] = s.spec.hosts): void => {
-    s.installed = cert;
+  /**
+   * `hosts` defaults to the site's; an outdated certificate is installed only for names it covers.
+   * False when the sink refuses it: the site then does not count as holding it (it is ordered).
+   */
+  const install = (s: SiteState, cert: StoredCert, hosts: readonly string[] = s.spec.hosts): boolean => {
     try {
       sink.install(s.spec.siteId, hosts, cert.certPem, cert.keyPem);
     } catch (err) {
       logger.error({ err, site: s.spec.siteId }, 'certificate sink rejected a certificate');
+      return false;
     }
+    s.installed = cert;
+    return true;
   };
 
   const onInvalid = (site: string) => (file: string, reason: string): void => {
@@ -184,6 +190,9 @@ export function createAcmeManager(opts: AcmeManagerOptions): AcmeManager {
     // certificate for other names or another key must not replace a working one.
     const names = certDnsNames(certPem);
     if (!sameHosts(names, hosts)) throw new GatewayError('GW_ERR_ACME', `CA returned SANs ${names.join(',')}`);
+    if (!new X509Certificate(certPem).checkPrivateKey(createPrivateKey(keyPem))) {
+      throw new GatewayError('GW_ERR_ACME', 'CA returned a certificate for another key than the one in the order');
+    }
     const { notBefore, notAfter } = certValidity(certPem);
     return { certPem, keyPem: keyPem.toString(), hosts, notBefore, notAfter };
   }
@@ -250,9 +259,13 @@ export function createAcmeManager(opts: AcmeManagerOptions): AcmeManager {
     emit({ event: 'order_started', site: siteId, hosts, reason });
     logger.info({ site: siteId, hosts, reason }, 'ordering certificate');
     transport?.reset();
+    const renewal = s.installed !== null;
     let cert: StoredCert;
     try {
       cert = await order(s);
+      // Saved and announced only once it serves: a refused certificate must not replace the
+      // working files on disk, nor count as issued (no renewal for its whole lifetime).
+      if (!install(s, cert)) throw new GatewayError('GW_ERR_ACME', 'the certificate store refused the issued certificate');
     } catch (err) {
       if (stopped) return; // aborted by stop(): not a CA failure
       const failure = transport?.lastFailure() ?? null;
@@ -276,8 +289,6 @@ export function createAcmeManager(opts: AcmeManagerOptions): AcmeManager {
       });
       return;
     }
-    const renewal = s.installed !== null;
-    install(s, cert);
     s.pending = null;
     s.failures = 0;
     s.lastError = null;

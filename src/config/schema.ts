@@ -349,7 +349,7 @@ export const GatewayFileSchema = Type.Object(
         {
           max_body_size: Type.Optional(Size('Default largest request body.', DEFAULTS.limits.max_body_size)),
           max_header_size: Type.Optional(Size('Largest request line + headers; at least 1kb.', DEFAULTS.limits.max_header_size)),
-          headers_timeout: Type.Optional(Duration('Time to receive the request headers (slowloris); more than 0, at most 24d.', DEFAULTS.limits.headers_timeout)),
+          headers_timeout: Type.Optional(Duration('Time to receive the request headers (slowloris), and the longest a TLS handshake may take from the TCP accept; more than 0, at most 24d.', DEFAULTS.limits.headers_timeout)),
           request_timeout: Type.Optional(Duration('Time to receive the whole request; more than 0, at most 24d.', DEFAULTS.limits.request_timeout)),
         },
         { ...Closed, description: 'Client request limits.' },

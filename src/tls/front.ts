@@ -51,6 +51,14 @@ export interface TlsFrontOptions {
    * connection goes to `target` unchanged (which applies its own handshake timeout). Default 10000.
    */
   readonly helloTimeoutMs?: number;
+  /**
+   * Milliseconds from accept to the end of the TLS handshake (read at each accept: a reload may
+   * change it); a connection still without a finished handshake then is destroyed. Node's own
+   * `handshakeTimeout` is an inactivity timer that every byte restarts: a client dripping its
+   * ClientHello (up to 128 KiB) a byte at a time would hold the socket for days. The target's
+   * `secureConnection` must call {@link TlsFront.handshakeDone}. Default: none.
+   */
+  readonly handshakeDeadlineMs?: () => number;
   /** Observability hook (the lead maps events to logs/metrics). Must not throw. */
   readonly onEvent?: (event: TlsFrontEvent) => void;
 }
@@ -60,6 +68,8 @@ export interface TlsFront {
   readonly server: NetServer;
   /** Route one accepted TCP connection (use this to feed connections from your own server). */
   handleConnection(socket: Socket): void;
+  /** The target finished a handshake (its `secureConnection`): the deadline no longer applies. */
+  handshakeDone(socket: { readonly remoteAddress?: string | undefined; readonly remotePort?: number | undefined }): void;
   listen(port: number, host: string): Promise<AddressInfo>;
   /**
    * Stop accepting, destroy connections still being peeked at or in a challenge handshake, and
@@ -86,6 +96,33 @@ export function createTlsFront(options: TlsFrontOptions): TlsFront {
   };
   /** Sockets the front still owns (peeking or in the challenge server). */
   const owned = new Set<Socket>();
+  /**
+   * Handshake deadlines by the connection's remote address and port, which the target's
+   * TLSSocket reports alike (it has no public link to the TCP socket it wraps).
+   */
+  const deadlines = new Map<string, NodeJS.Timeout>();
+  const peerKey = (s: { readonly remoteAddress?: string | undefined; readonly remotePort?: number | undefined }): string | null =>
+    s.remoteAddress === undefined || s.remotePort === undefined ? null : `${s.remoteAddress}|${s.remotePort}`;
+  function clearDeadline(key: string | null): void {
+    if (key === null) return;
+    const timer = deadlines.get(key);
+    if (timer === undefined) return;
+    clearTimeout(timer);
+    deadlines.delete(key);
+  }
+  function armDeadline(socket: Socket): void {
+    const ms = options.handshakeDeadlineMs?.() ?? 0;
+    const key = peerKey(socket);
+    if (ms <= 0 || key === null) return;
+    deadlines.set(
+      key,
+      setTimeout(() => {
+        deadlines.delete(key);
+        socket.destroy();
+      }, ms).unref(),
+    );
+    socket.once('close', () => clearDeadline(key));
+  }
 
   const acmeServer = createTlsServer({
     ...secureContextOptions(store.minVersion),
@@ -129,6 +166,7 @@ export function createTlsFront(options: TlsFrontOptions): TlsFront {
     // 10 000 idle keep-alive connections: ~7 KB less RSS per connection. Side effect: reads from
     // the TCP socket are then at most 16 KiB (TLS records are at most 16 KiB anyway).
     owned.add(socket);
+    armDeadline(socket);
     let chunks: Buffer[] = [];
     let total = 0;
     let done = false;
@@ -179,6 +217,8 @@ export function createTlsFront(options: TlsFrontOptions): TlsFront {
         store.alpnChallengeContext(hello.serverName) !== undefined
       ) {
         cleanup();
+        // The challenge server has its own handshake timeout.
+        clearDeadline(peerKey(socket));
         // Stays in `owned` until it closes: the challenge server is ours to shut down.
         socket.once('close', () => owned.delete(socket));
         handOver(socket, buffered, acmeServer);
@@ -202,6 +242,7 @@ export function createTlsFront(options: TlsFrontOptions): TlsFront {
   return {
     server,
     handleConnection,
+    handshakeDone: (socket) => clearDeadline(peerKey(socket)),
     listen(port, host) {
       return new Promise((resolve, reject) => {
         const onError = (err: Error): void => reject(err);
@@ -217,6 +258,8 @@ export function createTlsFront(options: TlsFrontOptions): TlsFront {
         server.close(() => resolve());
         for (const socket of owned) socket.destroy();
         owned.clear();
+        for (const timer of deadlines.values()) clearTimeout(timer);
+        deadlines.clear();
       });
     },
   };
