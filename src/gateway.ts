@@ -848,6 +848,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
   // reply-from: see there); only WebSocket upgrades (which its 'upgrade' listener routes as raw
   // requests with `upgrade` set) take its own route handler, whose per-request destination checks
   // (three URL objects, a query re-encoding) cost ~4 % of a proxied request and concern only them.
+  const upgradeListenersBefore = new Set(server.listeners('upgrade'));
   await app.register(async function proxyRoutes(scope) {
     // Fastify's own text/plain parser (inherited from the root) reads the body whole and decodes it
     // as UTF-8: a Latin-1, UTF-16 or gzip-coded text/plain body reached the app re-encoded, its
@@ -896,6 +897,32 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
       handler: (request: FastifyRequest, reply: FastifyReply) => proxyRequest(request, reply),
     } as never);
   });
+  // Node emits 'upgrade' as soon as the handshake is parsed, even behind a pipelined request whose
+  // answer is still going out; @fastify/http-proxy's listener then assigns the socket to a second
+  // response, and Node throws (ERR_HTTP_SOCKET_ASSIGNED) out of the listener: one TLS write took
+  // the whole process down. Such a connection is cut, as a pipelined CONNECT is (444).
+  for (const listener of server.listeners('upgrade')) {
+    if (upgradeListenersBefore.has(listener)) continue;
+    const proxyUpgrade = listener as (req: IncomingMessage, socket: Duplex, head: Buffer) => void;
+    server.removeListener('upgrade', proxyUpgrade);
+    server.on('upgrade', function guardedUpgrade(this: unknown, req: IncomingMessage, socket: Duplex & { _httpMessage?: unknown }, head: Buffer) {
+      if (socket._httpMessage || !socket.writable) {
+        const pipelined = Boolean(socket._httpMessage);
+        socket.destroy();
+        const ctx = newContext(state, { method: req.method ?? '', url: req.url ?? '', headers: req.headers as Record<string, string | string[] | undefined>, peer: req.socket?.remoteAddress ?? '', httpVersionMajor: req.httpVersionMajor }, process.hrtime.bigint());
+        ctx.reason = pipelined ? 'pipelined_upgrade' : 'client_closed';
+        logRequest(ctx, req as FastifyRequest['raw'], pipelined ? 444 : 499, undefined);
+        return;
+      }
+      try {
+        proxyUpgrade.call(this, req, socket, head);
+      } catch (err) {
+        // Whatever else throws here would end the process; it ends this connection instead.
+        socket.destroy();
+        logger.error({ err }, 'WebSocket upgrade failed');
+      }
+    });
+  }
 
   function who(ctx: RequestContext): { ip: string; user?: string; site?: string; route?: string; request_id: string } {
     return { ip: ctx.clientIp, user: ctx.principal?.subject, site: ctx.site?.id, route: ctx.route?.id, request_id: ctx.requestId };

@@ -27,7 +27,15 @@ export const REDACT_PATHS = [
   'cookie',
   'token',
   'client_secret',
+  // A URL logged by a library (@fastify/http-proxy's debug line for each proxied WebSocket)
+  // keeps its path, with token-like query values redacted as in the access line.
+  'url',
 ];
+
+/** `url` (a string) is logged with its secret-looking query values redacted; the rest is censored. */
+function censor(value: unknown, path: string[]): unknown {
+  return path.length === 1 && path[0] === 'url' && typeof value === 'string' ? redactUrl(value) : CENSOR;
+}
 
 let cachedMs = -1;
 let cachedTime = '';
@@ -58,7 +66,7 @@ function buildLogger(config: Pick<LogConfig, 'level' | 'file'> & { readonly buff
     level: config.level,
     base: { service: 'portcullis' },
     timestamp: isoTimeCached,
-    redact: { paths: REDACT_PATHS, censor: CENSOR },
+    redact: { paths: REDACT_PATHS, censor },
     formatters: { level: (label) => ({ level: label }) },
     hooks: { streamWrite: escapeRawControls },
   };

@@ -69,7 +69,7 @@ class HandshakeTimeoutError extends Error {
 
 const PLAN = Symbol('portcullis.wsDialPlan');
 /** Upstream sockets this module connected, with what `finishUpstreamRequest` reports about them. */
-const DIALED = new WeakMap<object, { readonly plan: WebSocketDialPlan; readonly origin: string }>();
+const DIALED = new WeakMap<object, { readonly plan: WebSocketDialPlan; readonly origin: string; readonly deadline: NodeJS.Timeout | null }>();
 
 /**
  * Attaches the dial plan to the handshake's headers (what `rewriteRequestHeaders` returns). `ws`
@@ -102,7 +102,14 @@ export function createUpstreamConnection(options: ConnectOptions, oncreate: OnCr
  * now, and counted as the bad answer it was.
  */
 export function finishUpstreamRequest(req: ClientRequest, websocket: Pick<WebSocket, 'terminate'>): void {
+  const answered = (): void => {
+    const dialed = req.socket === null ? undefined : DIALED.get(req.socket);
+    if (dialed?.deadline) clearTimeout(dialed.deadline);
+  };
+  // The head of the answer is in (101, or any other status): the handshake deadline is met.
+  req.once('upgrade', answered);
   req.once('response', (res: IncomingMessage) => {
+    answered();
     res.on('error', () => undefined);
     res.resume();
     const dialed = req.socket === null ? undefined : DIALED.get(req.socket);
@@ -166,14 +173,20 @@ function dial(plan: WebSocketDialPlan, oncreate: OnCreate): void {
       socket.removeListener('error', onError);
       if (settled) return;
       plan.connected(target.origin, seconds());
-      DIALED.set(socket, { plan, origin: target.origin });
       // An upstream that takes the connection and never answers the handshake would hold the
-      // client's socket open forever. `ws` clears the socket's idle timeout once the handshake
-      // succeeds (setSocket → setTimeout(0)), so this bounds the handshake only.
-      socket.setTimeout(plan.handshakeTimeoutMs, () => {
-        plan.handshakeTimedOut(target.origin);
-        socket.destroy(new HandshakeTimeoutError(target.origin));
-      });
+      // client's socket open forever; one that trickles its answer a byte at a time would restart
+      // an idle timeout forever. So an absolute deadline, stopped by the answer's head
+      // (finishUpstreamRequest) or the socket's end. `0`: none, as for HTTP.
+      let deadline: NodeJS.Timeout | null = null;
+      if (plan.handshakeTimeoutMs > 0) {
+        const timer = setTimeout(() => {
+          plan.handshakeTimedOut(target.origin);
+          socket.destroy(new HandshakeTimeoutError(target.origin));
+        }, plan.handshakeTimeoutMs);
+        socket.once('close', () => clearTimeout(timer));
+        deadline = timer;
+      }
+      DIALED.set(socket, { plan, origin: target.origin, deadline });
       settle(null, socket);
     });
   };
