@@ -123,6 +123,13 @@ function rawView(req: FastifyRequest): RawRequestView {
 }
 
 /** A CONNECT's target is an authority (HTTP/1.1 request line, HTTP/2 `:authority`), never a path. */
+/** The largest request body any route of `config` accepts, and at least 1 MiB. */
+function largestBody(config: GatewayConfig): number {
+  let max = Math.max(config.limits.maxBodySize, 1024 * 1024);
+  for (const site of config.sites) for (const route of site.routes) max = Math.max(max, route.maxBodySize);
+  return max;
+}
+
 function connectView(req: IncomingMessage | Http2ServerRequest): RawRequestView {
   return {
     method: 'CONNECT',
@@ -877,7 +884,10 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
       httpMethods: [...PROXIED_METHODS],
       // The WebSocket proxy reads the target from here (HTTP requests: ctx.upstream, in proxyRequest).
       replyOptions: { getUpstream: (request: FastifyRequest) => request.gw.upstream ?? '' },
-      wsServerOptions: { WebSocket: ClientSideWebSocket },
+      // ws reads each message whole before it is relayed, 100 MiB by default: a few clients could
+      // fill the memory. A message may be as large as the largest body the configuration
+      // accepts (read at start), and 1 MiB in any case; a larger one closes the session (1009).
+      wsServerOptions: { WebSocket: ClientSideWebSocket, maxPayload: largestBody(cfg0) },
       wsHooks: {
         // The client left while the upstream's handshake answer was on its way: the library closes
         // only an upstream socket that was open then, so one that opens afterwards is closed here.

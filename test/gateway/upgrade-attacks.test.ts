@@ -491,3 +491,17 @@ t.test('CSRF on cookie-carrying handshakes: Origin: null, and Sec-Fetch-Site: cr
   t.same(securityEvents(gw.logs, 'csrf_rejected').map((e) => e.reason), ['null_origin', 'cross_site', 'origin_mismatch']);
   t.same(up.handshakes.map((h) => h.url), ['/ws/101'], 'only the same-origin handshake reached the upstream');
 });
+
+// ---------------------------------------------------------------------------------------------
+// 7. Message size
+
+t.test('a WebSocket message larger than the largest body the configuration accepts closes the session with 1009', async (t) => {
+  const up = await wsUpstream(t);
+  const gw = await startGateway(t, site(up.origin).replace('sites:', 'limits: { max_body_size: 2mb }\nsites:'));
+  const opened = await openWs(t, gw, '/big');
+  t.equal(opened.status, 101);
+  // ws's default would take (and hold whole) a message of up to 100 MiB.
+  t.same(await roundTrip(opened.ws!, 'x'.repeat(2 * 1024 * 1024)), { message: `echo:${'x'.repeat(2 * 1024 * 1024)}` }, 'a message of max_body_size goes through');
+  const big = await roundTrip(opened.ws!, 'y'.repeat(2 * 1024 * 1024 + 1));
+  t.same(big, { closed: 1009 }, `one byte more: closed with 1009 (got ${JSON.stringify(big)})`);
+});
