@@ -26,7 +26,7 @@ import { pathToFileURL } from 'node:url';
 import { createInterface } from 'node:readline';
 import type { IncomingHttpHeaders } from 'node:http';
 import { WebSocket, WebSocketServer } from 'ws';
-import { LOOPBACK_LISTEN, rawTls, sleep, startGateway, startUpstream, statusOf, until, type RunningGateway, type Tap } from '../helpers/gateway.js';
+import { LOOPBACK_LISTEN, rawTls, rawUpstream as rawUpstreamAll, sleep, startGateway, startUpstream, statusOf, until, type RunningGateway, type Tap } from '../helpers/gateway.js';
 import { appSite as site, tlsClient } from '../helpers/clients.js';
 import { securityEvents, startIssuer } from '../protect-e2e/_helpers.js';
 
@@ -90,32 +90,8 @@ function roundTrip(ws: WebSocket, text: string, ms = 3000): Promise<{ message?: 
   });
 }
 
-/** A raw TCP upstream: `onHead` answers each request head; everything received is kept per connection. */
-async function rawUpstream(t: Tap, onHead: (socket: net.Socket, head: string) => void): Promise<{ origin: string; received: string[] }> {
-  const received: string[] = [];
-  const sockets = new Set<net.Socket>();
-  const server = net.createServer((socket) => {
-    sockets.add(socket);
-    const conn = received.push('') - 1;
-    let answered = false;
-    socket.on('data', (c: Buffer) => {
-      received[conn] += c.toString('latin1');
-      const end = received[conn]!.indexOf('\r\n\r\n');
-      if (!answered && end !== -1) {
-        answered = true;
-        onHead(socket, received[conn]!.slice(0, end + 4));
-      }
-    });
-    socket.on('error', () => undefined);
-    socket.on('close', () => sockets.delete(socket));
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  t.teardown(() => new Promise<void>((r) => {
-    for (const s of sockets) s.destroy();
-    server.close(() => r());
-  }));
-  return { origin: `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`, received };
-}
+/** A raw upstream that answers each connection's first request head; the rest is tunnel data. */
+const rawUpstream = (t: Tap, onHead: (socket: net.Socket, head: string) => void) => rawUpstreamAll(t, onHead, { firstHeadOnly: true });
 
 /** One HTTP/2 frame: 9-byte header + payload. */
 function h2Frame(type: number, flags: number, stream: number, payload: Buffer): Buffer {

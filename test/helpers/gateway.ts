@@ -275,6 +275,15 @@ export async function countingServer(t: Tap): Promise<{ origin: string; accepted
   return { origin: `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`, accepted: () => accepted };
 }
 
+/** A loopback port nothing listens on (it was free a moment ago): a connection to it is refused. */
+export async function closedPort(): Promise<number> {
+  const s = net.createServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+  const p = (s.address() as net.AddressInfo).port;
+  await new Promise((r) => s.close(r));
+  return p;
+}
+
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /** Polls `cond` every 10 ms; true once it holds, false after `ms`. */
@@ -305,18 +314,23 @@ export interface RawUpstream {
 /**
  * A raw HTTP/1.1 upstream for misbehaving answers: `onHead` is called for every request head it
  * reads (it expects no request bodies: body bytes would show up at the start of the next "head").
+ * `firstHeadOnly`: only each connection's first head, for an upstream that switches protocols
+ * (what follows a 101 is tunnel data, kept in `received`).
  */
-export async function rawUpstream(t: Tap, onHead: (socket: net.Socket, head: string) => void): Promise<RawUpstream> {
+export async function rawUpstream(t: Tap, onHead: (socket: net.Socket, head: string) => void, options: { firstHeadOnly?: boolean } = {}): Promise<RawUpstream> {
   const up: RawUpstream = { origin: '', heads: [], received: [] };
   const sockets = new Set<net.Socket>();
   const server = net.createServer((socket) => {
     sockets.add(socket);
     const conn = up.received.push('') - 1;
     let buf = '';
+    let heads = 0;
     socket.on('data', (c: Buffer) => {
       up.received[conn] += c.toString('latin1');
+      if (options.firstHeadOnly === true && heads > 0) return;
       buf += c.toString('latin1');
-      for (let end = buf.indexOf('\r\n\r\n'); end !== -1; end = buf.indexOf('\r\n\r\n')) {
+      for (let end = buf.indexOf('\r\n\r\n'); end !== -1 && !(options.firstHeadOnly === true && heads > 0); end = buf.indexOf('\r\n\r\n')) {
+        heads++;
         const head = buf.slice(0, end + 4);
         buf = buf.slice(end + 4);
         up.heads.push(head);

@@ -19,7 +19,7 @@ import { loadConfigFile } from '../../src/config/index.js';
 import { createLogger } from '../../src/observability/logging.js';
 import { buildGateway, type Gateway } from '../../src/gateway.js';
 import { prepareCertificates } from '../../src/server/certificates.js';
-import { LOOPBACK_LISTEN, httpRequest, httpsRequest, rawTls, sleep, startUpstream, until, type ClientRequest, type ClientResponse, type Tap } from '../helpers/gateway.js';
+import { LOOPBACK_LISTEN, closedPort, httpRequest, httpsRequest, rawTls, sleep, startUpstream, until, type ClientRequest, type ClientResponse, type Tap } from '../helpers/gateway.js';
 import { h2Request, statuses } from '../helpers/clients.js';
 import { authYaml, parseExposition, startIssuer, total, type Sample } from '../ops-e2e/_support.js';
 
@@ -104,14 +104,6 @@ async function scrapeAdmin(port: number, token?: string): Promise<Sample[]> {
   const res = await httpRequest(port, { path: '/metrics', headers: token === undefined ? {} : { authorization: `Bearer ${token}` } });
   if (res.status !== 200) throw new Error(`scrape: ${res.status}`);
   return parseExposition(res.body);
-}
-
-async function closedPort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const p = (s.address() as net.AddressInfo).port;
-  await new Promise((r) => s.close(r));
-  return p;
 }
 
 // =============================================================================================

@@ -5,12 +5,11 @@
 import t from 'tap';
 import { SECURITY_EVENTS } from '../../src/observability/events.js';
 import https from 'node:https';
-import net from 'node:net';
 import { execFile } from 'node:child_process';
 import { mkdtempSync, writeFileSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { LOOPBACK_LISTEN, httpsRequest, startGateway, startUpstream, type ClientResponse, type LogRecord } from '../helpers/gateway.js';
+import { LOOPBACK_LISTEN, closedPort, httpsRequest, startGateway, startUpstream, type ClientResponse, type LogRecord } from '../helpers/gateway.js';
 import { CLI_SKIP, authYaml, parseExposition, scrape, spawnCli, startIssuer, total, type CliProcess, type TestIssuer } from '../ops-e2e/_support.js';
 
 if (CLI_SKIP) throw new Error(CLI_SKIP);
@@ -33,14 +32,6 @@ function run(args: string[], env: Record<string, string> = {}): Promise<{ code: 
 
 const events = (logs: LogRecord[], name?: string): LogRecord[] =>
   logs.filter((l) => l.security === true && (name === undefined || l.event === name));
-
-async function closedPort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const p = (s.address() as net.AddressInfo).port;
-  await new Promise((r) => s.close(r));
-  return p;
-}
 
 // ---------------------------------------------------------------------------------------------
 // Security events, in process (the production logger and event writer, captured in memory).
