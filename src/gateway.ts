@@ -586,8 +586,11 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
       // check in the same turn and finish later: without a second look, every guess of the burst
       // is answered, and a right one forwarded, after the failures before it earned a ban.
       return refusal.then((r) => {
-        if (!protectionOf(ctx).bans) return r === null ? false : refuseAccess(ctx, reply, r, authorization);
-        return afterBanCheck(ctx, reply, () => (r === null ? false : refuseAccess(ctx, reply, r, authorization)));
+        const rules = protectionOf(ctx).bans;
+        if (!rules) return r === null ? false : refuseAccess(ctx, reply, r, authorization);
+        if (r !== null) return afterBanCheck(ctx, reply, () => refuseAccess(ctx, reply, r, authorization));
+        const ban = bans.checkAfterVerification(ipKey(ctx.clientIp), rules);
+        return ban instanceof Promise ? ban.then((b) => refuseBanned(ctx, reply, b)) : refuseBanned(ctx, reply, ban);
       });
     }
     // The same holds for an answer known at once (a cached refusal) after a stage that waited.
@@ -617,6 +620,8 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
         const rules = prot.bans;
         return bans.recordAuthFailure(ipKey(ctx.clientIp), rules).then((result) => {
           if (result.banned) events.emit('banned', { ...who(ctx), reason: 'auth_failures', key: ipKey(ctx.clientIp), failures: result.failures, duration_ms: rules.durationMs });
+          // Past the client's auth_failures answers (a burst that raced the ban): refused as banned.
+          if (result.overLimit) return refuseBanned(ctx, reply, { banned: true, retryAfterMs: rules.durationMs });
           sendError(reply, refusal.status, refusal.code, refusal.headers);
           return true;
         });

@@ -15,11 +15,16 @@ import type { BanRules } from './types.js';
 
 export type BanStatus = { readonly banned: true; readonly retryAfterMs: number } | { readonly banned: false };
 
+/**
+ * `overLimit`: the client has used up its `auth_failures` answers in this window — this failure
+ * came after them (a burst whose members all passed the ban check before the ban existed, over
+ * several workers or HTTP/2 streams) — so it is answered like a banned request (429), not 401.
+ */
 export type AuthFailureResult =
-  /** Still below the threshold. */
-  | { readonly banned: false; readonly failures: number }
-  /** This failure triggered a ban (log a security event). */
-  | { readonly banned: true; readonly failures: number; readonly retryAfterMs: number };
+  /** No ban set by this failure. */
+  | { readonly banned: false; readonly failures: number; readonly overLimit: boolean }
+  /** This failure set the ban (log a security event). */
+  | { readonly banned: true; readonly failures: number; readonly retryAfterMs: number; readonly overLimit: boolean };
 
 export interface BanListOptions {
   readonly store: Store;
@@ -70,24 +75,39 @@ export class BanList {
    * route) records nothing.
    */
   async recordAuthFailure(clientKey: string, rules: BanRules | null): Promise<AuthFailureResult> {
-    if (rules === null) return { banned: false, failures: 0 };
+    if (rules === null) return { banned: false, failures: 0, overLimit: false };
     assertRules(rules);
     const { count } = await this.#store.incr(this.#failKey(clientKey), rules.windowMs);
-    if (count < rules.authFailures) return { banned: false, failures: count };
-    // Only the failure that reaches the threshold bans. The counter is atomic, so of a burst of
-    // failures recorded together exactly one does; the rest must not ban again (a second ban
-    // would move the first one's end and log a second `banned` event for one client). A count
-    // that reaches the threshold again while the ban holds (counting restarts below) bans nobody.
-    if (count > rules.authFailures) return { banned: false, failures: count };
-    if ((await this.check(clientKey)).banned) {
-      await this.#store.delete(this.#failKey(clientKey));
-      return { banned: false, failures: count };
+    if (count < rules.authFailures) {
+      // Counting restarts at a ban (below): a failure counted after it was still over the limit.
+      return { banned: false, failures: count, overLimit: (await this.check(clientKey)).banned };
     }
-    await this.#store.set(this.#banKey(clientKey), '1', rules.durationMs);
+    // At or over the threshold: ban, unless a ban holds. `setIfAbsent` is atomic in the shared
+    // store, so of failures recorded at once (a burst over several workers) exactly one bans —
+    // one `banned` event, the ban's end not moved — and if the failure that reached the threshold
+    // could not set it (its store call timed out), the next one does.
+    if (!(await this.#store.setIfAbsent(this.#banKey(clientKey), '1', rules.durationMs))) {
+      return { banned: false, failures: count, overLimit: true };
+    }
     // Start from zero after the ban instead of being re-banned by the next single failure.
     await this.#store.delete(this.#failKey(clientKey));
     this.#track(clientKey, this.#now() + rules.durationMs);
-    return { banned: true, failures: count, retryAfterMs: rules.durationMs };
+    return { banned: true, failures: count, retryAfterMs: rules.durationMs, overLimit: count > rules.authFailures };
+  }
+
+  /**
+   * Whether `clientKey` is banned, or has used up its failures in the window (its ban may not be
+   * written yet: with workers, the failure that reached the threshold writes it one round trip
+   * later). Read after a token's verification succeeds, so that a right guess finishing inside a
+   * burst of wrong ones is not let through. Answered synchronously by a local store.
+   */
+  checkAfterVerification(clientKey: string, rules: BanRules): BanStatus | Promise<BanStatus> {
+    const failKey = this.#failKey(clientKey);
+    const used = (entry: StoredValue | null): boolean => entry !== null && Number(entry.value) >= rules.authFailures;
+    const overLimit: BanStatus = { banned: true, retryAfterMs: rules.durationMs };
+    const known = this.#store.peek?.(failKey);
+    if (known !== undefined) return used(known) ? overLimit : this.check(clientKey);
+    return this.#store.get(failKey).then((entry) => (used(entry) ? overLimit : this.check(clientKey)));
   }
 
   /** Whether `clientKey` is banned now, and for how much longer (milliseconds). */

@@ -152,6 +152,15 @@ export class MemoryStore implements Store {
     this.#insert(key, { value, expiresAt: this.#now() + ttlMs });
   }
 
+  async setIfAbsent(key: string, value: string, ttlMs: number): Promise<boolean> {
+    this.#assertOpen();
+    assertPositiveMs('ttlMs', ttlMs);
+    const now = this.#now();
+    if (this.#live(key, now) !== undefined) return false;
+    this.#insert(key, { value, expiresAt: now + ttlMs });
+    return true;
+  }
+
   async delete(key: string): Promise<void> {
     this.#assertOpen();
     this.#remove(key);

@@ -36,6 +36,7 @@ const INCR = 'state.incr';
 const GET = 'state.get';
 const SET = 'state.set';
 const DELETE = 'state.delete';
+const SET_IF_ABSENT = 'state.setIfAbsent';
 
 export class RemoteStore implements Store {
   readonly #call: RemoteCall;
@@ -97,6 +98,17 @@ export class RemoteStore implements Store {
     await this.#call(SET, [key, value, ttlMs]);
   }
 
+  async setIfAbsent(key: string, value: string, ttlMs: number): Promise<boolean> {
+    this.#assertOpen();
+    return (await this.#call(SET_IF_ABSENT, [key, value, ttlMs])) === true;
+  }
+
+  /** `get` from the serving side, never from what is kept locally. */
+  async getFresh(key: string): Promise<StoredValue | null> {
+    this.#assertOpen();
+    return (await this.#call(GET, [key])) as StoredValue | null;
+  }
+
   async delete(key: string): Promise<void> {
     this.#assertOpen();
     await this.#call(DELETE, [key]);
@@ -127,9 +139,9 @@ export class RemoteStore implements Store {
   }
 }
 
-/** The key a call writes (incr, set, delete), or null for reads and other methods. */
+/** The key a call writes (incr, set, setIfAbsent, delete), or null for reads and other methods. */
 export function writtenKey(method: string, params: unknown): string | null {
-  if (method !== INCR && method !== SET && method !== DELETE) return null;
+  if (method !== INCR && method !== SET && method !== DELETE && method !== SET_IF_ABSENT) return null;
   const key = Array.isArray(params) ? (params as unknown[])[0] : undefined;
   return typeof key === 'string' ? key : null;
 }
@@ -158,6 +170,8 @@ export function serveStoreCall(store: Store, method: string, params: unknown): P
       return store.set(str(0), str(1), num(2));
     case DELETE:
       return store.delete(str(0));
+    case SET_IF_ABSENT:
+      return store.setIfAbsent(str(0), str(1), num(2));
     default:
       return undefined;
   }

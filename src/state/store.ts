@@ -4,7 +4,7 @@
  *
  * Kept deliberately small and async so that a Redis implementation maps onto single commands:
  * `incr` = `INCR` + `PEXPIRE NX` (fixed window), `get` = `GET` + `PTTL`, `set` = `SET PX`,
- * `delete` = `DEL`.
+ * `setIfAbsent` = `SET NX PX`, `delete` = `DEL`.
  *
  * Times are returned as *remaining* milliseconds (`ttlMs`), not as absolute instants, so callers
  * never need the store's clock (a Redis server's clock is not the gateway's).
@@ -51,6 +51,11 @@ export interface Store {
   incrNow?(key: string, windowMs: number): CounterState;
   /** Stores `value` under `key` for `ttlMs` milliseconds (> 0), replacing any previous value. */
   set(key: string, value: string, ttlMs: number): Promise<void>;
+  /**
+   * `set`, only if `key` holds no live value: true when this call stored it (Redis `SET NX PX`).
+   * Atomic where the store is shared: of several callers at once exactly one gets true.
+   */
+  setIfAbsent(key: string, value: string, ttlMs: number): Promise<boolean>;
   /** Removes `key`; absent keys are not an error. */
   delete(key: string): Promise<void>;
   /** Releases timers/connections. Further calls after `close()` are a programming error. */

@@ -281,6 +281,13 @@ t.test('RemoteStore read cache for a prefix: no round trip on a hit, exact after
   t.equal(calls.length, m, 'the newest is still cached');
   await w1.get('ban:on:a');
   t.equal(calls.length, m + 1, 'the oldest was evicted');
+  // setIfAbsent: atomic at the serving side, and a write to announce.
+  t.equal(await w1.get('ban:on:5.5.5.5'), null);
+  const won = await Promise.all([w1, w2, w1].map((w) => w.setIfAbsent('ban:on:5.5.5.5', '1', 60_000)));
+  t.same(won.filter(Boolean).length, 1, 'of three callers at once, one stores');
+  t.equal(writtenKey('state.setIfAbsent', ['ban:on:5.5.5.5', '1', 60_000]), 'ban:on:5.5.5.5', 'so the primary announces it');
+  w1.invalidate('ban:on:5.5.5.5');
+  t.ok(await w1.get('ban:on:5.5.5.5'));
   t.equal(writtenKey('state.incr', ['k', 1]), 'k');
   t.equal(writtenKey('state.delete', ['k']), 'k');
   t.equal(writtenKey('metrics', ['k']), null);

@@ -15,10 +15,10 @@ function setup(t: { teardown: (fn: () => unknown) => void }) {
 
 t.test('the Nth failure in the window bans; the ban expires by itself', async (t) => {
   const { clock, bans } = setup(t);
-  t.same(await bans.recordAuthFailure('ip:192.0.2.1', rules), { banned: false, failures: 1 });
-  t.same(await bans.recordAuthFailure('ip:192.0.2.1', rules), { banned: false, failures: 2 });
+  t.same(await bans.recordAuthFailure('ip:192.0.2.1', rules), { banned: false, failures: 1, overLimit: false });
+  t.same(await bans.recordAuthFailure('ip:192.0.2.1', rules), { banned: false, failures: 2, overLimit: false });
   t.same(await bans.isBanned('ip:192.0.2.1'), { banned: false });
-  t.same(await bans.recordAuthFailure('ip:192.0.2.1', rules), { banned: true, failures: 3, retryAfterMs: 300_000 });
+  t.same(await bans.recordAuthFailure('ip:192.0.2.1', rules), { banned: true, failures: 3, retryAfterMs: 300_000, overLimit: false });
   t.same(await bans.isBanned('ip:192.0.2.1'), { banned: true, retryAfterMs: 300_000 });
   t.same(await bans.isBanned('ip:192.0.2.2'), { banned: false }, 'other clients unaffected');
   t.equal(bans.activeBans(), 1);
@@ -27,7 +27,7 @@ t.test('the Nth failure in the window bans; the ban expires by itself', async (t
   clock.advance(1);
   t.same(await bans.isBanned('ip:192.0.2.1'), { banned: false });
   t.equal(bans.activeBans(), 0);
-  t.same(await bans.recordAuthFailure('ip:192.0.2.1', rules), { banned: false, failures: 1 }, 'counting starts afresh');
+  t.same(await bans.recordAuthFailure('ip:192.0.2.1', rules), { banned: false, failures: 1, overLimit: false }, 'counting starts afresh');
 });
 
 t.test('a burst of failures recorded together: one ban, one "banned" result, its end not moved', async (t) => {
@@ -39,7 +39,7 @@ t.test('a burst of failures recorded together: one ban, one "banned" result, its
   for (let i = 0; i < 5; i++) t.equal((await bans.recordAuthFailure('ip:192.0.2.7', rules)).banned, false, 'failures while banned ban nobody again');
   t.same(await bans.isBanned('ip:192.0.2.7'), { banned: true, retryAfterMs: 200_000 }, 'the ban ends when it was set to');
   clock.advance(200_000);
-  t.same(await bans.recordAuthFailure('ip:192.0.2.7', rules), { banned: false, failures: 1 }, 'after the ban, counting starts afresh');
+  t.same(await bans.recordAuthFailure('ip:192.0.2.7', rules), { banned: false, failures: 1, overLimit: false }, 'after the ban, counting starts afresh');
 });
 
 t.test('failures spread over more than the window do not ban (slow guessing is the window\'s job)', async (t) => {
@@ -47,7 +47,7 @@ t.test('failures spread over more than the window do not ban (slow guessing is t
   await bans.recordAuthFailure('c', rules);
   await bans.recordAuthFailure('c', rules);
   clock.advance(60_000);
-  t.same(await bans.recordAuthFailure('c', rules), { banned: false, failures: 1 });
+  t.same(await bans.recordAuthFailure('c', rules), { banned: false, failures: 1, overLimit: false });
   t.same(await bans.isBanned('c'), { banned: false });
 });
 
@@ -55,7 +55,7 @@ t.test('an attacker spreading failures over many keys is counted per key; bans:n
   const { bans } = setup(t);
   for (let i = 0; i < 10; i++) await bans.recordAuthFailure(`ip:192.0.2.${i}`, rules);
   t.equal(bans.activeBans(), 0);
-  t.same(await bans.recordAuthFailure('x', null), { banned: false, failures: 0 });
+  t.same(await bans.recordAuthFailure('x', null), { banned: false, failures: 0, overLimit: false });
   for (let i = 0; i < 5; i++) await bans.recordAuthFailure('x', null);
   t.same(await bans.isBanned('x'), { banned: false });
 });
@@ -100,6 +100,7 @@ t.test('check(): the same answers as isBanned, synchronously when the store know
       get: (k: string) => store.get(k),
       incr: (k: string, w: number) => store.incr(k, w),
       set: (k: string, v: string, ttl: number) => store.set(k, v, ttl),
+      setIfAbsent: (k: string, v: string, ttl: number) => store.setIfAbsent(k, v, ttl),
       delete: (k: string) => store.delete(k),
       close: async () => {},
     },
@@ -108,4 +109,39 @@ t.test('check(): the same answers as isBanned, synchronously when the store know
   const pending = remoteLike.check('ip:192.0.2.10');
   t.ok(pending instanceof Promise);
   t.same(await pending, { banned: true, retryAfterMs: 1000 });
+});
+
+t.test('thresholds per route share one failure count: failures on a laxer route count towards a stricter one', async (t) => {
+  const { bans } = setup(t);
+  const lax: BanRules = { authFailures: 10, windowMs: 60_000, durationMs: 300_000 };
+  for (let i = 1; i <= 3; i++) t.same(await bans.recordAuthFailure('ip:192.0.2.20', lax), { banned: false, failures: i, overLimit: false });
+  const r = await bans.recordAuthFailure('ip:192.0.2.20', rules);
+  t.same(r, { banned: true, failures: 4, retryAfterMs: 300_000, overLimit: true }, 'the strict route bans at once: its three are used up');
+  t.same(await bans.isBanned('ip:192.0.2.20'), { banned: true, retryAfterMs: 300_000 });
+});
+
+t.test('a threshold failure whose ban was never written (its store call lost): the next failure bans', async (t) => {
+  const { store, bans } = setup(t);
+  // Three failures counted by the store, the ban not written (a worker timed out or died between).
+  for (let i = 0; i < 3; i++) await store.incr('ban:fail:ip:192.0.2.21', 60_000);
+  const r = await bans.recordAuthFailure('ip:192.0.2.21', rules);
+  t.same(r, { banned: true, failures: 4, retryAfterMs: 300_000, overLimit: true });
+  t.equal((await bans.recordAuthFailure('ip:192.0.2.21', rules)).overLimit, true, 'and the ones after it are over the limit');
+});
+
+t.test('checkAfterVerification: banned, or the failures of the window used up before the ban is written', async (t) => {
+  const { store, bans } = setup(t);
+  t.same(bans.checkAfterVerification('ip:192.0.2.22', rules), { banned: false });
+  await store.incr('ban:fail:ip:192.0.2.22', 60_000);
+  await store.incr('ban:fail:ip:192.0.2.22', 60_000);
+  t.same(bans.checkAfterVerification('ip:192.0.2.22', rules), { banned: false }, 'two of three used');
+  await store.incr('ban:fail:ip:192.0.2.22', 60_000);
+  t.same(bans.checkAfterVerification('ip:192.0.2.22', rules), { banned: true, retryAfterMs: 300_000 }, 'three used, no ban written yet');
+  await bans.recordAuthFailure('ip:192.0.2.23', { ...rules, authFailures: 1 });
+  t.same(bans.checkAfterVerification('ip:192.0.2.23', rules), { banned: true, retryAfterMs: 300_000 }, 'a ban written');
+  // A store without local answers: the same, as a promise.
+  const remoteLike = new BanList({ store: { ...store, peek: undefined, get: (k: string) => store.get(k), incr: (k: string, w: number) => store.incr(k, w), set: (k: string, v: string, ttl: number) => store.set(k, v, ttl), setIfAbsent: (k: string, v: string, ttl: number) => store.setIfAbsent(k, v, ttl), delete: (k: string) => store.delete(k), close: async () => undefined } });
+  const answer = remoteLike.checkAfterVerification('ip:192.0.2.22', rules);
+  t.ok(answer instanceof Promise);
+  t.same(await answer, { banned: true, retryAfterMs: 300_000 });
 });

@@ -160,7 +160,7 @@ t.test("the plugin's store answers in the same turn when our store can (incrNow)
   const now = ask(memory, 'k');
   t.same(now.answered(), { error: null, result: { current: 1, ttl: 1000 } }, 'answered before incr returned');
   // A store with only the promise API (a remote one): the same answers, a turn later.
-  const remoteLike: Store = { incr: (k, w) => memory.incr(k, w), get: (k) => memory.get(k), set: (k, v, ttl) => memory.set(k, v, ttl), delete: (k) => memory.delete(k), close: async () => undefined };
+  const remoteLike: Store = { incr: (k, w) => memory.incr(k, w), get: (k) => memory.get(k), set: (k, v, ttl) => memory.set(k, v, ttl), setIfAbsent: (k, v, ttl) => memory.setIfAbsent(k, v, ttl), delete: (k) => memory.delete(k), close: async () => undefined };
   const later = ask(remoteLike, 'k');
   t.equal(later.answered(), null, 'not answered in the same turn');
   t.same((await later.done).result?.current, 2, 'the same counter');

@@ -169,3 +169,17 @@ t.test('peek answers what get answers, without a promise', async (t) => {
   await store.close();
   t.throws(() => store.peek('k'), { code: 'GW_ERR_INTERNAL' }, 'after close, like get');
 });
+
+t.test('setIfAbsent: only where no live value is; an expired one counts as absent', async (t) => {
+  const clock = fakeClock();
+  const store = new MemoryStore({ now: clock.now, sweepIntervalMs: 0 });
+  t.teardown(() => store.close());
+  t.equal(await store.setIfAbsent('ban:on:x', '1', 1000), true);
+  t.equal(await store.setIfAbsent('ban:on:x', '2', 5000), false, 'held: not replaced');
+  t.same(await store.get('ban:on:x'), { value: '1', ttlMs: 1000 }, 'neither value nor expiry moved');
+  const all = await Promise.all([1, 2, 3].map((i) => store.setIfAbsent('ban:on:y', String(i), 1000)));
+  t.same(all.filter(Boolean).length, 1, 'of callers at once, one stores');
+  clock.advance(1000);
+  t.equal(await store.setIfAbsent('ban:on:x', '3', 1000), true, 'expired: absent');
+  await t.rejects(store.setIfAbsent('k', 'v', 0), TypeError);
+});
