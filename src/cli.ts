@@ -145,7 +145,15 @@ async function start(configPath: string, watchFile: boolean, io: Io): Promise<nu
   } catch (err) {
     return reportConfigError(err, io);
   }
-  if (loaded.config.workers > 1) return runPrimary(configPath, watchFile, loaded, version());
+  if (loaded.config.workers > 1) {
+    try {
+      return await runPrimary(configPath, watchFile, loaded, version());
+    } catch (err) {
+      // As below: what fails while starting (a log file, a certificate) is one line, not a stack.
+      io.err(`portcullis: cannot start: ${(err as Error).message}\n`);
+      return 1;
+    }
+  }
   const { config, warnings } = loaded;
   const logger = createLogger(config.log);
   for (const w of warnings) logger.warn({ config: configPath }, w);

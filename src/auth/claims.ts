@@ -44,6 +44,28 @@ function splitScope(scope: string): readonly string[] {
 }
 
 /** RFC 7519 §4.1.3 / RFC 7662 §2.2: `aud` is a string or an array; any configured one matches. */
+/**
+ * Whether claims (a JWT's payload, an introspection answer), where they say what kind of token
+ * this is, say a bearer access token:
+ * - `token_type` (RFC 7662 §2.2, the RFC 6749 §7.1 type): `Bearer`, not `DPoP`, `N_A` or
+ *   `refresh_token`;
+ * - `token_use` (Ory Hydra: `access_token`; Amazon Cognito: `access`, not `id`);
+ * - `typ` (Keycloak: `Bearer`, not `Refresh`, `Offline` or `ID`);
+ * - no `cnf` (RFC 7800): a token bound to a key (DPoP's `jkt`, RFC 9449; mTLS's `x5t#S256`,
+ *   RFC 8705) is worthless without the proof of that key, which the gateway does not check.
+ * A refresh token is for the token endpoint only (RFC 6749 §10.4) and outlives the access
+ * token; an ID token is for the client, not for an API.
+ */
+export function isAccessToken(claims: Readonly<Record<string, unknown>>): boolean {
+  const type = claims['token_type'];
+  if (type !== undefined && (typeof type !== 'string' || type.toLowerCase() !== 'bearer')) return false;
+  const use = claims['token_use'];
+  if (use !== undefined && use !== 'access_token' && use !== 'access') return false;
+  const typ = claims['typ'];
+  if (typ !== undefined && (typeof typ !== 'string' || typ.toLowerCase() !== 'bearer')) return false;
+  return claims['cnf'] === undefined;
+}
+
 export function audienceMatches(aud: unknown, audiences: readonly string[]): boolean {
   if (typeof aud === 'string') return audiences.includes(aud);
   if (Array.isArray(aud)) return aud.some((a) => typeof a === 'string' && audiences.includes(a));

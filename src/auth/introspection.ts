@@ -2,7 +2,7 @@
  * OAuth 2.0 Token Introspection (RFC 7662) for opaque tokens.
  */
 import type { IntrospectionConfig, IssuerConfig } from '../config/types.js';
-import { audienceMatches, buildPrincipal } from './claims.js';
+import { audienceMatches, buildPrincipal, isAccessToken } from './claims.js';
 import type { IdpHttp } from './http.js';
 import { IdpUnreachable } from './http.js';
 import type { AuthFailureReason, Principal } from './types.js';
@@ -32,24 +32,6 @@ export type IntrospectionVerdict =
   | { readonly ok: false; readonly reason: AuthFailureReason }
   /** Not a usable RFC 7662 answer (no boolean `active`): a technical failure, not a refusal. */
   | { readonly ok: false; readonly reason: 'introspection_failed' };
-
-/**
- * Whether the answer, where it says what kind of token this is, says a bearer access token:
- * `token_type` (RFC 7662 §2.2, the RFC 6749 §7.1 type: `Bearer`, not `DPoP`, `N_A` or
- * `refresh_token`), `token_use` (Ory Hydra: `access_token`; Amazon Cognito: `access`), `typ`
- * (Keycloak: `Bearer`, not `Refresh`, `Offline` or `ID`). A refresh token is for the token
- * endpoint only (RFC 6749 §10.4) and outlives the access token; a DPoP-bound token is worthless
- * without its proof, which the gateway does not check.
- */
-function isAccessToken(a: Record<string, unknown>): boolean {
-  const type = a['token_type'];
-  if (type !== undefined && (typeof type !== 'string' || type.toLowerCase() !== 'bearer')) return false;
-  const use = a['token_use'];
-  if (use !== undefined && use !== 'access_token' && use !== 'access') return false;
-  const typ = a['typ'];
-  if (typ !== undefined && (typeof typ !== 'string' || typ.toLowerCase() !== 'bearer')) return false;
-  return true;
-}
 
 /**
  * Pure judgement of an introspection answer (RFC 7662 §2.2). The endpoint's word on `active` is

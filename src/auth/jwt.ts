@@ -4,6 +4,7 @@
 import { decodeJwt, errors as joseErrors, jwtVerify } from 'jose';
 import type { JWTPayload } from 'jose';
 import type { IssuerConfig } from '../config/types.js';
+import { isAccessToken } from './claims.js';
 import { KeysUnavailable } from './jwks.js';
 import type { IssuerKeys } from './jwks.js';
 import type { AuthFailureReason } from './types.js';
@@ -75,6 +76,8 @@ export function createJwtVerifier(issuer: IssuerConfig, keys: IssuerKeys): (toke
         requiredClaims: ['exp'],
         currentDate: new Date(now),
       });
+      // A valid signature on an ID token, a refresh token or a key-bound token is no bearer access token.
+      if (!isAccessToken(payload)) return { ok: false, reason: 'wrong_token_type' };
       return { ok: true, claims: payload };
     } catch (err) {
       return { ok: false, reason: reasonFor(err) };

@@ -50,7 +50,7 @@ export type AuthFailureReason =
   | 'bad_claims'
   // introspection (RFC 7662)
   | 'inactive_token'
-  /** The endpoint says it is not an access token (a refresh or ID token, a DPoP-bound one). */
+  /** Not a bearer access token: a refresh or ID token, or one bound to a key (`cnf`). */
   | 'wrong_token_type';
 
 /** Why the gateway could not decide (answered with 503, never as "denied"). */

@@ -123,7 +123,17 @@ class Collector {
   }
 }
 
-const WILDCARDS = new Set(['0.0.0.0', '::']);
+/**
+ * Whether listeners on the two hosts (same port) would take the same address. `::` takes every
+ * address of both families (Linux's dual-stack default), `0.0.0.0` every IPv4 one; `localhost`
+ * is whichever loopback it resolves to, so it meets both `127.0.0.1` and `::1`. Other names are
+ * compared as written (their addresses are not looked up here).
+ */
+function hostsOverlap(a: string, b: string): boolean {
+  const addrs = (h: string): string[] => (h === 'localhost' ? ['127.0.0.1', '::1'] : [h]);
+  const isV4 = (h: string): boolean => /^\d+\.\d+\.\d+\.\d+$/.test(h);
+  return addrs(a).some((x) => addrs(b).some((y) => x === y || x === '::' || y === '::' || (x === '0.0.0.0' && isV4(y)) || (y === '0.0.0.0' && isV4(x))));
+}
 
 /** The longest delay a Node timer honours (2^31-1 ms); the configuration allows up to 24d. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
@@ -352,12 +362,11 @@ export function normalize(raw: GatewayFile, ctx: NormalizeContext): NormalizeRes
   const http = httpText === null ? null : c.take(['listen', 'http'], checkListen(httpText), FALLBACK_ADDR);
   const adminText = listenRaw.admin === undefined ? DEFAULTS.listen.admin : listenRaw.admin;
   const admin = adminText === null ? null : c.take(['listen', 'admin'], checkListen(adminText), FALLBACK_ADDR);
-  // Two listeners on one address: `validate` would pass and `start` die on EADDRINUSE. A wildcard
-  // address takes the port on every address (of its family, and both for `::` on Linux).
+  // Two listeners on one address: `validate` would pass and `start` die on EADDRINUSE.
   const bound: [string, ListenAddress][] = [['https', https]];
   for (const [name, addr] of [['http', http], ['admin', admin]] as const) {
     if (addr === null || addr.port === 0) continue;
-    const clash = bound.find(([, other]) => other.port === addr.port && (other.host === addr.host || WILDCARDS.has(other.host) || WILDCARDS.has(addr.host)));
+    const clash = bound.find(([, other]) => other.port === addr.port && hostsOverlap(other.host, addr.host));
     if (clash !== undefined) c.fail(['listen', name], `uses the address of listen.${clash[0]} (port ${addr.port}): each listener needs its own port`);
     bound.push([name, addr]);
   }

@@ -90,13 +90,15 @@ function buildLogger(config: Pick<LogConfig, 'level' | 'file'> & { readonly buff
  * Query parameter names that carry credentials in the wild and contain none of the words of
  * {@link SECRET_PART} (OAuth codes, API keys, pre-signed URL signatures), compacted.
  */
-const SECRET_PARAMS = new Set(['code', 'pwd', 'key', 'auth', 'authorization', 'session', 'sessionid', 'sig', 'jwt', 'assertion']);
+const SECRET_PARAMS = new Set(['code', 'pwd', 'auth', 'authorization', 'session', 'sessionid', 'sig', 'jwt', 'otp']);
 /**
  * What a name that carries a credential contains, once compacted (lower case, without `-`, `_`
  * and spaces): `accessToken`, `access-token`, `oauth_token`, `client_secret`, `X-Goog-Signature`,
- * `X-Amz-Credential`, `api-key`, `passwd`… An over-eager match only hides a value from the log.
+ * `X-Amz-Credential`, `client_assertion`, `passwd`…, or how it ends: `key`, `api-key`,
+ * `subscription-key` (Azure API Management), `private_key`, `sessionKey`. An over-eager match
+ * only hides a value from the log.
  */
-const SECRET_PART = /token|secret|passw|signature|credential|apikey/;
+const SECRET_PART = /token|secret|passw|signature|credential|assertion|key$/;
 
 function secretPart(part: string): boolean {
   const compact = part.replace(/[-_ ]/g, '');

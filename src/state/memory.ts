@@ -29,6 +29,8 @@ export interface MemoryStoreOptions {
 
 export const DEFAULT_MAX_ENTRIES = 100_000;
 export const DEFAULT_SWEEP_INTERVAL_MS = 30_000;
+/** Least time between two sweeps made because the store is full (see `#insert`). */
+const FULL_SWEEP_INTERVAL_MS = 1_000;
 
 interface Entry {
   /**
@@ -64,6 +66,7 @@ export class MemoryStore implements Store {
   /** namespace → (key → entry), each in insertion order. */
   readonly #spaces = new Map<string, Map<string, Entry>>();
   #size = 0;
+  #lastFullSweep = -Infinity;
   readonly #maxEntries: number;
   readonly #now: () => number;
   #timer: NodeJS.Timeout | null = null;
@@ -194,7 +197,14 @@ export class MemoryStore implements Store {
 
   #insert(key: string, entry: Entry): void {
     if (this.#size >= this.#maxEntries) {
-      this.sweep();
+      // A sweep walks every key (100 000 by default: ~1.5 ms). Full, each new key would pay one —
+      // a flood of made-up keys, one sweep per request — so at most one per second; between
+      // them the oldest of the largest key space makes room.
+      const now = this.#now();
+      if (now - this.#lastFullSweep >= FULL_SWEEP_INTERVAL_MS) {
+        this.#lastFullSweep = now;
+        this.sweep();
+      }
       while (this.#size >= this.#maxEntries) this.#evictOldestOfLargest();
     }
     const name = namespaceOf(key);

@@ -144,6 +144,7 @@ export function createTlsFront(options: TlsFrontOptions): TlsFront {
     },
   });
   acmeServer.on('secureConnection', (tlsSocket: TLSSocket) => {
+    clearDeadline(peerKey(tlsSocket));
     // RFC 8737 §3: after the handshake the client closes; nothing is exchanged, so we end too.
     tlsSocket.end();
   });
@@ -217,9 +218,8 @@ export function createTlsFront(options: TlsFrontOptions): TlsFront {
         store.alpnChallengeContext(hello.serverName) !== undefined
       ) {
         cleanup();
-        // The challenge server has its own handshake timeout.
-        clearDeadline(peerKey(socket));
-        // Stays in `owned` until it closes: the challenge server is ours to shut down.
+        // Stays in `owned` until it closes: the challenge server is ours to shut down. The
+        // handshake deadline holds here too (the challenge server's own timeout is an idle one).
         socket.once('close', () => owned.delete(socket));
         handOver(socket, buffered, acmeServer);
         return;

@@ -63,7 +63,11 @@ t.test('redactUrl: credential names in the structured spellings frameworks read 
     ['/q?a[b][client_secret]=S7', '/q?a[b][client_secret]=[REDACTED]'],
   ];
   for (const [url, want] of cases) t.equal(redactUrl(url), want, url);
-  const plain = '/q?page[size]=10&sort=name&filter.kind=x&tags[]=a';
+  // Names that end in `key` or name an assertion or a one-time password.
+  for (const name of ['subscription-key', 'private_key', 'sessionKey', 'access_key', 'api-key', 'key', 'client_assertion', 'otp', 'X-Goog-Credential']) {
+    t.equal(redactUrl(`/q?${name}=S&page=2`), `/q?${name}=[REDACTED]&page=2`, name);
+  }
+  const plain = '/q?page[size]=10&sort=name&filter.kind=x&tags[]=a&keys=3&keyword=x';
   t.equal(redactUrl(plain), plain, 'structured names without a credential part are logged as sent');
 });
 
