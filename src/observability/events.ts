@@ -11,7 +11,7 @@
  * defence any field whose NAME looks like a credential is replaced by `[redacted]`, and long
  * strings are truncated (a token pasted into a `reason` must not land in full).
  */
-import { closeSync, mkdirSync, openSync } from 'node:fs';
+import { closeSync, constants, fstatSync, mkdirSync, openSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { pino, type Logger, type LevelWithSilent } from 'pino';
 import { GatewayError } from '../errors.js';
@@ -145,12 +145,18 @@ export function openSecurityLog(file: string | null, mainLogger: Logger, level: 
   }
   // Opened once synchronously so an unwritable path fails at startup with a clear error, instead
   // of as an asynchronous 'error' event after the gateway already reported ready.
+  // O_NONBLOCK: a FIFO without a reader would block the open (and the whole process) forever;
+  // only a regular file is an audit log anyway.
+  let regular = true;
   try {
     mkdirSync(dirname(file), { recursive: true });
-    closeSync(openSync(file, 'a', 0o640));
+    const fd = openSync(file, constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT | constants.O_NONBLOCK, 0o640);
+    regular = fstatSync(fd).isFile();
+    closeSync(fd);
   } catch (cause) {
     throw new GatewayError('GW_ERR_CONFIG_INVALID', `log.security_file ${file} cannot be opened for writing`, { cause });
   }
+  if (!regular) throw new GatewayError('GW_ERR_CONFIG_INVALID', `log.security_file ${file} is not a regular file`);
   const dest = pino.destination({ dest: file, mkdir: true, sync: false });
   // A later write failure (disk full) must not crash the gateway through an unhandled 'error'
   // event: report it on the main log, which has a different destination.

@@ -1,5 +1,6 @@
 import t from 'tap';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync, chmodSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
@@ -155,4 +156,15 @@ t.test('a security_file path under a regular file fails at open with a GatewayEr
   }
   t.ok(isGatewayError(err) && err.code === 'GW_ERR_CONFIG_INVALID');
   t.match((err as Error).message, /log\.security_file/);
+});
+
+t.test('openSecurityLog: a FIFO (or anything but a regular file) is refused at once, never waited on', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'portcullis-secfifo-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const fifo = join(dir, 'events.fifo');
+  execFileSync('mkfifo', [fifo]);
+  const started = Date.now();
+  t.throws(() => openSecurityLog(fifo, pino({ level: 'silent' })), /log\.security_file .* cannot be opened for writing/, 'no reader: refused (ENXIO), not a blocked open');
+  t.ok(Date.now() - started < 1000, 'at once');
+  t.throws(() => openSecurityLog('/dev/null', pino({ level: 'silent' })), /is not a regular file/, 'a device is no audit log');
 });
