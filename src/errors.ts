@@ -21,6 +21,7 @@ export const ErrorCodes = {
   GW_ERR_HEADERS_TOO_LARGE: 'request headers too large',
   GW_ERR_REQUEST_TIMEOUT: 'request timeout',
   GW_ERR_NOT_IMPLEMENTED: 'transfer coding not implemented',
+  GW_ERR_EXPECTATION_FAILED: 'expectation not supported',
   // upstream
   GW_ERR_UPSTREAM_UNAVAILABLE: 'upstream unavailable',
   GW_ERR_UPSTREAM_TIMEOUT: 'upstream timed out',

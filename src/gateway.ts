@@ -123,6 +123,42 @@ function rawView(req: FastifyRequest): RawRequestView {
 }
 
 /** A CONNECT's target is an authority (HTTP/1.1 request line, HTTP/2 `:authority`), never a path. */
+/** What the parser-error handler reads of the response being written on a connection. */
+interface PendingResponse {
+  readonly _headerSent?: boolean;
+  readonly req?: { readonly complete?: boolean };
+  once(event: 'finish' | 'close', listener: () => void): unknown;
+}
+
+/** Connections whose parser failed behind pending answers: the 400 is already scheduled. */
+const parserFailed = new WeakSet<object>();
+
+/**
+ * `then()` once no response is being written or queued on this HTTP/1.1 connection (Node hands
+ * the socket to the next queued response when one finishes), or at once when the socket closes.
+ */
+function afterPendingResponses(socket: Socket, then: () => void): void {
+  let done = false;
+  const finish = (): void => {
+    if (done) return;
+    done = true;
+    then();
+  };
+  socket.once('close', finish);
+  const check = (): void => {
+    if (done) return;
+    const pending = (socket as Socket & { _httpMessage?: PendingResponse | null })._httpMessage;
+    if (!pending) {
+      socket.removeListener('close', finish);
+      finish();
+      return;
+    }
+    // After 'finish', Node detaches the socket and assigns it to the next response in this turn.
+    pending.once('finish', () => setImmediate(check));
+  };
+  check();
+}
+
 /** The largest request body any route of `config` accepts, and at least 1 MiB. */
 function largestBody(config: GatewayConfig): number {
   let max = Math.max(config.limits.maxBodySize, 1024 * 1024);
@@ -280,10 +316,30 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
       const code: GatewayErrorCode = status === 431 ? 'GW_ERR_HEADERS_TOO_LARGE' : status === 408 ? 'GW_ERR_REQUEST_TIMEOUT' : 'GW_ERR_BAD_REQUEST';
       const requestId = randomUUID();
       logger.info({ type: 'access', request_id: requestId, ip: socket.remoteAddress, status, reason: `parser_${(err.code ?? 'error').toLowerCase()}` }, 'request');
-      // An answer already started on this connection (an earlier request's, pipelined): bytes of
-      // ours would land inside it, so the connection is cut, as Node's own handler does. A response
-      // Node created for this very request (its body framing failed after its head) has sent nothing.
-      if ((socket as Socket & { _httpMessage?: { _headerSent?: boolean } })._httpMessage?._headerSent === true) {
+      const pending = (socket as Socket & { _httpMessage?: PendingResponse | null })._httpMessage;
+      if (pending && pending.req?.complete === true) {
+        // A later request on a pipelined connection is broken; earlier ones are being answered.
+        // Their answers go out first, in order (a 400 now would read as the answer to the first
+        // of them, which the upstream may have acted on); then the 400 — or nothing, after a
+        // request that ended the connection (RFC 9112 §9.6: what follows is ignored).
+        if (parserFailed.has(socket)) return;
+        parserFailed.add(socket);
+        socket.pause();
+        afterPendingResponses(socket, () => {
+          if (err.code === 'HPE_CLOSED_CONNECTION' || socket.destroyed || !socket.writable) socket.destroy();
+          else endWithRawAnswer(socket, status, code, requestId, undefined, undefined);
+        });
+        return;
+      }
+      // An answer already started on this connection for the request that failed (its body
+      // framing broke after its head): bytes of ours would land inside it, so the connection is
+      // cut, as Node's own handler does. A response Node made for it that has sent nothing yet
+      // gives way to the 400.
+      if (pending?._headerSent === true) {
+        socket.destroy();
+        return;
+      }
+      if (err.code === 'HPE_CLOSED_CONNECTION') {
         socket.destroy();
         return;
       }
@@ -333,6 +389,22 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
   // Node's HTTP/1.1 parser reads this from the server object for connections the http2 server
   // hands to it (allowHTTP1); beyond it the client gets 431.
   (server as HttpServer & { maxHeaderSize?: number }).maxHeaderSize = cfg0.limits.maxHeaderSize;
+  // Node keeps only the first 1 000 header lines in `req.headers` (its default maxHeadersCount)
+  // but frames the body by every line it read: a Transfer-Encoding or Content-Length behind 1 000
+  // padding lines was invisible to the body limit and the transfer-coding check. Every line is
+  // kept; `max_header_size` bounds them.
+  (server as HttpServer).maxHeadersCount = 0;
+  /** Requests that asked for 100 Continue, not sent yet. */
+  const awaitingContinue = new WeakSet<object>();
+  // An Expect other than 100-continue: through the pipeline, which answers the gateway's 417.
+  server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => server.emit('request', req, res));
+  // `Expect: 100-continue`: Node would send 100 Continue at once, inviting the body of an upload
+  // the gateway is about to refuse (401, 403, 413). It is sent once every stage has let the
+  // request through (preParsing, below), as nginx sends it when it starts reading the body.
+  server.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => {
+    awaitingContinue.add(req);
+    server.emit('request', req, res);
+  });
   // Fastify applies keepAliveTimeout only to its http1 servers; the http2 compat server's own
   // default differs by Node version (none on 20, 5 s on 24). `timeouts.idle` is the one setting.
   server.keepAliveTimeout = cfg0.timeouts.idle;
@@ -379,6 +451,15 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
   if (fastifyHandler === undefined) throw new Error('unreachable: Fastify installed no request listener');
   server.removeListener('request', fastifyHandler);
   server.prependListener('request', function gatewayRequest(this: HttpServer, req: IncomingMessage, res: ServerResponse) {
+    // HTTP/1.1 pipelining: Node parses and emits every request of a read at once, each with a
+    // response queued behind the one being written. One is taken on only when its turn comes (its
+    // response gets the socket), as nginx reads the next request only after the answer before it:
+    // a request behind an answer that closes the connection (a 413, `Connection: close`, HTTP/1.0)
+    // then never reaches the upstream, whose answer could never be sent.
+    if (req.httpVersionMajor === 1 && res.socket === null) {
+      res.once('socket', () => gatewayRequest.call(this, req, res));
+      return;
+    }
     if (routable.has(req.method ?? '')) {
       fastifyHandler.call(this, req, res);
       return;
@@ -638,6 +719,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
   app.addHook('preParsing', function bodyLimit(request, reply, payload, done) {
     const limit = request.gw.route?.maxBodySize;
     const raw = request.raw;
+    if (awaitingContinue.delete(raw)) reply.raw.writeContinue();
     // RFC 9112 §6.3: an HTTP/1.x request with neither Content-Length nor Transfer-Encoding has no
     // body (HTTP/2 bodies need no framing header, so they are always counted). A GET or HEAD body
     // is never read nor forwarded (proxyRequest): Node discards it, so it is not counted either.

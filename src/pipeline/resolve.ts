@@ -80,7 +80,7 @@ export function resolveRequest(state: RuntimeState, req: RawRequestView, ctx: Re
 
   const q = url.indexOf('?');
   const rawPath = q === -1 ? url : url.slice(0, q);
-  ctx.query = q === -1 ? '' : url.slice(q);
+  ctx.query = q === -1 ? '' : encodeRawBytes(url.slice(q));
   const canonical = canonicalizePath(rawPath);
   if (!canonical.ok) return { status: 400, code: 'GW_ERR_BAD_PATH', reason: `path_${canonical.reason}` };
   ctx.path = canonical.path;
@@ -103,7 +103,26 @@ export function resolveRequest(state: RuntimeState, req: RawRequestView, ctx: Re
   if (typeof cl === 'string' && Number(cl) > route.maxBodySize) {
     return { status: 413, code: 'GW_ERR_BODY_TOO_LARGE', reason: 'body_too_large' };
   }
+  // RFC 9110 §10.1.1: an expectation other than 100-continue cannot be met (Node would answer a
+  // bare 417 itself, without the gateway's headers, request id or access line).
+  const expect = req.headers.expect;
+  if (expect !== undefined && (typeof expect !== 'string' || expect.trim().toLowerCase() !== '100-continue')) {
+    return { status: 417, code: 'GW_ERR_EXPECTATION_FAILED', reason: 'expectation_failed' };
+  }
   return null;
+}
+
+// Bytes over 0x7F in a request target: HTTP/1.1's parser refuses them, HTTP/2 (nghttp2) lets them
+// through, and Node reads them as Latin-1 characters.
+const RAW_BYTE = /[\x80-\xff]/;
+const RAW_BYTES = /[\x80-\xff]/g;
+
+/**
+ * The query with raw bytes over 0x7F percent-encoded, as `canonicalizePath` does for the path:
+ * what reaches the upstream is a valid request target, and it reads the same bytes.
+ */
+function encodeRawBytes(query: string): string {
+  return RAW_BYTE.test(query) ? query.replace(RAW_BYTES, (ch) => `%${ch.charCodeAt(0).toString(16).toUpperCase()}`) : query;
 }
 
 /**
