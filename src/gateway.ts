@@ -46,7 +46,7 @@ import { createUpstreamConnection, finishUpstreamRequest, withDialPlan, type Web
 import { authorizeRequest, type AuthRefusal } from './pipeline/authorize.js';
 import { createAuthenticatorFor } from './pipeline/auth-factory.js';
 import { CertificateStore, createTlsFront, type TlsFront } from './tls/index.js';
-import { applySecurityHeaders, BanList, checkCsrf, gatewayRateLimitOptions, hardenSetCookies, ipKey, routeLimiterOptions, type BanStatus, type RouteRateLimit } from './protect/index.js';
+import { applySecurityHeaders, BanList, checkCsrf, gatewayRateLimitOptions, hardenSetCookies, ipKey, routeLimiterOptions, type BanRules, type BanStatus, type RouteRateLimit, type VerifiedBanStatus } from './protect/index.js';
 import { MemoryStore, type Store } from './state/index.js';
 import { createRedirectServer } from './server/redirect.js';
 import { createAdminServer } from './server/admin.js';
@@ -130,6 +130,14 @@ interface PendingResponse {
   once(event: 'finish' | 'close', listener: () => void): unknown;
 }
 
+/** The flags Node's HTTP server itself reads and sets to stop reading a connection. */
+type PausableSocket = Socket & { _paused?: boolean; parser?: { resume(): void } | null };
+
+/** Pipelined HTTP/1.1 requests waiting for their turn, per connection (see gatewayRequest). */
+const waitingPipelined = new WeakMap<object, number>();
+/** Reading from a connection pauses while this many pipelined requests wait for their turn. */
+const MAX_WAITING_PIPELINED = 32;
+
 /** Connections whose parser failed behind pending answers: the 400 is already scheduled. */
 const parserFailed = new WeakSet<object>();
 
@@ -148,7 +156,8 @@ function afterPendingResponses(socket: Socket, then: () => void): void {
   const check = (): void => {
     if (done) return;
     const pending = (socket as Socket & { _httpMessage?: PendingResponse | null })._httpMessage;
-    if (!pending) {
+    // None left, or only the one for the request the parser failed on (never taken on).
+    if (!pending || pending.req?.complete === false) {
       socket.removeListener('close', finish);
       finish();
       return;
@@ -397,7 +406,11 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
   /** Requests that asked for 100 Continue, not sent yet. */
   const awaitingContinue = new WeakSet<object>();
   // An Expect other than 100-continue: through the pipeline, which answers the gateway's 417.
-  server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => server.emit('request', req, res));
+  server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => {
+    // Node's HTTP/2 layer compares `100-continue` exactly; the value is case-insensitive.
+    if (typeof req.headers.expect === 'string' && req.headers.expect.trim().toLowerCase() === '100-continue') awaitingContinue.add(req);
+    server.emit('request', req, res);
+  });
   // `Expect: 100-continue`: Node would send 100 Continue at once, inviting the body of an upload
   // the gateway is about to refuse (401, 403, 413). It is sent once every stage has let the
   // request through (preParsing, below), as nginx sends it when it starts reading the body.
@@ -457,7 +470,39 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     // a request behind an answer that closes the connection (a 413, `Connection: close`, HTTP/1.0)
     // then never reaches the upstream, whose answer could never be sent.
     if (req.httpVersionMajor === 1 && res.socket === null) {
-      res.once('socket', () => gatewayRequest.call(this, req, res));
+      // Node reads on while requests wait (it pauses on unsent output, and none of theirs is
+      // written yet): a flood of pipelined requests behind one slow answer would all be read and
+      // held. Reading stops at MAX_WAITING_PIPELINED and goes on as they are taken on.
+      const socket = req.socket as PausableSocket;
+      const waiting = (waitingPipelined.get(socket) ?? 0) + 1;
+      waitingPipelined.set(socket, waiting);
+      // Node's own way (its parser consumes a TLS socket's handle directly, so pausing the stream
+      // alone would not stop it): flag the socket, and Node pauses the parser after this chunk.
+      if (waiting === MAX_WAITING_PIPELINED) {
+        socket._paused = true;
+        socket.pause();
+      }
+      let counted = true;
+      const taken = (): void => {
+        if (!counted) return;
+        counted = false;
+        const left = waitingPipelined.get(socket)! - 1;
+        waitingPipelined.set(socket, left);
+        if (left === MAX_WAITING_PIPELINED - 1 && socket._paused === true && !parserFailed.has(socket)) {
+          socket._paused = false;
+          socket.parser?.resume();
+          socket.resume();
+        }
+      };
+      // Never taken on: the connection ended first.
+      req.once('close', taken);
+      res.once('socket', () => {
+        taken();
+        // The request the parser failed on: its body will never be whole, and the 400 that follows
+        // the answers before it (clientErrorHandler) is its answer.
+        if (!req.complete && parserFailed.has(req.socket)) return;
+        gatewayRequest.call(this, req, res);
+      });
       return;
     }
     if (routable.has(req.method ?? '')) {
@@ -599,11 +644,21 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
 
   function refuseBanned(ctx: RequestContext, reply: FastifyReply, ban: BanStatus): boolean {
     if (!ban.banned) return false;
+    events.emit('banned', { ...who(ctx), reason: 'ban_active', key: ipKey(ctx.clientIp) });
+    answerBanned(ctx, reply, ban.retryAfterMs);
+    return true;
+  }
+
+  /** The 429 of a banned client (its event is the caller's: `ban_active`, or the ban just set). */
+  function answerBanned(ctx: RequestContext, reply: FastifyReply, retryAfterMs: number): void {
     ctx.reason = 'banned';
     metrics.rateLimited(ctx.site!.id, ctx.route!.id);
-    events.emit('banned', { ...who(ctx), reason: 'ban_active', key: ipKey(ctx.clientIp) });
-    sendError(reply, 429, 'GW_ERR_BANNED', { 'retry-after': String(Math.max(1, Math.ceil(ban.retryAfterMs / 1000))) });
-    return true;
+    sendError(reply, 429, 'GW_ERR_BANNED', { 'retry-after': String(Math.max(1, Math.ceil(retryAfterMs / 1000))) });
+  }
+
+  /** A ban this request's check or failure wrote: one `banned` event (`auth_failures`). */
+  function emitBanIssued(ctx: RequestContext, rules: BanRules, failures: number | undefined): void {
+    events.emit('banned', { ...who(ctx), reason: 'auth_failures', key: ipKey(ctx.clientIp), ...(failures === undefined ? {} : { failures }), duration_ms: rules.durationMs });
   }
 
   // 3. CSRF (Fetch Metadata / Origin): only unsafe methods and upgrades (WebSocket handshakes)
@@ -670,8 +725,14 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
         const rules = protectionOf(ctx).bans;
         if (!rules) return r === null ? false : refuseAccess(ctx, reply, r, authorization);
         if (r !== null) return afterBanCheck(ctx, reply, () => refuseAccess(ctx, reply, r, authorization));
+        const verified = (b: VerifiedBanStatus): boolean => {
+          if (!('issued' in b)) return refuseBanned(ctx, reply, b);
+          emitBanIssued(ctx, rules, undefined);
+          answerBanned(ctx, reply, b.retryAfterMs);
+          return true;
+        };
         const ban = bans.checkAfterVerification(ipKey(ctx.clientIp), rules);
-        return ban instanceof Promise ? ban.then((b) => refuseBanned(ctx, reply, b)) : refuseBanned(ctx, reply, ban);
+        return ban instanceof Promise ? ban.then(verified) : verified(ban);
       });
     }
     // The same holds for an answer known at once (a cached refusal) after a stage that waited.
@@ -700,9 +761,14 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
       if (prot.bans) {
         const rules = prot.bans;
         return bans.recordAuthFailure(ipKey(ctx.clientIp), rules).then((result) => {
-          if (result.banned) events.emit('banned', { ...who(ctx), reason: 'auth_failures', key: ipKey(ctx.clientIp), failures: result.failures, duration_ms: rules.durationMs });
-          // Past the client's auth_failures answers (a burst that raced the ban): refused as banned.
-          if (result.overLimit) return refuseBanned(ctx, reply, { banned: true, retryAfterMs: rules.durationMs });
+          if (result.banned) emitBanIssued(ctx, rules, result.failures);
+          // Past the client's auth_failures answers (a burst that raced the ban): refused as banned,
+          // with one event: the ban's own when this failure set it.
+          if (result.overLimit) {
+            if (result.banned) answerBanned(ctx, reply, rules.durationMs);
+            else refuseBanned(ctx, reply, { banned: true, retryAfterMs: rules.durationMs });
+            return true;
+          }
           sendError(reply, refusal.status, refusal.code, refusal.headers);
           return true;
         });

@@ -15,6 +15,9 @@ import type { BanRules } from './types.js';
 
 export type BanStatus = { readonly banned: true; readonly retryAfterMs: number } | { readonly banned: false };
 
+/** {@link BanStatus}, and whether the check itself wrote the ban (`issued`: log the ban). */
+export type VerifiedBanStatus = BanStatus | { readonly banned: true; readonly retryAfterMs: number; readonly issued: true };
+
 /**
  * `overLimit`: the client has used up its `auth_failures` answers in this window — this failure
  * came after them (a burst whose members all passed the ban check before the ban existed, over
@@ -96,18 +99,27 @@ export class BanList {
   }
 
   /**
-   * Whether `clientKey` is banned, or has used up its failures in the window (its ban may not be
-   * written yet: with workers, the failure that reached the threshold writes it one round trip
-   * later). Read after a token's verification succeeds, so that a right guess finishing inside a
-   * burst of wrong ones is not let through. Answered synchronously by a local store.
+   * Read after a token's verification succeeds on a route with bans: whether `clientKey` is
+   * banned — or has used up its failures in the window, in which case the ban is written now
+   * (`issued`: by this call; log it). With workers the failure that reached the threshold writes
+   * the ban one round trip after its count, and a right guess finishing inside a burst of wrong
+   * ones must not slip through that gap. Answered synchronously by a local store when no ban is
+   * due.
    */
-  checkAfterVerification(clientKey: string, rules: BanRules): BanStatus | Promise<BanStatus> {
+  checkAfterVerification(clientKey: string, rules: BanRules): VerifiedBanStatus | Promise<VerifiedBanStatus> {
     const failKey = this.#failKey(clientKey);
-    const used = (entry: StoredValue | null): boolean => entry !== null && Number(entry.value) >= rules.authFailures;
-    const overLimit: BanStatus = { banned: true, retryAfterMs: rules.durationMs };
+    const usedUp = (entry: StoredValue | null): boolean => entry !== null && Number(entry.value) >= rules.authFailures;
     const known = this.#store.peek?.(failKey);
-    if (known !== undefined) return used(known) ? overLimit : this.check(clientKey);
-    return this.#store.get(failKey).then((entry) => (used(entry) ? overLimit : this.check(clientKey)));
+    if (known !== undefined) return usedUp(known) ? this.#banNow(clientKey, rules) : this.check(clientKey);
+    return this.#store.get(failKey).then((entry) => (usedUp(entry) ? this.#banNow(clientKey, rules) : this.check(clientKey)));
+  }
+
+  /** Writes the ban unless one holds; `issued` when this call wrote it. */
+  async #banNow(clientKey: string, rules: BanRules): Promise<VerifiedBanStatus> {
+    if (!(await this.#store.setIfAbsent(this.#banKey(clientKey), '1', rules.durationMs))) return this.check(clientKey);
+    await this.#store.delete(this.#failKey(clientKey));
+    this.#track(clientKey, this.#now() + rules.durationMs);
+    return { banned: true, retryAfterMs: rules.durationMs, issued: true };
   }
 
   /** Whether `clientKey` is banned now, and for how much longer (milliseconds). */

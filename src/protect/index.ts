@@ -12,6 +12,6 @@ export type { CsrfDecision, CsrfRefusal, CsrfRequest } from './csrf.js';
 export { IPV6_PREFIX, ipKey, MAX_KEY_PART, rateLimitKey } from './client-key.js';
 export type { ClientIdentity } from './client-key.js';
 export { ACTIVE_BAN_KEY_PREFIX, BanList } from './bans.js';
-export type { AuthFailureResult, BanListOptions, BanStatus } from './bans.js';
+export type { AuthFailureResult, BanListOptions, BanStatus, VerifiedBanStatus } from './bans.js';
 export { gatewayRateLimitOptions, rateLimitStoreFor, routeLimiterOptions, routeRateLimitKey } from './ratelimit.js';
 export type { GatewayRateLimitDeps, RouteRateLimit } from './ratelimit.js';

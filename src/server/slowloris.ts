@@ -81,7 +81,11 @@ export class SlowlorisGuard {
       // RFC 9112 §6.3: neither Content-Length nor Transfer-Encoding → no body, nothing left to
       // wait for: no body deadline (a timer and three listeners less on most requests).
       if (req.headers['content-length'] === undefined && req.headers['transfer-encoding'] === undefined) return;
-      const bodyTimer = setTimeout(() => timedOut(socket, res), this.requestTimeout);
+      // `complete`: the whole body arrived (a pipelined request waiting for its turn has not been
+      // read yet, so its 'end' has not come; its body is there all the same).
+      const bodyTimer = setTimeout(() => {
+        if (!req.complete) timedOut(socket, res);
+      }, this.requestTimeout);
       bodyTimer.unref();
       const clear = (): void => clearTimeout(bodyTimer);
       if (req.complete) clear();

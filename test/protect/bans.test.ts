@@ -129,19 +129,25 @@ t.test('a threshold failure whose ban was never written (its store call lost): t
   t.equal((await bans.recordAuthFailure('ip:192.0.2.21', rules)).overLimit, true, 'and the ones after it are over the limit');
 });
 
-t.test('checkAfterVerification: banned, or the failures of the window used up before the ban is written', async (t) => {
+t.test('checkAfterVerification: banned; or the failures of the window used up, and then the ban is written by it, once', async (t) => {
   const { store, bans } = setup(t);
   t.same(bans.checkAfterVerification('ip:192.0.2.22', rules), { banned: false });
   await store.incr('ban:fail:ip:192.0.2.22', 60_000);
   await store.incr('ban:fail:ip:192.0.2.22', 60_000);
   t.same(bans.checkAfterVerification('ip:192.0.2.22', rules), { banned: false }, 'two of three used');
   await store.incr('ban:fail:ip:192.0.2.22', 60_000);
-  t.same(bans.checkAfterVerification('ip:192.0.2.22', rules), { banned: true, retryAfterMs: 300_000 }, 'three used, no ban written yet');
-  await bans.recordAuthFailure('ip:192.0.2.23', { ...rules, authFailures: 1 });
-  t.same(bans.checkAfterVerification('ip:192.0.2.23', rules), { banned: true, retryAfterMs: 300_000 }, 'a ban written');
+  t.same(await bans.checkAfterVerification('ip:192.0.2.22', rules), { banned: true, retryAfterMs: 300_000, issued: true }, 'three used, no ban yet: this check writes it');
+  t.same(await bans.isBanned('ip:192.0.2.22'), { banned: true, retryAfterMs: 300_000 }, 'a real ban (its end, its gauge)');
+  t.equal(bans.activeBans(), 1);
+  t.same(bans.checkAfterVerification('ip:192.0.2.22', rules), { banned: true, retryAfterMs: 300_000 }, 'then the ban answers, not issued again');
+  // Of a check and a failure racing to write the same ban, one writes it.
+  for (let i = 0; i < 3; i++) await store.incr('ban:fail:ip:192.0.2.24', 60_000);
+  const [check, failure] = await Promise.all([bans.checkAfterVerification('ip:192.0.2.24', rules), bans.recordAuthFailure('ip:192.0.2.24', rules)]);
+  t.equal(Number('issued' in check) + Number(failure.banned), 1, 'one ban issued');
   // A store without local answers: the same, as a promise.
-  const remoteLike = new BanList({ store: { ...store, peek: undefined, get: (k: string) => store.get(k), incr: (k: string, w: number) => store.incr(k, w), set: (k: string, v: string, ttl: number) => store.set(k, v, ttl), setIfAbsent: (k: string, v: string, ttl: number) => store.setIfAbsent(k, v, ttl), delete: (k: string) => store.delete(k), close: async () => undefined } });
-  const answer = remoteLike.checkAfterVerification('ip:192.0.2.22', rules);
+  const remoteLike = new BanList({ store: { get: (k: string) => store.get(k), incr: (k: string, w: number) => store.incr(k, w), set: (k: string, v: string, ttl: number) => store.set(k, v, ttl), setIfAbsent: (k: string, v: string, ttl: number) => store.setIfAbsent(k, v, ttl), delete: (k: string) => store.delete(k), close: async () => undefined } });
+  for (let i = 0; i < 3; i++) await store.incr('ban:fail:ip:192.0.2.25', 60_000);
+  const answer = remoteLike.checkAfterVerification('ip:192.0.2.25', rules);
   t.ok(answer instanceof Promise);
-  t.same(await answer, { banned: true, retryAfterMs: 300_000 });
+  t.same(await answer, { banned: true, retryAfterMs: 300_000, issued: true });
 });
