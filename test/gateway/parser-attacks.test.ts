@@ -9,7 +9,7 @@
 import t from 'tap';
 import tls from 'node:tls';
 import { rawTls, rawUpstream, sleep, startGateway, startUpstream, statusOf, until, type RunningGateway, type Tap, type Upstream } from '../helpers/gateway.js';
-import { appSite, h2Request, h2Session, parseResponses, tlsClient, type RawResponse } from '../helpers/clients.js';
+import { appSite, h2Frame, h2Request, h2Session, parseResponses, tlsClient, type RawResponse } from '../helpers/clients.js';
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -44,16 +44,6 @@ function unanswered(up: Upstream, from: number, responses: RawResponse[]): strin
     .slice(from)
     .map((s) => `${s.method} ${s.url}`)
     .filter((r) => !responses.some((res) => res.body.startsWith(`ok ${r} `)));
-}
-
-/** One HTTP/2 frame: 9-byte header + payload. */
-function h2Frame(type: number, flags: number, stream: number, payload: Buffer): Buffer {
-  const head = Buffer.alloc(9);
-  head.writeUIntBE(payload.length, 0, 3);
-  head[3] = type;
-  head[4] = flags;
-  head.writeUInt32BE(stream, 5);
-  return Buffer.concat([head, payload]);
 }
 
 /** HPACK "literal header field without indexing, new name", no Huffman: any bytes, any order, any repeat. */

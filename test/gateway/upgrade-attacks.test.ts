@@ -27,7 +27,7 @@ import { createInterface } from 'node:readline';
 import type { IncomingHttpHeaders } from 'node:http';
 import { WebSocket, WebSocketServer } from 'ws';
 import { LOOPBACK_LISTEN, rawTls, rawUpstream as rawUpstreamAll, sleep, startGateway, startUpstream, statusOf, until, type RunningGateway, type Tap } from '../helpers/gateway.js';
-import { appSite as site, tlsClient } from '../helpers/clients.js';
+import { appSite as site, h2Frame, tlsClient } from '../helpers/clients.js';
 import { securityEvents, startIssuer } from '../protect-e2e/_helpers.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');
@@ -92,16 +92,6 @@ function roundTrip(ws: WebSocket, text: string, ms = 3000): Promise<{ message?: 
 
 /** A raw upstream that answers each connection's first request head; the rest is tunnel data. */
 const rawUpstream = (t: Tap, onHead: (socket: net.Socket, head: string) => void) => rawUpstreamAll(t, onHead, { firstHeadOnly: true });
-
-/** One HTTP/2 frame: 9-byte header + payload. */
-function h2Frame(type: number, flags: number, stream: number, payload: Buffer): Buffer {
-  const head = Buffer.alloc(9);
-  head.writeUIntBE(payload.length, 0, 3);
-  head[3] = type;
-  head[4] = flags;
-  head.writeUInt32BE(stream, 5);
-  return Buffer.concat([head, payload]);
-}
 
 /** The HTTP/2 client preface, an empty SETTINGS and a HEADERS frame (HPACK literals) for GET `path`. */
 function h2PrefaceAndGet(path: string): Buffer {

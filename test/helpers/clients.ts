@@ -180,3 +180,13 @@ export function h2Request(session: http2.ClientHttp2Session, headers: http2.Outg
     else req.end();
   });
 }
+
+/** One HTTP/2 frame: 9-byte header + payload. */
+export function h2Frame(type: number, flags: number, stream: number, payload: Buffer): Buffer {
+  const head = Buffer.alloc(9);
+  head.writeUIntBE(payload.length, 0, 3);
+  head[3] = type;
+  head[4] = flags;
+  head.writeUInt32BE(stream, 5);
+  return Buffer.concat([head, payload]);
+}
