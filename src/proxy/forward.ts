@@ -217,12 +217,16 @@ function watchResets(connect: buildConnector.connector): buildConnector.connecto
     connect(options, (err, socket) => {
       // On a failed connect undici's connector passes no socket at all (undefined, not null).
       if (socket) {
-        const emit = socket.emit as (this: unknown, event: string | symbol, ...args: unknown[]) => boolean;
-        socket.emit = function emitWatchingResets(this: typeof socket, event: string | symbol, ...args: unknown[]): boolean {
-          if (event !== 'error' || (args[0] as NodeJS.ErrnoException | undefined)?.code !== 'ECONNRESET') return emit.call(this, event, ...args);
+        const emit = socket.emit;
+        // Every emit of the socket passes here ('readable', 'data'…): no rest parameter or spread,
+        // `arguments` is handed on as it is.
+        socket.emit = function emitWatchingResets(this: typeof socket, event: string | symbol, err?: NodeJS.ErrnoException): boolean {
+          // eslint-disable-next-line prefer-rest-params
+          if (event !== 'error' || err?.code !== 'ECONNRESET') return Reflect.apply(emit, this, arguments);
           upstreamResetting = true;
           try {
-            return emit.call(this, event, ...args);
+            // eslint-disable-next-line prefer-rest-params
+            return Reflect.apply(emit, this, arguments);
           } finally {
             upstreamResetting = false;
           }
