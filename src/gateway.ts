@@ -137,6 +137,8 @@ type PausableSocket = Socket & { _paused?: boolean; parser?: { resume(): void } 
 const waitingPipelined = new WeakMap<object, number>();
 /** Reading from a connection pauses while this many pipelined requests wait for their turn. */
 const MAX_WAITING_PIPELINED = 32;
+/** Connections paused because of {@link MAX_WAITING_PIPELINED} (not by Node's own backpressure). */
+const pausedForPipelining = new WeakSet<object>();
 
 /** Connections whose parser failed behind pending answers: the 400 is already scheduled. */
 const parserFailed = new WeakSet<object>();
@@ -478,9 +480,12 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
       waitingPipelined.set(socket, waiting);
       // Node's own way (its parser consumes a TLS socket's handle directly, so pausing the stream
       // alone would not stop it): flag the socket, and Node pauses the parser after this chunk.
-      if (waiting === MAX_WAITING_PIPELINED) {
+      // (Node may resume it itself once its output drains: then the next request over the limit
+      // pauses it again.)
+      if (waiting >= MAX_WAITING_PIPELINED && socket._paused !== true) {
         socket._paused = true;
         socket.pause();
+        pausedForPipelining.add(socket);
       }
       let counted = true;
       const taken = (): void => {
@@ -488,7 +493,9 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
         counted = false;
         const left = waitingPipelined.get(socket)! - 1;
         waitingPipelined.set(socket, left);
-        if (left === MAX_WAITING_PIPELINED - 1 && socket._paused === true && !parserFailed.has(socket)) {
+        // Only a pause of ours is lifted here: Node pauses a connection itself while its client
+        // reads too slowly, and that one is Node's to lift.
+        if (left < MAX_WAITING_PIPELINED && pausedForPipelining.delete(socket) && socket._paused === true && !parserFailed.has(socket)) {
           socket._paused = false;
           socket.parser?.resume();
           socket.resume();
