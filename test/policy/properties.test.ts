@@ -243,7 +243,11 @@ t.test('(b) liveness: when one reading is the strictest, the gateway enforces ex
     fc.property(siteArb, rawPath, fc.constantFrom('GET', 'POST'), (site, raw, method) => {
       const c = canonicalizePath(raw);
       if (!c.ok) return;
-      if (splitPath(c.path).filter((seg) => /[%;A-Z]|\.$/.test(seg)).length > 1) return;
+      // One ambiguity at most: one segment, read one way (an escape, a `;`, upper case or a trailing
+      // dot). `adm%C4%B1n.` is two at once (a dotless ı that case-folds to `i`, and a trailing
+      // dot): the table folds both, each model only one, and the table is then stricter than any.
+      const ambiguities = splitPath(c.path).reduce((n, seg) => n + [/%/, /;/, /[A-Z]/, /\.$/].filter((re) => re.test(seg)).length, 0);
+      if (ambiguities > 1) return;
       const enforced = compileRouteTable([site]).matchRoute(site, method, c.path);
       const readings = MODELS.map((m) => modelRoute(m, site.routes, method, c.path));
       const strictest = readings.find((r) => readings.every((o) => stricter(r, o)));
