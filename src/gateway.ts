@@ -177,6 +177,17 @@ function largestBody(config: GatewayConfig): number {
   return max;
 }
 
+/** What the pipeline reads of a request Fastify never sees (an unknown method, an upgrade). */
+function requestView(req: IncomingMessage): RawRequestView {
+  return {
+    method: req.method ?? '',
+    url: req.url ?? '',
+    headers: req.headers as Record<string, string | string[] | undefined>,
+    peer: req.socket?.remoteAddress ?? '',
+    httpVersionMajor: req.httpVersionMajor,
+  };
+}
+
 function connectView(req: IncomingMessage | Http2ServerRequest): RawRequestView {
   return {
     method: 'CONNECT',
@@ -516,14 +527,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
       fastifyHandler.call(this, req, res);
       return;
     }
-    const view: RawRequestView = {
-      method: req.method ?? '',
-      url: req.url ?? '',
-      headers: req.headers as Record<string, string | string[] | undefined>,
-      peer: req.socket?.remoteAddress ?? '',
-      httpVersionMajor: req.httpVersionMajor,
-    };
-    answerMethodNotAllowed(req, res, newContext(state, view, process.hrtime.bigint()));
+    answerMethodNotAllowed(req, res, newContext(state, requestView(req), process.hrtime.bigint()));
   });
 
   server.on('connect', (req: IncomingMessage | Http2ServerRequest, resOrSocket: Http2ServerResponse | Duplex) => {
@@ -1079,7 +1083,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
       if (socket._httpMessage || !socket.writable) {
         const pipelined = Boolean(socket._httpMessage);
         socket.destroy();
-        const ctx = newContext(state, { method: req.method ?? '', url: req.url ?? '', headers: req.headers as Record<string, string | string[] | undefined>, peer: req.socket?.remoteAddress ?? '', httpVersionMajor: req.httpVersionMajor }, process.hrtime.bigint());
+        const ctx = newContext(state, requestView(req), process.hrtime.bigint());
         ctx.reason = pipelined ? 'pipelined_upgrade' : 'client_closed';
         logRequest(ctx, req as FastifyRequest['raw'], pipelined ? 444 : 499, undefined);
         return;

@@ -43,7 +43,6 @@ function splitScope(scope: string): readonly string[] {
   return parts.length === 0 ? EMPTY : Object.freeze(parts);
 }
 
-/** RFC 7519 §4.1.3 / RFC 7662 §2.2: `aud` is a string or an array; any configured one matches. */
 /**
  * Whether claims (a JWT's payload, an introspection answer), where they say what kind of token
  * this is, say a bearer access token:
@@ -66,6 +65,7 @@ export function isAccessToken(claims: Readonly<Record<string, unknown>>): boolea
   return claims['cnf'] === undefined;
 }
 
+/** RFC 7519 §4.1.3 / RFC 7662 §2.2: `aud` is a string or an array; any configured one matches. */
 export function audienceMatches(aud: unknown, audiences: readonly string[]): boolean {
   if (typeof aud === 'string') return audiences.includes(aud);
   if (Array.isArray(aud)) return aud.some((a) => typeof a === 'string' && audiences.includes(a));

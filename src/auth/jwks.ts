@@ -40,7 +40,6 @@ export interface IssuerKeysOptions {
   readonly onKeysRemoved?: ((issuer: string) => void) | undefined;
 }
 
-/** What identifies a public key in a set (the fields jose matches a token's header and signature on). */
 /**
  * Whether the set holds a key that can verify a signature: an asymmetric key (`oct` never
  * verifies here: the algorithms allowed are asymmetric), for signing (`use` absent or `sig`)
@@ -58,6 +57,7 @@ function hasVerifyingKey(jwks: JSONWebKeySet): boolean {
   );
 }
 
+/** What identifies a public key in a set (the fields jose matches a token's header and signature on). */
 function keyIds(jwks: JSONWebKeySet): Set<string> {
   const ids = new Set<string>();
   for (const k of jwks.keys as unknown as Record<string, unknown>[]) {

@@ -89,12 +89,7 @@ export class BanList {
     // store, so of failures recorded at once (a burst over several workers) exactly one bans —
     // one `banned` event, the ban's end not moved — and if the failure that reached the threshold
     // could not set it (its store call timed out), the next one does.
-    if (!(await this.#store.setIfAbsent(this.#banKey(clientKey), '1', rules.durationMs))) {
-      return { banned: false, failures: count, overLimit: true };
-    }
-    // Start from zero after the ban instead of being re-banned by the next single failure.
-    await this.#store.delete(this.#failKey(clientKey));
-    this.#track(clientKey, this.#now() + rules.durationMs);
+    if (!(await this.#issue(clientKey, rules))) return { banned: false, failures: count, overLimit: true };
     return { banned: true, failures: count, retryAfterMs: rules.durationMs, overLimit: count > rules.authFailures };
   }
 
@@ -116,10 +111,16 @@ export class BanList {
 
   /** Writes the ban unless one holds; `issued` when this call wrote it. */
   async #banNow(clientKey: string, rules: BanRules): Promise<VerifiedBanStatus> {
-    if (!(await this.#store.setIfAbsent(this.#banKey(clientKey), '1', rules.durationMs))) return this.check(clientKey);
+    return (await this.#issue(clientKey, rules)) ? { banned: true, retryAfterMs: rules.durationMs, issued: true } : this.check(clientKey);
+  }
+
+  /** Sets the ban unless one holds (true: this call set it), and starts the count afresh. */
+  async #issue(clientKey: string, rules: BanRules): Promise<boolean> {
+    if (!(await this.#store.setIfAbsent(this.#banKey(clientKey), '1', rules.durationMs))) return false;
+    // Start from zero after the ban instead of being re-banned by the next single failure.
     await this.#store.delete(this.#failKey(clientKey));
     this.#track(clientKey, this.#now() + rules.durationMs);
-    return { banned: true, retryAfterMs: rules.durationMs, issued: true };
+    return true;
   }
 
   /** Whether `clientKey` is banned now, and for how much longer (milliseconds). */

@@ -1,20 +1,20 @@
 // Attacks on `workers: 2` (node:cluster): state that must be global (rate-limit counters, bans) is
 // held by the primary and reached over IPC. The gateway runs as a real child process
-// (`node --import=tsx src/cli.ts start`, the primary forking two workers); clients open many
+// (`node dist/cli.js start`, the primary forking two workers); clients open many
 // connections at once so that the cluster spreads them over both workers.
 import t from 'tap';
 import http2 from 'node:http2';
 import tls from 'node:tls';
 import net from 'node:net';
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { mkdtempSync, writeFileSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startUpstream, type Tap, type Upstream } from '../helpers/gateway.js';
 import { h2Request, type H2Response } from '../helpers/clients.js';
 import { startIssuer } from '../protect-e2e/_helpers.js';
+import { CLI_SKIP, spawnCli } from '../ops-e2e/_support.js';
 
-const ROOT = join(import.meta.dirname, '..', '..');
 
 type Log = Record<string, unknown>;
 
@@ -28,81 +28,15 @@ interface Cluster {
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 }
 
-/** `node --import=tsx src/cli.ts start --config FILE` with `yaml` (workers: 2 expected in it). */
+/** `node dist/cli.js start --config FILE` with `yaml` (workers: 2 expected in it). */
 async function startCluster(t: Tap, yaml: (dir: string) => string): Promise<Cluster> {
   const dir = mkdtempSync(join(tmpdir(), 'portcullis-cluster-attacks-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const file = join(dir, 'gw.yml');
   writeFileSync(file, yaml(dir));
-  const child = spawn(process.execPath, ['--import=tsx', join(ROOT, 'src', 'cli.ts'), 'start', '--config', file], {
-    cwd: ROOT,
-    env: { PATH: process.env.PATH ?? '/usr/bin:/bin', NODE_ENV: 'production' },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let out = '';
-  let err = '';
-  let parsed: Log[] = [];
-  let parsedUpTo = 0;
-  const waiters = new Set<() => void>();
-  child.stdout!.on('data', (d: Buffer) => {
-    out += d.toString('utf8');
-    for (const w of waiters) w();
-  });
-  child.stderr!.on('data', (d: Buffer) => (err += d.toString('utf8')));
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
-    child.once('exit', (code, signal) => {
-      for (const w of waiters) w();
-      resolve({ code, signal });
-    });
-  });
-  t.teardown(async () => {
-    if (child.exitCode === null && child.signalCode === null) {
-      try {
-        process.kill(child.pid!, 'SIGCONT');
-      } catch {
-        // already gone
-      }
-      // SIGTERM drains and stops the workers too; SIGKILL if that takes too long.
-      child.kill('SIGTERM');
-      const timer = setTimeout(() => child.kill('SIGKILL'), 8_000);
-      await exited;
-      clearTimeout(timer);
-    }
-  });
-  const logs = (): Log[] => {
-    const end = out.lastIndexOf('\n') + 1;
-    if (end > parsedUpTo) {
-      const fresh = out.slice(parsedUpTo, end).split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Log);
-      parsed = parsed.concat(fresh);
-      parsedUpTo = end;
-    }
-    return parsed;
-  };
-  const waitForLog = (test: (l: Log) => boolean, timeoutMs = 30_000): Promise<Log> =>
-    new Promise((resolve, reject) => {
-      const check = (): void => {
-        const hit = logs().find(test);
-        if (hit !== undefined) {
-          done();
-          resolve(hit);
-        } else if (child.exitCode !== null || child.signalCode !== null) {
-          done();
-          reject(new Error(`gateway exited before the expected log line:\n${out.slice(-4000)}\n${err.slice(-4000)}`));
-        }
-      };
-      const timer = setTimeout(() => {
-        done();
-        reject(new Error(`timed out waiting for a log line:\n${out.slice(-4000)}\n${err.slice(-4000)}`));
-      }, timeoutMs);
-      const done = (): void => {
-        clearTimeout(timer);
-        waiters.delete(check);
-      };
-      waiters.add(check);
-      check();
-    });
+  const { child, logs, waitForLog, exited } = spawnCli(t, ['start', '--config', file], {}, { gracefulStop: true });
   const started = await waitForLog((l) => l.msg === 'portcullis started', 60_000);
-  await waitForLog(() => logs().filter((l) => l.msg === 'worker listening').length >= 2);
+  await waitForLog(() => logs().filter((l) => l.msg === 'worker listening').length >= 2, 30_000);
   const ca = readFileSync(join(dir, 'certs', 'local-ca', 'root.crt'), 'utf8');
   return { child, port: (started.https as { port: number }).port, ca, file, logs, waitForLog, exited };
 }
@@ -137,7 +71,7 @@ const accessWorkers = (c: Cluster, pathPrefix: string, status?: number): Set<unk
   );
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-t.test('workers: 2 under concurrent attack', async (t) => {
+t.test('workers: 2 under concurrent attack', { skip: CLI_SKIP }, async (t) => {
   const up = await startUpstream(t);
   const idp = await startIssuer(t);
   // Two upstreams that say who they are, for the reload test: /mix goes to `a` with max 100000 in

@@ -142,8 +142,17 @@ export interface CliProcess {
   waitForLog(test: (l: Record<string, unknown>) => boolean, timeoutMs?: number): Promise<Record<string, unknown>>;
 }
 
-/** `node dist/cli.js <args>` in APP_DIR, like the image's CMD (cwd /app, exec form, no shell). */
-export function spawnCli(t: Tap, args: readonly string[], env: Record<string, string>, options: { detached?: boolean; nodeArgs?: readonly string[] } = {}): CliProcess {
+/**
+ * `node dist/cli.js <args>` in APP_DIR, like the image's CMD (cwd /app, exec form, no shell).
+ * `gracefulStop`: at teardown a still-running gateway (even one a test stopped with SIGSTOP) gets
+ * SIGCONT and SIGTERM, so that its workers drain and exit with it; SIGKILL after 8 s.
+ */
+export function spawnCli(
+  t: Tap,
+  args: readonly string[],
+  env: Record<string, string>,
+  options: { detached?: boolean; nodeArgs?: readonly string[]; gracefulStop?: boolean } = {},
+): CliProcess {
   const child = spawn(process.execPath, [...(options.nodeArgs ?? []), 'dist/cli.js', ...args], {
     cwd: APP_DIR,
     // detached: its own process group, so a test can signal the group like a terminal does.
@@ -166,13 +175,30 @@ export function spawnCli(t: Tap, args: readonly string[], env: Record<string, st
     });
   });
   t.teardown(async () => {
-    if (child.exitCode === null && child.signalCode === null) {
+    if (child.exitCode !== null || child.signalCode !== null) return;
+    if (options.gracefulStop !== true) {
       child.kill('SIGKILL');
       await exited;
+      return;
     }
+    child.kill('SIGCONT');
+    child.kill('SIGTERM');
+    const timer = setTimeout(() => child.kill('SIGKILL'), 8_000);
+    await exited;
+    clearTimeout(timer);
   });
-  const logs = (): Array<Record<string, unknown>> =>
-    out.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>);
+  // Parsed once per line (a loaded gateway writes thousands, and tests poll).
+  let parsed: Array<Record<string, unknown>> = [];
+  let parsedUpTo = 0;
+  const logs = (): Array<Record<string, unknown>> => {
+    const end = out.lastIndexOf('\n') + 1;
+    if (end > parsedUpTo) {
+      const fresh = out.slice(parsedUpTo, end).split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>);
+      parsed = parsed.concat(fresh);
+      parsedUpTo = end;
+    }
+    return parsed;
+  };
   return {
     child,
     stdout: () => out,
