@@ -23,10 +23,9 @@ import type { Server as HttpServer, IncomingHttpHeaders, IncomingMessage, Server
 import type { Http2ServerRequest, Http2ServerResponse, ServerHttp2Session } from 'node:http2';
 import type { Duplex } from 'node:stream';
 import type { Server as TlsServer, TLSSocket } from 'node:tls';
-import { Readable, Transform, type TransformCallback } from 'node:stream';
+import { pipeline, Readable, Transform, type TransformCallback } from 'node:stream';
 import Fastify, { LogController, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import httpProxy from '@fastify/http-proxy';
-import { WebSocket } from 'ws';
 import rateLimit from '@fastify/rate-limit';
 import type { GatewayConfig } from './config/types.js';
 import { GatewayError, type GatewayErrorCode } from './errors.js';
@@ -43,6 +42,7 @@ import { buildUpstreamHeaders, withoutHopByHopResponseHeaders, type HeaderBag } 
 import { classifyUpstreamError } from './proxy/upstream-errors.js';
 import { ClientStalledError, UpstreamClient, type ForwardHooks } from './proxy/forward.js';
 import { createUpstreamConnection, finishUpstreamRequest, withDialPlan, type WebSocketDialPlan } from './proxy/websocket-dial.js';
+import { bytesAfterUpgrade, offeredSubprotocols, UpstreamHandshakeError, WebSocketRelay } from './proxy/websocket.js';
 import { authorizeRequest, type AuthRefusal } from './pipeline/authorize.js';
 import { createAuthenticatorFor } from './pipeline/auth-factory.js';
 import { CertificateStore, createTlsFront, type TlsFront } from './tls/index.js';
@@ -220,40 +220,8 @@ export function sendError(reply: FastifyReply, status: number, code: GatewayErro
   return reply.send(out.body);
 }
 
-/**
- * The client side of a proxied WebSocket. @fastify/http-proxy closes it with the upstream
- * connection's error message as the close reason ("connect ECONNREFUSED 10.0.0.7:8080"): internals
- * for the client, and a message over 123 bytes makes ws throw from inside an event listener, which
- * ends the process. A 1011 (internal error) close therefore goes out without a reason; other
- * closes relay the upstream's own code and reason.
- */
-class ClientSideWebSocket extends WebSocket {
-  override close(code?: number, data?: string | Buffer): void {
-    // Read before the close frame is queued (it counts in bufferedAmount until written).
-    const nothingQueued = this.bufferedAmount === 0;
-    super.close(code, code === 1011 ? undefined : data);
-    // The gateway's own 1011 (its upstream failed): ws waits 30 s for the client's close frame,
-    // holding the socket and the session's access line. With nothing left to deliver, a client
-    // that has not answered within LINGER_MS is cut. ws's timer starts when the frame is queued,
-    // not sent, so with data still queued its wait is kept: a slow reader still gets the rest.
-    if (code === 1011 && nothingQueued && this.readyState === WebSocket.CLOSING) {
-      const timer = setTimeout(() => this.terminate(), LINGER_MS).unref();
-      this.once('close', () => clearTimeout(timer));
-    }
-  }
-
-  /**
-   * ws's server calls this (a method its typings leave out) once it has written the 101: the
-   * access line then says 101, and counts the bytes sent from here on.
-   */
-  setSocket(socket: Duplex, ...rest: unknown[]): void {
-    (socket as Duplex & { [UPGRADED]?: number })[UPGRADED] = (socket as Socket).bytesWritten ?? 0;
-    (WebSocket.prototype as unknown as { setSocket(...args: unknown[]): void }).setSocket.call(this, socket, ...rest);
-  }
-}
-
-/** On a client socket ws upgraded: its `bytesWritten` once the 101 was written. */
-const UPGRADED = Symbol('portcullis.upgraded');
+/** The bytes that came with a WebSocket handshake after its head (read before the 'upgrade' event). */
+const WS_HEAD = Symbol('portcullis.wsHead');
 /** The client address of an HTTP/2 session, kept for the line of a session that breaks. */
 const PEER_IP = Symbol('portcullis.peerIp');
 /** RFC 6455 §4.1: a base64-encoded 16-byte nonce. */
@@ -918,6 +886,11 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     keepAliveTimeoutMs: Math.min(cfg0.timeouts.idle, 4_000),
   });
   app.addHook('onClose', async () => upstreamClient.close());
+  // Proxied WebSocket sessions (proxy/websocket.ts). A message may be as large as the largest body
+  // the configuration accepts (read at start), and 1 MiB in any case; a larger one ends the
+  // session (1009). Sessions are told the gateway is going away (1001) as it starts to close.
+  const wsRelay = new WebSocketRelay({ maxPayload: largestBody(cfg0) });
+  app.addHook('preClose', async () => wsRelay.closeAll());
 
   /**
    * The checks ws's server would make on the client's handshake, made first so that a refusal is
@@ -952,28 +925,147 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
    * A proxied WebSocket gets its access line (and its request count) when the client's connection
    * closes, as nginx logs one: status 101 and the session's duration, its upstream, and why the
    * gateway ended it if it did. The reply is hijacked, so Fastify's onResponse never sees it.
-   * Called after ws's server has taken the socket ('close' is never emitted synchronously).
    */
   function logWebSocketAtClose(request: FastifyRequest): void {
     const ctx = request.gw;
-    const socket = request.raw.socket as Socket & { [UPGRADED]?: number };
+    const socket = request.raw.socket;
     const log = (): void => {
-      const upgraded = socket[UPGRADED] !== undefined;
-      let status = 101;
-      if (!upgraded) {
-        // Gone before the 101 (ws writes nothing then), or refused by ws itself (see above).
-        status = socket.writable ? 400 : 499;
-        ctx.reason ??= status === 499 ? 'client_closed' : 'websocket_handshake_refused';
-      } else if (!ctx.proxied) {
-        // The client left while the upstream was still being dialled.
-        ctx.reason ??= 'client_closed';
-      }
+      const bytes = bytesAfterUpgrade(socket);
+      // Not upgraded after all: ws refused the handshake itself (400), or the client was gone.
+      const status = bytes !== undefined ? 101 : socket.writable ? 400 : 499;
+      if (status === 400) ctx.reason ??= 'websocket_handshake_refused';
+      if (status === 499) ctx.reason ??= 'client_closed';
       // Counted, not timed: the duration is the session's (see observeRequest). `bytes`: what the
       // session sent the client after the 101 (WebSocket frames, as written before TLS).
-      logRequest(ctx, request.raw, status, upgraded ? socket.bytesWritten - socket[UPGRADED]! : undefined, !upgraded);
+      logRequest(ctx, request.raw, status, bytes, bytes === undefined);
     };
     if (socket.destroyed) log();
     else socket.once('close', log);
+  }
+
+  /**
+   * A WebSocket handshake the pipeline let through: the upstream's handshake first, then the
+   * client's (proxy/websocket.ts). Until the upstream has accepted, the reply is Fastify's: a
+   * failure is answered by `sendError` and logged by onResponse like any refused request.
+   */
+  function proxyWebSocket(request: FastifyRequest, reply: FastifyReply): void {
+    const ctx = request.gw;
+    const raw = request.raw;
+    const socket = raw.socket;
+    const protocols = offeredSubprotocols(request.headers['sec-websocket-protocol']);
+    if (protocols === null) {
+      ctx.reason = 'websocket_handshake_invalid';
+      sendError(reply, 400, 'GW_ERR_BAD_REQUEST');
+      return;
+    }
+    if (socket.destroyed || !socket.writable) {
+      // Gone while a stage waited (a token check, a shared rate limit): nothing is dialled.
+      ctx.reason ??= 'client_closed';
+      logRequest(ctx, raw, 499, undefined);
+      return;
+    }
+    let done = false;
+    // The client left before the upstream answered: nothing is sent; the dial stops by itself
+    // (the plan watches the client), a handshake under way is aborted here.
+    const clientLeft = (): void => {
+      if (done) return;
+      done = true;
+      upstream.terminate();
+      ctx.reason ??= 'client_closed';
+      logRequest(ctx, raw, 499, undefined);
+    };
+    socket.once('close', clientLeft);
+    const settle = (): boolean => {
+      socket.removeListener('close', clientLeft);
+      if (done) return false;
+      done = true;
+      return true;
+    };
+    const upstream = wsRelay.connect(
+      {
+        origin: ctx.upstream!,
+        path: ctx.path + ctx.query,
+        protocols,
+        headers: withDialPlan(upstreamHeaders(request, true), wsDialPlan(request)) as Record<string, string>,
+        createConnection: createUpstreamConnection as never,
+        finishRequest: finishUpstreamRequest,
+      },
+      {
+        opened(up, subprotocol) {
+          if (!settle()) return void up.terminate();
+          reply.hijack();
+          logWebSocketAtClose(request);
+          const head = (raw as { [WS_HEAD]?: Buffer })[WS_HEAD] ?? Buffer.alloc(0);
+          wsRelay.accept(raw, socket, head, up, subprotocol, (reason) => {
+            ctx.reason ??= reason;
+          });
+        },
+        refused(res) {
+          if (!settle()) return void res.destroy();
+          relayRefusal(reply, res, () => upstream.terminate());
+        },
+        failed(error) {
+          if (settle()) refuseWebSocket(reply, error);
+        },
+      },
+    );
+  }
+
+  /**
+   * No usable answer from the upstream to a WebSocket handshake: answered as the HTTP path answers
+   * an upstream failure (502 or 504), before any 101. The dial plan's callbacks have named the
+   * upstream, counted the attempt and set the reason; a 101 that `ws` refused is counted here.
+   */
+  function refuseWebSocket(reply: FastifyReply, error: Error): void {
+    const ctx = reply.request.gw;
+    ctx.proxied = false;
+    let kind = classifyUpstreamError(error);
+    if (error instanceof UpstreamHandshakeError) {
+      kind = 'bad_response';
+      ctx.reason = 'upstream_bad_response';
+      metrics.upstreamBrokeOff(ctx.upstream ?? '', kind);
+    }
+    ctx.reason ??= `upstream_${kind}`;
+    logger.warn({ request_id: ctx.requestId, upstream: ctx.upstream, reason: kind, err: { code: rootCode(error) } }, 'upstream WebSocket handshake failed');
+    if (kind === 'connect_timeout' || kind === 'response_timeout') sendError(reply, 504, 'GW_ERR_UPSTREAM_TIMEOUT');
+    else sendError(reply, 502, kind === 'bad_response' ? 'GW_ERR_UPSTREAM_BAD_RESPONSE' : 'GW_ERR_UPSTREAM_UNAVAILABLE');
+  }
+
+  /**
+   * The app's own answer to a WebSocket handshake (401, 403, 404, 426…), relayed as the HTTP path
+   * relays a response: its status, its headers through the gateway's response rules, its body.
+   * The connection closes after it (it was to be upgraded). As on the HTTP path, the upstream may
+   * not stall longer than the route's `timeouts.response` between two chunks, nor the client.
+   */
+  function relayRefusal(reply: FastifyReply, res: IncomingMessage, release: () => void): void {
+    const ctx = reply.request.gw;
+    const status = res.statusCode ?? 502;
+    reply.hijack();
+    const out = reply.raw;
+    out.writeHead(status, { ...responseHeadersFromUpstream(res.headers, reply), connection: 'close' });
+    let bytes = 0;
+    const timeoutMs = ctx.route!.timeouts.response;
+    let timer: NodeJS.Timeout | undefined;
+    const arm = (): void => {
+      if (timeoutMs === 0) return;
+      clearTimeout(timer);
+      timer = setTimeout(() => {
+        ctx.reason ??= 'upstream_response_timeout';
+        res.destroy();
+        out.destroy();
+      }, timeoutMs).unref();
+    };
+    arm();
+    res.on('data', (chunk: Buffer) => {
+      bytes += chunk.length;
+      arm();
+    });
+    pipeline(res, out, (err) => {
+      clearTimeout(timer);
+      release();
+      if (err) ctx.reason ??= out.destroyed && !res.destroyed ? 'client_closed' : 'upstream_reset';
+      logRequest(ctx, reply.request.raw, status, bytes);
+    });
   }
 
   function wsDialPlan(request: FastifyRequest): WebSocketDialPlan {
@@ -1007,18 +1099,14 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
         ctx.reason = 'upstream_response_timeout';
         metrics.upstreamBrokeOff(origin, 'response_timeout');
       },
-      refusedUpgrade: (origin) => {
-        ctx.reason = 'upstream_bad_response';
-        metrics.upstreamBrokeOff(origin, 'bad_response');
-      },
     };
   }
 
-  // @fastify/http-proxy owns the wildcard routes, the pass-through body parser and WebSocket
-  // proxying. HTTP requests go from its routes straight to `proxyRequest` (proxy/forward.ts, not
-  // reply-from: see there); only WebSocket upgrades (which its 'upgrade' listener routes as raw
-  // requests with `upgrade` set) take its own route handler, whose per-request destination checks
-  // (three URL objects, a query re-encoding) cost ~4 % of a proxied request and concern only them.
+  // @fastify/http-proxy owns the wildcard routes, the pass-through body parser, and the 'upgrade'
+  // listener that routes a WebSocket handshake through Fastify as a raw request with `upgrade` set
+  // (so it passes the whole pipeline). Its route handler is never called: HTTP requests go straight
+  // to `proxyRequest` (proxy/forward.ts, not reply-from: see there), and handshakes to
+  // `proxyWebSocket` (proxy/websocket.ts: the library answers the client before it dials the app).
   const upgradeListenersBefore = new Set(server.listeners('upgrade'));
   await app.register(async function proxyRoutes(scope) {
     // Fastify's own text/plain parser (inherited from the root) reads the body whole and decodes it
@@ -1027,14 +1115,10 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     // through as the client sent it (it replaces the JSON parser itself).
     scope.removeContentTypeParser('text/plain');
     scope.addHook('onRoute', (route) => {
-      const upgradeHandler = route.handler;
-      route.handler = function gatewayRoute(this: FastifyInstance, request: FastifyRequest, reply: FastifyReply) {
+      route.handler = function gatewayRoute(request: FastifyRequest, reply: FastifyReply) {
         if ((request.raw as { upgrade?: boolean }).upgrade === true) {
-          if (refuseBadHandshake(request, reply)) return;
-          // A throw before the handler hijacks the reply is answered (and logged) by Fastify.
-          const out = upgradeHandler.call(this, request, reply);
-          logWebSocketAtClose(request);
-          return out;
+          if (!refuseBadHandshake(request, reply)) proxyWebSocket(request, reply);
+          return;
         }
         proxyRequest(request, reply);
       } as typeof route.handler;
@@ -1046,29 +1130,6 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
       // The gateway writes one access line per request itself.
       disableRequestLogging: true,
       httpMethods: [...PROXIED_METHODS],
-      // The WebSocket proxy reads the target from here (HTTP requests: ctx.upstream, in proxyRequest).
-      replyOptions: { getUpstream: (request: FastifyRequest) => request.gw.upstream ?? '' },
-      // ws reads each message whole before it is relayed, 100 MiB by default: a few clients could
-      // fill the memory. A message may be as large as the largest body the configuration
-      // accepts (read at start), and 1 MiB in any case; a larger one closes the session (1009).
-      wsServerOptions: { WebSocket: ClientSideWebSocket, maxPayload: largestBody(cfg0) },
-      wsHooks: {
-        // The client left while the upstream's handshake answer was on its way: the library closes
-        // only an upstream socket that was open then, so one that opens afterwards is closed here.
-        onConnect: (_context: unknown, source: WebSocket, target: WebSocket) => {
-          if (source.readyState !== WebSocket.OPEN) target.terminate();
-        },
-      },
-      wsClientOptions: {
-        // The upstream socket is dialled by the gateway, with failover (proxy/websocket-dial.ts).
-        createConnection: createUpstreamConnection,
-        finishRequest: finishUpstreamRequest,
-        rewriteRequestHeaders: (_headers: HeaderBag, request: FastifyRequest) => {
-          return withDialPlan(upstreamHeaders(request, true), wsDialPlan(request));
-        },
-      },
-      // Reached only by an upgrade that is not a WebSocket handshake after all.
-      handler: (request: FastifyRequest, reply: FastifyReply) => proxyRequest(request, reply),
     } as never);
   });
   // Node emits 'upgrade' as soon as the handshake is parsed, even behind a pipelined request whose
@@ -1088,6 +1149,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
         logRequest(ctx, req as FastifyRequest['raw'], pipelined ? 444 : 499, undefined);
         return;
       }
+      (req as { [WS_HEAD]?: Buffer })[WS_HEAD] = head;
       try {
         proxyUpgrade.call(this, req, socket, head);
       } catch (err) {

@@ -1,19 +1,17 @@
 /**
  * The upstream side of a proxied WebSocket, dialled with the same failover as an HTTP request.
  *
- * @fastify/http-proxy answers the client's handshake (101) first and then opens one `ws`
- * connection to the target the pipeline picked; a refused connection used to end the client's
- * socket with 1011 even when another target of the route was up. `ws` lets its caller create the
- * upstream socket (`createConnection`, handed on to Node's `http.request`), so the connection is
- * made here: the picked target first, then the pool's next ones after a connect failure, each
- * failure marking its target down exactly as the HTTP path does (proxy/forward.ts). Only connect
- * failures move on: once a socket is up, the handshake went to that target and is not replayed.
+ * The gateway opens the upstream side with `ws` before it answers the client (proxy/websocket.ts).
+ * `ws` lets its caller create the upstream socket (`createConnection`, handed on to Node's
+ * `http.request`), so the connection is made here: the picked target first, then the pool's next
+ * ones after a connect failure, each failure marking its target down exactly as the HTTP path does
+ * (proxy/forward.ts). Only connect failures move on: once a socket is up, the handshake went to
+ * that target and is not replayed.
  */
 import net from 'node:net';
 import tls from 'node:tls';
 import type { Duplex } from 'node:stream';
-import type { ClientRequest, IncomingMessage } from 'node:http';
-import type { WebSocket } from 'ws';
+import type { ClientRequest } from 'node:http';
 import { classifyUpstreamError, isConnectFailure, type UpstreamErrorKind } from './upstream-errors.js';
 import type { UpstreamPool } from './upstreams.js';
 
@@ -40,8 +38,6 @@ export interface WebSocketDialPlan {
   attemptFailed(origin: string, kind: UpstreamErrorKind, seconds: number): void;
   /** `origin` connected (reported by `connected`) but did not answer the handshake in time. */
   handshakeTimedOut(origin: string): void;
-  /** `origin` connected (reported by `connected`) and answered the handshake with another status than 101. */
-  refusedUpgrade(origin: string, status: number): void;
 }
 
 type OnCreate = (err: Error | null, socket?: Duplex) => void;
@@ -95,28 +91,16 @@ export function createUpstreamConnection(options: ConnectOptions, oncreate: OnCr
 }
 
 /**
- * `ws`'s `finishRequest` option. An upstream that answers the handshake with another status
- * (403, 404, 426…) leaves `ws` with a request nobody ends: it emits 'unexpected-response', which
- * @fastify/http-proxy answers by closing the client's socket (1011), and then waits. The upstream
- * socket would stay open until the handshake deadline and be counted as a timeout; it is closed
- * now, and counted as the bad answer it was.
+ * `ws`'s `finishRequest` option: the handshake deadline stops at the head of the answer (101, or
+ * any other status, which the gateway relays: proxy/websocket.ts).
  */
-export function finishUpstreamRequest(req: ClientRequest, websocket: Pick<WebSocket, 'terminate'>): void {
+export function finishUpstreamRequest(req: ClientRequest): void {
   const answered = (): void => {
     const dialed = req.socket === null ? undefined : DIALED.get(req.socket);
     if (dialed?.deadline) clearTimeout(dialed.deadline);
   };
-  // The head of the answer is in (101, or any other status): the handshake deadline is met.
   req.once('upgrade', answered);
-  req.once('response', (res: IncomingMessage) => {
-    answered();
-    res.on('error', () => undefined);
-    res.resume();
-    const dialed = req.socket === null ? undefined : DIALED.get(req.socket);
-    dialed?.plan.refusedUpgrade(dialed.origin, res.statusCode ?? 0);
-    // Still CONNECTING: terminate() aborts the request and destroys its socket.
-    websocket.terminate();
-  });
+  req.once('response', answered);
   req.end();
 }
 

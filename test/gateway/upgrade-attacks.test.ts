@@ -278,7 +278,7 @@ t.test('a WebSocket handshake pipelined behind another request on one connection
 // ---------------------------------------------------------------------------------------------
 // 4. The upstream's handshake deadline
 
-t.test('an upstream that trickles its handshake answer is cut at the route\'s timeouts.response, as an HTTP answer trickled the same way is (504)', async (t) => {
+t.test('an upstream that trickles its handshake answer is cut at the route\'s timeouts.response: 504, as an HTTP answer trickled the same way', async (t) => {
   // One byte of a header every 300 ms: never 1 s of silence, but 3.6 s before the head is complete.
   const sockets: net.Socket[] = [];
   const server = net.createServer((s) => {
@@ -317,14 +317,12 @@ t.test('an upstream that trickles its handshake answer is cut at the route\'s ti
 
   started = Date.now();
   const opened = await openWs(t, gw, '/ws');
-  t.equal(opened.status, 101);
-  const rt = await roundTrip(opened.ws!, 'x', 6000);
   const elapsed = Date.now() - started;
-  t.same(rt, { closed: 1011 }, `the WebSocket is closed with 1011, not served late (got ${JSON.stringify(rt)} after ${elapsed} ms)`);
+  t.equal(opened.status, 504, 'the handshake gets 504: the client never gets a 101 the upstream has not finished');
   t.ok(elapsed < 2500, `at the deadline, not when the upstream finished (${elapsed} ms)`);
 });
 
-t.test('many handshakes at once to an upstream that never answers: each closed with 1011 at the route\'s timeouts.response, every upstream socket closed', async (t) => {
+t.test('many handshakes at once to an upstream that never answers: each answered 504 at the route\'s timeouts.response, every upstream socket closed', async (t) => {
   const held: net.Socket[] = [];
   const closed = new Set<net.Socket>();
   const server = net.createServer((s) => {
@@ -341,11 +339,8 @@ t.test('many handshakes at once to an upstream that never answers: each closed w
   // A top-level deadline of 1 minute, the route's own of 700 ms: the route's applies.
   const gw = await startGateway(t, site(`http://127.0.0.1:${(server.address() as net.AddressInfo).port}`, '[{ path: /, access: public, timeouts: { response: 700ms } }]', 'timeouts: { response: 1m }\n'));
   const started = Date.now();
-  const results = await Promise.all(Array.from({ length: 12 }, async (_, i) => {
-    const o = await openWs(t, gw, `/mute/${i}`);
-    return o.ws ? roundTrip(o.ws, 'anyone?', 5000) : { status: o.status };
-  }));
-  t.same(results, results.map(() => ({ closed: 1011 })), 'every client got 1011');
+  const results = await Promise.all(Array.from({ length: 12 }, async (_, i) => (await openWs(t, gw, `/mute/${i}`)).status));
+  t.same(results, results.map(() => 504), 'every client got 504');
   t.ok(Date.now() - started < 3500, `at the route deadline (${Date.now() - started} ms)`);
   t.ok(await until(() => held.length === 12 && closed.size === 12, 2000), `every upstream socket was closed (${closed.size}/${held.length})`);
   await until(() => gw.logs.filter((l) => l.type === 'access' && String(l.path).startsWith('/mute/')).length === 12, 2000);
@@ -355,12 +350,7 @@ t.test('many handshakes at once to an upstream that never answers: each closed w
 // ---------------------------------------------------------------------------------------------
 // 5. Subprotocols: the app's choice
 
-t.test('subprotocol negotiation is the app\'s: a client offering [v1, v2] to an app that speaks only v2 gets v2, and the app sees the whole offer', {
-  // Known limitation (README): the gateway answers the client's handshake before it dials, so it
-  // picks the first offer itself and offers only that one to the app. Fixing it means dialling
-  // first (not how @fastify/http-proxy's WebSocket proxy works); kept here so it stays visible.
-  todo: 'the gateway chooses the first subprotocol offered before it dials the app',
-}, async (t) => {
+t.test('subprotocol negotiation is the app\'s: a client offering [v1, v2] to an app that speaks only v2 gets v2, and the app sees the whole offer', async (t) => {
   const up = await wsUpstream(t, { handleProtocols: (offered: Set<string>) => (offered.has('v2') ? 'v2' : false) });
   // Control, straight to the app: v2 is chosen.
   const direct = new WebSocket(up.origin.replace('http:', 'ws:'), ['v1', 'v2']);
@@ -376,7 +366,7 @@ t.test('subprotocol negotiation is the app\'s: a client offering [v1, v2] to an 
   const rt = await roundTrip(opened.ws!, 'hello');
   t.same(rt, { message: 'echo:hello' }, `the session works (got ${JSON.stringify(rt)})`);
   await until(() => up.handshakes.length > 1, 1000);
-  t.equal(up.handshakes.at(-1)?.headers['sec-websocket-protocol'], 'v1,v2', 'the app saw the client\'s whole offer');
+  t.equal(up.handshakes.at(-1)?.headers['sec-websocket-protocol'], 'v1, v2', 'the app saw the client\'s whole offer');
 });
 
 // ---------------------------------------------------------------------------------------------

@@ -112,16 +112,38 @@ function wsClose(port: number, ca: string): Promise<{ opened: boolean; code: num
   });
 }
 
-t.test('a WebSocket whose upstream is unreachable: closed with 1011, without the connection error', async (t) => {
+/** Opens a WebSocket through the gateway and resolves with the answer to its handshake (101, or the HTTP answer instead). */
+function wsAnswer(port: number, ca: string): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const ws = openWebSocket(port, ca);
+    ws.once('open', () => {
+      ws.close(1000);
+      resolve({ status: 101, body: '' });
+    });
+    ws.once('unexpected-response', (_req, res) => {
+      let body = '';
+      res.on('data', (c: Buffer) => (body += c.toString('latin1')));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+    });
+    ws.once('error', reject);
+  });
+}
+
+t.test('a WebSocket whose upstream is unreachable: 502 before any 101, without the connection error', async (t) => {
   const gw = await startGateway(t, site('http://127.0.0.1:1'));
-  const closed = await wsClose(gw.port, gw.ca);
-  t.ok(closed.opened, 'the gateway answered 101 before dialling the upstream');
-  t.equal(closed.code, 1011, 'internal error');
-  t.equal(closed.reason, '', 'no reason text: it was "connect ECONNREFUSED <upstream address>"');
+  const res = await wsAnswer(gw.port, gw.ca);
+  t.equal(res.status, 502, 'the gateway dials first: the client gets an HTTP 502, not a 101 and a close');
+  t.match(res.body, /GW_ERR_UPSTREAM_UNAVAILABLE/);
+  t.notMatch(res.body, /ECONNREFUSED|127\.0\.0\.1/, 'no connection error text');
 });
 
 t.test('a WebSocket client that never answers the close frame is cut after 2 s (ws waits 30 s), and logged then', async (t) => {
-  const gw = await startGateway(t, site('http://127.0.0.1:1'));
+  // The app's connection drops 100 ms into the session: the gateway closes the client's with 1011.
+  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0 });
+  await new Promise<void>((r) => wss.once('listening', () => r()));
+  t.teardown(() => new Promise<void>((r) => wss.close(() => r())));
+  wss.on('connection', (ws) => setTimeout(() => (ws as unknown as { _socket: net.Socket })._socket.destroy(), 100));
+  const gw = await startGateway(t, site(`http://127.0.0.1:${(wss.address() as net.AddressInfo).port}`));
   const started = Date.now();
   const { received, closedAfterMs } = await new Promise<{ received: Buffer; closedAfterMs: number }>((resolve) => {
     const chunks: Buffer[] = [];
@@ -146,7 +168,7 @@ t.test('a WebSocket client that never answers the close frame is cut after 2 s (
   t.same([...frame.subarray(0, 4)], [0x88, 0x02, 0x03, 0xf3], 'then a close frame with 1011');
   t.ok(closedAfterMs < 10_000, `the gateway closed the connection after ${closedAfterMs} ms`);
   const [line] = await wsAccessLines(gw, 1);
-  t.match(line, { status: 101, reason: 'upstream_connect_refused' }, 'and its line is written then');
+  t.match(line, { status: 101, reason: 'upstream_reset' }, 'and its line is written then, saying why');
 });
 
 t.test('a slow WebSocket reader still gets everything queued before the 1011 of an upstream that died: no 2 s cut then', async (t) => {
@@ -197,9 +219,9 @@ t.test('a connection error longer than a close reason may be (123 bytes) does no
   // throwing, from inside the upstream socket's error listener, i.e. an uncaught exception.
   const name = `${'a'.repeat(60)}.${'b'.repeat(50)}.invalid`;
   const gw = await startGateway(t, site(`http://${name}:8080`));
-  const closed = await wsClose(gw.port, gw.ca);
-  t.equal(closed.code, 1011);
-  t.equal(closed.reason, '');
+  const res = await wsAnswer(gw.port, gw.ca);
+  t.equal(res.status, 502);
+  t.notMatch(res.body, /ENOTFOUND|EAI_AGAIN|invalid/, 'without the error text');
   await new Promise((r) => setTimeout(r, 100));
   t.equal((await gw.request({ path: '/still-there' })).status, 502, 'the gateway still answers');
 });
@@ -231,6 +253,18 @@ async function echoWebSocketUpstream(t: Tap): Promise<{ origin: string; hosts: s
   });
   t.teardown(() => new Promise<void>((r) => wss.close(() => r())));
   return { origin: `http://127.0.0.1:${(wss.address() as net.AddressInfo).port}`, hosts };
+}
+
+/** Sends a WebSocket handshake on a raw TLS connection and leaves (destroys it) `ms` later. */
+function leaveAfterHandshake(gw: RunningGateway, ms: number): void {
+  const socket = tls.connect({ host: '127.0.0.1', port: gw.port, ca: gw.ca, servername: 'app.test', ALPNProtocols: ['http/1.1'] }, () => {
+    socket.write(
+      'GET /chat HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n' +
+        `Sec-WebSocket-Key: ${randomBytes(16).toString('base64')}\r\nSec-WebSocket-Version: 13\r\n\r\n`,
+    );
+    setTimeout(() => socket.destroy(), ms);
+  });
+  socket.on('error', () => undefined);
 }
 
 /** Opens a WebSocket through the gateway, sends one message and resolves with the echo (or how it closed). */
@@ -290,13 +324,12 @@ async function wsAccessLines(gw: RunningGateway, n: number): Promise<LogRecord[]
   return find();
 }
 
-t.test('a WebSocket whose every target refuses is still closed with 1011, after trying each once', async (t) => {
+t.test('a WebSocket whose every target refuses gets 502, after trying each once', async (t) => {
   const [a, b] = REFUSING;
   const gw = await startGateway(t, site(`[${a}, ${b}]`));
-  const res = await wsEcho(gw.port, gw.ca, 'anyone?');
-  t.same(res, { echo: null, code: 1011 });
+  t.equal((await wsAnswer(gw.port, gw.ca)).status, 502);
   const [line] = await wsAccessLines(gw, 1);
-  t.match(line, { status: 101, reason: 'upstream_connect_refused' }, 'the access line says why the session ended at once');
+  t.match(line, { status: 502, reason: 'upstream_connect_refused' }, 'the access line says why');
   t.equal(line?.upstream, undefined, 'and, as for HTTP, names no upstream: none took it');
   for (const origin of [a, b]) {
     t.ok((await upstreamErrorSeries(gw, origin)).some((l) => l.includes('connect_refused')), `${origin} was tried`);
@@ -314,15 +347,14 @@ t.test('a WebSocket target that does not finish connecting within timeouts.conne
   t.ok((await upstreamErrorSeries(gw, hung)).some((l) => l.includes('connect_timeout')), 'the hung target is counted as a connect timeout');
 });
 
-t.test('a WebSocket upstream that takes the connection and never answers the handshake: 1011 after timeouts.response', async (t) => {
+t.test('a WebSocket upstream that takes the connection and never answers the handshake: 504 after timeouts.response', async (t) => {
   const mute = await silentServer(t);
   const { held } = mute;
   const gw = await startGateway(t, site(`http://127.0.0.1:${mute.port}`).replace('sites:', 'timeouts: { response: 1s }\nsites:'));
-  const res = await wsEcho(gw.port, gw.ca, 'hello?');
-  t.same(res, { echo: null, code: 1011 }, 'closed, not held open forever');
+  t.equal((await wsAnswer(gw.port, gw.ca)).status, 504, 'answered, not held open forever');
   t.equal(held.length, 1, 'the upstream was dialled once');
   const [line] = await wsAccessLines(gw, 1);
-  t.match(line, { status: 101, reason: 'upstream_response_timeout' });
+  t.match(line, { status: 504, reason: 'upstream_response_timeout' });
 
   // The deadline is the handshake's only: an open socket may stay quiet for longer.
   const live = await echoWebSocketUpstream(t);
@@ -343,17 +375,13 @@ t.test('a client that leaves while the upstream is being dialled: the dial stops
   const hung = `https://127.0.0.1:${(await silentServer(t)).port}`;
   const live = await echoWebSocketUpstream(t);
   const gw = await startGateway(t, site(`[${hung}, ${live.origin}]`).replace('sites:', 'timeouts: { connect: 2s }\nsites:'));
-  // The client closes right after its 101, while the gateway still waits on the hung target.
-  await new Promise<void>((resolve) => {
-    const ws = openWebSocket(gw.port, gw.ca);
-    ws.once('open', () => ws.terminate());
-    ws.once('close', () => resolve());
-  });
+  // The client leaves 300 ms after its handshake, while the gateway still waits on the hung target.
+  leaveAfterHandshake(gw, 300);
   // Past the connect timeout: without the stop, the dial would have moved on to the live target.
   await new Promise((r) => setTimeout(r, 2800));
   t.same(live.hosts, [], 'the live target was never dialled for a client that had left');
   const [line] = await wsAccessLines(gw, 1);
-  t.match(line, { status: 101, reason: 'client_closed' }, 'logged as the client leaving');
+  t.match(line, { status: 499, reason: 'client_closed' }, 'logged as the client leaving');
 });
 
 t.test('a client that leaves while the upstream handshake answer is on its way: the upstream socket is closed when it opens', async (t) => {
@@ -367,14 +395,13 @@ t.test('a client that leaves while the upstream handshake answer is on its way: 
   });
   t.teardown(() => new Promise<void>((r) => wss.close(() => r())));
   const gw = await startGateway(t, site(`http://127.0.0.1:${(wss.address() as net.AddressInfo).port}`));
-  await new Promise<void>((resolve) => {
-    const ws = openWebSocket(gw.port, gw.ca);
-    // After the gateway has dialled (its socket is up) but before the upstream's 101.
-    ws.once('open', () => setTimeout(() => ws.terminate(), 100));
-    ws.once('close', () => resolve());
-  });
-  for (let i = 0; i < 200 && !events.includes('close'); i++) await new Promise((r) => setTimeout(r, 10));
-  t.same(events, ['open', 'close'], 'the upstream connection that opened after the client left was closed');
+  // After the gateway has dialled (its socket is up) but before the upstream's 101.
+  leaveAfterHandshake(gw, 100);
+  await new Promise((r) => setTimeout(r, 1000));
+  t.ok(events.length === 0 || events.join() === 'open,close', `no upstream session stayed open (${events.join() || 'none opened'})`);
+  t.equal(wss.clients.size, 0, 'the upstream holds no connection');
+  const [line] = await wsAccessLines(gw, 1);
+  t.match(line, { status: 499, reason: 'client_closed' });
 });
 
 t.test('timeouts.connect: 0 means no connect deadline for WebSockets too (as for HTTP), not an instant failure', async (t) => {
@@ -384,7 +411,7 @@ t.test('timeouts.connect: 0 means no connect deadline for WebSockets too (as for
   t.equal((await gw.request({ path: '/' })).status, 426, 'and the HTTP path agrees (the echo upstream answers 426 to plain HTTP)');
 });
 
-t.test('a WebSocket upstream that refuses the upgrade (403): 1011 for the client, the upstream socket closed at once, counted as a bad answer', async (t) => {
+t.test('a WebSocket upstream that refuses the upgrade (403): its answer relayed to the client, the upstream socket closed at once, not counted as an error', async (t) => {
   const sockets: net.Socket[] = [];
   let closedAt = 0;
   const refusing = http.createServer();
@@ -406,14 +433,14 @@ t.test('a WebSocket upstream that refuses the upgrade (403): 1011 for the client
   // timeouts.response stays at its 60 s default: the close below is not the handshake deadline.
   const gw = await startGateway(t, site(origin));
   const answeredAt = Date.now();
-  t.same(await wsEcho(gw.port, gw.ca, 'let me in'), { echo: null, code: 1011 });
+  t.same(await wsAnswer(gw.port, gw.ca), { status: 403, body: 'no' }, "the app's 403 and its body");
   for (let i = 0; i < 200 && closedAt === 0; i++) await new Promise((r) => setTimeout(r, 10));
   t.ok(closedAt > 0 && closedAt - answeredAt < 2000, 'the gateway closed the upstream connection right away');
   const lines = await upstreamErrorSeries(gw, origin);
-  t.ok(lines.some((l) => l.includes('bad_response') && l.trim().endsWith(' 1')), 'counted as a bad answer');
-  t.notOk(lines.some((l) => l.includes('response_timeout')), 'not as a timeout');
+  t.notOk(lines.some((l) => l.includes('response_timeout') || l.includes('bad_response')), `not counted as an upstream error (${lines.join('; ')})`);
   const [line] = await wsAccessLines(gw, 1);
-  t.match(line, { status: 101, reason: 'upstream_bad_response', upstream: origin });
+  t.match(line, { status: 403, upstream: origin });
+  t.equal(line?.reason, undefined, "the app's answer, not a failure");
 });
 
 t.test('a malformed WebSocket handshake gets the gateway own answer (not ws\'s bare one), logged once with the status sent; nothing is dialled', async (t) => {

@@ -45,7 +45,6 @@ function plan(targets: string[], connectTimeoutMs: number, client = new FakeClie
       connected: (origin, seconds) => rec.connected.push({ origin, seconds }),
       attemptFailed: (origin, kind) => rec.otherFailures.push({ origin, kind }),
       handshakeTimedOut: (origin) => rec.handshakeTimeouts.push(origin),
-      refusedUpgrade: () => undefined,
     },
   };
 }
