@@ -4,7 +4,7 @@
  * the state it started with, so a reload never changes the rules in the middle of a request.
  */
 import type { GatewayConfig, RouteConfig, SiteConfig, UpstreamTarget } from './config/types.js';
-import { compileRouteTable, type RouteTable } from './policy/index.js';
+import { compileRouteTable, routeAtLeastAsStrict, type RouteTable } from './policy/index.js';
 import { compileTrust, type TrustFn } from './proxy/forwarded.js';
 import { OVERRIDE_HEADERS } from './proxy/headers.js';
 import { UpstreamPool } from './proxy/upstreams.js';
@@ -49,7 +49,8 @@ export function buildRuntimeState(
   authenticator: Authenticator | null,
   previous?: RuntimeState,
 ): RuntimeState {
-  const routes = compileRouteTable(config.sites);
+  // An ambiguous path gets the route that is strictest in access and in every protection.
+  const routes = compileRouteTable(config.sites, routeAtLeastAsStrict);
   // Keep pools (and their passive-health marks) across reloads when the target list is unchanged.
   const oldPools = new Map<string, UpstreamPool>();
   if (previous) for (const p of previous.pools.values()) oldPools.set(poolKey(p.targets), p);

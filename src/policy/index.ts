@@ -8,7 +8,9 @@ export { canonicalizePath, PathRejections } from './path.js';
 export type { CanonicalPathResult, PathRejection } from './path.js';
 export { normalizeHost } from './host.js';
 export { compileRouteTable, matchingView } from './routes.js';
-export type { RouteLike, RouteOf, RouteTable, SiteLike } from './routes.js';
+export type { RouteLike, RouteOf, RouteTable, SiteLike, StrictnessOrder } from './routes.js';
+export { protectsAtLeastAs, routeAtLeastAsStrict } from './protection.js';
+export type { ProtectedRoute } from './protection.js';
 export {
   decide,
   isAtLeastAsStrict,

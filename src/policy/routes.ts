@@ -9,7 +9,9 @@
  * A broad view alone is not enough: when a segment only matches through the view (`/admin/PUBLIC`
  * against a `/admin/public` route), a stricter upstream (case-sensitive, no `;` parameters) stops
  * one level higher and serves a resource of the parent route. The table then returns whichever of
- * the possible routes is strictest (`isAtLeastAsStrict`), or nothing (404) when none of them is.
+ * the possible routes is strictest, or nothing (404) when none of them is. Strictest by access
+ * (`isAtLeastAsStrict`) unless the caller gives its own order: the gateway's also weighs every
+ * protection a route sets (policy/protection.ts).
  */
 import type { RouteConfig, SiteConfig } from '../config/types.js';
 import { GatewayError } from '../errors.js';
@@ -141,14 +143,17 @@ function compileSite<R extends RouteLike>(site: SiteLike<R>, siteIndex: number):
   return root;
 }
 
+/** "`a` lets through no request `b` refuses"; `undefined` is no route (404). */
+export type StrictnessOrder<R> = (a: R | undefined, b: R | undefined) => boolean;
+
 /**
  * Of the routes a request may be read under, the one at least as strict as all others, else
  * `undefined` (404, which is stricter than any route).
  */
-function strictest<R extends RouteLike>(deepest: R | undefined, shallower: readonly (R | undefined)[]): R | undefined {
-  if (shallower.every((r) => isAtLeastAsStrict(deepest, r))) return deepest;
+function strictest<R>(deepest: R | undefined, shallower: readonly (R | undefined)[], atLeast: StrictnessOrder<R>): R | undefined {
+  if (shallower.every((r) => atLeast(deepest, r))) return deepest;
   for (const candidate of shallower) {
-    if (isAtLeastAsStrict(candidate, deepest) && shallower.every((r) => isAtLeastAsStrict(candidate, r))) {
+    if (atLeast(candidate, deepest) && shallower.every((r) => atLeast(candidate, r))) {
       return candidate;
     }
   }
@@ -161,7 +166,7 @@ function strictest<R extends RouteLike>(deepest: R | undefined, shallower: reado
  * Throws `GW_ERR_CONFIG_INVALID` for a host claimed by two sites, a malformed wildcard, or a route
  * path that is not a valid path.
  */
-export function compileRouteTable<S extends SiteLike>(sites: readonly S[]): RouteTable<S> {
+export function compileRouteTable<S extends SiteLike>(sites: readonly S[], atLeast: StrictnessOrder<RouteOf<S>> = isAtLeastAsStrict): RouteTable<S> {
   const exact = new Map<string, S>();
   const wildcard = new Map<string, S>(); // keyed by the parent: `*.example.com` → `example.com`
   const tries = new Map<S, Node<RouteOf<S>>>();
@@ -211,7 +216,7 @@ export function compileRouteTable<S extends SiteLike>(sites: readonly S[]): Rout
         best = pick(child, method) ?? best;
         i = j + 1;
       }
-      return shallower === undefined ? best : strictest(best, shallower);
+      return shallower === undefined ? best : strictest(best, shallower, atLeast);
     },
   };
 }
