@@ -532,7 +532,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
   await app.register(rateLimit, {
     ...gatewayRateLimitOptions({
       store,
-      getRules: (request) => (request.gw?.route ? protectionOf(request.gw).rateLimit : null),
+      getRules: (request) => request.gw?.limiting ?? (request.gw?.route ? protectionOf(request.gw).rateLimit : null),
       clientIp: (request) => request.gw.clientIp,
       subject: (request) => request.gw.principal?.subject ?? null,
       issuer: (request) => request.gw.principal?.issuer ?? null,
@@ -558,6 +558,19 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
       limiters.set(rules, limiter);
     }
     return limiter;
+  }
+
+  /**
+   * @fastify/rate-limit counts a request once, whatever limiters run on it: its handler marks the
+   * request with a symbol of its own (not exported) and returns at once when it sees the mark.
+   * A request counted under several routes' limits (rateLimitStage) has the mark removed before
+   * each. Should the plugin rename it, the later limits would be skipped: the attack tests of
+   * ambiguous paths (test/authz/composition-attacks.test.ts) would fail.
+   */
+  function allowAnotherLimiter(request: FastifyRequest): void {
+    for (const sym of Object.getOwnPropertySymbols(request)) {
+      if (sym.description === 'fastify.request.rateLimitRan') delete (request as unknown as Record<symbol, unknown>)[sym];
+    }
   }
 
   /**
@@ -680,11 +693,33 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
   // 4 and 6. rate limits: by client address or header before any crypto (4), by token subject
   //    right after the token check (6; anonymous callers fall back to their address). Over the
   //    limit, the limiter rejects with the 429 the error handler answers.
+  //    A path an upstream may read as another route too (policy/routes.ts) is counted under that
+  //    route's limit as well: limits are per route, and the one the table returned cannot stand in
+  //    for a route the app may serve the request as. Its own limit goes last: its headers are sent.
   function rateLimitStage(byUser: boolean): Stage {
+    const applies = (rl: RouteRateLimit | null): rl is RouteRateLimit => rl !== null && (rl.key === 'user') === byUser;
     return function limit(request, reply) {
-      const rl = protectionOf(request.gw).rateLimit;
-      if (!rl || (rl.key === 'user') !== byUser) return false;
-      return limiterFor(rl)(request, reply).then(notAnswered);
+      const ctx = request.gw;
+      const rl = protectionOf(ctx).rateLimit;
+      const others = ctx.otherReadings;
+      if (others === null) return applies(rl) ? limiterFor(rl)(request, reply).then(notAnswered) : false;
+      const limits = others.map((r) => ctx.state.protections.get(r)!.rateLimit).filter(applies);
+      if (applies(rl)) limits.push(rl);
+      if (limits.length === 0) return false;
+      // One limit at a time, each read by the limiter through ctx.limiting (getRules above).
+      let chain: Promise<boolean> = Promise.resolve(false);
+      for (const each of limits) {
+        chain = chain.then((answered) => {
+          if (answered) return true;
+          ctx.limiting = each;
+          allowAnotherLimiter(request);
+          return limiterFor(each)(request, reply).then(notAnswered);
+        });
+      }
+      const done = (): void => {
+        ctx.limiting = null;
+      };
+      return chain.finally(done);
     };
   }
 

@@ -6,6 +6,7 @@
 import type { RouteConfig, SiteConfig } from '../config/types.js';
 import type { Principal } from '../auth/index.js';
 import type { RuntimeState } from '../runtime.js';
+import type { RouteRateLimit } from '../protect/index.js';
 
 export interface RequestContext {
   /** The runtime state this request started with; a reload never changes it mid-request. */
@@ -19,6 +20,13 @@ export interface RequestContext {
   host: string;
   site: SiteConfig | null;
   route: RouteConfig | null;
+  /**
+   * The other routes an upstream may read this (ambiguous) path as, or null (a plain path): their
+   * rate limits count the request too (policy/routes.ts `matchRoute`).
+   */
+  otherReadings: readonly RouteConfig[] | null;
+  /** While another reading's rate limit counts the request: its rules (what the limiter reads). */
+  limiting: RouteRateLimit | null;
   /** Canonical path (no query). */
   path: string;
   /** `?…` exactly as the client sent it, or ''. */

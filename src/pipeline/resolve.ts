@@ -6,6 +6,7 @@
  * client address, request id, declared body size. Pure: no Fastify, no I/O.
  */
 import { randomUUID } from 'node:crypto';
+import type { RouteConfig } from '../config/types.js';
 import type { GatewayErrorCode } from '../errors.js';
 import { canonicalizePath, normalizeHost } from '../policy/index.js';
 import type { RuntimeState } from '../runtime.js';
@@ -15,6 +16,8 @@ import type { RequestContext } from './context.js';
 /** Methods the gateway proxies. TRACE and CONNECT are refused (RFC 9110 §9.3.8: TRACE reflects credentials). */
 export const PROXIED_METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'] as const;
 const PROXIED = new Set<string>(PROXIED_METHODS);
+/** Scratch for `matchRoute`'s readings (resolveRequest is synchronous; copied out when filled). */
+const READINGS: RouteConfig[] = [];
 /** RFC 9110 §15.5.6: a 405 MUST list the methods the server supports. */
 export const ALLOW_HEADER: Readonly<Record<string, string>> = Object.freeze({ allow: PROXIED_METHODS.join(', ') });
 
@@ -88,9 +91,12 @@ export function resolveRequest(state: RuntimeState, req: RawRequestView, ctx: Re
     return { status: 400, code: 'GW_ERR_BAD_REQUEST', reason: 'method_override_param' };
   }
 
-  const route = state.routes.matchRoute(site, req.method, canonical.path);
+  // Filled only for an ambiguous path: a plain one allocates nothing.
+  READINGS.length = 0;
+  const route = state.routes.matchRoute(site, req.method, canonical.path, READINGS);
   if (route === undefined) return { status: 404, code: 'GW_ERR_NO_ROUTE', reason: 'no_route' };
   ctx.route = route;
+  if (READINGS.length > 0) ctx.otherReadings = READINGS.slice();
 
   // RFC 9112 §6.1: a transfer coding the server does not understand gets 501. Node's parser
   // accepts any list ending in `chunked` (`gzip, chunked`) and removes only the chunking; the body
@@ -178,6 +184,8 @@ export function newContext(state: RuntimeState, req: RawRequestView, startedAt: 
     host: '',
     site: null,
     route: null,
+    otherReadings: null,
+    limiting: null,
     path: '',
     query: '',
     principal: null,

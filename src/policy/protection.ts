@@ -4,11 +4,10 @@
  * A path the upstream may read under either of two routes (`/account/HOOK`: a case-sensitive app
  * serves it under `/account`, a case-insensitive one under `/account/hook`) must get the
  * treatment of the stricter reading in everything the gateway enforces, not only in who may pass:
- * a nested route that turns CSRF off, allows larger bodies, has no rate limit or lets pages be
- * framed would otherwise lend those to a resource of its parent. Pure; no I/O.
+ * a nested route that turns CSRF off, allows larger bodies or lets pages be framed would
+ * otherwise lend those to a resource of its parent. Pure; no I/O.
  */
-import { isDeepStrictEqual } from 'node:util';
-import type { CookiesConfig, ProtectConfig, RateLimitConfig, RouteConfig, SecurityHeadersConfig } from '../config/types.js';
+import type { CookiesConfig, ProtectConfig, RouteConfig, SecurityHeadersConfig } from '../config/types.js';
 import { isAtLeastAsStrict } from './decision.js';
 
 /** What the comparison reads of a route. */
@@ -24,30 +23,54 @@ export function routeAtLeastAsStrict(a: ProtectedRoute | undefined, b: Protected
   return a.maxBodySize <= b.maxBodySize && protectsAtLeastAs(a.protect, b.protect);
 }
 
-/** Not a total order: two sets where each is stronger somewhere are incomparable (both false). */
+/**
+ * Not a total order: two sets where each is stronger somewhere are incomparable (both false).
+ * Rate limits are not compared: they are counted per route, so no route's limit can stand in for
+ * another's, and the gateway counts an ambiguous request under every route it may be read as
+ * (`matchRoute`'s readings), whichever the table returns.
+ */
 export function protectsAtLeastAs(a: ProtectConfig, b: ProtectConfig): boolean {
-  return csrfAtLeast(a, b) && rateLimitAtLeast(a.rateLimit, b.rateLimit) && bansAtLeast(a, b) && cookiesAtLeast(a.cookies, b.cookies) && headersAtLeast(a.headers, b.headers);
+  return csrfAtLeast(a, b) && bansAtLeast(a, b) && cookiesAtLeast(a.cookies, b.cookies) && headersAtLeast(a.headers, b.headers);
 }
 
-const FRAME_RANK = { DENY: 2, SAMEORIGIN: 1 } as const;
+const FRAME_OPTIONS_RANK = { DENY: 2, SAMEORIGIN: 1 } as const;
 
 function headersAtLeast(a: SecurityHeadersConfig, b: SecurityHeadersConfig): boolean {
-  if ((a.frameOptions === null ? 0 : FRAME_RANK[a.frameOptions]) < (b.frameOptions === null ? 0 : FRAME_RANK[b.frameOptions])) return false;
-  if (b.upstream === 'override' && a.upstream !== 'override') return false;
-  // One policy is not "stricter" than another in general: the same one, enforced if b enforces it.
+  const xfo = (h: SecurityHeadersConfig): number => (h.frameOptions === null ? 0 : FRAME_OPTIONS_RANK[h.frameOptions]);
+  if (xfo(a) < xfo(b) || !framingAtLeast(framing(a), framing(b))) return false;
+  // `override` puts the gateway's values in place of the app's own, which may be stricter, and
+  // `keep` lets the app's win over the gateway's: neither mode is the stricter one.
+  if (a.upstream !== b.upstream) return false;
+  // One policy is not "stricter" than another in general: the same one, enforced if b enforces
+  // it. A policy where b has none only restricts more, except framing (weighed above).
   if (b.contentSecurityPolicy !== null && (a.contentSecurityPolicy !== b.contentSecurityPolicy || (a.cspReportOnly && !b.cspReportOnly))) return false;
   return b.referrerPolicy === null || a.referrerPolicy === b.referrerPolicy;
+}
+
+/**
+ * Who may frame the route's pages, as a browser decides: an enforced CSP's `frame-ancestors`
+ * wins over X-Frame-Options (CSP3), else X-Frame-Options. null: anyone.
+ */
+function framing(h: SecurityHeadersConfig): string | null {
+  if (h.contentSecurityPolicy !== null && !h.cspReportOnly) {
+    for (const directive of h.contentSecurityPolicy.split(';')) {
+      const [name, ...sources] = directive.trim().toLowerCase().split(/\s+/);
+      if (name === 'frame-ancestors') return sources.join(' ');
+    }
+  }
+  if (h.frameOptions === null) return null;
+  return h.frameOptions === 'DENY' ? "'none'" : "'self'";
+}
+
+function framingAtLeast(a: string | null, b: string | null): boolean {
+  const rank = (f: string | null): number => (f === "'none'" ? 3 : f === "'self'" ? 2 : f === null ? 0 : 1);
+  // Two different source lists (`https://a.test` and `'self' https://b.test`) are incomparable.
+  return a === b || rank(a) > rank(b);
 }
 
 function csrfAtLeast(a: ProtectConfig, b: ProtectConfig): boolean {
   if (!b.csrf.enabled) return true;
   return a.csrf.enabled && a.csrf.trustedOrigins.every((o) => b.csrf.trustedOrigins.includes(o));
-}
-
-function rateLimitAtLeast(a: RateLimitConfig | null, b: RateLimitConfig | null): boolean {
-  if (b === null) return true;
-  // Fewer requests in a window at least as long, counted per the same key.
-  return a !== null && isDeepStrictEqual(a.key, b.key) && a.max <= b.max && a.window >= b.window;
 }
 
 function bansAtLeast(a: ProtectConfig, b: ProtectConfig): boolean {

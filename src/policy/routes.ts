@@ -33,9 +33,11 @@ export interface RouteTable<S extends SiteLike> {
   matchSite(host: string): S | undefined;
   /**
    * `canonicalPath` as returned by `canonicalizePath`; `method` as sent (case-sensitive, RFC 9110
-   * §9.1). `undefined`: no route (answer 404).
+   * §9.1). `undefined`: no route (answer 404). `readings`, when given, receives the other routes an
+   * upstream may read an ambiguous path as (nothing for a plain path): what is counted per route
+   * (rate limits) is counted under each of them too.
    */
-  matchRoute(site: S, method: string, canonicalPath: string): RouteOf<S> | undefined;
+  matchRoute(site: S, method: string, canonicalPath: string, readings?: RouteOf<S>[]): RouteOf<S> | undefined;
 }
 
 interface Node<R> {
@@ -194,7 +196,7 @@ export function compileRouteTable<S extends SiteLike>(sites: readonly S[], atLea
       return dot > 0 ? wildcard.get(host.slice(dot + 1)) : undefined;
     },
 
-    matchRoute(site: S, method: string, canonicalPath: string): RouteOf<S> | undefined {
+    matchRoute(site: S, method: string, canonicalPath: string, readings?: RouteOf<S>[]): RouteOf<S> | undefined {
       const root = tries.get(site);
       if (root === undefined) throw new TypeError('matchRoute: site does not belong to this route table');
       let node = root;
@@ -216,7 +218,12 @@ export function compileRouteTable<S extends SiteLike>(sites: readonly S[], atLea
         best = pick(child, method) ?? best;
         i = j + 1;
       }
-      return shallower === undefined ? best : strictest(best, shallower, atLeast);
+      if (shallower === undefined) return best;
+      const chosen = strictest(best, shallower, atLeast);
+      if (readings !== undefined && chosen !== undefined) {
+        for (const r of [best, ...shallower]) if (r !== undefined && r !== chosen && !readings.includes(r)) readings.push(r);
+      }
+      return chosen;
     },
   };
 }

@@ -17,9 +17,6 @@ const BASE: ProtectConfig = {
 const WEAKER: Array<[string, ProtectConfig]> = [
   ['CSRF off', { ...BASE, csrf: { enabled: false, trustedOrigins: [] } }],
   ['one more trusted origin', { ...BASE, csrf: { enabled: true, trustedOrigins: ['https://a.test', 'https://b.test'] } }],
-  ['no rate limit', { ...BASE, rateLimit: null }],
-  ['a higher rate limit', { ...BASE, rateLimit: { max: 11, window: 60_000, key: { type: 'ip' } } }],
-  ['a shorter window', { ...BASE, rateLimit: { max: 10, window: 59_000, key: { type: 'ip' } } }],
   ['no bans', { ...BASE, bans: null }],
   ['more failures before a ban', { ...BASE, bans: { authFailures: 6, window: 60_000, duration: 600_000 } }],
   ['a shorter ban', { ...BASE, bans: { authFailures: 5, window: 60_000, duration: 1_000 } }],
@@ -30,7 +27,6 @@ const WEAKER: Array<[string, ProtectConfig]> = [
   ['SameSite=None', { ...BASE, cookies: { ...BASE.cookies, sameSite: 'None' } }],
   ['framing allowed', { ...BASE, headers: { ...BASE.headers, frameOptions: null } }],
   ['no CSP', { ...BASE, headers: { ...BASE.headers, contentSecurityPolicy: null } }],
-  ['the upstream\'s headers kept', { ...BASE, headers: { ...BASE.headers, upstream: 'keep' } }],
   ['SAMEORIGIN framing', { ...BASE, headers: { ...BASE.headers, frameOptions: 'SAMEORIGIN' } }],
   ['the CSP report-only', { ...BASE, headers: { ...BASE.headers, cspReportOnly: true } }],
   ['no Referrer-Policy', { ...BASE, headers: { ...BASE.headers, referrerPolicy: null } }],
@@ -38,11 +34,16 @@ const WEAKER: Array<[string, ProtectConfig]> = [
 
 /** Each entry: BASE changed so that neither it nor BASE protects more. */
 const INCOMPARABLE: Array<[string, ProtectConfig]> = [
-  ['a rate limit on another key', { ...BASE, rateLimit: { max: 10, window: 60_000, key: { type: 'header', header: 'x-api-key' } } }],
   ['another CSP', { ...BASE, headers: { ...BASE.headers, contentSecurityPolicy: "default-src 'none'" } }],
   ['another Referrer-Policy', { ...BASE, headers: { ...BASE.headers, referrerPolicy: 'same-origin' } }],
-  ['a tighter limit but CSRF off', { ...BASE, rateLimit: { max: 1, window: 60_000, key: { type: 'ip' } }, csrf: { enabled: false, trustedOrigins: [] } }],
+  // `override` replaces the app's own headers (maybe stricter), `keep` lets them win over the gateway's.
+  ['the upstream\'s headers kept', { ...BASE, headers: { ...BASE.headers, upstream: 'keep' } }],
+  ['stricter cookies but CSRF off', { ...BASE, cookies: { ...BASE.cookies, sameSite: 'Strict' }, csrf: { enabled: false, trustedOrigins: [] } }],
 ];
+
+/** Without a CSP of its own, a route's pages are framed as X-Frame-Options says; these CSPs override it. */
+const NO_CSP: ProtectConfig = { ...BASE, headers: { ...BASE.headers, contentSecurityPolicy: null } };
+const framedBy = (csp: string, reportOnly = false): ProtectConfig => ({ ...NO_CSP, headers: { ...NO_CSP.headers, contentSecurityPolicy: csp, cspReportOnly: reportOnly } });
 
 t.test('each protection weakened alone makes the route weaker, never stronger', async (t) => {
   t.ok(protectsAtLeastAs(BASE, BASE), 'a protection set is at least as strong as itself');
@@ -55,7 +56,16 @@ t.test('each protection weakened alone makes the route weaker, never stronger', 
     t.notOk(protectsAtLeastAs(other, BASE), `${what}: nor the other`);
   }
   t.ok(protectsAtLeastAs({ ...BASE, cookies: { ...BASE.cookies, sameSite: 'Strict' } }, BASE), 'SameSite=Strict is at least Lax');
-  t.ok(protectsAtLeastAs({ ...BASE, rateLimit: { max: 1, window: 3_600_000, key: { type: 'ip' } } }, BASE), 'a tighter limit on the same key is stronger');
+  t.ok(protectsAtLeastAs({ ...BASE, rateLimit: null }, BASE) && protectsAtLeastAs(BASE, { ...BASE, rateLimit: null }), 'rate limits are not weighed: every reading\'s is enforced');
+});
+
+t.test('framing: an enforced CSP frame-ancestors wins over X-Frame-Options, as in browsers', async (t) => {
+  t.notOk(protectsAtLeastAs(framedBy("default-src 'self'; frame-ancestors *"), NO_CSP), 'frame-ancestors * under X-Frame-Options DENY: anyone may frame');
+  t.notOk(protectsAtLeastAs(framedBy("frame-ancestors https://a.test"), NO_CSP), 'a listed origin is weaker than DENY');
+  t.ok(protectsAtLeastAs(framedBy("default-src 'self'; frame-ancestors 'none'"), NO_CSP), "frame-ancestors 'none' is DENY");
+  t.ok(protectsAtLeastAs(framedBy("default-src 'self'"), NO_CSP), 'a CSP without frame-ancestors only restricts more');
+  t.ok(protectsAtLeastAs(framedBy("default-src 'self'; frame-ancestors *", true), NO_CSP), 'report-only: X-Frame-Options still decides');
+  t.notOk(protectsAtLeastAs(framedBy("frame-ancestors https://a.test"), framedBy("frame-ancestors https://b.test")), 'two different lists are incomparable');
 });
 
 const route = (protect: ProtectConfig, over: Partial<ProtectedRoute> = {}): ProtectedRoute => ({ access: 'public', roles: [], maxBodySize: 1024, protect, ...over });
@@ -93,10 +103,21 @@ t.test('the table: an ambiguous spelling gets the route that protects most, or 4
   }
   for (const [what, other] of INCOMPARABLE) t.equal(match(site(other), '/account/HOOK'), undefined, `${what}: neither protects more, no route (404)`);
   // The nested route protects more: it keeps the ambiguous spellings.
-  const stricter = site({ ...BASE, rateLimit: { max: 1, window: 60_000, key: { type: 'ip' } } });
+  const stricter = site({ ...BASE, cookies: { ...BASE.cookies, sameSite: 'Strict' } });
   t.equal(match(stricter, '/account/HOOK'), '/account/hook', 'a stricter nested route keeps them');
-  // Neither dominates (the nested one has a tighter limit, the parent a smaller body): 404.
-  t.equal(match(site({ ...BASE, rateLimit: { max: 1, window: 60_000, key: { type: 'ip' } } }, 4096), '/account/Hook'), undefined, 'neither protects more: no route');
+  // Neither dominates (the nested one has the stricter cookies, the parent the smaller body): 404.
+  t.equal(match(site({ ...BASE, cookies: { ...BASE.cookies, sameSite: 'Strict' } }, 4096), '/account/Hook'), undefined, 'neither protects more: no route');
+  // The other readings come back for what is counted per route (rate limits), only for an ambiguous path.
+  const readings: unknown[] = [];
+  const table = compileRouteTable([stricter], routeAtLeastAsStrict);
+  const at = (path: string): string => {
+    const c = canonicalizePath(path);
+    return c.ok ? c.path : '';
+  };
+  table.matchRoute(stricter, 'POST', at('/account/hook/x'), readings as never);
+  t.same(readings, [], 'a plain path: no other reading');
+  table.matchRoute(stricter, 'POST', at('/account/HOOK/x'), readings as never);
+  t.same(readings.map((r) => (r as { path: string }).path), ['/account'], 'an ambiguous one: the parent, the route not returned');
   // The default order (access only), for callers that have no protections: the nested route.
   const s = site(WEAKER[0]![1]);
   const c = canonicalizePath('/account/HOOK');
