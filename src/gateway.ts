@@ -1021,7 +1021,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
         origin: ctx.upstream!,
         path: ctx.path + ctx.query,
         protocols,
-        headers: withDialPlan(upstreamHeaders(request, true), wsDialPlan(request)) as Record<string, string>,
+        headers: withDialPlan(handshakeHeaders(request), wsDialPlan(request)) as Record<string, string>,
         createConnection: createUpstreamConnection as never,
         finishRequest: finishUpstreamRequest,
       },
@@ -1037,6 +1037,14 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
         },
         refused(res) {
           if (!settle()) return void res.destroy();
+          const status = res.statusCode ?? 0;
+          if (status > 599) {
+            // Not an HTTP status: refused as the HTTP path refuses one (proxy/forward.ts).
+            res.destroy();
+            upstream.terminate();
+            refuseWebSocket(reply, new UpstreamHandshakeError(`upstream answered with status ${status}`));
+            return;
+          }
           relayRefusal(reply, res, () => upstream.terminate());
         },
         failed(error) {
@@ -1047,19 +1055,32 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
   }
 
   /**
+   * The headers of the app's handshake. A handshake is a GET: a body it announces is never sent
+   * (what follows the head is the session), and an app that waits for it would never answer.
+   */
+  function handshakeHeaders(request: FastifyRequest): HeaderBag {
+    const headers = upstreamHeaders(request, true);
+    delete headers['content-length'];
+    return headers;
+  }
+
+  /**
    * No usable answer from the upstream to a WebSocket handshake: answered as the HTTP path answers
    * an upstream failure (502 or 504), before any 101. The dial plan's callbacks have named the
    * upstream, counted the attempt and set the reason; a 101 that `ws` refused is counted here.
    */
   function refuseWebSocket(reply: FastifyReply, error: Error): void {
     const ctx = reply.request.gw;
+    // Set by the plan once a socket is up: what fails from then on is counted as the HTTP path
+    // counts an upstream breaking off (the plan has counted a handshake deadline itself).
+    const connected = ctx.proxied;
     ctx.proxied = false;
     let kind = classifyUpstreamError(error);
     if (error instanceof UpstreamHandshakeError) {
       kind = 'bad_response';
       ctx.reason = 'upstream_bad_response';
-      metrics.upstreamBrokeOff(ctx.upstream ?? '', kind);
     }
+    if (connected && kind !== 'response_timeout') metrics.upstreamBrokeOff(ctx.upstream ?? '', kind);
     ctx.reason ??= `upstream_${kind}`;
     logger.warn({ request_id: ctx.requestId, upstream: ctx.upstream, reason: kind, err: { code: rootCode(error) } }, 'upstream WebSocket handshake failed');
     if (kind === 'connect_timeout' || kind === 'response_timeout') sendError(reply, 504, 'GW_ERR_UPSTREAM_TIMEOUT');
@@ -1085,7 +1106,13 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
       if (timeoutMs === 0) return;
       clearTimeout(timer);
       timer = setTimeout(() => {
-        ctx.reason ??= 'upstream_response_timeout';
+        // The pipe pauses the app while the client does not read: then the client is the slow one.
+        if (out.writableNeedDrain) {
+          ctx.reason ??= 'client_stalled';
+        } else if (ctx.reason === null) {
+          ctx.reason = 'upstream_response_timeout';
+          metrics.upstreamBrokeOff(ctx.upstream ?? '', 'response_timeout');
+        }
         res.destroy();
         out.destroy();
       }, timeoutMs).unref();
@@ -1098,7 +1125,10 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     pipeline(res, out, (err) => {
       clearTimeout(timer);
       release();
-      if (err) ctx.reason ??= out.destroyed && !res.destroyed ? 'client_closed' : 'upstream_reset';
+      if (err && ctx.reason === null) {
+        ctx.reason = out.destroyed && !res.destroyed ? 'client_closed' : 'upstream_reset';
+        if (ctx.reason === 'upstream_reset') metrics.upstreamBrokeOff(ctx.upstream ?? '', 'reset');
+      }
       logRequest(ctx, reply.request.raw, status, bytes);
     });
   }

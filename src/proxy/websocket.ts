@@ -24,6 +24,12 @@ import { WebSocket, WebSocketServer, type ClientOptions } from 'ws';
 
 /** Bytes that may wait to be written to one side before the other side is no longer read. */
 export const RELAY_HIGH_WATER = 256 * 1024;
+/**
+ * What a frame waiting to be written costs beyond its payload (a write request, a header, a
+ * callback: ~250 bytes measured), charged to the window so that empty messages and pings fill it
+ * too: without it, a flood of them queued without bound.
+ */
+const FRAME_COST = 256;
 /** How long a client whose session the gateway closed (1011) may take to answer the close frame. */
 export const LINGER_MS = 2_000;
 
@@ -60,17 +66,16 @@ export function bytesAfterUpgrade(socket: Duplex): number | undefined {
 }
 
 /**
- * The client side of a session. A 1011 (the gateway's own close: its upstream failed) goes out
- * without a reason, and `ws` would then wait 30 s for the client's close frame, holding the socket
- * and the session's access line: with nothing left to deliver, a client that has not answered
- * within LINGER_MS is cut. `ws`'s timer starts when the frame is queued, not sent, so with data
+ * The client side of a session. After a 1011 (the app failed, or closed with it), `ws` would wait
+ * 30 s for the client's close frame, holding the socket and the session's access line: with
+ * nothing left to deliver, a client that has not answered within LINGER_MS is cut. `ws`'s timer starts when the frame is queued, not sent, so with data
  * still queued its wait is kept: a slow reader still gets the rest.
  */
 class ClientSideWebSocket extends WebSocket {
   override close(code?: number, data?: string | Buffer): void {
     // Read before the close frame is queued (it counts in bufferedAmount until written).
     const nothingQueued = this.bufferedAmount === 0;
-    super.close(code, code === 1011 ? undefined : data);
+    super.close(code, data);
     if (code === 1011 && nothingQueued && this.readyState === WebSocket.CLOSING) {
       const timer = setTimeout(() => this.terminate(), LINGER_MS).unref();
       this.once('close', () => clearTimeout(timer));
@@ -317,19 +322,19 @@ function pipe(from: WebSocket, to: WebSocket): void {
   };
   from.on('message', (data: Buffer | ArrayBuffer | Buffer[], isBinary: boolean) => {
     if (to.readyState !== WebSocket.OPEN) return;
-    const bytes = byteLength(data);
+    const bytes = byteLength(data) + FRAME_COST;
     sent(bytes);
     to.send(data, { binary: isBinary }, written(bytes));
   });
   from.on('ping', (data: Buffer) => {
     if (to.readyState !== WebSocket.OPEN) return;
-    sent(data.length);
-    to.ping(data, undefined, written(data.length));
+    sent(data.length + FRAME_COST);
+    to.ping(data, undefined, written(data.length + FRAME_COST));
   });
   from.on('pong', (data: Buffer) => {
     if (to.readyState !== WebSocket.OPEN) return;
-    sent(data.length);
-    to.pong(data, undefined, written(data.length));
+    sent(data.length + FRAME_COST);
+    to.pong(data, undefined, written(data.length + FRAME_COST));
   });
 }
 
