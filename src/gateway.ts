@@ -1122,11 +1122,22 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
       bytes += chunk.length;
       arm();
     });
+    // Whichever side broke first: the pipe then destroys the other, so their states at the end
+    // cannot tell (a client that left looked like an app that reset, depending on timing).
+    let broke: 'client' | 'upstream' | null = null;
+    const upstreamBroke = (): void => {
+      broke ??= 'upstream';
+    };
+    res.once('aborted', upstreamBroke);
+    res.once('error', upstreamBroke);
+    out.once('close', () => {
+      if (!out.writableFinished) broke ??= 'client';
+    });
     pipeline(res, out, (err) => {
       clearTimeout(timer);
       release();
       if (err && ctx.reason === null) {
-        ctx.reason = out.destroyed && !res.destroyed ? 'client_closed' : 'upstream_reset';
+        ctx.reason = broke === 'client' ? 'client_closed' : 'upstream_reset';
         if (ctx.reason === 'upstream_reset') metrics.upstreamBrokeOff(ctx.upstream ?? '', 'reset');
       }
       logRequest(ctx, reply.request.raw, status, bytes);
