@@ -540,7 +540,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
         const ctx = request.gw;
         ctx.reason = 'rate_limited';
         metrics.rateLimited(ctx.site!.id, ctx.route!.id);
-        const rl = protectionOf(ctx).rateLimit;
+        const rl = ctx.limiting ?? protectionOf(ctx).rateLimit;
         events.emit('rate_limited', { ...who(ctx), reason: 'limit_exceeded', key, limit: rl?.max, window_ms: rl?.windowMs });
       },
     }),
@@ -695,7 +695,8 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
   //    limit, the limiter rejects with the 429 the error handler answers.
   //    A path an upstream may read as another route too (policy/routes.ts) is counted under that
   //    route's limit as well: limits are per route, and the one the table returned cannot stand in
-  //    for a route the app may serve the request as. Its own limit goes last: its headers are sent.
+  //    for a route the app may serve the request as. In a stage, its own limit goes last (its
+  //    RateLimit-* headers are sent); a refusal names the limit that refused (ctx.limiting).
   function rateLimitStage(byUser: boolean): Stage {
     const applies = (rl: RouteRateLimit | null): rl is RouteRateLimit => rl !== null && (rl.key === 'user') === byUser;
     return function limit(request, reply) {
@@ -703,7 +704,13 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
       const rl = protectionOf(ctx).rateLimit;
       const others = ctx.otherReadings;
       if (others === null) return applies(rl) ? limiterFor(rl)(request, reply).then(notAnswered) : false;
-      const limits = others.map((r) => ctx.state.protections.get(r)!.rateLimit).filter(applies);
+      const limits: RouteRateLimit[] = [];
+      for (const r of others) {
+        const each = ctx.state.protections.get(r)!.rateLimit;
+        // A public route's limit keyed by user counts by address, as that route's own requests
+        // are (no token is read for them): before the token check, whatever the chosen route needs.
+        if (each !== null && (each.key === 'user' && r.access !== 'public') === byUser) limits.push(each);
+      }
       if (applies(rl)) limits.push(rl);
       if (limits.length === 0) return false;
       // One limit at a time, each read by the limiter through ctx.limiting (getRules above).
@@ -1271,7 +1278,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     const out = applySecurityHeaders(withoutHopByHopResponseHeaders(headers as HeaderBag) as IncomingHttpHeaders, prot.headers, prot.headerMode, { https: true });
     const cookies = out['set-cookie'];
     if (cookies !== undefined) out['set-cookie'] = hardenSetCookies(Array.isArray(cookies) ? cookies : [cookies], prot.cookies, { https: true });
-    if (prot.rateLimit) {
+    if (prot.rateLimit || ctx.otherReadings !== null) {
       for (let i = 0; i < RATE_LIMIT_HEADERS.length; i++) {
         const name = RATE_LIMIT_HEADERS[i]!;
         const v = reply.getHeader(name);
