@@ -6,7 +6,7 @@
 // gateway and a real upstream on loopback and checks what the upstream saw, not only the status.
 import t from 'tap';
 import http2 from 'node:http2';
-import { LOOPBACK_LISTEN, startGateway, startUpstream, type RunningGateway } from '../helpers/gateway.js';
+import { accessRoute, LOOPBACK_LISTEN, startGateway, startUpstream, type RunningGateway } from '../helpers/gateway.js';
 import { h2Request } from '../helpers/clients.js';
 
 const FORM = 'application/x-www-form-urlencoded';
@@ -15,7 +15,7 @@ function post(gw: RunningGateway, path: string, headers: Record<string, string> 
   return gw.request({ method: 'POST', path, headers: { 'content-type': FORM, 'content-length': String(Buffer.byteLength(body)), ...headers }, body });
 }
 
-const routeOf = (gw: RunningGateway, id: unknown): unknown => gw.logs.find((l) => l.type === 'access' && l.request_id === id)?.route;
+const routeOf = accessRoute;
 
 const all = (v: string | string[] | undefined): string[] => (v === undefined ? [] : Array.isArray(v) ? v : [v]);
 

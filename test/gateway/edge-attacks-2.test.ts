@@ -10,13 +10,12 @@ import http2 from 'node:http2';
 import net from 'node:net';
 import tls from 'node:tls';
 import { execFile } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { WebSocket, WebSocketServer } from 'ws';
 import { LOOPBACK_LISTEN, startGateway, startUpstream, type RunningGateway, type Tap, sleep, until } from '../helpers/gateway.js';
-import { appSite as site } from '../helpers/clients.js';
+import { appSite as site, wsAccept } from '../helpers/clients.js';
 import { makeCert } from '../config/certs.js';
 
 interface Hs {
@@ -315,7 +314,7 @@ async function rawWsUpstream(t: Tap, answer: (key: string, head: string) => stri
   return { port: (server.address() as net.AddressInfo).port, dialled: () => dialled };
 }
 
-const acceptOf = (key: string): string => createHash('sha1').update(`${key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11`).digest('base64');
+const acceptOf = wsAccept;
 
 function wsClient(gw: RunningGateway, path = '/ws', protocols?: string[]): WebSocket {
   const ws = new WebSocket(`wss://127.0.0.1:${gw.port}${path}`, protocols, { ca: gw.ca, servername: 'app.test', headers: { host: 'app.test' } } as object);

@@ -18,7 +18,7 @@ import net from 'node:net';
 import tls from 'node:tls';
 import https from 'node:https';
 import { spawn } from 'node:child_process';
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -27,13 +27,13 @@ import { createInterface } from 'node:readline';
 import type { IncomingHttpHeaders } from 'node:http';
 import { WebSocket, WebSocketServer } from 'ws';
 import { LOOPBACK_LISTEN, rawTls, rawUpstream as rawUpstreamAll, sleep, startGateway, startUpstream, statusOf, until, type RunningGateway, type Tap } from '../helpers/gateway.js';
-import { appSite as site, h2Frame, tlsClient } from '../helpers/clients.js';
+import { appSite as site, h2Frame, tlsClient, wsAccept } from '../helpers/clients.js';
 import { securityEvents, startIssuer } from '../protect-e2e/_helpers.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');
 
 const wsKey = (): string => randomBytes(16).toString('base64');
-const acceptOf = (key: string): string => createHash('sha1').update(`${key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11`).digest('base64');
+const acceptOf = wsAccept;
 
 /** A ws echo upstream that records each handshake it accepted (URL, headers). */
 async function wsUpstream(t: Tap, options: ConstructorParameters<typeof WebSocketServer>[0] = {}): Promise<{ origin: string; handshakes: Array<{ url: string; headers: IncomingHttpHeaders }> }> {

@@ -16,39 +16,18 @@ import net from 'node:net';
 import v8 from 'node:v8';
 import vm from 'node:vm';
 import type { IncomingHttpHeaders } from 'node:http';
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { WebSocket, WebSocketServer } from 'ws';
 import { sleep, startGateway, until, type LogRecord, type RunningGateway, type Tap } from '../helpers/gateway.js';
-import { appSite as site, parseResponses, tlsClient, type TlsClient } from '../helpers/clients.js';
+import { appSite as site, parseResponses, tlsClient, wsAccept, wsClientFrame as clientFrame, type TlsClient } from '../helpers/clients.js';
 
-const GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
-const acceptOf = (key: string): string => createHash('sha1').update(key + GUID).digest('base64');
 const keyOf = (head: string): string => /\r\nsec-websocket-key:\s*(\S+)/i.exec(head)?.[1] ?? '';
 const switching = (head: string, extra = ''): string =>
-  `HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${acceptOf(keyOf(head))}\r\n${extra}\r\n`;
+  `HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${wsAccept(keyOf(head))}\r\n${extra}\r\n`;
 
 /** A client handshake for app.test (`extra`: more header lines, each ending in CRLF). */
 function handshake(path: string, extra = '', key = randomBytes(16).toString('base64')): string {
   return `GET ${path} HTTP/1.1\r\nHost: app.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ${key}\r\nSec-WebSocket-Version: 13\r\n${extra}\r\n`;
-}
-
-/** A frame as a client sends it (masked). */
-function clientFrame(opcode: number, payload: Buffer = Buffer.alloc(0), first = 0x80): Buffer {
-  const mask = randomBytes(4);
-  const len = payload.length;
-  const b0 = first | opcode;
-  let head: Buffer;
-  if (len < 126) head = Buffer.from([b0, 0x80 | len]);
-  else if (len < 65536) head = Buffer.from([b0, 0x80 | 126, len >> 8, len & 255]);
-  else {
-    head = Buffer.alloc(10);
-    head[0] = b0;
-    head[1] = 0x80 | 127;
-    head.writeBigUInt64BE(BigInt(len), 2);
-  }
-  const body = Buffer.allocUnsafe(len);
-  for (let i = 0; i < len; i++) body[i] = payload[i]! ^ mask[i & 3]!;
-  return Buffer.concat([head, mask, body]);
 }
 
 /** A frame as a server sends it (unmasked, payload < 126 bytes). */
@@ -398,7 +377,7 @@ t.test("the app's handshake: the gateway's X-Forwarded-*, X-Request-Id and key; 
     ),
   );
   await until(() => c.text().includes('\r\n\r\n'));
-  t.match(c.text(), new RegExp(`^HTTP/1\\.1 101 [^]*\\r\\nSec-WebSocket-Accept: ${acceptOf(key).replace(/[+/=]/g, '\\$&')}\\r\\n`, 'i'), "the client's 101 answers its own key");
+  t.match(c.text(), new RegExp(`^HTTP/1\\.1 101 [^]*\\r\\nSec-WebSocket-Accept: ${wsAccept(key).replace(/[+/=]/g, '\\$&')}\\r\\n`, 'i'), "the client's 101 answers its own key");
   t.notMatch(c.text(), /sec-websocket-extensions/i, 'and negotiates no extension');
   await until(() => app.headers.length === 1);
   const h = app.headers[0]!;

@@ -10,8 +10,9 @@ import t from 'tap';
 import http from 'node:http';
 import net from 'node:net';
 import tls from 'node:tls';
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { WebSocket, WebSocketServer } from 'ws';
+import { wsAccept, wsClientFrame } from '../helpers/clients.js';
 import { closedPort, LOOPBACK_LISTEN, sleep, startGateway, until, type LogRecord, type RunningGateway, type Tap } from '../helpers/gateway.js';
 
 const site = (origin: string, extra = ''): string => `${LOOPBACK_LISTEN}
@@ -216,7 +217,7 @@ t.test("an upstream 101 that breaks RFC 6455 (wrong accept key, a subprotocol ne
     const server = net.createServer((s) => {
       s.once('data', (c: Buffer) => {
         const key = /sec-websocket-key: (\S+)/i.exec(c.toString('latin1'))?.[1] ?? '';
-        const accept = extra.startsWith('Sec-WebSocket-Accept') ? '' : `Sec-WebSocket-Accept: ${acceptKey(key)}\r\n`;
+        const accept = extra.startsWith('Sec-WebSocket-Accept') ? '' : `Sec-WebSocket-Accept: ${wsAccept(key)}\r\n`;
         s.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n${accept}${extra}\r\n` + '\x81\x06secret');
       });
       s.on('error', () => undefined);
@@ -235,11 +236,6 @@ t.test("an upstream 101 that breaks RFC 6455 (wrong accept key, a subprotocol ne
     server.close();
   }
 });
-
-function acceptKey(key: string): string {
-  // RFC 6455 §1.3: SHA-1 of the key and the protocol's GUID, in base64.
-  return createHash('sha1').update(key + '258EAFA5-E914-47DA-95CA-C5AB0DC85B11').digest('base64');
-}
 
 t.test("the app's own refusal of the handshake is relayed: its status, body and headers, through the response rules", async (t) => {
   const server = http.createServer();
@@ -280,7 +276,7 @@ t.test('early messages: not read while the upstream is dialled, none lost once i
   const size = 512 * 1024;
   let queued = 0;
   const frames: Buffer[] = [];
-  for (let i = 0; i < 128; i++) frames.push(maskedFrame(Buffer.alloc(size, i % 256)));
+  for (let i = 0; i < 128; i++) frames.push(wsClientFrame(2, Buffer.alloc(size, i % 256)));
   let i = 0;
   const pump = (): void => {
     while (i < frames.length) {
@@ -304,16 +300,6 @@ t.test('early messages: not read while the upstream is dialled, none lost once i
   t.same(got, frames.map((_, n) => n % 256), 'all 128 messages, whole and in order');
   s.destroy();
 });
-
-/** A client-to-server binary frame (masked, as RFC 6455 requires), FIN set. */
-function maskedFrame(payload: Buffer): Buffer {
-  const mask = randomBytes(4);
-  const len = payload.length;
-  const head = len < 126 ? Buffer.from([0x82, 0x80 | len]) : len < 65536 ? Buffer.from([0x82, 0x80 | 126, len >> 8, len & 255]) : Buffer.concat([Buffer.from([0x82, 0x80 | 127]), (() => { const b = Buffer.alloc(8); b.writeBigUInt64BE(BigInt(len)); return b; })()]);
-  const body = Buffer.allocUnsafe(len);
-  for (let i = 0; i < len; i++) body[i] = payload[i]! ^ mask[i & 3]!;
-  return Buffer.concat([head, mask, body]);
-}
 
 t.test('backpressure: a client that does not read does not make the gateway buffer what the app sends', async (t) => {
   const up = await wsUpstream(t, { echo: false });

@@ -4,6 +4,7 @@
  * request, and the one-site configuration most of these tests run.
  */
 import http2 from 'node:http2';
+import { createHash, randomBytes } from 'node:crypto';
 import net from 'node:net';
 import tls from 'node:tls';
 import { LOOPBACK_LISTEN, statusOf, until, type RunningGateway, type Tap } from './gateway.js';
@@ -189,4 +190,28 @@ export function h2Frame(type: number, flags: number, stream: number, payload: Bu
   head[4] = flags;
   head.writeUInt32BE(stream, 5);
   return Buffer.concat([head, payload]);
+}
+
+/** RFC 6455 §1.3: the `Sec-WebSocket-Accept` that answers a handshake's `Sec-WebSocket-Key`. */
+export function wsAccept(key: string): string {
+  return createHash('sha1').update(`${key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11`).digest('base64');
+}
+
+/** A WebSocket frame as a client sends it (masked); `first`: the FIN and RSV bits. */
+export function wsClientFrame(opcode: number, payload: Buffer = Buffer.alloc(0), first = 0x80): Buffer {
+  const mask = randomBytes(4);
+  const len = payload.length;
+  const b0 = first | opcode;
+  let head: Buffer;
+  if (len < 126) head = Buffer.from([b0, 0x80 | len]);
+  else if (len < 65536) head = Buffer.from([b0, 0x80 | 126, len >> 8, len & 255]);
+  else {
+    head = Buffer.alloc(10);
+    head[0] = b0;
+    head[1] = 0x80 | 127;
+    head.writeBigUInt64BE(BigInt(len), 2);
+  }
+  const body = Buffer.allocUnsafe(len);
+  for (let i = 0; i < len; i++) body[i] = payload[i]! ^ mask[i & 3]!;
+  return Buffer.concat([head, mask, body]);
 }

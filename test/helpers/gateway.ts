@@ -303,6 +303,11 @@ export async function accessLine(gw: RunningGateway, path: string): Promise<LogR
   return find();
 }
 
+/** The route the access line of request `requestId` names (undefined: no line, or no route). */
+export function accessRoute(gw: RunningGateway, requestId: unknown): unknown {
+  return gw.logs.find((l) => l.type === 'access' && l.request_id === requestId)?.route;
+}
+
 export interface RawUpstream {
   origin: string;
   /** Every request head read, in order. */

@@ -8,7 +8,7 @@
 import t from 'tap';
 import { writeFileSync } from 'node:fs';
 import { loadConfigFile } from '../../src/config/index.js';
-import { LOOPBACK_LISTEN, startGateway, startUpstream, type ClientResponse, type RunningGateway } from '../helpers/gateway.js';
+import { accessRoute, LOOPBACK_LISTEN, startGateway, startUpstream, type ClientResponse, type RunningGateway } from '../helpers/gateway.js';
 import { h2Request, h2Session } from '../helpers/clients.js';
 import { MemoryStore, RemoteStore, serveStoreCall, type Store } from '../../src/state/index.js';
 import { fakeClock, securityEvents, startGatewayOnClock, startIssuer } from './_helpers.js';
@@ -16,7 +16,7 @@ import { fakeClock, securityEvents, startGatewayOnClock, startIssuer } from './_
 const get = (gw: RunningGateway, path: string, headers: Record<string, string> = {}): Promise<ClientResponse> =>
   gw.request({ path, headers: { accept: 'application/json', ...headers } });
 
-const routeOf = (gw: RunningGateway, id: unknown): unknown => gw.logs.find((l) => l.type === 'access' && l.request_id === id)?.route;
+const routeOf = accessRoute;
 
 t.test('the rate_limited event of a 429 caused by another reading\'s limit names that limit\'s numbers, not the returned route\'s', async (t) => {
   const clock = fakeClock();

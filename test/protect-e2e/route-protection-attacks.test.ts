@@ -11,7 +11,7 @@
 // weighs them too (src/policy/protection.ts). They use a real gateway and a real upstream on
 // loopback; the first three failed before that order existed.
 import t from 'tap';
-import { LOOPBACK_LISTEN, startGateway, startUpstream, type RunningGateway } from '../helpers/gateway.js';
+import { accessRoute, LOOPBACK_LISTEN, startGateway, startUpstream, type RunningGateway } from '../helpers/gateway.js';
 import { all } from './_helpers.js';
 
 const FORM = 'application/x-www-form-urlencoded';
@@ -22,9 +22,7 @@ function post(gw: RunningGateway, path: string, headers: Record<string, string>,
   return gw.request({ method: 'POST', path, headers: { accept: 'application/json', 'content-length': String(Buffer.byteLength(body)), ...headers }, body });
 }
 
-function routeOf(gw: RunningGateway, requestId: unknown): unknown {
-  return gw.logs.find((l) => l.type === 'access' && l.request_id === requestId)?.route;
-}
+const routeOf = accessRoute;
 
 // The session (parent) route keeps CSRF on; a webhook receiver nested under it turns it off, as
 // the csrf docs suggest for machine-to-machine endpoints.
