@@ -562,15 +562,19 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
 
   /**
    * @fastify/rate-limit counts a request once, whatever limiters run on it: its handler marks the
-   * request with a symbol of its own (not exported) and returns at once when it sees the mark.
-   * A request counted under several routes' limits (rateLimitStage) has the mark removed before
-   * each. Should the plugin rename it, the later limits would be skipped: the attack tests of
-   * ambiguous paths (test/authz/composition-attacks.test.ts) would fail.
+   * request with a symbol of its own (not exported; a request decorator) and returns at once when
+   * it sees the mark. A request counted under several routes' limits (rateLimitStage) has the mark
+   * cleared before each; cleared, not deleted, so that the request keeps its shape. Should the
+   * plugin rename the mark, the request is refused (500) rather than counted under one limit only,
+   * and the attack tests of ambiguous paths (test/authz/composition-attacks.test.ts) fail.
    */
+  let rateLimitMark: symbol | undefined;
   function allowAnotherLimiter(request: FastifyRequest): void {
-    for (const sym of Object.getOwnPropertySymbols(request)) {
-      if (sym.description === 'fastify.request.rateLimitRan') delete (request as unknown as Record<symbol, unknown>)[sym];
+    if (rateLimitMark === undefined) {
+      rateLimitMark = Object.getOwnPropertySymbols(request).find((sym) => sym.description === 'fastify.request.rateLimitRan');
+      if (rateLimitMark === undefined) throw new GatewayError('GW_ERR_INTERNAL', '@fastify/rate-limit no longer marks the requests it counted as this gateway expects');
     }
+    (request as unknown as Record<symbol, unknown>)[rateLimitMark] = false;
   }
 
   /**
