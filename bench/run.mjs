@@ -13,7 +13,8 @@
 // Systems: direct (the upstream itself, plain HTTP: the ceiling), nginx, caddy (skipped when not
 // installed), proxy-only and full (the gateway); with --floor, floor (Fastify + undici and nothing
 // else: what the gateway's own work adds to its stack). Scenarios: keep-alive with 64 connections, with
-// 1 connection, and a new TLS handshake per request. Systems run interleaved, round after round;
+// 1 connection, and a new TLS handshake per request; and, when asked for (`--scenarios …,ws`), 64
+// WebSocket sessions echoing one message at a time. Systems run interleaved, round after round;
 // the table shows medians.
 import { parseArgs } from 'node:util';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -28,7 +29,7 @@ import { cpuUsPerRequest, summarize, ratios, targets, formatTable, parseDuration
 import { idleBenchmark } from './lib/idle.mjs';
 
 const USAGE = `usage: node bench/run.mjs [--quick] [--json] [--duration 10s] [--rounds 3] [--only direct,nginx,caddy,proxy-only,full]
-                         [--scenarios c64,c1,handshake] [--tool wrk|autocannon] [--workers N] [--floor] [--ablate] [--node-flags "..."]
+                         [--scenarios c64,c1,handshake,ws] [--tool wrk|autocannon] [--workers N] [--floor] [--ablate] [--node-flags "..."]
                          [--gateway-env "K=V ..."] [--out FILE]
        node bench/run.mjs --idle [--idle-connections 10000] [--json]
        node bench/run.mjs --paired A,B [--ablate] [--baseline DIR [--baseline-node-flags="..."] [--baseline-gateway-env="K=V ..."]]
@@ -39,6 +40,9 @@ const SCENARIOS = {
   c1: { connections: 1, close: false },
   // A fresh TCP connection and TLS handshake for every request.
   handshake: { connections: 16, close: true },
+  // Not run unless asked for (`--scenarios c64,ws`): 64 WebSocket sessions, one message of 125
+  // bytes echoed by the upstream at a time in each; req/s are messages/s.
+  ws: { connections: 64, close: false, websocket: true },
 };
 
 function log(...args) {
@@ -281,7 +285,7 @@ async function main() {
           const ticksAfter = treeCpuTicks(inst.pid);
           const rssBytes = sampler.stop();
           // The server's own CPU time per request (the direct upstream is measured on its copy).
-          const cpuUsPerReq = cpuUsPerRequest(ticksBefore == null || ticksAfter == null ? null : ticksAfter - ticksBefore, hz, r.requests);
+          const cpuUsPerReq = cpuUsPerRequest(ticksBefore == null || ticksAfter == null ? null : ticksAfter - ticksBefore, hz, r.cpuRequests ?? r.requests);
           samples.push({ system: inst.name, scenario, round, ...r, rssBytes, cpuUsPerReq });
           log(`round ${round} ${scenario} ${inst.name}: ${r.rps.toFixed(0)} req/s p50 ${r.p50Ms.toFixed(2)} ms p99 ${r.p99Ms.toFixed(2)} ms CPU ${cpuUsPerReq == null ? '-' : cpuUsPerReq.toFixed(1)} µs/req RSS ${rssBytes == null ? '-' : (rssBytes / 2 ** 20).toFixed(1)} MB non-2xx ${r.non2xx} errors ${r.errors}`);
         }

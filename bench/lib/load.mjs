@@ -8,6 +8,7 @@ import { parseWrkOutput, parseAutocannonOutput } from './stats.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const AUTOCANNON = join(here, '..', 'node_modules', 'autocannon', 'autocannon.js');
+const WS_LOAD = join(here, 'ws-load.mjs');
 
 /** 'wrk' | 'autocannon' | null, honouring an explicit preference. */
 export function pickLoadGenerator(prefer) {
@@ -54,10 +55,21 @@ function scriptFile(dir, text) {
 }
 
 /**
- * One load run. `scenario`: { connections, close } (close = `Connection: close`: a new TCP + TLS
- * handshake per request). Returns { rps, p50Ms, p99Ms, non2xx, errors, requests }.
+ * One load run. `scenario`: { connections, close, websocket } (close = `Connection: close`: a new
+ * TCP + TLS handshake per request; websocket: one WebSocket per connection, a message echoed per
+ * "request", by bench/lib/ws-load.mjs whatever the tool). Returns { rps, p50Ms, p99Ms, non2xx,
+ * errors, requests }.
  */
-export async function runLoad({ tool, plan, dir, url, headers, connections, close, durationMs, clientCores }) {
+export async function runLoad({ tool, plan, dir, url, headers, connections, close, websocket, durationMs, clientCores }) {
+  if (websocket) {
+    const hArgs = Object.entries(headers).flatMap(([k, v]) => ['--header', `${k}: ${v}`]);
+    // Its own warm-up: the sessions open and run a second before they are measured.
+    const [cmd, args] = pinned(plan, 'client', process.execPath, [WS_LOAD, '--url', url, '--connections', String(connections), '--duration-ms', String(durationMs), '--warmup-ms', '1000', ...hArgs]);
+    const r = await run(cmd, args);
+    const parsed = parseWrkOutput(r.stdout);
+    if (!parsed) throw new Error(`ws-load produced no result (exit ${r.code}): ${r.stdout}${r.stderr}`);
+    return parsed;
+  }
   const allHeaders = { ...headers, ...(close ? { connection: 'close' } : {}) };
   const seconds = Math.max(1, Math.round(durationMs / 1000));
   if (tool === 'wrk') {

@@ -38,6 +38,8 @@ export function parseWrkOutput(stdout) {
   const errorCount = (errors.connect ?? 0) + (errors.read ?? 0) + (errors.write ?? 0) + (errors.timeout ?? 0);
   return {
     requests: j.requests,
+    // ws-load: the messages of its warm-up too, over which the server's CPU time is read.
+    ...(j.all_requests !== undefined ? { cpuRequests: j.all_requests } : {}),
     rps: seconds > 0 ? j.requests / seconds : 0,
     p50Ms: j.p50_us / 1000,
     p99Ms: j.p99_us / 1000,
@@ -148,6 +150,10 @@ export function ratios(rows) {
     floorOverNginx: ratio(get('floor', 'c64', 'rps'), get('nginx', 'c64', 'rps')),
     fullP99OverNginxP99: ratio(get('full', 'c64', 'p99Ms'), get('nginx', 'c64', 'p99Ms')),
     handshakesFullOverNginx: ratio(get('full', 'handshake', 'rps'), get('nginx', 'handshake', 'rps')),
+    // The `ws` scenario (messages echoed per second through each proxy's WebSocket relay).
+    wsFullOverProxyOnly: ratio(get('full', 'ws', 'rps'), get('proxy-only', 'ws', 'rps')),
+    wsFullOverNginx: ratio(get('full', 'ws', 'rps'), get('nginx', 'ws', 'rps')),
+    wsFullOverCaddy: ratio(get('full', 'ws', 'rps'), get('caddy', 'ws', 'rps')),
     // `--workers N` adds a system `full-wN`: how much N processes gain over one.
     workers: [...new Set(rows.map((x) => x.system).filter((name) => /^full-w\d+$/.test(name)))].map((name) => ({
       system: name,
@@ -187,12 +193,12 @@ function pad(cells, widths) {
 
 /** The one human-readable table (plus ratios and targets). */
 export function formatTable(rows, rs, meta = {}) {
-  const scenarioName = { c64: 'keep-alive, 64 conns', c1: 'keep-alive, 1 conn', handshake: 'new TLS handshake per request' };
+  const scenarioName = { c64: 'keep-alive, 64 conns', c1: 'keep-alive, 1 conn', handshake: 'new TLS handshake per request', ws: 'WebSocket, 64 sessions, a 125-byte message echoed at a time (req/s: messages/s)' };
   const order = ['direct', 'nginx', 'caddy', 'proxy-only', 'full'];
   const header = ['system', 'req/s', 'p50 ms', 'p99 ms', 'CPU µs/req', 'RSS MB', 'non-2xx', 'errors'];
   const lines = [];
   if (meta.title) lines.push(meta.title, '');
-  for (const scenario of ['c64', 'c1', 'handshake']) {
+  for (const scenario of ['c64', 'c1', 'handshake', 'ws']) {
     const list = rows.filter((r) => r.scenario === scenario).sort((a, b) => order.indexOf(a.system) - order.indexOf(b.system));
     if (list.length === 0) continue;
     const body = list.map((r) => [r.system, fmt(r.rps), fmt(r.p50Ms, 2), fmt(r.p99Ms, 2), fmt(r.cpuUsPerReq, 1), mb(r.rssBytes), r.non2xx, r.errors]);
@@ -214,6 +220,9 @@ export function formatTable(rows, rs, meta = {}) {
   }
   lines.push(`full p99 / nginx p99   ${r(rs.fullP99OverNginxP99)}`);
   lines.push(`handshakes full/nginx  ${r(rs.handshakesFullOverNginx)}`);
+  if (rs.wsFullOverProxyOnly != null || rs.wsFullOverNginx != null || rs.wsFullOverCaddy != null) {
+    lines.push(`WebSocket messages     full / proxy-only ${r(rs.wsFullOverProxyOnly)}, full / nginx ${r(rs.wsFullOverNginx)}, full / Caddy ${r(rs.wsFullOverCaddy)}`);
+  }
   for (const w of rs.workers ?? []) {
     lines.push(`${`${w.system} / full`.padEnd(22)} ${r(w.overFull)}   (/ nginx ${r(w.overNginx)}, / Caddy ${r(w.overCaddy)})`);
   }

@@ -413,6 +413,12 @@ http {
   uwsgi_temp_path ${dir}/tmp/uwsgi;
   scgi_temp_path ${dir}/tmp/scgi;
   keepalive_requests 1000000;
+  # WebSocket handshakes (the ws scenario) are passed on with their Upgrade; other requests keep
+  # the upstream connection alive (an empty Connection).
+  map $http_upgrade $connection_upgrade {
+    default upgrade;
+    '' '';
+  }
   upstream app {
     server 127.0.0.1:${upstreamPort};
     keepalive 64;
@@ -427,7 +433,8 @@ http {
     location / {
       proxy_pass http://app;
       proxy_http_version 1.1;
-      proxy_set_header Connection "";
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection $connection_upgrade;
       proxy_set_header Host $host;
       proxy_set_header X-Forwarded-For $remote_addr;
       proxy_set_header X-Forwarded-Proto https;

@@ -144,6 +144,41 @@ t.test('the harness runs the gateway (proxy-only and full) and the upstream and 
   t.match(result.text, /issue 7 targets/);
 });
 
+t.test('the ws scenario relays WebSocket messages through the gateway (proxy-only and full, with its token) and counts them', async (t) => {
+  const r = await runNode(t, [RUN, '--json', '--duration', '1s', '--warmup', '1s', '--rounds', '1', '--scenarios', 'ws', '--only', 'direct,proxy-only,full'], 120_000);
+  t.equal(r.code, 0, `harness exit code (stderr: ${r.stderr.slice(-2000)})`);
+  const result = JSON.parse(r.stdout) as { rows: Row[]; skipped: unknown[]; text: string };
+  t.same(result.skipped, []);
+  for (const system of ['direct', 'proxy-only', 'full']) {
+    const row = result.rows.find((x) => x.system === system && x.scenario === 'ws');
+    t.ok(row, `${system} ws measured`);
+    if (!row) continue;
+    t.ok(row.rps !== null && row.rps > 0, `${system}: messages/s > 0 (${row.rps})`);
+    t.ok(row.p50Ms !== null && row.p50Ms > 0 && row.p99Ms !== null && row.p99Ms >= row.p50Ms, `${system}: p50 and p99 present and ordered`);
+    t.ok(row.cpuUsPerReq !== null && row.cpuUsPerReq > 0 && row.cpuUsPerReq < 1e6, `${system}: CPU per message (${row.cpuUsPerReq})`);
+    // A refused handshake (full without its token would get 401) is counted, never measured.
+    t.equal(row.non2xx, 0, `${system}: every handshake answered 101`);
+    t.equal(row.errors, 0, `${system}: no socket errors`);
+  }
+  t.match(result.text, /WebSocket messages\s+full \/ proxy-only \d+\.\d\d/);
+});
+
+t.test('the WebSocket load generator counts a refused handshake as an error, not as a fast server', async (t) => {
+  const { createServer } = await import('node:http');
+  const server = createServer((_req, res) => res.writeHead(401).end());
+  server.on('upgrade', (_req, socket) => socket.end('HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n'));
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => new Promise<void>((resolve) => server.close(() => resolve())));
+  const port = (server.address() as { port: number }).port;
+  const r = await runNode(t, [join(ROOT, 'bench', 'lib', 'ws-load.mjs'), '--url', `http://127.0.0.1:${port}/`, '--connections', '4', '--duration-ms', '200', '--warmup-ms', '0'], 30_000);
+  t.equal(r.code, 1, 'no session opened: a failed run');
+  const line = r.stdout.split('\n').find((l) => l.startsWith('BENCH_JSON '));
+  t.ok(line, 'the result line is printed anyway');
+  const j = JSON.parse(line!.slice('BENCH_JSON '.length)) as { requests: number; errors: { status: number } };
+  t.equal(j.requests, 0);
+  t.equal(j.errors.status, 4, 'each refused handshake counted');
+});
+
 t.test('--paired loads two systems together and reports a ratio per round (both start orders)', async (t) => {
   // full-no-all (--ablate): the full pipeline's configuration with every ablatable part off.
   const r = await runNode(t, [RUN, '--paired', 'proxy-only,full-no-all', '--ablate', '--json', '--duration', '1s', '--warmup', '1s', '--rounds', '2', '--scenarios', 'c64'], 120_000);
