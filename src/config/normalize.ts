@@ -73,6 +73,15 @@ class Collector {
   fromEnv(path: PathSegments): boolean {
     return this.ctx.fromEnv.has(path.join('.'));
   }
+  /**
+   * A secret written into the file itself: it ends up in version control, in backups and in every
+   * copy of the file. Warned about (never refused: a throwaway local setup may do it), by path only.
+   */
+  literalSecret(path: PathSegments, value: string | null | undefined): void {
+    if (value === undefined || value === null || this.fromEnv(path)) return;
+    this.warn(path, 'is a secret written into the file: take it from the environment ("${NAME}") or a Docker secret file (NAME_FILE)');
+  }
+
   duration(path: PathSegments, text: string): number {
     try {
       return parseDuration(text);
@@ -371,6 +380,7 @@ export function normalize(raw: GatewayFile, ctx: NormalizeContext): NormalizeRes
     bound.push([name, addr]);
   }
   const metricsToken = raw.admin?.metrics_token ?? null;
+  c.literalSecret(['admin', 'metrics_token'], raw.admin?.metrics_token);
   if (admin !== null && !isLoopbackListen(admin) && metricsToken === null) {
     c.warn(['listen', 'admin'], 'the admin listener is not bound to a loopback address and admin.metrics_token is not set: anyone who can reach it can read /metrics');
   }
@@ -426,6 +436,7 @@ export function normalize(raw: GatewayFile, ctx: NormalizeContext): NormalizeRes
     }
     if (!/^[^@\s]+@[^@\s]+$/.test(a.email)) c.fail(['tls', 'acme', 'email'], 'must be an e-mail address');
     const ca = a.ca_bundle ? c.readable(['tls', 'acme', 'ca_bundle'], a.ca_bundle).file : null;
+    c.literalSecret(['tls', 'acme', 'eab', 'hmac_key'], a.eab?.hmac_key);
     acme = {
       email: a.email,
       directory,
@@ -484,6 +495,7 @@ export function normalize(raw: GatewayFile, ctx: NormalizeContext): NormalizeRes
     const rolesClaim = iss.roles_claim ?? DEFAULTS.auth.roles_claim;
     if (!/^[^.\s]+(\.[^.\s]+)*$/.test(rolesClaim)) c.fail([...at, 'roles_claim'], 'must be a dot path like realm_access.roles');
     const intro = iss.introspection;
+    c.literalSecret([...at, 'introspection', 'client_secret'], intro?.client_secret);
     issuers.push({
       issuer: iss.issuer,
       audiences: [...new Set(iss.audiences)],

@@ -248,8 +248,36 @@ t.test('warnings for risky but legal settings', async (t) => {
   t.match(r.warnings.join('\n'), /for development only/);
   t.match(r.warnings.join('\n'), /every request to it will get 401/);
   // With a token, a public route set and certificates, none of these remain.
-  const quiet = load('admin: { metrics_token: t }\nlisten: { admin: "0.0.0.0:9090" }\ntls: { acme: { email: ops@example.com } }\nsites:\n  - hosts: [a.example.com]\n    upstream: http://127.0.0.1:1\n    routes: [{ path: /, access: public }]\n');
+  const quiet = load('admin: { metrics_token: "${TOK}" }\nlisten: { admin: "0.0.0.0:9090" }\ntls: { acme: { email: ops@example.com } }\nsites:\n  - hosts: [a.example.com]\n    upstream: http://127.0.0.1:1\n    routes: [{ path: /, access: public }]\n', {}, { TOK: 't0ken' });
   t.same(quiet.warnings, []);
+});
+
+t.test('a secret written into the file is warned about by its path, never quoted; from the environment or a secret file it is not', async (t) => {
+  const yaml = (token: string, secret: string, hmac: string) =>
+    [
+      `admin: { metrics_token: "${token}" }`,
+      `tls: { acme: { email: ops@example.com, eab: { kid: k, hmac_key: "${hmac}" } } }`,
+      'auth:',
+      '  issuers:',
+      '    - issuer: https://id.example.com',
+      '      audiences: [api]',
+      '      algorithms: [ES256]',
+      `      introspection: { client_id: gw, client_secret: "${secret}" }`,
+      'sites:',
+      '  - hosts: [a.example.com]',
+      '    upstream: http://127.0.0.1:1',
+      '    routes: [{ path: /, access: public }]',
+    ].join('\n') + '\n';
+  const literal = load(yaml('tok-literal', 'secret-literal', 'hmac-literal'));
+  const named = literal.warnings.filter((w) => w.includes('secret written into the file'));
+  t.same(
+    named.map((w) => w.replace(`${FILE}:`, '').split(': ')[1]),
+    ['admin.metrics_token', 'tls.acme.eab.hmac_key', 'auth.issuers.0.introspection.client_secret'],
+  );
+  t.notMatch(literal.warnings.join('\n'), /literal/, 'no value is quoted');
+  const fromEnv = load(yaml('${TOK}', 'x-${SECRET}', '${HMAC}'), { '/run/secrets/hmac': 'from-a-file' }, { TOK: 'a', SECRET: 'b', HMAC_FILE: '/run/secrets/hmac' });
+  t.same(fromEnv.warnings.filter((w) => w.includes('secret written into the file')), []);
+  t.equal(fromEnv.config.tls.acme?.eab?.hmacKey, 'from-a-file');
 });
 
 t.test('the example files load (secrets from the environment)', async (t) => {
