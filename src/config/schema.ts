@@ -180,7 +180,7 @@ const Timeouts = (top: boolean) =>
         {
           connect: Type.Optional(Duration('Time to open a connection to the upstream; `0s`: no deadline but the system\'s own. At most 24d.', DEFAULTS.timeouts.connect)),
           response: Type.Optional(Duration("Time from sending the request to receiving the upstream's response headers, the longest pause while its body streams, and the longest a client may read nothing of a response (then it is cut). `0s`: none of these deadlines. At most 24d.", DEFAULTS.timeouts.response)),
-          idle: Type.Optional(Duration('Idle time of a keep-alive connection (client and upstream); more than 0, at most 24d.', DEFAULTS.timeouts.idle)),
+          idle: Type.Optional(Duration('Idle time of a keep-alive client connection; more than 0, at most 24d. Upstream connections are kept idle at most 4s (or this, when shorter), so that an app closing its idle connections (Node: after 5s) never closes one as the gateway reuses it.', DEFAULTS.timeouts.idle)),
         },
         { ...Closed, description: 'Upstream timeouts.' },
       )

@@ -70,7 +70,7 @@ export const SECURITY_EVENTS: readonly SecurityEventInfo[] = Object.freeze([
   { name: 'auth_failed', level: 'warn', description: 'A request presented an invalid, expired or malformed token (HTTP 401, or 400 for two Authorization headers). A request without any token is not a failure.', fields: ['issuer'] },
   { name: 'access_denied', level: 'warn', description: 'An authenticated user lacked a required role, or the route is `access: deny` (HTTP 403).', fields: ['required_roles'] },
   { name: 'rate_limited', level: 'warn', description: 'A request exceeded a rate limit (HTTP 429).', fields: ['key', 'limit', 'window_ms'] },
-  { name: 'banned', level: 'warn', description: 'A client key was banned after repeated authentication failures.', fields: ['key', 'duration_ms', 'failures'] },
+  { name: 'banned', level: 'warn', description: 'A client key was banned after repeated authentication failures (`reason: auth_failures`, with `duration_ms` and `failures`), and each request refused while the ban lasts (`reason: ban_active`, HTTP 429: one event per refusal, as for rate limits).', fields: ['key', 'duration_ms', 'failures'] },
   { name: 'csrf_rejected', level: 'warn', description: 'A cross-site state-changing request was refused (HTTP 403).', fields: ['origin', 'method'] },
   { name: 'config_reloaded', level: 'info', description: 'A new configuration was loaded and is now active.', fields: ['file'] },
   { name: 'config_rejected', level: 'error', description: 'A configuration reload failed validation; the previous configuration stays active.', fields: ['file', 'problems'] },
