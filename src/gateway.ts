@@ -220,6 +220,15 @@ export function sendError(reply: FastifyReply, status: number, code: GatewayErro
   return reply.send(out.body);
 }
 
+/** Settings a reload does not change, by what the warning calls them. */
+const RESTART_ONLY: readonly (readonly [string, (c: GatewayConfig) => unknown])[] = [
+  ['listener addresses', (c) => c.listen],
+  ['tls.min_version', (c) => c.tls.minVersion],
+  ['log.file, log.security_file or log.buffer', (c) => [c.log.file, c.log.securityFile, c.log.buffer]],
+  ['limits.max_header_size, limits.headers_timeout or limits.request_timeout', (c) => [c.limits.maxHeaderSize, c.limits.headersTimeout, c.limits.requestTimeout]],
+  ['timeouts.connect or timeouts.idle', (c) => [c.timeouts.connect, c.timeouts.idle]],
+];
+
 /** The bytes that came with a WebSocket handshake after its head (read before the 'upgrade' event). */
 const WS_HEAD = Symbol('portcullis.wsHead');
 /** The client address of an HTTP/2 session, kept for the line of a session that breaks. */
@@ -1465,9 +1474,13 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     },
     async reload(config) {
       const old = state;
-      if (JSON.stringify(config.listen) !== JSON.stringify(old.config.listen)) {
-        logger.warn('listener addresses changed: they take effect on the next restart');
+      // What the process set up at start (sockets, TLS defaults, open files, connection pools)
+      // stays as it was: a change is said, not silently dropped (README, "reloads").
+      for (const [what, read] of RESTART_ONLY) {
+        if (JSON.stringify(read(config)) !== JSON.stringify(read(old.config))) logger.warn(`${what} changed: the change takes effect on the next restart`);
       }
+      // The level is read on every line: it applies at once (the access log is info).
+      if (config.log.level !== old.config.log.level) logger.level = config.log.level;
       const sameAuth = JSON.stringify(config.auth) === JSON.stringify(old.config.auth);
       let nextAuth = authenticator;
       if (!sameAuth) {
