@@ -1058,8 +1058,10 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
         refused(res) {
           if (!settle()) return void res.destroy();
           const status = res.statusCode ?? 0;
-          if (status > 599) {
-            // Not an HTTP status: refused as the HTTP path refuses one (proxy/forward.ts).
+          if (status > 599 || status < 200) {
+            // Not an HTTP status (refused as the HTTP path refuses one, proxy/forward.ts), or a 101
+            // Node did not take for an upgrade (no `Connection: upgrade`, RFC 6455 §4.1): never
+            // relayed, or the client would read a 101 that opens no session.
             res.destroy();
             upstream.terminate();
             refuseWebSocket(reply, new UpstreamHandshakeError(`upstream answered with status ${status}`));

@@ -65,19 +65,36 @@ export function bytesAfterUpgrade(socket: Duplex): number | undefined {
   return at === undefined ? undefined : (socket as Socket).bytesWritten - at;
 }
 
+/** Emitted by a ClientSideWebSocket when the client's close frame arrives: (code, reason). */
+const CLOSE_FRAME = Symbol('portcullis.closeFrame');
+
 /**
- * The client side of a session. After a 1011 (the app failed, or closed with it), `ws` would wait
- * 30 s for the client's close frame, holding the socket and the session's access line: with
- * nothing left to deliver, a client that has not answered within LINGER_MS is cut. `ws`'s timer starts when the frame is queued, not sent, so with data
- * still queued its wait is kept: a slow reader still gets the rest.
+ * The client side of a session.
+ * - `ws` emits 'close' only once the client's TCP connection is gone, which a client may put off
+ *   for ws's 30 s after its close frame: the frame itself is announced (CLOSE_FRAME), so the app
+ *   hears of it at once rather than losing its messages meanwhile.
+ * - After a 1011 (the app failed, or closed with it), `ws` would wait 30 s for the client's close
+ *   frame, holding the socket and the session's access line: once nothing is left to deliver, a
+ *   client that has not answered within LINGER_MS is cut. A slow reader with data still queued
+ *   keeps ws's wait and gets the rest.
  */
 class ClientSideWebSocket extends WebSocket {
   override close(code?: number, data?: string | Buffer): void {
-    // Read before the close frame is queued (it counts in bufferedAmount until written).
-    const nothingQueued = this.bufferedAmount === 0;
+    const own = this as unknown as { _closeFrameReceived?: boolean; _closeFrameSent?: boolean };
+    // ws answering the client's close frame (its receiver calls close() with the frame's code).
+    if (own._closeFrameReceived === true && own._closeFrameSent !== true) {
+      this.emit(CLOSE_FRAME, code ?? 1005, typeof data === 'string' ? Buffer.from(data) : (data ?? Buffer.alloc(0)));
+    }
     super.close(code, data);
-    if (code === 1011 && nothingQueued && this.readyState === WebSocket.CLOSING) {
-      const timer = setTimeout(() => this.terminate(), LINGER_MS).unref();
+    if (code === 1011 && this.readyState === WebSocket.CLOSING) {
+      // Checked again every LINGER_MS: whatever was queued with the close frame (a message just
+      // relayed, the 101 itself) leaves first; ws's own 30 s bound the wait of a slow reader.
+      let timer: NodeJS.Timeout;
+      const check = (): void => {
+        if (this.bufferedAmount === 0) this.terminate();
+        else timer = setTimeout(check, LINGER_MS).unref();
+      };
+      timer = setTimeout(check, LINGER_MS).unref();
       this.once('close', () => clearTimeout(timer));
     }
   }
@@ -282,11 +299,14 @@ export class WebSocketRelay {
     pipe(client, upstream);
     pipe(upstream, client);
     client.once('close', (code: number, reason: Buffer) => end(client, upstream, code, reason));
+    client.once(CLOSE_FRAME, (code: number, reason: Buffer) => end(client, upstream, code, reason));
     upstream.once('close', (code: number, reason: Buffer) => end(upstream, client, code, reason));
     // ws emits 'close' after each of these (it has closed the side with 1002, 1007 or 1009 itself).
     // The other side gets 1011 if the app broke the protocol, 1001 if the client did.
     client.on('error', (err: Error & { code?: string }) => {
-      note(err.code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH' ? 'websocket_message_too_large' : 'client_protocol_error');
+      // A message over maxPayload, or a frame announcing more than a JavaScript number can count.
+      const tooLarge = err.code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH' || err.code === 'WS_ERR_UNSUPPORTED_DATA_PAYLOAD_LENGTH';
+      note(tooLarge ? 'websocket_message_too_large' : 'client_protocol_error');
       if (upstream.readyState === WebSocket.OPEN) upstream.close(1001);
     });
     upstream.on('error', () => {
