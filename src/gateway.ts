@@ -223,7 +223,6 @@ export function sendError(reply: FastifyReply, status: number, code: GatewayErro
 /** Settings a reload does not change, by what the warning calls them. */
 const RESTART_ONLY: readonly (readonly [string, (c: GatewayConfig) => unknown])[] = [
   ['listener addresses', (c) => c.listen],
-  ['tls.min_version', (c) => c.tls.minVersion],
   ['log.file, log.security_file or log.buffer', (c) => [c.log.file, c.log.securityFile, c.log.buffer]],
   ['limits.max_header_size, limits.headers_timeout or limits.request_timeout', (c) => [c.limits.maxHeaderSize, c.limits.headersTimeout, c.limits.requestTimeout]],
   ['timeouts.connect or timeouts.idle', (c) => [c.timeouts.connect, c.timeouts.idle]],
@@ -1483,6 +1482,9 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
       }
       // The level is read on every line: it applies at once (the access log is info).
       if (config.log.level !== old.config.log.level) logger.level = config.log.level;
+      // New handshakes get the new floor at once (the store rebuilds its contexts and the
+      // server's base context, where OpenSSL reads the version bounds).
+      certificates.setMinVersion(config.tls.minVersion);
       const sameAuth = JSON.stringify(config.auth) === JSON.stringify(old.config.auth);
       let nextAuth = authenticator;
       if (!sameAuth) {

@@ -45,7 +45,9 @@ export interface CertificateSummary {
 export type CertificateChange =
   | { readonly type: 'set'; readonly id: string; readonly entry: CertificateEntry }
   | { readonly type: 'remove'; readonly id: string }
-  | { readonly type: 'default'; readonly id: string | null };
+  | { readonly type: 'default'; readonly id: string | null }
+  /** The TLS policy changed (a reload's `tls.min_version`): every context was rebuilt. */
+  | { readonly type: 'policy'; readonly minVersion: TlsMinVersion };
 
 export type SniCallback = (servername: string, cb: (err: Error | null, ctx?: SecureContext) => void) => void;
 
@@ -212,20 +214,45 @@ export interface AlpnChallengeCertificate {
  * the default certificate's names are visible to anyone who connects.
  */
 export class CertificateStore {
-  readonly minVersion: TlsMinVersion;
+  #minVersion: TlsMinVersion;
   #snapshot: Snapshot = EMPTY;
   #alpn: ReadonlyMap<string, SecureContext> = new Map();
+  /** The certificates behind #alpn, to build their contexts again under a new policy. */
+  #alpnCerts: ReadonlyMap<string, AlpnChallengeCertificate> = new Map();
   readonly #listeners = new Set<(change: CertificateChange) => void>();
   readonly #now: () => number;
 
   constructor(options: CertificateStoreOptions) {
-    this.minVersion = options.minVersion;
+    this.#minVersion = options.minVersion;
     this.#now = options.now ?? Date.now;
+  }
+
+  /** The lowest TLS version of every context the store builds (`tls.min_version`). */
+  get minVersion(): TlsMinVersion {
+    return this.#minVersion;
+  }
+
+  /**
+   * A reload's `tls.min_version`: every certificate's context (and every pending TLS-ALPN-01
+   * challenge's) is built again with it, and a bound server's base context too ({@link bindServer}),
+   * which is where OpenSSL reads the version bounds of a new connection. Handshakes already done
+   * keep the version they negotiated.
+   */
+  setMinVersion(minVersion: TlsMinVersion): void {
+    if (minVersion === this.#minVersion) return;
+    const entries = new Map<string, CertificateEntry>();
+    for (const [id, e] of this.#snapshot.entries) entries.set(id, buildCertificateEntry(id, e.certPem, e.keyPem, e.source, minVersion));
+    const alpn = new Map<string, SecureContext>();
+    for (const [host, c] of this.#alpnCerts) alpn.set(host, createSecureContext({ ...secureContextOptions(minVersion), key: c.keyPem, cert: c.certPem }));
+    this.#minVersion = minVersion;
+    this.#snapshot = buildSnapshot(entries, this.#snapshot.explicitDefault);
+    this.#alpn = alpn;
+    this.#emit({ type: 'policy', minVersion });
   }
 
   /** Parse, check and install a certificate (replacing one with the same id). */
   loadFromPem(id: string, certPem: string, keyPem: string, source: CertificateSource): CertificateEntry {
-    const entry = buildCertificateEntry(id, certPem, keyPem, source, this.minVersion);
+    const entry = buildCertificateEntry(id, certPem, keyPem, source, this.#minVersion);
     this.set(entry);
     return entry;
   }
@@ -357,24 +384,31 @@ export class CertificateStore {
   serverOptions(): TlsOptions {
     const def = this.defaultEntry();
     return {
-      ...tlsServerOptions(this.minVersion),
+      ...tlsServerOptions(this.#minVersion),
       SNICallback: this.sniCallback,
       ...(def === undefined ? {} : { key: def.keyPem, cert: def.certPem }),
     };
   }
 
   /**
-   * Keep `server`'s base context (used when there is no SNI) equal to the default certificate.
-   * Node only calls SNICallback when the client sent SNI, so without this a replaced default would
-   * keep being served to IP clients. Returns the unsubscribe function.
+   * Keep `server`'s base context equal to the default certificate and the policy. The base context
+   * serves clients without SNI (Node only calls SNICallback when the client sent SNI, so without
+   * this a replaced default would keep being served to IP clients), and OpenSSL takes a new
+   * connection's version bounds from it, whatever context SNI then selects. The server's session
+   * ticket keys are kept (Node gives a new context new random ones): tickets issued before stay
+   * good, and with workers the keys the primary shares stay shared. Returns the unsubscribe function.
    */
-  bindServer(server: Pick<TlsServer, 'setSecureContext'>): () => void {
+  bindServer(server: Pick<TlsServer, 'setSecureContext' | 'getTicketKeys' | 'setTicketKeys'>): () => void {
     let current = this.defaultEntry();
+    let policy = this.#minVersion;
     return this.onChange(() => {
       const def = this.defaultEntry();
-      if (def === undefined || def === current) return;
+      if (def === undefined || (def === current && policy === this.#minVersion)) return;
       current = def;
-      server.setSecureContext({ ...secureContextOptions(this.minVersion), key: def.keyPem, cert: def.certPem });
+      policy = this.#minVersion;
+      const keys = server.getTicketKeys();
+      server.setSecureContext({ ...secureContextOptions(this.#minVersion), key: def.keyPem, cert: def.certPem });
+      server.setTicketKeys(keys);
     });
   }
 
@@ -392,10 +426,11 @@ export class CertificateStore {
     }
     // The challenge context only needs the certificate; policy still applies (RFC 8737 §3 requires
     // TLS 1.2 or later, which the policy guarantees).
-    const context = createSecureContext({ ...secureContextOptions(this.minVersion), key: cert.keyPem, cert: cert.certPem });
+    const context = createSecureContext({ ...secureContextOptions(this.#minVersion), key: cert.keyPem, cert: cert.certPem });
     const next = new Map(this.#alpn);
     next.set(name, context);
     this.#alpn = next;
+    this.#alpnCerts = new Map(this.#alpnCerts).set(name, cert);
   }
 
   clearAlpnChallenge(host: string): void {
@@ -404,6 +439,9 @@ export class CertificateStore {
     const next = new Map(this.#alpn);
     next.delete(name);
     this.#alpn = next;
+    const certs = new Map(this.#alpnCerts);
+    certs.delete(name);
+    this.#alpnCerts = certs;
   }
 
   /** The challenge context for `host`, if a TLS-ALPN-01 challenge is pending for it. */

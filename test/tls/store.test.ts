@@ -102,7 +102,7 @@ t.test('hot swap: new handshakes get the new certificate, an open connection kee
   store.onChange((c) => changes.push(c));
   store.loadFromPem('site', v2.certPem, v2.keyPem, 'acme');
   t.equal(store.size, 1, 'same id replaced, not added');
-  t.same(changes.map((c) => [c.type, c.id]), [['set', 'site']]);
+  t.same(changes.map((c) => [c.type, 'id' in c ? c.id : null]), [['set', 'site']]);
 
   const after = await probe(port, { ca: ca.certPem, servername: 'app.test' });
   t.equal(after.peer.subject, 'CN=v2', 'new handshake sees the new certificate');
@@ -126,7 +126,7 @@ t.test('a throwing onChange listener does not break the swap', async (t) => {
   store.onChange(() => {
     throw new Error('observer bug');
   });
-  const off = store.onChange((c) => seen.push(c.type === 'default' ? String(c.id) : c.id));
+  const off = store.onChange((c) => seen.push(c.type === 'default' ? String(c.id) : c.type === 'policy' ? c.minVersion : c.id));
   const c = await ca.issue({ dns: ['a.test'] });
   store.loadFromPem('a', c.certPem, c.keyPem, 'file');
   t.equal(store.select('a.test')?.id, 'a');
@@ -145,6 +145,51 @@ t.test('bindServer: a new default certificate reaches clients without SNI', asyn
   t.equal((await probe(port, { ca: ca.certPem, rejectUnauthorized: false })).peer.subject, 'CN=v1');
   store.loadFromPem('site', v2.certPem, v2.keyPem, 'file');
   t.equal((await probe(port, { ca: ca.certPem, rejectUnauthorized: false })).peer.subject, 'CN=v2', 'no-SNI client sees the swap');
+});
+
+t.test('bindServer keeps the session ticket keys when the default certificate changes (tickets stay good; workers keep the shared keys)', async (t) => {
+  const store = new CertificateStore({ minVersion: 'TLSv1.2' });
+  const v1 = await ca.issue({ dns: ['app.test'], cn: 'v1' });
+  const v2 = await ca.issue({ dns: ['app.test'], cn: 'v2' });
+  store.loadFromPem('site', v1.certPem, v1.keyPem, 'file');
+  const { server } = await serve(t, store);
+  t.teardown(store.bindServer(server));
+  const keys = Buffer.alloc(48, 7);
+  server.setTicketKeys(keys);
+  store.loadFromPem('site', v2.certPem, v2.keyPem, 'file');
+  t.same(server.getTicketKeys(), keys, 'a new default certificate');
+  store.setMinVersion('TLSv1.3');
+  t.same(server.getTicketKeys(), keys, 'a new policy');
+});
+
+t.test('setMinVersion (a reload of tls.min_version): new handshakes, with SNI or without, get the new floor at once; open connections keep theirs', async (t) => {
+  const store = new CertificateStore({ minVersion: 'TLSv1.2' });
+  const c = await ca.issue({ dns: ['app.test'], cn: 'app' });
+  store.loadFromPem('site', c.certPem, c.keyPem, 'file');
+  store.setAlpnChallenge('app.test', { certPem: c.certPem, keyPem: c.keyPem });
+  const { server, port } = await serve(t, store);
+  t.teardown(store.bindServer(server));
+  const tls12 = { ca: ca.certPem, maxVersion: 'TLSv1.2' as const };
+  t.equal((await probe(port, { ...tls12, servername: 'app.test' })).protocol, 'TLSv1.2', 'TLS 1.2 accepted at first');
+  const open = await handshake(port, { ...tls12, servername: 'app.test' });
+  t.teardown(() => open.socket.destroy());
+  const changes: CertificateChange[] = [];
+  store.onChange((ch) => changes.push(ch));
+  store.setMinVersion('TLSv1.3');
+  t.same(changes, [{ type: 'policy', minVersion: 'TLSv1.3' }]);
+  t.equal(store.minVersion, 'TLSv1.3');
+  await t.rejects(probe(port, { ...tls12, servername: 'app.test' }), 'TLS 1.2 with SNI refused');
+  await t.rejects(probe(port, { ...tls12, rejectUnauthorized: false }), 'TLS 1.2 without SNI refused');
+  t.equal((await probe(port, { ca: ca.certPem, servername: 'app.test' })).protocol, 'TLSv1.3');
+  t.equal(store.get('site')?.hosts[0], 'app.test', 'the certificate is still there');
+  t.ok(store.alpnChallengeContext('app.test'), 'and the pending challenge');
+  open.socket.write('still here');
+  const [echo] = (await once(open.socket, 'data')) as [Buffer];
+  t.equal(echo.toString(), 'still here', 'a TLS 1.2 connection made before keeps working');
+  store.setMinVersion('TLSv1.3');
+  t.equal(changes.length, 1, 'the same version again changes nothing');
+  store.setMinVersion('TLSv1.2');
+  t.equal((await probe(port, { ...tls12, servername: 'app.test' })).protocol, 'TLSv1.2', 'and back');
 });
 
 t.test('errors: bad PEM, mismatched key, no SAN, unreadable files', async (t) => {
