@@ -17,7 +17,7 @@ import { prepareCertificates } from './server/certificates.js';
 import { explain, formatExplanation } from './pipeline/explain.js';
 import { runPrimary, WORKER_ENV } from './cluster/primary.js';
 import { runWorker } from './cluster/worker.js';
-import { onReloadTriggers } from './server/lifecycle.js';
+import { holdEarlySighup, onReloadTriggers } from './server/lifecycle.js';
 import cluster from 'node:cluster';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -139,15 +139,18 @@ async function validate(configPath: string, io: Io): Promise<number> {
 
 async function start(configPath: string, watchFile: boolean, io: Io): Promise<number> {
   if (process.env[WORKER_ENV] === '1' && cluster.isWorker) return runWorker(configPath, version());
+  // Before anything that takes time: a SIGHUP while starting must not end the process.
+  const early = holdEarlySighup();
   let loaded;
   try {
     loaded = await loadConfigFile(configPath);
   } catch (err) {
+    early.release();
     return reportConfigError(err, io);
   }
   if (loaded.config.workers > 1) {
     try {
-      return await runPrimary(configPath, watchFile, loaded, version());
+      return await runPrimary(configPath, watchFile, loaded, version(), early);
     } catch (err) {
       // As below: what fails while starting (a log file, a certificate) is one line, not a stack.
       io.err(`portcullis: cannot start: ${(err as Error).message}\n`);
@@ -195,7 +198,7 @@ async function start(configPath: string, watchFile: boolean, io: Io): Promise<nu
       }
     });
   };
-  onReloadTriggers(configPath, watchFile, reload);
+  onReloadTriggers(configPath, watchFile, reload, early);
 
   return new Promise<number>((resolve) => {
     let stopping = false;

@@ -222,7 +222,8 @@ export function sendError(reply: FastifyReply, status: number, code: GatewayErro
 
 /** Settings a reload does not change, by what the warning calls them. */
 const RESTART_ONLY: readonly (readonly [string, (c: GatewayConfig) => unknown])[] = [
-  ['listener addresses', (c) => c.listen],
+  // Not listen.public_https_port: redirects read it from the current state.
+  ['listener addresses', (c) => [c.listen.https, c.listen.http, c.listen.admin]],
   ['log.file, log.security_file or log.buffer', (c) => [c.log.file, c.log.securityFile, c.log.buffer]],
   ['limits.max_header_size, limits.headers_timeout or limits.request_timeout', (c) => [c.limits.maxHeaderSize, c.limits.headersTimeout, c.limits.requestTimeout]],
   ['timeouts.connect or timeouts.idle', (c) => [c.timeouts.connect, c.timeouts.idle]],
@@ -1481,7 +1482,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
         if (JSON.stringify(read(config)) !== JSON.stringify(read(old.config))) logger.warn(`${what} changed: the change takes effect on the next restart`);
       }
       // The level is read on every line: it applies at once (the access log is info).
-      if (config.log.level !== old.config.log.level) logger.level = config.log.level;
+      if (config.log.level !== old.config.log.level) securityLog.setMainLevel(config.log.level);
       // New handshakes get the new floor at once (the store rebuilds its contexts and the
       // server's base context, where OpenSSL reads the version bounds).
       certificates.setMinVersion(config.tls.minVersion);

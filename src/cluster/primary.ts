@@ -28,7 +28,7 @@ import { createSecurityEvents, openSecurityLog } from '../observability/events.j
 import { prepareCertificates } from '../server/certificates.js';
 import { createCertificateAutomation, type CertificateMirror } from '../server/acme.js';
 import { createAdminServer } from '../server/admin.js';
-import { closeServer, listenOn, onReloadTriggers } from '../server/lifecycle.js';
+import { closeServer, listenOn, onReloadTriggers, type EarlySighup } from '../server/lifecycle.js';
 import { MemoryStore, serveStoreCall, writtenKey } from '../state/index.js';
 import { ACTIVE_BAN_KEY_PREFIX } from '../protect/index.js';
 import { RpcPeer } from './rpc.js';
@@ -61,7 +61,7 @@ interface Member {
   http: AddressInfo | null;
 }
 
-export async function runPrimary(configPath: string, watchFile: boolean, loaded: LoadResult, version: string): Promise<number> {
+export async function runPrimary(configPath: string, watchFile: boolean, loaded: LoadResult, version: string, early?: EarlySighup): Promise<number> {
   let current = loaded;
   const size = loaded.config.workers;
   const log = createLogger(loaded.config.log, loaded.config.log.file ? undefined : pino.destination({ dest: 1, sync: true })).child({ role: 'primary' });
@@ -303,6 +303,8 @@ export async function runPrimary(configPath: string, watchFile: boolean, loaded:
       }
       for (const w of next.warnings) log.warn({ config: configPath }, w);
       if (next.config.workers !== size) log.warn({ workers: next.config.workers, running: size }, 'workers changed: it takes effect on the next restart');
+      // The primary's own lines too (the workers set theirs in their reload).
+      if (next.config.log.level !== current.config.log.level) securityLog.setMainLevel(next.config.log.level);
       current = next;
       // Workers still starting catch up when they report listening (see 'listening').
       const results = await Promise.all(live().filter((m) => m.listening).map((m) => applyTo(m, next.text)));
@@ -312,7 +314,7 @@ export async function runPrimary(configPath: string, watchFile: boolean, loaded:
       log.info({ trigger: why, workers: results.filter(Boolean).length }, 'configuration reloaded');
     });
   };
-  onReloadTriggers(configPath, watchFile, reload);
+  onReloadTriggers(configPath, watchFile, reload, early);
 
   async function stopWorkers(graceMs: number): Promise<boolean> {
     const exits = live().map(

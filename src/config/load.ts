@@ -6,11 +6,10 @@
  * normalization → deep freeze. Positions come from the YAML document, looked up by path at the
  * end, so each stage can stay a pure function of plain data.
  */
-import { readFile as readFileAsync } from 'node:fs/promises';
 import path from 'node:path';
 import { isCollection, isMap, isPair, isScalar, LineCounter, parseDocument, type Document } from 'yaml';
 import { substituteEnv, type ReadFile } from './env.js';
-import { readConfigFile } from './files.js';
+import { type ConfigFileError, readConfigFile } from './files.js';
 import { normalize } from './normalize.js';
 import { ConfigError, type ConfigProblem, type PathSegments, type PendingProblem } from './problems.js';
 import type { GatewayFile } from './schema.js';
@@ -134,9 +133,12 @@ export function parseConfig(text: string, filePath: string, env: NodeJS.ProcessE
 export async function loadConfigFile(filePath: string, env: NodeJS.ProcessEnv = process.env): Promise<LoadResult> {
   let text: string;
   try {
-    text = await readFileAsync(filePath, 'utf8');
+    // Synchronous and non-blocking (files.ts): a FIFO or device at the path is refused at once; an
+    // asynchronous read of a FIFO would hold a thread-pool thread (and every later reload, and the
+    // process's exit) until a writer came.
+    text = readConfigFile(filePath);
   } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
+    const code = (err as NodeJS.ErrnoException | ConfigFileError).code;
     throw new ConfigError('GW_ERR_CONFIG_READ', [{ file: filePath, line: 0, col: 0, path: '', message: `cannot read the file${code === undefined ? '' : ` (${code})`}` }], { cause: err });
   }
   return parseConfig(text, filePath, env);

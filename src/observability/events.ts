@@ -128,6 +128,12 @@ export function createSecurityEvents(logger: Logger): SecurityEvents {
 
 export interface SecurityLog {
   readonly logger: Logger;
+  /**
+   * A reload's `log.level`, for the main logger. pino hands a logger's new level down to its
+   * children, the events' one included: that one is set back, since the events are an audit
+   * trail that only `silent` quiets.
+   */
+  setMainLevel(level: LevelWithSilent): void;
   /** Flushes and closes the file (no-op for the main-log child). Safe to call twice. */
   close(): Promise<void>;
 }
@@ -141,7 +147,14 @@ export function openSecurityLog(file: string | null, mainLogger: Logger, level: 
     // The events are an audit trail: `log.level: error` quiets the main log, not them (only
     // `silent` does, as it silences everything).
     const logger = mainLogger.child({ log: 'security' }, { level: mainLogger.level === 'silent' ? 'silent' : level });
-    return { logger, close: () => Promise.resolve() };
+    return {
+      logger,
+      setMainLevel(main) {
+        mainLogger.level = main;
+        logger.level = main === 'silent' ? 'silent' : level;
+      },
+      close: () => Promise.resolve(),
+    };
   }
   // Opened once synchronously so an unwritable path fails at startup with a clear error, instead
   // of as an asynchronous 'error' event after the gateway already reported ready.
@@ -165,6 +178,9 @@ export function openSecurityLog(file: string | null, mainLogger: Logger, level: 
   let closed: Promise<void> | null = null;
   return {
     logger,
+    setMainLevel(main) {
+      mainLogger.level = main;
+    },
     close() {
       closed ??= new Promise<void>((resolve, reject) => {
         dest.once('close', () => resolve());

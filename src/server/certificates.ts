@@ -4,7 +4,7 @@
  * loudly, because browsers will not trust it.
  */
 import type { GatewayConfig } from '../config/types.js';
-import { CertificateStore, ensureLocalCertificate } from '../tls/index.js';
+import { buildCertificateEntry, CertificateStore, ensureLocalCertificate } from '../tls/index.js';
 import type { Logger } from '../observability/logging.js';
 import { acmeOrders } from './acme.js';
 
@@ -12,9 +12,14 @@ export const LOCAL_CA_ID = 'local-ca';
 
 export async function prepareCertificates(config: GatewayConfig, logger: Logger, store?: CertificateStore): Promise<CertificateStore> {
   const certs = store ?? new CertificateStore({ minVersion: config.tls.minVersion });
-  if (config.tls.certificates.length > 0) {
-    await certs.loadFiles(config.tls.certificates);
-  }
+  // Everything that can fail comes first (files read and checked, the local CA written): on a
+  // reload the store is the one serving, and a refused configuration must leave it as it was.
+  const files = await certs.readFiles(config.tls.certificates);
+  const localHosts = config.tls.certificates.length === 0 && config.tls.acme === null ? [...new Set(config.sites.flatMap((s) => s.hosts))] : null;
+  const local = localHosts === null ? null : await ensureLocalCertificate(config.tls.storage, localHosts);
+  const localEntry = local === null ? null : buildCertificateEntry(LOCAL_CA_ID, local.certPem, local.keyPem, 'local-ca', certs.minVersion);
+
+  for (const entry of files) certs.set(entry);
   // On reload: a certificate file no longer configured stops being served.
   const wanted = new Set(config.tls.certificates.map((c) => c.cert));
   for (const entry of certs.list()) if (entry.source === 'file' && !wanted.has(entry.id)) certs.remove(entry.id);
@@ -23,14 +28,12 @@ export async function prepareCertificates(config: GatewayConfig, logger: Logger,
   // and stay the default for clients without SNI, until a restart — even after a key leak.
   const ordered = new Set(config.tls.acme === null ? [] : acmeOrders(config, certs).map((o) => `acme:${o.siteId}`));
   for (const entry of certs.list()) if (entry.source === 'acme' && !ordered.has(entry.id)) certs.remove(entry.id);
-  if (config.tls.certificates.length > 0 || config.tls.acme !== null) certs.remove(LOCAL_CA_ID);
-  if (config.tls.certificates.length === 0 && config.tls.acme === null) {
-    const hosts = [...new Set(config.sites.flatMap((s) => s.hosts))];
-    const local = await ensureLocalCertificate(config.tls.storage, hosts);
-    certs.loadFromPem(LOCAL_CA_ID, local.certPem, local.keyPem, 'local-ca');
+  if (localEntry === null) certs.remove(LOCAL_CA_ID);
+  if (local !== null && localEntry !== null) {
+    certs.set(localEntry);
     for (const warning of local.warnings) logger.warn({ root_ca: local.rootPath }, warning);
     logger.warn(
-      { root_ca: local.rootPath, hosts },
+      { root_ca: local.rootPath, hosts: localHosts },
       'NO CERTIFICATES CONFIGURED: serving certificates from a LOCAL DEVELOPMENT CA. Clients will not trust them unless they trust ' +
         `${local.rootPath}. Do not use this in production: configure tls.certificates or tls.acme.`,
     );

@@ -262,13 +262,19 @@ export class CertificateStore {
    * any is installed, so a bad file leaves the store as it was. Errors name the file.
    */
   async loadFiles(files: readonly { readonly cert: string; readonly key: string }[]): Promise<CertificateEntry[]> {
+    const built = await this.readFiles(files);
+    for (const entry of built) this.set(entry);
+    return built;
+  }
+
+  /** Read and check certificate files into entries, installing none (then {@link set} each). */
+  async readFiles(files: readonly { readonly cert: string; readonly key: string }[]): Promise<CertificateEntry[]> {
     const built: CertificateEntry[] = [];
     for (const file of files) {
       const certPem = await readPem(file.cert, 'certificate');
       const keyPem = await readPem(file.key, 'private key');
-      built.push(buildCertificateEntry(file.cert, certPem, keyPem, 'file', this.minVersion, `private key ${file.key}`));
+      built.push(buildCertificateEntry(file.cert, certPem, keyPem, 'file', this.#minVersion, `private key ${file.key}`));
     }
-    for (const entry of built) this.set(entry);
     return built;
   }
 
