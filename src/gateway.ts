@@ -20,7 +20,7 @@
  */
 import { isIP, type AddressInfo, type Socket } from 'node:net';
 import type { Server as HttpServer, IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
-import type { Http2ServerRequest, Http2ServerResponse, ServerHttp2Session } from 'node:http2';
+import { constants as http2Constants, type Http2ServerRequest, type Http2ServerResponse, type ServerHttp2Session } from 'node:http2';
 import type { Duplex } from 'node:stream';
 import type { Server as TlsServer, TLSSocket } from 'node:tls';
 import { pipeline, Readable, Transform, type TransformCallback } from 'node:stream';
@@ -858,6 +858,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
   //    forwarding path writes them with the headers of responseHeadersFromUpstream).
   app.addHook('onSend', async function responseHeaders(request, reply, payload) {
     const ctx = request.gw as RequestContext | undefined;
+    if (request.raw.httpVersionMajor === 2) ownAnswerDeadline(request, reply);
     if (ctx) {
       reply.header('x-request-id', ctx.requestId);
       const set = protectionOf(ctx).headers;
@@ -867,6 +868,27 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     }
     return payload;
   });
+
+  /**
+   * HTTP/2: the gateway's own answer waits in its stream for the client's flow-control window. A
+   * client that never opens it (SETTINGS_INITIAL_WINDOW_SIZE 0, no WINDOW_UPDATE) would hold the
+   * stream, its buffers and its line forever: it gets `timeouts.response`, as for a proxied
+   * answer (proxy/forward.ts), then the stream is reset.
+   */
+  function ownAnswerDeadline(request: FastifyRequest, reply: FastifyReply): void {
+    const ctx = request.gw as RequestContext | undefined;
+    const ms = ctx?.route?.timeouts.response ?? state.config.timeouts.response;
+    if (ms <= 0) return;
+    const stream = (reply.raw as unknown as Http2ServerResponse).stream;
+    const timer = setTimeout(() => {
+      if (stream.destroyed || stream.writableFinished) return;
+      if (ctx) ctx.reason ??= 'client_stalled';
+      stream.close(http2Constants.NGHTTP2_CANCEL);
+    }, ms).unref();
+    const clear = (): void => clearTimeout(timer);
+    stream.once('finish', clear);
+    stream.once('close', clear);
+  }
 
   // 9. access log and metrics of the gateway's own answers (proxied ones: forwardHooks.ended).
   app.addHook('onResponse', async function accessLog(request, reply) {
@@ -1329,7 +1351,11 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     ended(reply, outcome, bytes, error) {
       const ctx = reply.request.gw;
       let status = reply.raw.statusCode;
-      if (outcome === 'client_closed') {
+      if (outcome === 'client_closed' && reply.raw.headersSent) {
+        // Not the upstream's answer: the slowloris guard's (an HTTP/2 body past request_timeout
+        // gets a 408, then its stream is reset). Logged with what the client got.
+        ctx.reason ??= status === 408 ? 'GW_ERR_REQUEST_TIMEOUT' : 'client_closed';
+      } else if (outcome === 'client_closed') {
         // Nothing was sent: logged as nginx does, 499 "client closed request".
         status = 499;
         ctx.reason ??= 'client_closed';

@@ -404,6 +404,18 @@ class Exchange<C> implements Dispatcher.DispatchHandler {
     if (!this.committed && !this.commit(controller)) return;
     this.ended = true;
     this.req.res.end();
+    // HTTP/2: a response within the stream's buffer is taken whole, and waits there for the
+    // client's flow-control window. A client that never opens it (SETTINGS_INITIAL_WINDOW_SIZE 0,
+    // no WINDOW_UPDATE) would hold the stream, its buffers and the session forever: it gets
+    // `timeouts.response` to take the rest, as a client that stops reading a larger one does.
+    const stream = this.req.http1Request === null ? (this.req.res as Http2ServerResponse).stream : null;
+    if (stream && !stream.writableFinished && this.req.timeoutMs > 0 && this.stallTimer === null) {
+      this.stallTimer = setTimeout(this.onStall, this.req.timeoutMs).unref();
+      stream.once('finish', () => {
+        if (this.stallTimer !== null) clearTimeout(this.stallTimer);
+        this.stallTimer = null;
+      });
+    }
   }
 
   onResponseError(_controller: Dispatcher.DispatchController, error: Error): void {

@@ -8,7 +8,7 @@
  * deliver complete request headers, and every request a deadline to deliver its body.
  */
 import type { Server as HttpServer, IncomingMessage, ServerResponse } from 'node:http';
-import { constants as h2, type Http2ServerRequest, type Http2ServerResponse } from 'node:http2';
+import { constants as h2, type Http2ServerRequest, type Http2ServerResponse, type ServerHttp2Session } from 'node:http2';
 import type { TLSSocket } from 'node:tls';
 
 const kTimer = Symbol('portcullis.headersTimer');
@@ -96,6 +96,15 @@ export class SlowlorisGuard {
       }
     });
     server.on('upgrade', (req: IncomingMessage) => this.disarm(req.socket as Guarded));
+    // HTTP/2: a header block the client leaves unfinished (HEADERS without END_HEADERS, then a
+    // CONTINUATION now and then) makes no stream, so none of the above sees it: the session's
+    // first request must be whole within `headers_timeout`, as an HTTP/1.1 connection's first
+    // headers. Later ones are bounded by `timeouts.idle`.
+    server.on('session', (session: ServerHttp2Session) => {
+      const timer = setTimeout(() => session.destroy(), this.headersTimeout).unref();
+      session.once('stream', () => clearTimeout(timer));
+      session.once('close', () => clearTimeout(timer));
+    });
   }
 
   /**
@@ -112,7 +121,9 @@ export class SlowlorisGuard {
     const timer = setTimeout(() => {
       if (stream.destroyed || req.complete) return;
       if (!res.headersSent) {
-        res.once('finish', () => stream.close(h2.NGHTTP2_NO_ERROR));
+        // The stream's own 'finish' (the 408 is out): the compat response's comes only once the
+        // stream has closed, which a client still sending never lets happen.
+        stream.once('finish', () => stream.close(h2.NGHTTP2_NO_ERROR));
         res.writeHead(408, { 'content-length': '0', 'cache-control': 'no-store' });
         res.end();
       } else {

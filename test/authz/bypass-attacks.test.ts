@@ -10,7 +10,7 @@ import type { IncomingHttpHeaders } from 'node:http';
 import { WebSocket, WebSocketServer } from 'ws';
 import { loadConfigFile } from '../../src/config/index.js';
 import { canonicalizePath } from '../../src/policy/index.js';
-import { LOOPBACK_LISTEN, rawTls, startGateway, startUpstream, statusOf, type RunningGateway, type SeenRequest } from '../helpers/gateway.js';
+import { LOOPBACK_LISTEN, rawTls, startGateway, startUpstream, statusOf, until, type RunningGateway, type SeenRequest } from '../helpers/gateway.js';
 import { ADMIN_CLAIMS, JWT_AUD, USER_CLAIMS, bearer, idpToken, lastAccess, startIdp } from './_support.js';
 
 type Tap = { teardown(fn: () => unknown): void };
@@ -564,6 +564,9 @@ t.test('a reload that tightens the policy applies to the next request on connect
   t.equal(await openWs(t, gw.port, gw.ca, '/admin/ws-before', bearer(adminToken)), 101, 'before: an admin opens a socket on /admin');
   const before = [...up.attempts];
   t.same(before, ['/public/a', '/admin/a', '/public/b', '/admin/b', '/admin/ws-before']);
+  // The session's line comes when it has closed (the client closed it as it resolved): waited for,
+  // so that the lines read below are the requests' own.
+  await until(() => (gw as RunningGateway).logs.some((l) => l.type === 'access' && l.path === '/admin/ws-before'));
 
   writeFileSync(gw.configPath, policy(up.origin, other.origin, routesAfter));
   const { config } = await loadConfigFile(gw.configPath, process.env);
