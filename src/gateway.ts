@@ -23,7 +23,7 @@ import type { Server as HttpServer, IncomingHttpHeaders, IncomingMessage, Server
 import { constants as http2Constants, type Http2ServerRequest, type Http2ServerResponse, type ServerHttp2Session } from 'node:http2';
 import type { Duplex } from 'node:stream';
 import type { Server as TlsServer, TLSSocket } from 'node:tls';
-import { pipeline, Readable, Transform, type TransformCallback } from 'node:stream';
+import { PassThrough, pipeline, Readable, Transform, type TransformCallback } from 'node:stream';
 import Fastify, { LogController, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import httpProxy from '@fastify/http-proxy';
 import rateLimit from '@fastify/rate-limit';
@@ -1382,10 +1382,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
   function proxyRequest(request: FastifyRequest, reply: FastifyReply): void {
     const ctx = request.gw;
     ctx.proxied = true;
-    const route = ctx.route!;
-    const pool = ctx.state.pools.get(route)!;
-    const raw = request.raw;
-    const method = raw.method ?? 'GET';
+    const method = request.raw.method ?? 'GET';
     const headers = upstreamHeaders(request, false);
     let body: Readable | null = null;
     if (method === 'GET' || method === 'HEAD') {
@@ -1398,11 +1395,23 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
       const parsed = request.body as unknown;
       if (parsed instanceof Readable) body = parsed;
     }
+    const buffer = ctx.state.config.limits.requestBuffer;
+    if (body !== null && buffer > 0) {
+      bufferRequestBody(request, reply, body, buffer, (ready) => dispatch(request, reply, headers, ready));
+      return;
+    }
+    dispatch(request, reply, headers, body);
+  }
+
+  function dispatch(request: FastifyRequest, reply: FastifyReply, headers: HeaderBag, body: Readable | Buffer | null): void {
+    const ctx = request.gw;
+    const route = ctx.route!;
+    const raw = request.raw;
     upstreamClient.forward(
       {
-        pool,
+        pool: ctx.state.pools.get(route)!,
         target: ctx.upstreamIndex,
-        method,
+        method: raw.method ?? 'GET',
         path: ctx.path + ctx.query,
         headers: headers as Record<string, string | string[]>,
         body,
@@ -1413,6 +1422,81 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
       forwardHooks,
       reply,
     );
+  }
+
+  /**
+   * `limits.request_buffer`: the body is read (up to that size) before the upstream is contacted,
+   * so a client that uploads slowly holds no upstream connection: with bodies streamed, a few
+   * hundred connections trickling a byte now and then held every connection of an upstream's pool
+   * and nobody else was served (nginx buffers bodies for the same reason). A body that ends within
+   * the size goes upstream whole (and may be sent again to another target on a connect failure); a
+   * larger one goes on as a stream, its first part from memory. What fails first is answered here:
+   * a body over the route's limit (413, nothing dialled), a client gone (499).
+   */
+  function bufferRequestBody(request: FastifyRequest, reply: FastifyReply, body: Readable, limit: number, then: (ready: Buffer | Readable) => void): void {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    let settled = false;
+    const settle = (): void => {
+      settled = true;
+      body.off('data', onData);
+      body.off('end', onEnd);
+      body.off('error', onError);
+      body.off('close', onClose);
+    };
+    const onData = (chunk: Buffer): void => {
+      chunks.push(chunk);
+      size += chunk.length;
+      if (size <= limit) return;
+      // Too large to hold: streamed from here, what was read first.
+      body.pause();
+      settle();
+      const rest = new PassThrough();
+      for (const c of chunks) rest.write(c);
+      body.on('error', (err) => rest.destroy(err));
+      body.pipe(rest);
+      then(rest);
+    };
+    const onEnd = (): void => {
+      settle();
+      then(Buffer.concat(chunks, size));
+    };
+    const onError = (err: Error): void => {
+      if (settled) return;
+      settle();
+      // The body stays unread: an HTTP/1.1 connection is closed after the answer.
+      endConnectionAfterResponse(request, reply);
+      const ctx = request.gw;
+      ctx.proxied = false;
+      const gwErr = findGatewayError(err);
+      if (gwErr?.statusCode) {
+        ctx.reason = gwErr.code;
+        sendError(reply, gwErr.statusCode, gwErr.code);
+        return;
+      }
+      clientGoneWhileReading(request, reply);
+    };
+    // A stream that closes without its end: the client went away (or was cut for being late).
+    const onClose = (): void => onError(new Error('the request body ended early'));
+    // Gone already, while a stage waited (a token check, a shared rate limit): its 'close' was.
+    if (body.destroyed || request.raw.destroyed) {
+      onClose();
+      return;
+    }
+    body.on('data', onData);
+    body.once('end', onEnd);
+    body.on('error', onError);
+    body.once('close', onClose);
+  }
+
+  /** The client left (or the slowloris guard cut it) while its body was being read: nothing went upstream. */
+  function clientGoneWhileReading(request: FastifyRequest, reply: FastifyReply): void {
+    const ctx = request.gw;
+    const res = reply.raw;
+    // The guard's own 408 (HTTP/2) is what the client got; otherwise nothing was sent.
+    const status = res.headersSent ? res.statusCode : 499;
+    ctx.reason ??= status === 408 ? 'GW_ERR_REQUEST_TIMEOUT' : 'client_closed';
+    logRequest(ctx, request.raw, status, undefined);
   }
 
   function onUpstreamError(reply: FastifyReply, error: Error): void {

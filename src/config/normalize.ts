@@ -146,6 +146,16 @@ function hostsOverlap(a: string, b: string): boolean {
 
 /** The longest delay a Node timer honours (2^31-1 ms); the configuration allows up to 24d. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
+/** The largest `limits.request_buffer`: held in memory for every request uploading at once. */
+const MAX_REQUEST_BUFFER = 64 * 1024 * 1024;
+
+function requestBuffer(c: Collector, text: string): number {
+  const before = c.problems.length;
+  const bytes = c.size(['limits', 'request_buffer'], text);
+  if (c.problems.length === before && bytes > MAX_REQUEST_BUFFER) c.fail(['limits', 'request_buffer'], 'must be at most 64mb (it is held in memory for each upload at once)');
+  return bytes;
+}
+
 /** The smallest `limits.max_header_size`: below it a browser's ordinary request is refused. */
 const MIN_HEADER_SIZE = 1024;
 
@@ -463,6 +473,7 @@ export function normalize(raw: GatewayFile, ctx: NormalizeContext): NormalizeRes
   const lim = { ...DEFAULTS.limits, ...raw.limits };
   const limits = {
     maxBodySize: c.size(['limits', 'max_body_size'], lim.max_body_size),
+    requestBuffer: requestBuffer(c, lim.request_buffer),
     maxHeaderSize: headerSize(c, lim.max_header_size),
     headersTimeout: c.timer(['limits', 'headers_timeout'], lim.headers_timeout, 'refuse'),
     requestTimeout: c.timer(['limits', 'request_timeout'], lim.request_timeout, 'refuse'),

@@ -26,7 +26,7 @@ export const DEFAULTS = {
     acme: { directory: 'letsencrypt', challenge: 'http-01', key_type: 'ec-p256' },
   },
   log: { level: 'info' },
-  limits: { max_body_size: '1mb', max_header_size: '16kb', headers_timeout: '10s', request_timeout: '60s' },
+  limits: { max_body_size: '1mb', request_buffer: '1mb', max_header_size: '16kb', headers_timeout: '10s', request_timeout: '60s' },
   timeouts: { connect: '5s', response: '60s', idle: '60s' },
   shutdown_grace: '10s',
   auth: {
@@ -348,6 +348,12 @@ export const GatewayFileSchema = Type.Object(
       Type.Object(
         {
           max_body_size: Type.Optional(Size('Default largest request body.', DEFAULTS.limits.max_body_size)),
+          request_buffer: Type.Optional(
+            Size(
+              'A request body is read whole, up to this size, before the upstream is contacted: a client that sends its body slowly never holds an upstream connection (nginx: proxy_request_buffering). A larger body is read up to this size, then streamed; 0b: every body is streamed as it comes. At most 64mb.',
+              DEFAULTS.limits.request_buffer,
+            ),
+          ),
           max_header_size: Type.Optional(Size('Largest request line + headers; at least 1kb.', DEFAULTS.limits.max_header_size)),
           headers_timeout: Type.Optional(Duration('Time to receive the request headers (slowloris), and the longest a TLS handshake may take from the TCP accept; more than 0, at most 24d.', DEFAULTS.limits.headers_timeout)),
           request_timeout: Type.Optional(Duration('Time to receive the whole request; more than 0, at most 24d.', DEFAULTS.limits.request_timeout)),

@@ -119,6 +119,8 @@ export interface LogConfig {
 export interface LimitsConfig {
   /** Bytes, default for routes. */
   readonly maxBodySize: number;
+  /** Bytes of a request body read before the upstream is contacted (0: none, streamed). */
+  readonly requestBuffer: number;
   /** Bytes of request line + headers. */
   readonly maxHeaderSize: number;
   /** Milliseconds to receive the full request headers (slowloris). */

@@ -25,7 +25,7 @@ t.test('every default', async (t) => {
     tls: { minVersion: 'TLSv1.2', hsts: { maxAge: 31_536_000, includeSubdomains: true, preload: false }, storage: '/srv/gw/certs', certificates: [], acme: null },
     trustedProxies: [],
     log: { level: 'info', file: null, securityFile: null, buffer: 0 },
-    limits: { maxBodySize: 1_048_576, maxHeaderSize: 16_384, headersTimeout: 10_000, requestTimeout: 60_000 },
+    limits: { maxBodySize: 1_048_576, requestBuffer: 1_048_576, maxHeaderSize: 16_384, headersTimeout: 10_000, requestTimeout: 60_000 },
     timeouts: { connect: 5000, response: 60_000, idle: 60_000 },
     shutdownGrace: 10_000,
     workers: 1,
@@ -97,7 +97,7 @@ t.test('listen, paths, units and issuers are normalized', async (t) => {
   t.equal(config.tls.minVersion, 'TLSv1.3');
   t.same(config.trustedProxies, ['10.1.2.3/32', 'fd00::/8', '10.0.0.0/8']);
   t.same(config.log, { level: 'debug', file: '/srv/gw/logs/gw.log', securityFile: '/var/log/sec.log', buffer: 32_768 });
-  t.same(config.limits, { maxBodySize: 10_485_760, maxHeaderSize: 8192, headersTimeout: 5000, requestTimeout: 120_000 });
+  t.same(config.limits, { maxBodySize: 10_485_760, requestBuffer: 1_048_576, maxHeaderSize: 8192, headersTimeout: 5000, requestTimeout: 120_000 });
   t.equal(config.shutdownGrace, 500);
   t.equal(config.auth.forwardToken, false);
   t.same(config.auth.issuers[0], {

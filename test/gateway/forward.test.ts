@@ -221,7 +221,7 @@ t.test('a streamed upload, then an upstream that says nothing: 504 after timeout
       if (c.toString('latin1').includes('END')) bodyDoneAt = Date.now();
     });
   });
-  const gw = await startGateway(t, site(up.origin, 'timeouts: { response: 1s }\n'));
+  const gw = await startGateway(t, site(up.origin, 'timeouts: { response: 1s }\nlimits: { request_buffer: 0b }\n'));
   const started = Date.now();
   const res = await new Promise<{ status: number; at: number }>((resolve, reject) => {
     const req = https.request(
@@ -444,7 +444,7 @@ t.test('upstream answers before the request body: Connection: close, the body is
     res.writeHead(status, { 'content-type': 'text/plain', 'content-length': '5' });
     res.end('early');
   });
-  const gw = await startGateway(t, site(up.origin));
+  const gw = await startGateway(t, site(up.origin, 'limits: { request_buffer: 0b }\n'));
   const smuggled = 'GET /admin-smuggled HTTP/1.1\r\nHost: app.test\r\n\r\n';
 
   // The smuggled request rides as a Content-Length body, or inside one chunk of a chunked body.
@@ -794,7 +794,7 @@ t.test('a body over the limit that nobody reads any more cannot crash the gatewa
   await new Promise<void>((r) => dead.listen(0, '127.0.0.1', r));
   const deadPort = (dead.address() as net.AddressInfo).port;
   await new Promise<void>((r) => dead.close(() => r()));
-  const gw2 = await startGateway(t, site(`http://127.0.0.1:${deadPort}`, 'limits: { max_body_size: 1kb }\n'));
+  const gw2 = await startGateway(t, site(`http://127.0.0.1:${deadPort}`, 'limits: { max_body_size: 1kb, request_buffer: 0b }\n'));
   const c = await tlsClient(t, gw2);
   c.socket.write(`POST /upload HTTP/1.1\r\nHost: app.test\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n${chunk(512)}`);
   await until(() => /^HTTP\/1\.1 502/.test(c.text()));

@@ -246,7 +246,7 @@ t.test('pipelined: the 408 for a stalled third request is never written inside t
 
 t.test('HTTP/2: RST_STREAM in the middle of an upload aborts the upstream request (it never completes), 499 logged, session serves on', async (t) => {
   const up = await fateUpstream(t);
-  const gw = await startGateway(t, site(up.origin, '[{ path: /, access: public }]', 'timeouts: { response: 10s }\n'));
+  const gw = await startGateway(t, site(up.origin, '[{ path: /, access: public }]', 'timeouts: { response: 10s }\nlimits: { request_buffer: 0b }\n'));
   const session = h2Session(t, gw);
   const req = session.request({ ':authority': 'app.test', ':path': '/h2-upload', ':method': 'POST', 'content-type': 'application/octet-stream', 'content-length': '100000' });
   req.on('error', () => undefined);

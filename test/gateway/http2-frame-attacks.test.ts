@@ -204,7 +204,7 @@ t.test('an HTTP/2 body past limits.request_timeout gets its 408 but the stream i
   // written, but the RST_STREAM that should follow it waits for the response's 'finish', which
   // Node's compat layer emits only when the stream closes — never, while the client's side is open.
   const up = await fateUpstream(t);
-  const gw = await startGateway(t, site(up.origin, undefined, 'limits: { request_timeout: 1s }\ntimeouts: { idle: 10s }\n'));
+  const gw = await startGateway(t, site(up.origin, undefined, 'limits: { request_timeout: 1s, request_buffer: 0b }\ntimeouts: { idle: 10s }\n'));
   const session = h2Session(t, gw);
   const st = session.request({ ':authority': 'app.test', ':path': '/trickle', ':method': 'POST', 'content-type': 'text/plain' }, { endStream: false });
   st.on('error', () => undefined);
@@ -241,7 +241,7 @@ t.test('256 HTTP/2 streams whose bodies stall past limits.request_timeout (two c
   // the pool has 256 connections per origin. Requests behind them wait in undici's queue, where no
   // gateway deadline runs.
   const up = await fateUpstream(t);
-  const gw = await startGateway(t, site(up.origin, undefined, 'limits: { request_timeout: 1s }\ntimeouts: { idle: 10s, response: 5s }\n'));
+  const gw = await startGateway(t, site(up.origin, undefined, 'limits: { request_timeout: 1s, request_buffer: 0b }\ntimeouts: { idle: 10s, response: 5s }\n'));
   for (let k = 0; k < 2; k++) {
     const c = await rawH2(t, gw);
     const frames: Buffer[] = [];

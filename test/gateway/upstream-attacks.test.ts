@@ -255,7 +255,7 @@ t.test('a client that leaves mid-upload (reset or FIN; Content-Length or chunked
   ] as const) {
     let upstreamClosed = false;
     const up = await rawUpstream(t, (socket) => socket.on('close', () => (upstreamClosed = true)));
-    const gw = await startGateway(t, site(up.origin));
+    const gw = await startGateway(t, site(up.origin, 'limits: { request_buffer: 0b }\n'));
     const c = await resettableTlsClient(t, gw);
     const part = 'a'.repeat(40);
     c.socket.write(
