@@ -220,6 +220,13 @@ export function sendError(reply: FastifyReply, status: number, code: GatewayErro
   return reply.send(out.body);
 }
 
+/**
+ * Request bodies held in memory at once (limits.request_buffer) by one process; past it, a body is
+ * streamed once read so far. Clients that upload quickly and never finish cannot make the gateway
+ * hold more than this.
+ */
+const MAX_BUFFERED_BYTES = 256 * 1024 * 1024;
+
 /** Settings a reload does not change, by what the warning calls them. */
 const RESTART_ONLY: readonly (readonly [string, (c: GatewayConfig) => unknown])[] = [
   // Not listen.public_https_port: redirects read it from the current state.
@@ -1439,6 +1446,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     let settled = false;
     const settle = (): void => {
       settled = true;
+      bufferedBytes -= size;
       body.off('data', onData);
       body.off('end', onEnd);
       body.off('error', onError);
@@ -1447,8 +1455,10 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     const onData = (chunk: Buffer): void => {
       chunks.push(chunk);
       size += chunk.length;
-      if (size <= limit) return;
-      // Too large to hold: streamed from here, what was read first.
+      bufferedBytes += chunk.length;
+      if (size <= limit && bufferedBytes <= MAX_BUFFERED_BYTES) return;
+      // Too large to hold (or the uploads under way hold too much already): streamed from here,
+      // what was read first.
       body.pause();
       settle();
       const rest = new PassThrough();
@@ -1488,6 +1498,9 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     body.on('error', onError);
     body.once('close', onClose);
   }
+
+  /** Bytes of request bodies held by bufferRequestBody across requests, at most MAX_BUFFERED_BYTES. */
+  let bufferedBytes = 0;
 
   /** The client left (or the slowloris guard cut it) while its body was being read: nothing went upstream. */
   function clientGoneWhileReading(request: FastifyRequest, reply: FastifyReply): void {
