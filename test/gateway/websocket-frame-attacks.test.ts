@@ -22,7 +22,7 @@ import tls from 'node:tls';
 import { createHash, randomBytes } from 'node:crypto';
 import type { IncomingHttpHeaders } from 'node:http';
 import { WebSocket, WebSocketServer } from 'ws';
-import { startGateway, until, type LogRecord, type RunningGateway, type Tap } from '../helpers/gateway.js';
+import { rawApp, startGateway, until, type LogRecord, type RunningGateway, type Tap } from '../helpers/gateway.js';
 import { appSite as site, parseResponses, tlsClient, wsAccept, wsClientFrame as clientFrame, type TlsClient } from '../helpers/clients.js';
 
 const keyOf = (head: string): string => /\r\nsec-websocket-key:\s*(\S+)/i.exec(head)?.[1] ?? '';
@@ -137,42 +137,6 @@ async function metric(gw: RunningGateway, name: string, match: (labels: string) 
     if (match(labels)) sum += Number(l.trim().split(' ').at(-1));
   }
   return sum;
-}
-
-/**
- * A raw TCP app: `onHead(socket, head, i)` once per connection with its request head; what the
- * gateway sends after the head is kept in `after[i]`. Sockets are destroyed at teardown.
- */
-async function rawApp(t: Tap, onHead: (s: net.Socket, head: string, i: number) => void): Promise<{ origin: string; heads: string[]; after: Buffer[]; sockets: net.Socket[] }> {
-  const app = { origin: '', heads: [] as string[], after: [] as Buffer[], sockets: [] as net.Socket[] };
-  const server = net.createServer((s) => {
-    app.sockets.push(s);
-    const n = app.after.push(Buffer.alloc(0)) - 1;
-    let buf = Buffer.alloc(0);
-    let headDone = false;
-    s.on('error', () => undefined);
-    s.on('data', (c: Buffer) => {
-      if (headDone) {
-        app.after[n] = Buffer.concat([app.after[n]!, c]);
-        return;
-      }
-      buf = Buffer.concat([buf, c]);
-      const end = buf.indexOf('\r\n\r\n');
-      if (end === -1) return;
-      headDone = true;
-      const head = buf.subarray(0, end + 4).toString('latin1');
-      app.after[n] = buf.subarray(end + 4);
-      app.heads.push(head);
-      onHead(s, head, n);
-    });
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  t.teardown(() => new Promise<void>((r) => {
-    for (const s of app.sockets) s.destroy();
-    server.close(() => r());
-  }));
-  app.origin = `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`;
-  return app;
 }
 
 /** A real `ws` app recording what each session receives; `onConnection` for more. */

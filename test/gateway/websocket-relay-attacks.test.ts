@@ -18,7 +18,7 @@ import vm from 'node:vm';
 import type { IncomingHttpHeaders } from 'node:http';
 import { randomBytes } from 'node:crypto';
 import { WebSocket, WebSocketServer } from 'ws';
-import { sleep, startGateway, until, type LogRecord, type RunningGateway, type Tap } from '../helpers/gateway.js';
+import { rawApp, sleep, startGateway, until, type LogRecord, type RunningGateway, type Tap } from '../helpers/gateway.js';
 import { appSite as site, parseResponses, tlsClient, wsAccept, wsClientFrame as clientFrame, type TlsClient } from '../helpers/clients.js';
 
 const keyOf = (head: string): string => /\r\nsec-websocket-key:\s*(\S+)/i.exec(head)?.[1] ?? '';
@@ -80,45 +80,6 @@ async function upstreamErrors(gw: RunningGateway, origin: string): Promise<Recor
     out[/reason="([^"]+)"/.exec(l)?.[1] ?? '?'] = Number(l.trim().split(' ').at(-1));
   }
   return out;
-}
-
-/**
- * A raw TCP app: `onHead(socket, head)` once per connection, with the first request head; what
- * follows it is kept in `after`. Sockets are destroyed at teardown.
- */
-async function rawApp(t: Tap, onHead: (s: net.Socket, head: string) => void): Promise<{ origin: string; port: number; heads: string[]; after: Buffer[]; sockets: net.Socket[]; closed: () => number }> {
-  const app = { origin: '', port: 0, heads: [] as string[], after: [] as Buffer[], sockets: [] as net.Socket[], closed: () => closedCount };
-  let closedCount = 0;
-  const server = net.createServer((s) => {
-    app.sockets.push(s);
-    const n = app.after.push(Buffer.alloc(0)) - 1;
-    let buf = Buffer.alloc(0);
-    let headDone = false;
-    s.on('error', () => undefined);
-    s.on('close', () => closedCount++);
-    s.on('data', (c: Buffer) => {
-      if (headDone) {
-        app.after[n] = Buffer.concat([app.after[n]!, c]);
-        return;
-      }
-      buf = Buffer.concat([buf, c]);
-      const end = buf.indexOf('\r\n\r\n');
-      if (end === -1) return;
-      headDone = true;
-      const head = buf.subarray(0, end + 4).toString('latin1');
-      app.after[n] = buf.subarray(end + 4);
-      app.heads.push(head);
-      onHead(s, head);
-    });
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  t.teardown(() => new Promise<void>((r) => {
-    for (const s of app.sockets) s.destroy();
-    server.close(() => r());
-  }));
-  app.port = (server.address() as net.AddressInfo).port;
-  app.origin = `http://127.0.0.1:${app.port}`;
-  return app;
 }
 
 /** A real `ws` app; `onConnection` for each session, the handshakes' headers recorded. */

@@ -317,6 +317,46 @@ export interface RawUpstream {
 }
 
 /**
+ * A raw TCP app for protocol switches (a WebSocket app that misbehaves): `onHead(socket, head, i)`
+ * once per connection `i`, with its first request head; the bytes that follow it are kept in
+ * `after[i]`, as they came. Sockets are destroyed at teardown.
+ */
+export async function rawApp(t: Tap, onHead: (s: net.Socket, head: string, i: number) => void): Promise<{ origin: string; port: number; heads: string[]; after: Buffer[]; sockets: net.Socket[]; closed: () => number }> {
+  const app = { origin: '', port: 0, heads: [] as string[], after: [] as Buffer[], sockets: [] as net.Socket[], closed: () => closedCount };
+  let closedCount = 0;
+  const server = net.createServer((s) => {
+    app.sockets.push(s);
+    const n = app.after.push(Buffer.alloc(0)) - 1;
+    let buf = Buffer.alloc(0);
+    let headDone = false;
+    s.on('error', () => undefined);
+    s.on('close', () => closedCount++);
+    s.on('data', (c: Buffer) => {
+      if (headDone) {
+        app.after[n] = Buffer.concat([app.after[n]!, c]);
+        return;
+      }
+      buf = Buffer.concat([buf, c]);
+      const end = buf.indexOf('\r\n\r\n');
+      if (end === -1) return;
+      headDone = true;
+      const head = buf.subarray(0, end + 4).toString('latin1');
+      app.after[n] = buf.subarray(end + 4);
+      app.heads.push(head);
+      onHead(s, head, n);
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  t.teardown(() => new Promise<void>((r) => {
+    for (const s of app.sockets) s.destroy();
+    server.close(() => r());
+  }));
+  app.port = (server.address() as net.AddressInfo).port;
+  app.origin = `http://127.0.0.1:${app.port}`;
+  return app;
+}
+
+/**
  * A raw HTTP/1.1 upstream for misbehaving answers: `onHead` is called for every request head it
  * reads (it expects no request bodies: body bytes would show up at the start of the next "head").
  * `firstHeadOnly`: only each connection's first head, for an upstream that switches protocols

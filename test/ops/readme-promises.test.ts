@@ -6,16 +6,15 @@
 // log level reloaded) or in the README, and its test now checks what the README says.
 import t from 'tap';
 import tls from 'node:tls';
-import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { loadConfigFile } from '../../src/config/index.js';
 import { prepareCertificates } from '../../src/server/certificates.js';
 import { createEchoServer, listen } from '../../src/demo/echo-upstream.js';
 import { startDemoIdp } from '../../src/demo/idp.js';
 import { main } from '../../src/cli.js';
+import { CLI_SKIP, spawnCli, type CliProcess } from '../ops-e2e/_support.js';
 import {
   LOOPBACK_LISTEN,
   closedPort,
@@ -27,7 +26,6 @@ import {
   startGateway,
   startUpstream,
   until,
-  type LogRecord,
   type RunningGateway,
   type Tap,
 } from '../helpers/gateway.js';
@@ -58,42 +56,13 @@ function handshake(port: number, ca: string, maxVersion: tls.SecureVersion): Pro
   });
 }
 
-/** `portcullis start` from source (tsx), its stdout parsed as JSON log lines. */
-interface Cli {
-  logs: LogRecord[];
-  waitFor(pred: (l: LogRecord) => boolean, ms?: number): Promise<LogRecord>;
-  kill(sig: NodeJS.Signals): void;
-  exited: Promise<number | null>;
+/** `portcullis start` (the built CLI, as the image runs it), its stdout parsed as JSON log lines. */
+function startCli(t: Tap, file: string): CliProcess {
+  if (CLI_SKIP) throw new Error(CLI_SKIP);
+  return spawnCli(t, ['start', '--config', file], {});
 }
 
-function startCli(t: Tap, file: string): Cli {
-  const child = spawn(process.execPath, ['--import=tsx', 'src/cli.ts', 'start', '--config', file], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
-  const logs: LogRecord[] = [];
-  createInterface({ input: child.stdout }).on('line', (line) => {
-    try {
-      logs.push(JSON.parse(line) as LogRecord);
-    } catch {
-      // not a log line
-    }
-  });
-  let stderr = '';
-  child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
-  const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
-  t.teardown(() => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-  });
-  return {
-    logs,
-    exited,
-    kill: (sig) => child.kill(sig),
-    async waitFor(pred, ms = 20_000) {
-      if (await until(() => logs.some(pred), ms)) return logs.find(pred)!;
-      throw new Error(`no such log line; stderr: ${stderr}; last lines: ${JSON.stringify(logs.slice(-5))}`);
-    },
-  };
-}
-
-const startedPort = (line: LogRecord, which: 'https' | 'admin'): number => (line[which] as { port: number }).port;
+const startedPort = (line: Record<string, unknown>, which: 'https' | 'admin'): number => (line[which] as { port: number }).port;
 
 // ---------------------------------------------------------------------------------------------
 // Quick start: "What the demo shows" — config/demo.yml, the echo app and the demo OpenID provider
@@ -234,25 +203,25 @@ sites:
 `;
   writeFileSync(file, yaml('{ level: info }'));
   const cli = startCli(t, file);
-  const port = startedPort(await cli.waitFor((l) => l.msg === 'portcullis started'), 'https');
+  const port = startedPort(await cli.waitForLog((l) => l.msg === 'portcullis started'), 'https');
   const ca = readFileSync(join(dir, 'certs', 'local-ca', 'root.crt'), 'utf8');
   t.equal((await httpsRequest(port, ca, { path: '/before' })).status, 200);
-  await cli.waitFor((l) => l.type === 'access' && l.path === '/before');
+  await cli.waitForLog((l) => l.type === 'access' && l.path === '/before');
 
   writeFileSync(file, yaml(`{ level: warn, security_file: ${security} }`));
-  cli.kill('SIGHUP');
-  await cli.waitFor((l) => l.level === 'warn' && /^log\.file, log\.security_file or log\.buffer changed/.test(String(l.msg)));
+  cli.child.kill('SIGHUP');
+  await cli.waitForLog((l) => l.level === 'warn' && /^log\.file, log\.security_file or log\.buffer changed/.test(String(l.msg)));
   // An info event, written all the same: security events are an audit trail only `silent` quiets.
-  await cli.waitFor((l) => l.event === 'config_reloaded');
+  await cli.waitForLog((l) => l.event === 'config_reloaded');
   t.equal((await httpsRequest(port, ca, { path: '/after' })).status, 200);
   t.equal((await httpsRequest(port, ca, { path: '/denied' })).status, 403);
   await sleep(500);
-  t.notOk(cli.logs.some((l) => l.type === 'access' && l.path === '/after'), 'log.level: warn applies: no info access line for a request after the reload');
-  t.ok(cli.logs.some((l) => l.level === 'warn' && /the change takes effect on the next restart$/.test(String(l.msg))), 'the file change is named');
+  t.notOk(cli.logs().some((l) => l.type === 'access' && l.path === '/after'), 'log.level: warn applies: no info access line for a request after the reload');
+  t.ok(cli.logs().some((l) => l.level === 'warn' && /the change takes effect on the next restart$/.test(String(l.msg))), 'the file change is named');
   t.notOk(existsSync(security), 'the security log stays where it was until a restart');
-  t.ok(cli.logs.some((l) => l.event === 'access_denied'), 'the access_denied event is still written to the main log');
-  cli.kill('SIGTERM');
-  t.equal(await cli.exited, 0);
+  t.ok(cli.logs().some((l) => l.event === 'access_denied'), 'the access_denied event is still written to the main log');
+  cli.child.kill('SIGTERM');
+  t.equal((await cli.exited).code, 0);
 });
 
 t.test('SIGTERM then a second SIGTERM: the gateway exits at once, without waiting for shutdown_grace', async (t) => {
@@ -275,15 +244,15 @@ sites:
     routes: [{ path: /, access: public }]
 `);
   const cli = startCli(t, file);
-  const port = startedPort(await cli.waitFor((l) => l.msg === 'portcullis started'), 'https');
+  const port = startedPort(await cli.waitForLog((l) => l.msg === 'portcullis started'), 'https');
   const ca = readFileSync(join(dir, 'certs', 'local-ca', 'root.crt'), 'utf8');
   const inflight = httpsRequest(port, ca, { path: '/slow' }).then(() => 'answered', () => 'cut');
   t.ok(await until(() => held, 5000), 'a request is in flight');
   const t0 = Date.now();
-  cli.kill('SIGTERM');
-  await cli.waitFor((l) => l.msg === 'shutting down');
-  cli.kill('SIGTERM');
-  const code = await cli.exited;
+  cli.child.kill('SIGTERM');
+  await cli.waitForLog((l) => l.msg === 'shutting down');
+  cli.child.kill('SIGTERM');
+  const { code } = await cli.exited;
   t.ok(Date.now() - t0 < 5000, `exited ${Date.now() - t0} ms after the first signal (grace: 30 s)`);
   t.not(code, null, 'exited by itself, not killed by the signal');
   t.equal(await inflight, 'cut');
