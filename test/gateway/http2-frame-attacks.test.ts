@@ -148,6 +148,20 @@ function held(): { rss: number; heap: number; buffers: number } {
   const m = process.memoryUsage();
   return { rss: m.rss, heap: m.heapUsed, buffers: m.arrayBuffers };
 }
+/**
+ * What stays held once the gateway had time to let go: the lowest of a few measurements over up to
+ * 3 s, so that garbage of an earlier test or a release still under way is not counted as held; a
+ * leak stays high in every one.
+ */
+async function heldSettled(): Promise<{ rss: number; heap: number; buffers: number }> {
+  let low = held();
+  for (let i = 0; i < 12; i++) {
+    await sleep(250);
+    const now = held();
+    low = { rss: Math.min(low.rss, now.rss), heap: Math.min(low.heap, now.heap), buffers: Math.min(low.buffers, now.buffers) };
+  }
+  return low;
+}
 const MB = 1024 * 1024;
 const grown = (a: { rss: number; heap: number; buffers: number }, b: { rss: number; heap: number; buffers: number }): string =>
   `rss +${((b.rss - a.rss) / MB).toFixed(1)} MB, heap +${((b.heap - a.heap) / MB).toFixed(1)} MB, buffers +${((b.buffers - a.buffers) / MB).toFixed(1)} MB`;
@@ -296,7 +310,7 @@ t.test('8 connections with a zero window and 128 small responses each pin gatewa
   }
   t.ok(await until(() => up.fates.filter((f) => f.complete).length === 1024, 5000), 'the upstream answered all 1024 requests');
   await sleep(3500); // timeouts.response (1 s) and timeouts.idle (2 s) have both passed
-  const after = held();
+  const after = await heldSettled();
   t.comment(`held after the attack: ${grown(before, after)}`);
   t.ok(after.buffers - before.buffers < 4 * MB, `the stalled responses are released (buffers ${grown(before, after)})`);
   t.equal(conns.filter((c) => c.closed()).length, 8, `every connection is closed (${conns.filter((c) => c.closed()).length} of 8)`);
@@ -343,7 +357,7 @@ t.test('CONTINUATION flood (CVE-2024-27316 class): endless CONTINUATION frames w
     t.ok(await c.closedWithin(2000), `${name}: the connection is closed (${sent} CONTINUATION frames written before the close was seen)`);
     t.ok(c.goaways().length === 1, `${name}: with a GOAWAY (${JSON.stringify(c.goaways())})`);
   }
-  const after = held();
+  const after = await heldSettled();
   t.ok(after.rss - before.rss < 32 * MB && after.buffers - before.buffers < 8 * MB, `memory bounded: ${grown(before, after)}`);
   t.equal(up.fates.length, 0, 'nothing reached the upstream');
   t.equal((await gw.request({ path: '/alive' })).status, 200, 'the gateway serves on');
@@ -359,7 +373,7 @@ t.test('HPACK bomb: a 4 KB field put in the dynamic table and referenced 12 000 
   c.send(h2Frame(T.HEADERS, END_HEADERS | END_STREAM, 1, Buffer.concat([block('GET', '/bomb-1'), entry, refs.subarray(0, 4000)])));
   for (let s = 3; s < 400; s += 2) c.send(h2Frame(T.HEADERS, END_HEADERS | END_STREAM, s, Buffer.concat([block('GET', `/bomb-${s}`), refs])));
   await until(() => c.frames().filter((f) => f.type === T.RST_STREAM).length >= 200, 3000);
-  const after = held();
+  const after = await heldSettled();
   t.equal(c.frames().filter((f) => f.type === T.RST_STREAM).length, 200, 'each of the 200 streams is reset');
   t.ok(c.frames().filter((f) => f.type === T.RST_STREAM).every((f) => f.payload.readUInt32BE(0) === NGHTTP2_ENHANCE_YOUR_CALM), 'with ENHANCE_YOUR_CALM');
   t.equal(up.fates.length, 0, 'nothing was forwarded');
@@ -401,7 +415,7 @@ t.test('SETTINGS flood from a client that never reads (100 000 frames, each need
   const frame = h2Frame(T.SETTINGS, 0, 0, settingsPayload([[0x4, 65535]]));
   for (let i = 0; i < 50; i++) c.send(Buffer.concat(Array.from({ length: 2000 }, () => frame)));
   const alive = await gw.request({ path: '/during' });
-  const after = held();
+  const after = await heldSettled();
   t.equal(alive.status, 200, 'another client is served during the flood');
   c.socket.resume();
   t.ok(await c.closedWithin(3000), 'the flooding connection is cut');
@@ -431,7 +445,7 @@ t.test('SETTINGS the gateway must refuse (more than 32 entries, INITIAL_WINDOW_S
   t.equal(up.fates.length, 0, 'no request sent after a refused SETTINGS was forwarded');
 });
 
-t.test('WINDOW_UPDATE overflow (RFC 9113 §6.9.1): on the connection, GOAWAY and the connection closed; on a stream whose answer is streaming, that stream is reset FLOW_CONTROL_ERROR, its upstream response aborted, its line written, and the gateway serves on', async (t) => {
+t.test('WINDOW_UPDATE overflow (RFC 9113 §6.9.1): on the connection, GOAWAY and the connection closed; on a stream whose answer is streaming, that stream is reset FLOW_CONTROL_ERROR (Node 24: the session ends), its upstream response aborted, its line written, and the gateway serves on', async (t) => {
   // Node 20 answers both with a GOAWAY INTERNAL_ERROR (not FLOW_CONTROL_ERROR) and, for the stream
   // case, ends the whole session after the RST_STREAM (onSessionInternalError): Node's own
   // behaviour (a bare node:http2 server does the same), so neither is asserted here.
@@ -452,8 +466,10 @@ t.test('WINDOW_UPDATE overflow (RFC 9113 §6.9.1): on the connection, GOAWAY and
   c2.send(h2Frame(T.HEADERS, END_HEADERS | END_STREAM, 1, block('GET', '/streaming')));
   t.ok(await until(() => c2.on(1).some((f) => f.type === T.DATA), 2000), 'the answer started');
   c2.send(h2Frame(T.WINDOW_UPDATE, 0, 1, u32(0x7fffffff)));
-  t.ok(await until(() => c2.rst(1) !== undefined, 2000), 'the stream is reset');
-  t.equal(c2.rst(1), NGHTTP2_FLOW_CONTROL_ERROR, 'with FLOW_CONTROL_ERROR');
+  // Node 20 resets the stream (FLOW_CONTROL_ERROR); Node 24's nghttp2 ends the whole session
+  // (GOAWAY). Either way the answer stops.
+  t.ok(await until(() => c2.rst(1) !== undefined || c2.goaways().length > 0, 2000), 'the stream is reset, or the session ended');
+  if (c2.goaways().length === 0) t.equal(c2.rst(1), NGHTTP2_FLOW_CONTROL_ERROR, 'with FLOW_CONTROL_ERROR');
   t.ok(await until(() => up.fates[0]?.aborted === true, 2000), 'the upstream response was aborted');
   await until(() => accessLines(gw, '/streaming').length > 0, 1000);
   t.match(accessLines(gw, '/streaming'), [{ status: 200, reason: 'client_closed' }], 'one line: the answer was cut by the client');
@@ -510,7 +526,7 @@ t.test('PRIORITY flood: 100 000 PRIORITY frames on idle streams: memory bounded,
     await sleep(1);
   }
   const other = await gw.request({ path: '/other' });
-  const after = held();
+  const after = await heldSettled();
   t.equal(other.status, 200, 'another client is served');
   t.ok(after.rss - before.rss < 32 * MB && after.heap - before.heap < 16 * MB, `memory bounded: ${grown(before, after)}`);
   t.equal(up.fates.filter((f) => f.url !== '/other').length, 0, 'nothing forwarded');
@@ -604,9 +620,10 @@ t.test('DATA against content-length: more bytes than announced (in one frame or 
   c.send(h2Frame(T.HEADERS, END_HEADERS, 1, block('POST', '/long-one-frame', cl(4))), h2Frame(T.DATA, END_STREAM, 1, Buffer.from(`abcd${smuggled}`)));
   c.send(h2Frame(T.HEADERS, END_HEADERS, 3, block('POST', '/long-two-frames', cl(4))), h2Frame(T.DATA, 0, 3, Buffer.from('abcd')), h2Frame(T.DATA, END_STREAM, 3, Buffer.from(smuggled)));
   c.send(h2Frame(T.HEADERS, END_HEADERS, 5, block('POST', '/short', cl(10))), h2Frame(T.DATA, END_STREAM, 5, Buffer.from('abcd')));
+  // Node 20 resets each stream (PROTOCOL_ERROR); Node 24's nghttp2 ends the session (GOAWAY).
   for (const id of [1, 3, 5]) {
-    t.ok(await until(() => c.rst(id) !== undefined, 2000), `stream ${id} is reset`);
-    t.equal(c.rst(id), NGHTTP2_PROTOCOL_ERROR, `stream ${id}: PROTOCOL_ERROR`);
+    t.ok(await until(() => c.rst(id) !== undefined || c.goaways().length > 0, 2000), `stream ${id} is reset, or the session ended`);
+    if (c.goaways().length === 0) t.equal(c.rst(id), NGHTTP2_PROTOCOL_ERROR, `stream ${id}: PROTOCOL_ERROR`);
   }
   await sleep(300);
   const all = up.received.join('');
