@@ -1358,14 +1358,8 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     ended(reply, outcome, bytes, error) {
       const ctx = reply.request.gw;
       let status = reply.raw.statusCode;
-      if (outcome === 'client_closed' && reply.raw.headersSent) {
-        // Not the upstream's answer: the slowloris guard's (an HTTP/2 body past request_timeout
-        // gets a 408, then its stream is reset). Logged with what the client got.
-        ctx.reason ??= status === 408 ? 'GW_ERR_REQUEST_TIMEOUT' : 'client_closed';
-      } else if (outcome === 'client_closed') {
-        // Nothing was sent: logged as nginx does, 499 "client closed request".
-        status = 499;
-        ctx.reason ??= 'client_closed';
+      if (outcome === 'client_closed') {
+        status = clientGoneStatus(ctx, reply.raw);
       } else if (outcome === 'cut') {
         const gwErr = error ? findGatewayError(error) : null;
         if (error === null) {
@@ -1431,6 +1425,9 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     );
   }
 
+  /** Bytes of request bodies held by bufferRequestBody across requests, at most MAX_BUFFERED_BYTES. */
+  let bufferedBytes = 0;
+
   /**
    * `limits.request_buffer`: the body is read (up to that size) before the upstream is contacted,
    * so a client that uploads slowly holds no upstream connection: with bodies streamed, a few
@@ -1484,7 +1481,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
         sendError(reply, gwErr.statusCode, gwErr.code);
         return;
       }
-      clientGoneWhileReading(request, reply);
+      logRequest(ctx, request.raw, clientGoneStatus(ctx, reply.raw), undefined);
     };
     // A stream that closes without its end: the client went away (or was cut for being late).
     const onClose = (): void => onError(new Error('the request body ended early'));
@@ -1499,17 +1496,16 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     body.once('close', onClose);
   }
 
-  /** Bytes of request bodies held by bufferRequestBody across requests, at most MAX_BUFFERED_BYTES. */
-  let bufferedBytes = 0;
-
-  /** The client left (or the slowloris guard cut it) while its body was being read: nothing went upstream. */
-  function clientGoneWhileReading(request: FastifyRequest, reply: FastifyReply): void {
-    const ctx = request.gw;
-    const res = reply.raw;
-    // The guard's own 408 (HTTP/2) is what the client got; otherwise nothing was sent.
+  /**
+   * The status a request's line gets when its client went away before the upstream's answer
+   * started (or was cut off for being late): what the client got, the slowloris guard's own 408
+   * (an HTTP/2 body past request_timeout, its stream then reset), else nothing: 499, "client
+   * closed request", as nginx logs it.
+   */
+  function clientGoneStatus(ctx: RequestContext, res: FastifyReply['raw']): number {
     const status = res.headersSent ? res.statusCode : 499;
     ctx.reason ??= status === 408 ? 'GW_ERR_REQUEST_TIMEOUT' : 'client_closed';
-    logRequest(ctx, request.raw, status, undefined);
+    return status;
   }
 
   function onUpstreamError(reply: FastifyReply, error: Error): void {
