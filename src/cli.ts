@@ -158,7 +158,14 @@ async function start(configPath: string, watchFile: boolean, io: Io): Promise<nu
     }
   }
   const { config, warnings } = loaded;
-  const logger = createLogger(config.log);
+  let logger: ReturnType<typeof createLogger>;
+  try {
+    logger = createLogger(config.log);
+  } catch (err) {
+    // A log file that cannot be written: said here, the one place that still reaches someone.
+    io.err(`portcullis: cannot start: ${(err as Error).message}\n`);
+    return 1;
+  }
   for (const w of warnings) logger.warn({ config: configPath }, w);
   // What fails here (a port in use, a log file that cannot be opened, a certificate that cannot
   // be made) is the operator's to fix: one line saying what, not a stack trace.
@@ -195,6 +202,12 @@ async function start(configPath: string, watchFile: boolean, io: Io): Promise<nu
         gateway.metrics.configReload('failure');
         gateway.events.emit('config_rejected', { file: configPath, reason: why, problems });
         logger.error({ trigger: why, problems }, 'configuration rejected; the previous configuration keeps serving');
+        // A SIGHUP is also how log rotation asks for new files (logrotate's `create`).
+        try {
+          gateway.reopenLogs();
+        } catch (reopenErr) {
+          logger.error({ problems: [(reopenErr as Error).message] }, 'log files cannot be reopened; the open ones stay in use');
+        }
       }
     });
   };

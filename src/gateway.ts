@@ -33,7 +33,7 @@ import { renderError, statusText } from './http/errors.js';
 import { randomUUID } from 'node:crypto';
 import { redactUrl, writeAccessLine, type Logger } from './observability/logging.js';
 import { createMetrics, UNMATCHED, type GatewayMetrics } from './observability/metrics.js';
-import { createSecurityEvents, openSecurityLog, type SecurityEvents, type SecurityLog } from './observability/events.js';
+import { createSecurityEvents, openSecurityLog, prepareLogFiles, type SecurityEvents, type SecurityLog } from './observability/events.js';
 import { buildRuntimeState, type RuntimeState } from './runtime.js';
 import { ALLOW_HEADER, hasDuplicate, newContext, resolveRequest, PROXIED_METHODS, type RawRequestView } from './pipeline/resolve.js';
 import type { RequestContext } from './pipeline/context.js';
@@ -50,7 +50,7 @@ import { applySecurityHeaders, BanList, checkCsrf, gatewayRateLimitOptions, hard
 import { MemoryStore, type Store } from './state/index.js';
 import { createRedirectServer } from './server/redirect.js';
 import { createAdminServer } from './server/admin.js';
-import { SlowlorisGuard } from './server/slowloris.js';
+import { answeredRequestTimeout, SlowlorisGuard } from './server/slowloris.js';
 import { closeServer, listenOn } from './server/lifecycle.js';
 import { createCertificateAutomation, type AcmeTuning, type CertificateAutomation } from './server/acme.js';
 import { claimedIssuer, type Authenticator } from './auth/index.js';
@@ -89,8 +89,17 @@ export interface Gateway {
   current(): RuntimeState;
   listen(): Promise<ListenerAddresses>;
   addresses(): ListenerAddresses;
-  /** Swap in a new, already validated configuration; throws (keeping the old one) if it cannot be applied. */
+  /**
+   * Swap in a new, already validated configuration; throws (keeping the old one) if it cannot be
+   * applied. The log files (the main log given in the options too) are opened anew, at their new
+   * paths or at the same ones, so a rotated file is left for a new one.
+   */
   reload(config: GatewayConfig): Promise<void>;
+  /**
+   * Opens the current log files anew (log rotation, when a reload was refused). Throws a
+   * GatewayError, keeping the files in use, when one cannot be written.
+   */
+  reopenLogs(): void;
   /** Stop accepting, let in-flight requests finish for up to `graceMs`, then close everything. */
   close(graceMs?: number): Promise<void>;
   ready(): { ready: boolean; checks: Record<string, boolean> };
@@ -226,12 +235,12 @@ export function sendError(reply: FastifyReply, status: number, code: GatewayErro
  * hold more than this.
  */
 const MAX_BUFFERED_BYTES = 256 * 1024 * 1024;
+const EMPTY_CHUNK = Buffer.alloc(0);
 
 /** Settings a reload does not change, by what the warning calls them. */
 const RESTART_ONLY: readonly (readonly [string, (c: GatewayConfig) => unknown])[] = [
   // Not listen.public_https_port: redirects read it from the current state.
   ['listener addresses', (c) => [c.listen.https, c.listen.http, c.listen.admin]],
-  ['log.file, log.security_file or log.buffer', (c) => [c.log.file, c.log.securityFile, c.log.buffer]],
   ['limits.max_header_size, limits.headers_timeout or limits.request_timeout', (c) => [c.limits.maxHeaderSize, c.limits.headersTimeout, c.limits.requestTimeout]],
   ['timeouts.connect or timeouts.idle', (c) => [c.timeouts.connect, c.timeouts.idle]],
 ];
@@ -277,7 +286,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
 
   const metrics = createMetrics({ version: options.version ?? '0.0.0' });
   const securityLog: SecurityLog = openSecurityLog(cfg0.log.securityFile, logger);
-  const events = createSecurityEvents(securityLog.logger);
+  const events = createSecurityEvents(securityLog);
   const store = options.store ?? new MemoryStore();
   const bans = new BanList({ store });
   metrics.setBansActiveProvider(() => bans.activeBans());
@@ -1443,7 +1452,6 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     let settled = false;
     const settle = (): void => {
       settled = true;
-      bufferedBytes -= size;
       body.off('data', onData);
       body.off('end', onEnd);
       body.off('error', onError);
@@ -1458,19 +1466,17 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
       // what was read first.
       body.pause();
       settle();
-      const rest = new PassThrough();
-      for (const c of chunks) rest.write(c);
-      body.on('error', (err) => rest.destroy(err));
-      body.pipe(rest);
-      then(rest);
+      then(streamOn(body, chunks, size));
     };
     const onEnd = (): void => {
       settle();
+      bufferedBytes -= size;
       then(Buffer.concat(chunks, size));
     };
     const onError = (err: Error): void => {
       if (settled) return;
       settle();
+      bufferedBytes -= size;
       // The body stays unread: an HTTP/1.1 connection is closed after the answer.
       endConnectionAfterResponse(request, reply);
       const ctx = request.gw;
@@ -1497,13 +1503,48 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
   }
 
   /**
+   * A body that outgrew the buffer, as a stream: what was read first, then the rest as it comes.
+   * The bytes read first stay counted in {@link bufferedBytes} until they are handed on at the
+   * pace the upstream takes them (a 'drain' at a time): an app that does not read its uploads
+   * would otherwise hold every overflowed buffer beyond the cap.
+   */
+  function streamOn(body: Readable, read: Buffer[], size: number): Readable {
+    const rest = new PassThrough();
+    let held = size;
+    let next = 0;
+    const release = (n: number): void => {
+      held -= n;
+      bufferedBytes -= n;
+    };
+    const feed = (): void => {
+      while (next < read.length) {
+        const chunk = read[next]!;
+        read[next++] = EMPTY_CHUNK;
+        release(chunk.length);
+        if (!rest.write(chunk)) {
+          rest.once('drain', feed);
+          return;
+        }
+      }
+      body.pipe(rest);
+    };
+    rest.once('close', () => {
+      if (held > 0) release(held);
+      read.length = 0;
+    });
+    body.on('error', (err) => rest.destroy(err));
+    feed();
+    return rest;
+  }
+
+  /**
    * The status a request's line gets when its client went away before the upstream's answer
    * started (or was cut off for being late): what the client got, the slowloris guard's own 408
    * (an HTTP/2 body past request_timeout, its stream then reset), else nothing: 499, "client
    * closed request", as nginx logs it.
    */
   function clientGoneStatus(ctx: RequestContext, res: FastifyReply['raw']): number {
-    const status = res.headersSent ? res.statusCode : 499;
+    const status = res.headersSent ? res.statusCode : answeredRequestTimeout(res) ? 408 : 499;
     ctx.reason ??= status === 408 ? 'GW_ERR_REQUEST_TIMEOUT' : 'client_closed';
     return status;
   }
@@ -1523,6 +1564,32 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     logger.warn({ request_id: ctx.requestId, upstream: ctx.upstream, reason: kind, err: { code: rootCode(error) } }, 'upstream request failed');
     if (kind === 'connect_timeout' || kind === 'response_timeout') sendError(reply, 504, 'GW_ERR_UPSTREAM_TIMEOUT');
     else sendError(reply, 502, kind === 'bad_response' ? 'GW_ERR_UPSTREAM_BAD_RESPONSE' : 'GW_ERR_UPSTREAM_UNAVAILABLE');
+  }
+
+  async function applyConfig(config: GatewayConfig, old: RuntimeState): Promise<void> {
+    // What the process set up at start (sockets, TLS defaults, connection pools) stays as it
+    // was: a change is said, not silently dropped (README, "reloads").
+    for (const [what, read] of RESTART_ONLY) {
+      if (JSON.stringify(read(config)) !== JSON.stringify(read(old.config))) logger.warn(`${what} changed: the change takes effect on the next restart`);
+    }
+    // New handshakes get the new floor at once (the store rebuilds its contexts and the
+    // server's base context, where OpenSSL reads the version bounds).
+    certificates.setMinVersion(config.tls.minVersion);
+    const sameAuth = JSON.stringify(config.auth) === JSON.stringify(old.config.auth);
+    let nextAuth = authenticator;
+    if (!sameAuth) {
+      nextAuth = newAuthenticator(config);
+      if (nextAuth && listening) await nextAuth.start();
+    }
+    if (!options.certificates) await certificates.loadFiles(config.tls.certificates);
+    state = buildRuntimeState(config, nextAuth, old);
+    if (listening) await automation.reload(config);
+    if (nextAuth !== authenticator) {
+      const previous = authenticator;
+      authenticator = nextAuth;
+      // In-flight requests may still hold the old authenticator; close it once they had time to finish.
+      if (previous) setTimeout(() => void previous.close(), 30_000).unref();
+    }
   }
 
   let front: TlsFront | null = null;
@@ -1595,31 +1662,21 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     },
     async reload(config) {
       const old = state;
-      // What the process set up at start (sockets, TLS defaults, open files, connection pools)
-      // stays as it was: a change is said, not silently dropped (README, "reloads").
-      for (const [what, read] of RESTART_ONLY) {
-        if (JSON.stringify(read(config)) !== JSON.stringify(read(old.config))) logger.warn(`${what} changed: the change takes effect on the next restart`);
+      // Every file the new configuration writes is opened before anything changes: one that
+      // cannot be written refuses the reload, and the old files stay in use.
+      const logs = prepareLogFiles(logger, securityLog, config.log);
+      try {
+        await applyConfig(config, old);
+      } catch (err) {
+        logs.discard();
+        throw err;
       }
+      logs.commit();
       // The level is read on every line: it applies at once (the access log is info).
       if (config.log.level !== old.config.log.level) securityLog.setMainLevel(config.log.level);
-      // New handshakes get the new floor at once (the store rebuilds its contexts and the
-      // server's base context, where OpenSSL reads the version bounds).
-      certificates.setMinVersion(config.tls.minVersion);
-      const sameAuth = JSON.stringify(config.auth) === JSON.stringify(old.config.auth);
-      let nextAuth = authenticator;
-      if (!sameAuth) {
-        nextAuth = newAuthenticator(config);
-        if (nextAuth && listening) await nextAuth.start();
-      }
-      if (!options.certificates) await certificates.loadFiles(config.tls.certificates);
-      state = buildRuntimeState(config, nextAuth, old);
-      if (listening) await automation.reload(config);
-      if (nextAuth !== authenticator) {
-        const previous = authenticator;
-        authenticator = nextAuth;
-        // In-flight requests may still hold the old authenticator; close it once they had time to finish.
-        if (previous) setTimeout(() => void previous.close(), 30_000).unref();
-      }
+    },
+    reopenLogs() {
+      prepareLogFiles(logger, securityLog, state.config.log).commit();
     },
     async close(graceMs = state.config.shutdownGrace) {
       listening = false;

@@ -19,12 +19,11 @@ import cluster, { type Worker } from 'node:cluster';
 import { randomBytes } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import type { Server as HttpServer } from 'node:http';
-import pino from 'pino';
 import { AggregatorRegistry } from 'prom-client';
 import { loadConfigFile, type LoadResult } from '../config/index.js';
-import { createLogger } from '../observability/logging.js';
+import { createLogger, type PreparedLog } from '../observability/logging.js';
 import { createMetrics } from '../observability/metrics.js';
-import { createSecurityEvents, openSecurityLog } from '../observability/events.js';
+import { createSecurityEvents, openSecurityLog, prepareLogFiles } from '../observability/events.js';
 import { prepareCertificates } from '../server/certificates.js';
 import { createCertificateAutomation, type CertificateMirror } from '../server/acme.js';
 import { createAdminServer } from '../server/admin.js';
@@ -64,7 +63,8 @@ interface Member {
 export async function runPrimary(configPath: string, watchFile: boolean, loaded: LoadResult, version: string, early?: EarlySighup): Promise<number> {
   let current = loaded;
   const size = loaded.config.workers;
-  const log = createLogger(loaded.config.log, loaded.config.log.file ? undefined : pino.destination({ dest: 1, sync: true })).child({ role: 'primary' });
+  // stdout is a pipe shared with the workers: one write per line keeps lines whole.
+  const log = createLogger({ ...loaded.config.log, linePerWrite: true }).child({ role: 'primary' });
   for (const w of loaded.warnings) log.warn({ config: configPath }, w);
 
   // Once, before any worker: creates the local development CA (if used) so workers only read it.
@@ -72,7 +72,7 @@ export async function runPrimary(configPath: string, watchFile: boolean, loaded:
   const metrics = createMetrics({ version });
   metrics.setCertificateProvider(() => [...certificates.expiries()].map(([host, notAfter]) => ({ host, notAfter })));
   const securityLog = openSecurityLog(loaded.config.log.securityFile, log);
-  const events = createSecurityEvents(securityLog.logger);
+  const events = createSecurityEvents(securityLog);
   const store = new MemoryStore();
 
   const members = new Map<number, Member>();
@@ -286,21 +286,37 @@ export async function runPrimary(configPath: string, watchFile: boolean, loaded:
     return false;
   }
 
+  /** Every process's log files opened anew at their current paths (rotation after a refused reload). */
+  function reopenLogs(): void {
+    try {
+      prepareLogFiles(log, securityLog, current.config.log).commit();
+    } catch (err) {
+      log.error({ problems: [(err as Error).message] }, 'log files cannot be reopened; the open ones stay in use');
+    }
+    broadcast('logs.reopen', {});
+  }
+
   let reloading: Promise<void> = Promise.resolve();
   const reload = (why: string): void => {
     reloading = reloading.then(async () => {
       if (stopping) return;
       let next: LoadResult;
+      let logs: PreparedLog;
       try {
         next = await loadConfigFile(configPath);
         await prepareCertificates(next.config, log, certificates);
+        // The primary's own log files (each worker opens its own in its reload).
+        logs = prepareLogFiles(log, securityLog, next.config.log);
       } catch (err) {
         const problems = problemsOf(err);
         metrics.configReload('failure');
         events.emit('config_rejected', { file: configPath, reason: why, problems });
         log.error({ trigger: why, problems }, 'configuration rejected; the previous configuration keeps serving');
+        // A SIGHUP is also how log rotation asks for new files (logrotate's `create`).
+        reopenLogs();
         return;
       }
+      logs.commit();
       for (const w of next.warnings) log.warn({ config: configPath }, w);
       if (next.config.workers !== size) log.warn({ workers: next.config.workers, running: size }, 'workers changed: it takes effect on the next restart');
       // The primary's own lines too (the workers set theirs in their reload).

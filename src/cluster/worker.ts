@@ -12,7 +12,6 @@
  * primary says so or disappears.
  */
 import cluster from 'node:cluster';
-import pino from 'pino';
 import { parseConfig, type LoadResult } from '../config/index.js';
 import { createLogger, type Logger } from '../observability/logging.js';
 import { buildGateway, type Gateway } from '../gateway.js';
@@ -22,6 +21,15 @@ import { RemoteStore } from '../state/index.js';
 import { ACTIVE_BAN_KEY_PREFIX } from '../protect/index.js';
 import { RpcPeer } from './rpc.js';
 import { problemsOf, type ReloadResult, type Snapshot, type WorkerHello } from './protocol.js';
+
+/** Opens the log files anew; one that cannot be written is said, and the open ones stay in use. */
+function reopenLogs(gateway: Gateway | null, logger: Logger | null): void {
+  try {
+    gateway?.reopenLogs();
+  } catch (err) {
+    logger?.error({ problems: [(err as Error).message] }, 'log files cannot be reopened; the open ones stay in use');
+  }
+}
 
 export async function runWorker(configPath: string, version: string): Promise<number> {
   for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(signal, () => undefined);
@@ -70,6 +78,9 @@ export async function runWorker(configPath: string, version: string): Promise<nu
         return gateway!.certificates.clearAlpnChallenge(p.host!);
       case 'tls.ticketKeys':
         return gateway!.setTicketKeys(Buffer.from(p.keys!, 'base64'));
+      case 'logs.reopen':
+        // A reload the primary refused still reopens the log files (rotation).
+        return reopenLogs(gateway, logger);
       case 'state.invalidate':
         return store.invalidate(p.key!);
       case 'acme.http01Set':
@@ -95,9 +106,8 @@ export async function runWorker(configPath: string, version: string): Promise<nu
   let loaded: LoadResult = parseConfig(hello.text, configPath);
   const config = loaded.config;
   const id = cluster.worker?.id ?? 0;
-  // stdout is a pipe shared with the siblings: one write per line keeps lines whole (writes up to
-  // PIPE_BUF are atomic); a file is opened O_APPEND, where whole buffered writes never interleave.
-  logger = createLogger(config.log, config.log.file ? undefined : pino.destination({ dest: 1, sync: true })).child({ worker: id });
+  // stdout is a pipe shared with the siblings: one write per line keeps lines whole.
+  logger = createLogger({ ...config.log, linePerWrite: true }).child({ worker: id });
   const log = logger;
 
   const certificates = await prepareCertificates(config, log);

@@ -11,11 +11,8 @@
  * defence any field whose NAME looks like a credential is replaced by `[redacted]`, and long
  * strings are truncated (a token pasted into a `reason` must not land in full).
  */
-import { closeSync, constants, fstatSync, mkdirSync, openSync } from 'node:fs';
-import { dirname } from 'node:path';
 import { pino, type Logger, type LevelWithSilent } from 'pino';
-import { GatewayError } from '../errors.js';
-import { escapeRawControls } from './logging.js';
+import { escapeRawControls, openLogFile, prepareLogOutput, type LogOutputSettings, type PreparedLog } from './logging.js';
 
 export type SecurityEventName =
   | 'auth_failed'
@@ -106,8 +103,12 @@ export interface SecurityEvents {
   emit<E extends SecurityEventName>(event: E, fields?: SecurityEventFields<E>): void;
 }
 
-/** Events are written through `logger` (a pino logger, typically from `openSecurityLog`). */
-export function createSecurityEvents(logger: Logger): SecurityEvents {
+/**
+ * Events are written through `log`: a pino logger, or a SecurityLog (from `openSecurityLog`),
+ * whose logger is read at each event since a reload may move it to another file.
+ */
+export function createSecurityEvents(log: Logger | SecurityLog): SecurityEvents {
+  const source = 'prepare' in log ? log : { logger: log };
   return {
     emit(event, fields) {
       const level = LEVELS.get(event);
@@ -121,12 +122,13 @@ export function createSecurityEvents(logger: Logger): SecurityEvents {
       }
       line.event = event;
       line.security = true;
-      logger[level](line, event);
+      source.logger[level](line, event);
     },
   };
 }
 
 export interface SecurityLog {
+  /** The logger events are written through now (a reload may move `log.security_file`). */
   readonly logger: Logger;
   /**
    * A reload's `log.level`, for the main logger. pino hands a logger's new level down to its
@@ -134,7 +136,19 @@ export interface SecurityLog {
    * trail that only `silent` quiets.
    */
   setMainLevel(level: LevelWithSilent): void;
+  /**
+   * Opens `log.security_file` as a reload (or a SIGHUP, for log rotation) names it: a file anew
+   * even at the same path, so a rotated file is left for a new one. Throws a GatewayError when it
+   * cannot be written; nothing changes until the commit.
+   */
+  prepare(file: string | null): PreparedLog;
   /** Flushes and closes the file (no-op for the main-log child). Safe to call twice. */
+  close(): Promise<void>;
+}
+
+interface OpenedSecurityLog {
+  readonly logger: Logger;
+  readonly file: string | null;
   close(): Promise<void>;
 }
 
@@ -143,34 +157,51 @@ export interface SecurityLog {
  * parent directory created), else a child of the main logger tagged `log: "security"`.
  */
 export function openSecurityLog(file: string | null, mainLogger: Logger, level: LevelWithSilent = 'info'): SecurityLog {
-  if (file === null) {
-    // The events are an audit trail: `log.level: error` quiets the main log, not them (only
-    // `silent` does, as it silences everything).
-    const logger = mainLogger.child({ log: 'security' }, { level: mainLogger.level === 'silent' ? 'silent' : level });
-    return {
-      logger,
-      setMainLevel(main) {
-        mainLogger.level = main;
-        logger.level = main === 'silent' ? 'silent' : level;
-      },
-      close: () => Promise.resolve(),
-    };
-  }
-  // Opened once synchronously so an unwritable path fails at startup with a clear error, instead
-  // of as an asynchronous 'error' event after the gateway already reported ready.
-  // O_NONBLOCK: a FIFO without a reader would block the open (and the whole process) forever;
-  // only a regular file is an audit log anyway.
-  let regular = true;
-  try {
-    mkdirSync(dirname(file), { recursive: true });
-    const fd = openSync(file, constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT | constants.O_NONBLOCK, 0o640);
-    regular = fstatSync(fd).isFile();
-    closeSync(fd);
-  } catch (cause) {
-    throw new GatewayError('GW_ERR_CONFIG_INVALID', `log.security_file ${file} cannot be opened for writing`, { cause });
-  }
-  if (!regular) throw new GatewayError('GW_ERR_CONFIG_INVALID', `log.security_file ${file} is not a regular file`);
-  const dest = pino.destination({ dest: file, mkdir: true, sync: false });
+  // The events are an audit trail: `log.level: error` quiets the main log, not them (only
+  // `silent` does, as it silences everything).
+  const levelFor = (main: string): LevelWithSilent => (main === 'silent' ? 'silent' : level);
+  let current = openOne(file, mainLogger, levelFor(mainLogger.level));
+  let closed: Promise<void> | null = null;
+  return {
+    get logger() {
+      return current.logger;
+    },
+    setMainLevel(main) {
+      mainLogger.level = main;
+      current.logger.level = levelFor(main);
+    },
+    prepare(next) {
+      if (next === null && current.file === null) return { commit() {}, discard() {} };
+      const opened = openOne(next, mainLogger, levelFor(mainLogger.level));
+      let done = false;
+      return {
+        commit() {
+          if (done) return;
+          done = true;
+          const old = current;
+          current = opened;
+          void old.close().catch(() => undefined);
+        },
+        discard() {
+          if (done) return;
+          done = true;
+          void opened.close().catch(() => undefined);
+        },
+      };
+    },
+    close() {
+      closed ??= current.close();
+      return closed;
+    },
+  };
+}
+
+function openOne(file: string | null, mainLogger: Logger, level: LevelWithSilent): OpenedSecurityLog {
+  if (file === null) return { logger: mainLogger.child({ log: 'security' }, { level }), file, close: () => Promise.resolve() };
+  // Opened and checked synchronously: an unwritable path fails the start (or the reload) with a
+  // clear error, instead of as an asynchronous 'error' event after the gateway reported ready.
+  const fd = openLogFile(file, 'log.security_file', 0o640);
+  const dest = pino.destination({ dest: fd, sync: false });
   // A later write failure (disk full) must not crash the gateway through an unhandled 'error'
   // event: report it on the main log, which has a different destination.
   dest.on('error', (err: unknown) => mainLogger.error({ err, file }, 'security log write failed'));
@@ -178,17 +209,44 @@ export function openSecurityLog(file: string | null, mainLogger: Logger, level: 
   let closed: Promise<void> | null = null;
   return {
     logger,
-    setMainLevel(main) {
-      mainLogger.level = main;
-    },
+    file,
     close() {
       closed ??= new Promise<void>((resolve, reject) => {
         dest.once('close', () => resolve());
         dest.once('error', reject);
-        // end() waits for the open to finish and flushes the buffer before closing.
+        // end() flushes the buffer before closing.
         dest.end();
       });
       return closed;
+    },
+  };
+}
+
+/**
+ * The main log's output and the security log, opened as `settings` name them, for one commit:
+ * both are opened (or neither, when one cannot be) before either is used.
+ */
+export function prepareLogFiles(
+  mainLogger: Logger,
+  securityLog: SecurityLog,
+  settings: LogOutputSettings & { readonly securityFile: string | null },
+): PreparedLog {
+  const main = prepareLogOutput(mainLogger, settings);
+  let security: PreparedLog;
+  try {
+    security = securityLog.prepare(settings.securityFile);
+  } catch (err) {
+    main.discard();
+    throw err;
+  }
+  return {
+    commit() {
+      main.commit();
+      security.commit();
+    },
+    discard() {
+      main.discard();
+      security.discard();
     },
   };
 }

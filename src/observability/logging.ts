@@ -4,8 +4,11 @@
  * Credentials never reach a log: header values are censored by pino's redaction, and token-like
  * query parameters are masked before a path is logged.
  */
+import { closeSync, constants, existsSync, fstatSync, mkdirSync, openSync } from 'node:fs';
+import { dirname } from 'node:path';
 import pino, { type Logger, type LoggerOptions } from 'pino';
 import type { LogConfig } from '../config/types.js';
+import { GatewayError } from '../errors.js';
 import { TurnBatchedDestination, type LineSink } from './turn-batch.js';
 
 export type { Logger };
@@ -57,33 +60,206 @@ export function isoTimeCached(): string {
 /** How often a buffered main log (`log.buffer`) writes what waits, whatever its size. */
 export const LOG_FLUSH_MS = 250;
 
-export function createLogger(config: Pick<LogConfig, 'level' | 'file'> & { readonly buffer?: number }, destination?: pino.DestinationStream): Logger {
-  return markOurs(buildLogger(config, destination));
+/** Where a main log writes: `log.file` (else stdout) and `log.buffer`. */
+export interface LogOutputSettings {
+  readonly file: string | null;
+  readonly buffer?: number;
 }
 
-function buildLogger(config: Pick<LogConfig, 'level' | 'file'> & { readonly buffer?: number }, destination?: pino.DestinationStream): Logger {
-  const options: LoggerOptions = {
-    level: config.level,
+export interface CreateLoggerOptions extends LogOutputSettings {
+  readonly level: LogConfig['level'];
+  /**
+   * stdout written one line per synchronous write: a cluster's processes share the pipe, and
+   * only writes up to PIPE_BUF are atomic (a file is opened O_APPEND, where whole writes never
+   * interleave).
+   */
+  readonly linePerWrite?: boolean;
+}
+
+/**
+ * The main logger. Without `destination`, it writes where `config` says through a
+ * {@link LogOutput}, which a reload (and every SIGHUP, for log rotation) reopens or moves with
+ * {@link prepareLogOutput}; a log file that cannot be written is a GatewayError now, never a
+ * silently empty log.
+ */
+export function createLogger(config: CreateLoggerOptions, destination?: pino.DestinationStream): Logger {
+  return markOurs(pino(loggerOptions(config.level), destination ?? new LogOutput(config, config.linePerWrite === true)));
+}
+
+function loggerOptions(level: LogConfig['level']): LoggerOptions {
+  return {
+    level,
     base: { service: 'portcullis' },
     timestamp: isoTimeCached,
     redact: { paths: REDACT_PATHS, censor },
     formatters: { level: (label) => ({ level: label }) },
     hooks: { streamWrite: escapeRawControls },
   };
-  if (destination) return pino(options, destination);
+}
+
+/**
+ * Opens a log file for appending (its directory created) and checks it now, so that a path that
+ * cannot be written fails the start or the reload with a message naming `setting`, instead of
+ * an asynchronous error after the gateway reported ready (or no log at all). O_NONBLOCK: a FIFO
+ * without a reader would block the open, and with it a thread of the pool or the whole process,
+ * forever; only a regular file is a log here.
+ */
+export function openLogFile(file: string, setting: string, mode = 0o666): number {
+  let fd: number;
+  try {
+    makeDirectories(dirname(file));
+    fd = openSync(file, constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT | constants.O_NONBLOCK, mode);
+  } catch (cause) {
+    throw new GatewayError('GW_ERR_CONFIG_INVALID', `${setting} ${file} cannot be opened for writing (${(cause as NodeJS.ErrnoException).code ?? 'error'})`, { cause });
+  }
+  let regular = false;
+  try {
+    regular = fstatSync(fd).isFile();
+  } catch {
+    // not statable: not a file we write to
+  }
+  if (!regular) {
+    closeSync(fd);
+    throw new GatewayError('GW_ERR_CONFIG_INVALID', `${setting} ${file} is not a regular file`);
+  }
+  return fd;
+}
+
+/**
+ * `mkdir -p`, one level at a time: Node's recursive mkdir never returns for a path under a
+ * directory that refuses new entries with ENOENT (`/proc`, seen on Node 20 and 24).
+ */
+function makeDirectories(dir: string): void {
+  const missing: string[] = [];
+  for (let d = dir; !existsSync(d) && dirname(d) !== d; d = dirname(d)) missing.push(d);
+  for (const d of missing.reverse()) {
+    try {
+      mkdirSync(d);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    }
+  }
+}
+
+/** What a {@link LogOutput} writes to at a time. */
+interface Target extends pino.DestinationStream {
+  flush?(cb?: (err?: Error) => void): void;
+  flushSync?(): void;
+  end?(): void;
+}
+
+/**
+ * A log output opened but not yet in use: a reload opens every file it will write before it
+ * changes anything, and commits them only once the whole configuration is applied.
+ */
+export interface PreparedLog {
+  commit(): void;
+  discard(): void;
+}
+
+const NOTHING_TO_DO: PreparedLog = { commit() {}, discard() {} };
+
+/** A main log's writes failed (disk full, file system gone): said once on stderr, never a crash. */
+function reportWriteFailure(file: string | null): (err: Error) => void {
+  let said = false;
+  return (err) => {
+    if (said) return;
+    said = true;
+    process.stderr.write(`portcullis: writing the log to ${file ?? 'stdout'} failed: ${err.message}\n`);
+  };
+}
+
+function openTarget(settings: LogOutputSettings, linePerWrite: boolean): Target {
+  if (settings.file === null && linePerWrite) return pino.destination({ dest: 1, sync: true });
   // `log.buffer`: fewer, larger writes. Each write is a thread-pool job and its completion on the
   // event loop; one per access line cost the full pipeline ~5 % of its throughput on one core
   // (BENCHMARKS.md, session 4).
-  const buffer = config.buffer ?? 0;
+  const buffer = settings.buffer ?? 0;
   // sonic-boom wants its largest single write (`maxWrite`, 16 KiB by default) above `minLength`.
   const batching = buffer > 0 ? { minLength: buffer, maxWrite: buffer + 16_384, periodicFlush: LOG_FLUSH_MS } : {};
+  const fd = settings.file === null ? 1 : openLogFile(settings.file, 'log.file');
   // Either way, the lines of one event-loop turn reach sonic-boom as one write (turn-batch.ts).
   // Buffers, not strings: see turn-batch.ts.
-  const sink = config.file
-    ? pino.destination({ dest: config.file, mkdir: true, sync: false, contentMode: 'buffer', ...batching })
-    : pino.destination({ dest: 1, sync: false, contentMode: 'buffer', ...batching });
+  const sink = pino.destination({ dest: fd, sync: false, contentMode: 'buffer', ...batching });
+  sink.on('error', reportWriteFailure(settings.file));
   // Typed for strings; in buffer mode sonic-boom's write takes the Buffers TurnBatchedDestination hands it.
-  return pino(options, new TurnBatchedDestination(sink as unknown as LineSink));
+  return new TurnBatchedDestination(sink as unknown as LineSink);
+}
+
+/**
+ * The main log's destination, whose target (a file or stdout, and its batching) can be replaced
+ * while the process runs: every logger and child keeps writing here, and lines go to the new
+ * target from the commit on. The old target is ended, which writes what it still holds and
+ * closes its file.
+ */
+export class LogOutput implements pino.DestinationStream {
+  #target: Target;
+  #settings: LogOutputSettings;
+  readonly #linePerWrite: boolean;
+
+  constructor(settings: LogOutputSettings, linePerWrite: boolean) {
+    this.#target = openTarget(settings, linePerWrite);
+    this.#settings = { file: settings.file, buffer: settings.buffer ?? 0 };
+    this.#linePerWrite = linePerWrite;
+  }
+
+  /** The target's own object (for tests: the sonic-boom behind the batching). */
+  get target(): unknown {
+    return this.#target;
+  }
+
+  write(line: string): void {
+    this.#target.write(line);
+  }
+
+  flush(cb?: (err?: Error) => void): void {
+    if (this.#target.flush) this.#target.flush(cb);
+    else cb?.();
+  }
+
+  flushSync(): void {
+    this.#target.flushSync?.();
+  }
+
+  end(): void {
+    this.#target.end?.();
+  }
+
+  /**
+   * Opens what `settings` name: a file is opened anew even when its path is the same, so a
+   * rotated file (moved away, logrotate's `create`) is left for a new one at the path.
+   * stdout with the same batching has nothing to reopen.
+   */
+  prepare(settings: LogOutputSettings): PreparedLog {
+    const next = { file: settings.file, buffer: settings.buffer ?? 0 };
+    if (next.file === null && this.#settings.file === null && next.buffer === this.#settings.buffer) return NOTHING_TO_DO;
+    const target = openTarget(next, this.#linePerWrite);
+    let done = false;
+    return {
+      commit: () => {
+        if (done) return;
+        done = true;
+        const old = this.#target;
+        this.#target = target;
+        this.#settings = next;
+        old.end?.();
+      },
+      discard: () => {
+        if (done) return;
+        done = true;
+        target.end?.();
+      },
+    };
+  }
+}
+
+/**
+ * Opens the output `settings` name for `logger`'s (a createLogger logger's, or one of its
+ * children's) destination; a logger given its own destination has nothing to reopen.
+ */
+export function prepareLogOutput(logger: Logger, settings: LogOutputSettings): PreparedLog {
+  const stream = (logger as unknown as PinoInternals)[streamSym];
+  return stream instanceof LogOutput ? stream.prepare(settings) : NOTHING_TO_DO;
 }
 
 /**

@@ -25,10 +25,21 @@ const TIMEOUT_RESPONSE = 'HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nC
  * pipelined response is still going out (Node attaches one response at a time to the socket):
  * the bytes would land inside it. Then the connection is only closed.
  */
+/** Responses whose request got the guard's 408, written as raw bytes (Node's `res` never knew). */
+const answeredByGuard = new WeakSet<object>();
+
+/** Whether the guard answered `res`'s request with its own 408 (for the access line). */
+export function answeredRequestTimeout(res: object): boolean {
+  return answeredByGuard.has(res);
+}
+
 function timedOut(socket: Guarded, res: ServerResponse | null): void {
   const writing = socket._httpMessage;
   const busy = (writing !== undefined && writing !== null && writing !== res) || res?.headersSent === true;
-  if (!busy) socket.end(TIMEOUT_RESPONSE);
+  if (!busy) {
+    socket.end(TIMEOUT_RESPONSE);
+    if (res !== null) answeredByGuard.add(res);
+  }
   socket.destroySoon();
 }
 

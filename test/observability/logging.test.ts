@@ -74,8 +74,9 @@ t.test('redactUrl: credential names in the structured spellings frameworks read 
 t.test('log.buffer reaches the destination as batching settings; 0 adds no batching of its own (a turn\'s lines are still one write)', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'portcullis-log-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  // The logger's stream is the turn batcher (turn-batch.ts); sonic-boom is behind it.
-  const streamOf = (l: pino.Logger) => (l as unknown as Record<symbol, { sink: { minLength: number; _periodicFlush: number } }>)[pino.symbols.streamSym]!.sink;
+  // The logger's stream is the reopenable output; its target the turn batcher (turn-batch.ts); sonic-boom is behind that.
+  const streamOf = (l: pino.Logger) =>
+    (l as unknown as Record<symbol, { target: { sink: { minLength: number; _periodicFlush: number } } }>)[pino.symbols.streamSym]!.target.sink;
   const buffered = createLogger({ level: 'info', file: join(dir, 'a.log'), buffer: 8192 });
   t.equal(streamOf(buffered).minLength, 8192);
   t.equal(streamOf(buffered)._periodicFlush, LOG_FLUSH_MS);
