@@ -92,9 +92,10 @@ export interface Gateway {
   /**
    * Swap in a new, already validated configuration; throws (keeping the old one) if it cannot be
    * applied. The log files (the main log given in the options too) are opened anew, at their new
-   * paths or at the same ones, so a rotated file is left for a new one.
+   * paths or at the same ones, so a rotated file is left for a new one. What a reload does not
+   * change (RESTART_ONLY) keeps its start value, with a warning for each change unless `quiet`.
    */
-  reload(config: GatewayConfig): Promise<void>;
+  reload(config: GatewayConfig, options?: { readonly quiet?: boolean }): Promise<void>;
   /**
    * Opens the current log files anew (log rotation, when a reload was refused). Throws a
    * GatewayError, keeping the files in use, when one cannot be written.
@@ -237,13 +238,50 @@ export function sendError(reply: FastifyReply, status: number, code: GatewayErro
 const MAX_BUFFERED_BYTES = 256 * 1024 * 1024;
 const EMPTY_CHUNK = Buffer.alloc(0);
 
-/** Settings a reload does not change, by what the warning calls them. */
+/**
+ * Settings a reload does not change (the process set them up at start: sockets, the HTTP
+ * parser's limits and timers, connection pools), by what the warning calls them.
+ */
 const RESTART_ONLY: readonly (readonly [string, (c: GatewayConfig) => unknown])[] = [
   // Not listen.public_https_port: redirects read it from the current state.
   ['listener addresses', (c) => [c.listen.https, c.listen.http, c.listen.admin]],
   ['limits.max_header_size, limits.headers_timeout or limits.request_timeout', (c) => [c.limits.maxHeaderSize, c.limits.headersTimeout, c.limits.requestTimeout]],
   ['timeouts.connect or timeouts.idle', (c) => [c.timeouts.connect, c.timeouts.idle]],
 ];
+
+/** What {@link RESTART_ONLY} names, as plain data (a cluster primary hands its own to a new worker). */
+export interface RestartOnlySettings {
+  readonly listen: Pick<GatewayConfig['listen'], 'https' | 'http' | 'admin'>;
+  readonly limits: Pick<GatewayConfig['limits'], 'maxHeaderSize' | 'headersTimeout' | 'requestTimeout'>;
+  readonly timeouts: Pick<GatewayConfig['timeouts'], 'connect' | 'idle'>;
+}
+
+export function restartOnlySettings(c: GatewayConfig): RestartOnlySettings {
+  return {
+    listen: { https: c.listen.https, http: c.listen.http, admin: c.listen.admin },
+    limits: { maxHeaderSize: c.limits.maxHeaderSize, headersTimeout: c.limits.headersTimeout, requestTimeout: c.limits.requestTimeout },
+    timeouts: { connect: c.timeouts.connect, idle: c.timeouts.idle },
+  };
+}
+
+/** `config` with the restart-only settings of the running process: what it really runs. */
+export function withRestartOnly(config: GatewayConfig, running: RestartOnlySettings): GatewayConfig {
+  return Object.freeze({
+    ...config,
+    listen: Object.freeze({ ...config.listen, ...running.listen }),
+    limits: Object.freeze({ ...config.limits, ...running.limits }),
+    timeouts: Object.freeze({ ...config.timeouts, ...running.timeouts }),
+  });
+}
+
+/** The warnings a reload from `running` to `next` deserves: one per restart-only setting it changes. */
+export function restartOnlyWarnings(running: GatewayConfig, next: GatewayConfig): string[] {
+  const out: string[] = [];
+  for (const [what, read] of RESTART_ONLY) {
+    if (JSON.stringify(read(next)) !== JSON.stringify(read(running))) out.push(`${what} changed: the change takes effect on the next restart`);
+  }
+  return out;
+}
 
 /** The bytes that came with a WebSocket handshake after its head (read before the 'upgrade' event). */
 const WS_HEAD = Symbol('portcullis.wsHead');
@@ -281,6 +319,8 @@ class BodyLimit extends Transform {
 export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
   const logger = options.logger;
   const cfg0 = options.config;
+  /** The settings this process set up at start; reloads keep them (see RESTART_ONLY). */
+  const restartOnlyOf0 = restartOnlySettings(cfg0);
   const certificates = options.certificates ?? new CertificateStore({ minVersion: cfg0.tls.minVersion });
   if (!options.certificates) await certificates.loadFiles(cfg0.tls.certificates);
 
@@ -1567,11 +1607,6 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
   }
 
   async function applyConfig(config: GatewayConfig, old: RuntimeState): Promise<void> {
-    // What the process set up at start (sockets, TLS defaults, connection pools) stays as it
-    // was: a change is said, not silently dropped (README, "reloads").
-    for (const [what, read] of RESTART_ONLY) {
-      if (JSON.stringify(read(config)) !== JSON.stringify(read(old.config))) logger.warn(`${what} changed: the change takes effect on the next restart`);
-    }
     // New handshakes get the new floor at once (the store rebuilds its contexts and the
     // server's base context, where OpenSSL reads the version bounds).
     certificates.setMinVersion(config.tls.minVersion);
@@ -1660,8 +1695,12 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
       if (!addrs) throw new Error('gateway is not listening');
       return addrs;
     },
-    async reload(config) {
+    async reload(next, reloadOptions = {}) {
       const old = state;
+      // Said once, by whoever reloads the whole host (a cluster's primary, not each worker).
+      if (reloadOptions.quiet !== true) for (const warning of restartOnlyWarnings(old.config, next)) logger.warn(warning);
+      // The state keeps what the process really runs, so that nothing reads a value not in force.
+      const config = withRestartOnly(next, restartOnlyOf0);
       // Every file the new configuration writes is opened before anything changes: one that
       // cannot be written refuses the reload, and the old files stay in use.
       const logs = prepareLogFiles(logger, securityLog, config.log);

@@ -31,7 +31,8 @@ import { closeServer, listenOn, onReloadTriggers, type EarlySighup } from '../se
 import { MemoryStore, serveStoreCall, writtenKey } from '../state/index.js';
 import { ACTIVE_BAN_KEY_PREFIX } from '../protect/index.js';
 import { RpcPeer } from './rpc.js';
-import { problemsOf, type PemPair, type ReloadResult, type Snapshot, type WorkerHello } from './protocol.js';
+import { problemsOf, type PemPair, type ReloadResult, type Snapshot, type ValidatedConfig, type WorkerHello } from './protocol.js';
+import { restartOnlySettings, restartOnlyWarnings } from '../gateway.js';
 
 /** Set in a worker's environment: the CLI's `start` then runs {@link runWorker}. */
 export const WORKER_ENV = 'PORTCULLIS_CLUSTER_WORKER';
@@ -54,8 +55,8 @@ interface Member {
   /** Has pulled the snapshot: from then on it gets every certificate/challenge change. */
   synced: boolean;
   listening: boolean;
-  /** The configuration text it started with (a reload may have happened while it was starting). */
-  text: string | null;
+  /** The configuration it runs (a reload may have happened while it was starting). */
+  applied: LoadResult | null;
   https: AddressInfo | null;
   http: AddressInfo | null;
 }
@@ -63,6 +64,8 @@ interface Member {
 export async function runPrimary(configPath: string, watchFile: boolean, loaded: LoadResult, version: string, early?: EarlySighup): Promise<number> {
   let current = loaded;
   const size = loaded.config.workers;
+  // What every worker runs of the restart-only settings, whatever a reload said since.
+  const running = restartOnlySettings(loaded.config);
   // stdout is a pipe shared with the workers: one write per line keeps lines whole.
   const log = createLogger({ ...loaded.config.log, linePerWrite: true }).child({ role: 'primary' });
   for (const w of loaded.warnings) log.warn({ config: configPath }, w);
@@ -135,8 +138,9 @@ export async function runPrimary(configPath: string, watchFile: boolean, loaded:
   function handle(member: Member, method: string, params: unknown): unknown {
     switch (method) {
       case 'hello':
-        member.text = current.text;
-        return { text: current.text } satisfies WorkerHello;
+        if (stopping) throw new Error('the gateway is shutting down');
+        member.applied = current;
+        return { text: current.text, inputs: current.inputs, running } satisfies WorkerHello;
       case 'snapshot':
         member.synced = true;
         return {
@@ -151,8 +155,8 @@ export async function runPrimary(configPath: string, watchFile: boolean, loaded:
         member.https = p.https;
         member.http = p.http;
         onStartupChange();
-        // Started from a text that a reload replaced meanwhile: bring it up to date.
-        if (member.text !== current.text) void applyTo(member, current.text);
+        // Started from a configuration that a reload replaced meanwhile: bring it up to date.
+        if (member.applied !== current) void applyTo(member, current);
         return null;
       }
       default: {
@@ -179,7 +183,7 @@ export async function runPrimary(configPath: string, watchFile: boolean, loaded:
       peer: new RpcPeer(worker, (method, params) => handle(member, method, params)),
       synced: false,
       listening: false,
-      text: null,
+      applied: null,
       https: null,
       http: null,
     };
@@ -273,10 +277,11 @@ export async function runPrimary(configPath: string, watchFile: boolean, loaded:
   }
 
   /** Has one worker apply `text`; a worker that cannot is replaced. Resolves true when it applied. */
-  async function applyTo(member: Member, text: string): Promise<boolean> {
-    const r = await member.peer.call<ReloadResult>('reload', { text }, 60_000).catch((err: unknown): ReloadResult => ({ ok: false, problems: problemsOf(err) }));
+  async function applyTo(member: Member, next: LoadResult): Promise<boolean> {
+    const validated: ValidatedConfig = { text: next.text, inputs: next.inputs };
+    const r = await member.peer.call<ReloadResult>('reload', validated, 60_000).catch((err: unknown): ReloadResult => ({ ok: false, problems: problemsOf(err) }));
     if (r.ok) {
-      member.text = text;
+      member.applied = next;
       return true;
     }
     // Validated here, refused there (e.g. a certificate file that changed in between): a fresh
@@ -318,12 +323,14 @@ export async function runPrimary(configPath: string, watchFile: boolean, loaded:
       }
       logs.commit();
       for (const w of next.warnings) log.warn({ config: configPath }, w);
+      // Said here once for the host; the workers reload quietly.
+      for (const w of restartOnlyWarnings(current.config, next.config)) log.warn(w);
       if (next.config.workers !== size) log.warn({ workers: next.config.workers, running: size }, 'workers changed: it takes effect on the next restart');
       // The primary's own lines too (the workers set theirs in their reload).
       if (next.config.log.level !== current.config.log.level) securityLog.setMainLevel(next.config.log.level);
       current = next;
       // Workers still starting catch up when they report listening (see 'listening').
-      const results = await Promise.all(live().filter((m) => m.listening).map((m) => applyTo(m, next.text)));
+      const results = await Promise.all(live().filter((m) => m.listening).map((m) => applyTo(m, next)));
       await automation.reload(next.config);
       metrics.configReload('success');
       events.emit('config_reloaded', { file: configPath, reason: why });
@@ -337,6 +344,13 @@ export async function runPrimary(configPath: string, watchFile: boolean, loaded:
       (m) =>
         new Promise<boolean>((resolve) => {
           if (m.worker.isDead()) return resolve(m.worker.process.exitCode === 0);
+          if (!m.listening) {
+            // Still starting (a replacement): nothing in flight to drain, and a shutdown sent
+            // before its channel is set up would be lost.
+            m.worker.once('exit', () => resolve(true));
+            m.worker.kill('SIGKILL');
+            return;
+          }
           m.worker.once('exit', (code) => resolve(code === 0));
           // A worker whose channel is already gone drains on 'disconnect' by itself.
           m.peer.notify('shutdown');

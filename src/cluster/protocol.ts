@@ -7,11 +7,21 @@
  * `acme.http01Delete` (notifications), and the calls `metrics`, `ready`, `reload` (→
  * {@link ReloadResult}) and the notification `shutdown`.
  */
-import { ConfigError, formatProblems } from '../config/index.js';
+import { ConfigError, formatProblems, type ConfigInputs } from '../config/index.js';
+import type { RestartOnlySettings } from '../gateway.js';
 
-export interface WorkerHello {
-  /** The configuration text the primary validated last; the worker parses exactly this. */
+/** A configuration as the primary validated it: the worker parses exactly this text with these inputs. */
+export interface ValidatedConfig {
   readonly text: string;
+  readonly inputs: ConfigInputs;
+}
+
+export interface WorkerHello extends ValidatedConfig {
+  /**
+   * The restart-only settings the host runs (from the configuration it started with): a worker
+   * started after a reload changed one runs what its siblings run, not what the file says now.
+   */
+  readonly running: RestartOnlySettings;
 }
 
 export interface PemPair {

@@ -12,15 +12,15 @@
  * primary says so or disappears.
  */
 import cluster from 'node:cluster';
-import { parseConfig, type LoadResult } from '../config/index.js';
+import { parseConfigWith, readFrom, type LoadResult } from '../config/index.js';
 import { createLogger, type Logger } from '../observability/logging.js';
-import { buildGateway, type Gateway } from '../gateway.js';
+import { buildGateway, withRestartOnly, type Gateway } from '../gateway.js';
 import { prepareCertificates } from '../server/certificates.js';
 import { followerAutomation } from '../server/acme.js';
 import { RemoteStore } from '../state/index.js';
 import { ACTIVE_BAN_KEY_PREFIX } from '../protect/index.js';
 import { RpcPeer } from './rpc.js';
-import { problemsOf, type ReloadResult, type Snapshot, type WorkerHello } from './protocol.js';
+import { problemsOf, type ReloadResult, type Snapshot, type ValidatedConfig, type WorkerHello } from './protocol.js';
 
 /** Opens the log files anew; one that cannot be written is said, and the open ones stay in use. */
 function reopenLogs(gateway: Gateway | null, logger: Logger | null): void {
@@ -92,7 +92,7 @@ export async function runWorker(configPath: string, version: string): Promise<nu
       case 'ready':
         return gateway!.ready();
       case 'reload':
-        return reload(p.text!);
+        return reload(params as ValidatedConfig);
       case 'shutdown':
         return void stop('primary asked');
       default:
@@ -103,14 +103,16 @@ export async function runWorker(configPath: string, version: string): Promise<nu
   process.once('disconnect', () => void stop('primary disconnected'));
 
   const hello = await peer.call<WorkerHello>('hello');
-  let loaded: LoadResult = parseConfig(hello.text, configPath);
-  const config = loaded.config;
+  let loaded: LoadResult = parseConfigWith(hello.text, configPath, hello.inputs);
+  // The restart-only settings the siblings run: a reload may have changed them in the file.
+  const config = withRestartOnly(loaded.config, hello.running);
   const id = cluster.worker?.id ?? 0;
   // stdout is a pipe shared with the siblings: one write per line keeps lines whole.
   logger = createLogger({ ...config.log, linePerWrite: true }).child({ worker: id });
   const log = logger;
 
-  const certificates = await prepareCertificates(config, log);
+  // Certificate files as the primary read them: the disk may hold something it refused since.
+  const certificates = await prepareCertificates(config, log, undefined, readFrom(hello.inputs.files));
   gateway = await buildGateway({
     config,
     logger: log,
@@ -122,11 +124,12 @@ export async function runWorker(configPath: string, version: string): Promise<nu
   });
   const gw = gateway;
 
-  async function reload(text: string): Promise<ReloadResult> {
+  async function reload(validated: ValidatedConfig): Promise<ReloadResult> {
     try {
-      const next = parseConfig(text, configPath);
-      await prepareCertificates(next.config, log, gw.certificates);
-      await gw.reload(next.config);
+      const next = parseConfigWith(validated.text, configPath, validated.inputs);
+      await prepareCertificates(next.config, log, gw.certificates, readFrom(validated.inputs.files));
+      // The primary says what needs a restart, once for the host.
+      await gw.reload(next.config, { quiet: true });
       loaded = next;
       return { ok: true };
     } catch (err) {

@@ -22,6 +22,33 @@ export interface LoadResult {
   readonly warnings: string[];
   /** The YAML text this came from (cluster workers get exactly the text the primary validated). */
   readonly text: string;
+  /** What the text was read with (cluster workers parse the text with exactly these). */
+  readonly inputs: ConfigInputs;
+}
+
+/**
+ * What a configuration read besides its text: the environment variables it named, and the files
+ * it read (`NAME_FILE` secrets, certificates and keys, CA bundles), by absolute path. A cluster
+ * worker parses the primary's text with these, never with its own environment and disk: a secret
+ * file removed or a certificate overwritten since must not make a replacement worker run (or fail
+ * on) something the primary did not validate.
+ */
+export interface ConfigInputs {
+  readonly env: Readonly<Record<string, string>>;
+  readonly files: Readonly<Record<string, string>>;
+}
+
+/** A ReadFile that answers from `files` only (ENOENT for any other path). */
+export function readFrom(files: ConfigInputs['files']): ReadFile {
+  return (file) => {
+    if (Object.hasOwn(files, file)) return files[file]!;
+    throw Object.assign(new Error(`${file} is not among the files the configuration was validated with`), { code: 'ENOENT' });
+  };
+}
+
+/** parseConfig with exactly the environment and files of an earlier parse. */
+export function parseConfigWith(text: string, filePath: string, inputs: ConfigInputs): LoadResult {
+  return parseConfig(text, filePath, inputs.env, readFrom(inputs.files));
 }
 
 const defaultReadFile: ReadFile = readConfigFile;
@@ -102,7 +129,22 @@ export function parseConfig(text: string, filePath: string, env: NodeJS.ProcessE
     throw new ConfigError('GW_ERR_CONFIG_INVALID', [{ file: filePath, line: 1, col: 1, path: '', message: 'the configuration is empty' }]);
   }
 
-  const sub = substituteEnv(data, env, readFile);
+  // What is read outside the text is recorded as it is read (LoadResult.inputs).
+  const usedEnv: Record<string, string> = Object.create(null) as Record<string, string>;
+  const readFiles: Record<string, string> = Object.create(null) as Record<string, string>;
+  const seenEnv = new Proxy(env, {
+    get(target, name) {
+      const value: unknown = Reflect.get(target, name);
+      if (typeof name === 'string' && typeof value === 'string') usedEnv[name] = value;
+      return value;
+    },
+  });
+  const reading: ReadFile = (file) => {
+    const content = readFile(file);
+    readFiles[file] = content;
+    return content;
+  };
+  const sub = substituteEnv(data, seenEnv, reading);
   const envPaths = new Set(sub.problems.map((p) => p.path.join('.')));
   // A value whose variable is missing still holds `${NAME}`: further complaints about it are noise.
   const notEnv = (list: readonly PendingProblem[]) => list.filter((p) => !envPaths.has(p.path.join('.')));
@@ -111,7 +153,7 @@ export function parseConfig(text: string, filePath: string, env: NodeJS.ProcessE
   let result: ReturnType<typeof normalize> | null = null;
   // Cross-field checks assume schema-valid data; they run once the shape is right.
   if (schemaProblems.length === 0) {
-    result = normalize(sub.value as GatewayFile, { filePath: absolute, readFile, fromEnv: sub.fromEnv });
+    result = normalize(sub.value as GatewayFile, { filePath: absolute, readFile: reading, fromEnv: sub.fromEnv });
     pending.push(...notEnv(result.problems));
   }
   problems.push(...place(pending));
@@ -122,7 +164,7 @@ export function parseConfig(text: string, filePath: string, env: NodeJS.ProcessE
   const warnings = place(result.warnings)
     .sort((a, b) => a.line - b.line || a.col - b.col)
     .map((w) => `${w.file}:${w.line}:${w.col}: ${w.path === '' ? '' : `${w.path}: `}${w.message}`);
-  return { config: deepFreeze(result.config), warnings, text };
+  return { config: deepFreeze(result.config), warnings, text, inputs: { env: { ...usedEnv }, files: { ...readFiles } } };
 }
 
 /**

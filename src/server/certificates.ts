@@ -4,17 +4,21 @@
  * loudly, because browsers will not trust it.
  */
 import type { GatewayConfig } from '../config/types.js';
-import { buildCertificateEntry, CertificateStore, ensureLocalCertificate } from '../tls/index.js';
+import { buildCertificateEntry, CertificateStore, ensureLocalCertificate, type PemReader } from '../tls/index.js';
 import type { Logger } from '../observability/logging.js';
 import { acmeOrders } from './acme.js';
 
 export const LOCAL_CA_ID = 'local-ca';
 
-export async function prepareCertificates(config: GatewayConfig, logger: Logger, store?: CertificateStore): Promise<CertificateStore> {
+/**
+ * @param read how certificate files are read: from disk by default; a cluster worker reads what
+ *   the primary validated (LoadResult.inputs), never the disk, where a file may have changed since.
+ */
+export async function prepareCertificates(config: GatewayConfig, logger: Logger, store?: CertificateStore, read?: PemReader): Promise<CertificateStore> {
   const certs = store ?? new CertificateStore({ minVersion: config.tls.minVersion });
   // Everything that can fail comes first (files read and checked, the local CA written): on a
   // reload the store is the one serving, and a refused configuration must leave it as it was.
-  const files = await certs.readFiles(config.tls.certificates);
+  const files = await certs.readFiles(config.tls.certificates, read);
   const localHosts = config.tls.certificates.length === 0 && config.tls.acme === null ? [...new Set(config.sites.flatMap((s) => s.hosts))] : null;
   const local = localHosts === null ? null : await ensureLocalCertificate(config.tls.storage, localHosts);
   const localEntry = local === null ? null : buildCertificateEntry(LOCAL_CA_ID, local.certPem, local.keyPem, 'local-ca', certs.minVersion);

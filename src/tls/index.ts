@@ -34,6 +34,7 @@ export {
   type CertificateSource,
   type CertificateStoreOptions,
   type CertificateSummary,
+  type PemReader,
   type SniCallback,
 } from './store.js';
 export { LOCAL_LEAF_LIFETIME_MS, LOCAL_ROOT_LIFETIME_MS, ensureLocalCertificate, type LocalCertificate } from './local-ca.js';

@@ -268,11 +268,11 @@ export class CertificateStore {
   }
 
   /** Read and check certificate files into entries, installing none (then {@link set} each). */
-  async readFiles(files: readonly { readonly cert: string; readonly key: string }[]): Promise<CertificateEntry[]> {
+  async readFiles(files: readonly { readonly cert: string; readonly key: string }[], read: PemReader = readFile): Promise<CertificateEntry[]> {
     const built: CertificateEntry[] = [];
     for (const file of files) {
-      const certPem = await readPem(file.cert, 'certificate');
-      const keyPem = await readPem(file.key, 'private key');
+      const certPem = await readPem(read, file.cert, 'certificate');
+      const keyPem = await readPem(read, file.key, 'private key');
       built.push(buildCertificateEntry(file.cert, certPem, keyPem, 'file', this.#minVersion, `private key ${file.key}`));
     }
     return built;
@@ -471,9 +471,12 @@ export class CertificateStore {
   }
 }
 
-async function readPem(path: string, what: string): Promise<string> {
+/** How certificate files are read: from disk, or (a cluster worker) from what the primary read. */
+export type PemReader = (path: string, encoding: 'utf8') => Promise<string> | string;
+
+async function readPem(read: PemReader, path: string, what: string): Promise<string> {
   try {
-    return await readFile(path, 'utf8');
+    return await read(path, 'utf8');
   } catch (err) {
     throw certError(`cannot read ${what} file ${path}: ${describe(err)}`, err);
   }

@@ -1,6 +1,6 @@
 // `${NAME}` substitution: set, unset, NAME_FILE, escapes, and never leaking values.
 import t from 'tap';
-import { ConfigError, parseConfig, type ConfigProblem } from '../../src/config/index.js';
+import { ConfigError, parseConfig, parseConfigWith, type ConfigProblem } from '../../src/config/index.js';
 import { memFs } from './certs.js';
 
 const FILE = '/srv/gw/gateway.yml';
@@ -79,4 +79,23 @@ t.test('variables in every string scalar (lists, nested maps) are substituted', 
   t.same(r.config.sites[0]?.hosts, ['api.example.com']);
   t.equal(r.config.sites[0]?.routes[0]?.path, '/x/');
   t.same(r.config.sites[0]?.routes[0]?.roles, ['admin']);
+});
+
+t.test('inputs: the variables named and the files read are recorded; parseConfigWith parses the same text with exactly those (cluster workers)', async (t) => {
+  const env = { TOKEN_FILE: '/run/secrets/token', OTHER: 'not named by the file', SECRET: 'abc' };
+  const text = `${yaml('${TOKEN}')}log: { level: info }\n# \${SECRET} in a comment is no reference\n`;
+  const r = load(text, env, { '/run/secrets/token': 'from-file\n' });
+  t.same(r.inputs.env, { TOKEN_FILE: '/run/secrets/token' }, 'only what the file named (and found), not the whole environment');
+  t.same(r.inputs.files, { '/run/secrets/token': 'from-file\n' });
+  const again = parseConfigWith(r.text, FILE, r.inputs);
+  t.equal(again.config.admin.metricsToken, 'from-file', 'the same value, with no environment and no disk');
+  t.same(again.config, r.config);
+  // A file that was not read then is not read now: a problem naming it, never the disk.
+  const problems: ConfigProblem[] = [];
+  try {
+    parseConfigWith(r.text, FILE, { env: r.inputs.env, files: {} });
+  } catch (err) {
+    if (err instanceof ConfigError) problems.push(...err.problems);
+  }
+  t.match(problems, [{ path: 'admin.metrics_token', message: /cannot read TOKEN_FILE \(\/run\/secrets\/token\): ENOENT/ }]);
 });
