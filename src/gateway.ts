@@ -1592,6 +1592,12 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
   function onUpstreamError(reply: FastifyReply, error: Error): void {
     const ctx = reply.request.gw;
     ctx.proxied = false;
+    if (reply.raw.destroyed === true) {
+      // The client left as the upstream failed (both in one turn): an answer written now would
+      // never finish, and Fastify's onResponse, which logs the gateway's own answers, never run.
+      logRequest(ctx, reply.request.raw, clientGoneStatus(ctx, reply.raw), undefined);
+      return;
+    }
     const gwErr = findGatewayError(error);
     if (gwErr?.statusCode) {
       ctx.reason = gwErr.code;

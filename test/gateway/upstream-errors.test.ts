@@ -9,7 +9,8 @@ import net from 'node:net';
 import tls from 'node:tls';
 import { randomBytes } from 'node:crypto';
 import { WebSocket, WebSocketServer } from 'ws';
-import { LOOPBACK_LISTEN, rawTls, silentServer, startGateway, type LogRecord, type RunningGateway, type Tap } from '../helpers/gateway.js';
+import { LOOPBACK_LISTEN, rawTls, rawUpstream as headUpstream, silentServer, startGateway, until, type LogRecord, type RunningGateway, type Tap } from '../helpers/gateway.js';
+import { appSite } from '../helpers/clients.js';
 
 /** A raw HTTP/1.1 upstream: reads one request head, writes `head`, then closes (or ends) the socket. */
 async function rawUpstream(t: Tap, head: string, how: 'destroy' | 'end'): Promise<string> {
@@ -469,4 +470,36 @@ t.test('a malformed WebSocket handshake gets the gateway own answer (not ws\'s b
     'one line each, with the status sent',
   );
   t.same(live.hosts, [], 'the upstream was not dialled');
+});
+
+t.test('the client and the upstream gone in the same tick (reset upstream, client closed): every request still gets its access line', async (t) => {
+  // The upstream resets as the client leaves: were the gateway's 502 written to the closed client,
+  // its response would never 'finish' and Fastify's onResponse never run (an attack test once saw
+  // a request end without a line; not reproduced here, kept as a guard).
+  const clients: tls.TLSSocket[] = [];
+  const up = await headUpstream(t, (socket) => {
+    // Both ends go in one tick, the client first or the upstream first.
+    const client = clients[up.heads.length - 1]!;
+    if (up.heads.length % 2 === 0) {
+      client.destroy();
+      socket.resetAndDestroy();
+    } else {
+      socket.resetAndDestroy();
+      client.destroy();
+    }
+  });
+  const gw = await startGateway(t, appSite(up.origin));
+  const N = 20;
+  for (let i = 0; i < N; i++) {
+    const s = tls.connect({ host: '127.0.0.1', port: gw.port, ca: gw.ca, servername: 'app.test', ALPNProtocols: ['http/1.1'] });
+    s.on('error', () => undefined);
+    clients.push(s);
+    s.write(`GET /both-${i} HTTP/1.1\r\nHost: app.test\r\n\r\n`);
+    await until(() => up.heads.length > i, 5_000);
+    await until(() => s.destroyed, 5_000);
+  }
+  const lines = (): LogRecord[] => gw.logs.filter((l) => l.type === 'access' && String(l.path).startsWith('/both-'));
+  await until(() => lines().length >= N, 5_000);
+  t.equal(lines().length, N, 'one access line per request');
+  t.same([...new Set(lines().map((l) => l.status))].filter((s) => s !== 499 && s !== 502), [], 'each 499 (the client left first) or 502');
 });

@@ -353,7 +353,8 @@ t.test('a burst of SIGHUPs and rewrites under load: no request refused or droppe
   t.equal((await gw.get('/m41')).status, 403, 'and it stays in force');
   t.same([...new Set(results.map((r) => r.split(':')[0]))], ['200'], `every request during the burst was answered 200 (${results.length} requests)`);
   t.same(gw.cli.logs().filter(isRejected).map((l) => l.problems), [], 'no reload was refused');
-  // Each request is a new TLS connection; how many fit in the burst depends on the machine (37–61 seen).
+  // Each request is a new TLS connection: how many fit in the burst depends on the machine's load
+  // (fewer than 40 seen with another process busy on one core).
   t.ok(results.length > 10, `the load ran during the burst (${results.length} requests)`);
 
   // 200 reloads one after the other, each waited for: what does each leave behind?
