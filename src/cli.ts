@@ -13,7 +13,7 @@ import { dirname, join } from 'node:path';
 import { loadConfigFile, ConfigError, formatProblems } from './config/index.js';
 import { createLogger } from './observability/logging.js';
 import { buildGateway, type Gateway } from './gateway.js';
-import { prepareCertificates } from './server/certificates.js';
+import { prepareCertificates, stageCertificates } from './server/certificates.js';
 import { explain, formatExplanation } from './pipeline/explain.js';
 import { runPrimary, WORKER_ENV } from './cluster/primary.js';
 import { runWorker } from './cluster/worker.js';
@@ -192,8 +192,10 @@ async function start(configPath: string, watchFile: boolean, io: Io): Promise<nu
       try {
         const next = await loadConfigFile(configPath);
         for (const w of next.warnings) logger.warn({ config: configPath }, w);
-        await prepareCertificates(next.config, logger, gateway.certificates);
-        await gateway.reload(next.config);
+        // Installed only once the whole configuration is accepted (a log file that cannot be
+        // written refuses it after the certificates were read).
+        const installCertificates = await stageCertificates(next.config, logger, gateway.certificates);
+        await gateway.reload(next.config, { beforeApply: installCertificates });
         gateway.metrics.configReload('success');
         gateway.events.emit('config_reloaded', { file: configPath, reason: why });
         logger.info({ trigger: why }, 'configuration reloaded');

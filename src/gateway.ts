@@ -45,7 +45,7 @@ import { createUpstreamConnection, finishUpstreamRequest, withDialPlan, type Web
 import { bytesAfterUpgrade, offeredSubprotocols, UpstreamHandshakeError, WebSocketRelay } from './proxy/websocket.js';
 import { authorizeRequest, type AuthRefusal } from './pipeline/authorize.js';
 import { createAuthenticatorFor } from './pipeline/auth-factory.js';
-import { CertificateStore, createTlsFront, type TlsFront } from './tls/index.js';
+import { CertificateStore, createTlsFront, type CertificateEntry, type TlsFront } from './tls/index.js';
 import { applySecurityHeaders, BanList, checkCsrf, gatewayRateLimitOptions, hardenSetCookies, ipKey, routeLimiterOptions, type BanRules, type BanStatus, type RouteRateLimit, type VerifiedBanStatus } from './protect/index.js';
 import { MemoryStore, type Store } from './state/index.js';
 import { createRedirectServer } from './server/redirect.js';
@@ -74,6 +74,16 @@ export interface GatewayOptions {
   readonly adminListener?: boolean;
 }
 
+export interface ReloadOptions {
+  /** Say nothing of restart-only changes (a cluster worker: its primary says them once). */
+  readonly quiet?: boolean;
+  /**
+   * Runs once everything that can fail has succeeded, just before the new configuration is
+   * applied: where the caller installs what it staged (stageCertificates' step).
+   */
+  readonly beforeApply?: () => void;
+}
+
 export interface ListenerAddresses {
   https: AddressInfo;
   http: AddressInfo | null;
@@ -95,7 +105,7 @@ export interface Gateway {
    * paths or at the same ones, so a rotated file is left for a new one. What a reload does not
    * change (RESTART_ONLY) keeps its start value, with a warning for each change unless `quiet`.
    */
-  reload(config: GatewayConfig, options?: { readonly quiet?: boolean }): Promise<void>;
+  reload(config: GatewayConfig, options?: ReloadOptions): Promise<void>;
   /**
    * Opens the current log files anew (log rotation, when a reload was refused). Throws a
    * GatewayError, keeping the files in use, when one cannot be written.
@@ -1612,17 +1622,25 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     else sendError(reply, 502, kind === 'bad_response' ? 'GW_ERR_UPSTREAM_BAD_RESPONSE' : 'GW_ERR_UPSTREAM_UNAVAILABLE');
   }
 
-  async function applyConfig(config: GatewayConfig, old: RuntimeState): Promise<void> {
-    // New handshakes get the new floor at once (the store rebuilds its contexts and the
-    // server's base context, where OpenSSL reads the version bounds).
-    certificates.setMinVersion(config.tls.minVersion);
+  async function applyConfig(config: GatewayConfig, old: RuntimeState, beforeApply: (() => void) | undefined): Promise<void> {
+    // What can fail first; nothing is changed until all of it succeeded.
+    // (The CA bundles' content is in config.auth: a renewed bundle is a change too.)
     const sameAuth = JSON.stringify(config.auth) === JSON.stringify(old.config.auth);
     let nextAuth = authenticator;
-    if (!sameAuth) {
-      nextAuth = newAuthenticator(config);
-      if (nextAuth && listening) await nextAuth.start();
+    if (!sameAuth) nextAuth = newAuthenticator(config);
+    let files: CertificateEntry[] | null = null;
+    try {
+      if (nextAuth !== authenticator && nextAuth && listening) await nextAuth.start();
+      if (!options.certificates) files = await certificates.readFiles(config.tls.certificates);
+    } catch (err) {
+      if (nextAuth !== authenticator) void nextAuth?.close();
+      throw err;
     }
-    if (!options.certificates) await certificates.loadFiles(config.tls.certificates);
+    beforeApply?.();
+    if (files) for (const entry of files) certificates.set(entry);
+    // New handshakes get the new floor at once (the store rebuilds its contexts, the ones just
+    // installed too, and the server's base context, where OpenSSL reads the version bounds).
+    certificates.setMinVersion(config.tls.minVersion);
     state = buildRuntimeState(config, nextAuth, old);
     if (listening) await automation.reload(config);
     if (nextAuth !== authenticator) {
@@ -1711,7 +1729,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
       // cannot be written refuses the reload, and the old files stay in use.
       const logs = prepareLogFiles(logger, securityLog, config.log);
       try {
-        await applyConfig(config, old);
+        await applyConfig(config, old, reloadOptions.beforeApply);
       } catch (err) {
         logs.discard();
         throw err;

@@ -8,7 +8,6 @@
  * `policy.ts`, files in `storage.ts`, CA transport quirks in `transport.ts`.
  */
 import { createPrivateKey, X509Certificate } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
 import acme from 'acme-client';
 import { GatewayError } from '../errors.js';
 import type { AcmeKeyType } from '../config/types.js';
@@ -389,15 +388,8 @@ export function createAcmeManager(opts: AcmeManagerOptions): AcmeManager {
     async start() {
       if (started) throw new TypeError('acme: manager already started');
       started = true;
-      let caPem: string | null = null;
-      if (config.caBundle !== null) {
-        try {
-          caPem = await readFile(config.caBundle, 'utf8');
-        } catch (err) {
-          throw new GatewayError('GW_ERR_ACME', `acme ca_bundle cannot be read: ${config.caBundle}`, { cause: err });
-        }
-      }
-      transport = attachTransport({ directoryUrl: config.directory, caPem, now });
+      // The bundle as the configuration was validated with.
+      transport = attachTransport({ directoryUrl: config.directory, caPem: config.caBundlePem, now });
       await Promise.all(sites.map(loadStored));
       for (const s of sites) s.nextCheckAt = now();
       // The first check runs in the background: a slow or absent CA must not delay startup.

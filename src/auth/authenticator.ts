@@ -2,7 +2,6 @@
  * Composition: header → verified-token cache → JWT (JWKS) or opaque (introspection) → Principal.
  */
 import { hash } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import type { AuthConfig, IntrospectionConfig, IssuerConfig } from '../config/types.js';
 import { GatewayError } from '../errors.js';
 import { buildPrincipal } from './claims.js';
@@ -110,14 +109,9 @@ export function createAuthenticator(config: AuthConfig, options: AuthenticatorOp
 
   const states = new Map<string, IssuerState>();
   for (const cfg of config.issuers) {
-    let ca: string | null = null;
-    if (options.fetch === undefined && cfg.caBundle !== null) {
-      try {
-        ca = readFileSync(cfg.caBundle, 'utf8');
-      } catch (cause) {
-        throw new GatewayError('GW_ERR_CONFIG_INVALID', `auth issuer ${cfg.issuer}: caBundle cannot be read`, { cause });
-      }
-    }
+    // The bundle as the configuration was validated with (never read again here: a cluster
+    // worker must trust what its siblings trust).
+    const ca = options.fetch === undefined ? cfg.caBundlePem : null;
     const http = options.fetch === undefined ? nodeIdpHttp({ timeoutMs, ca }) : fetchIdpHttp(options.fetch, { timeoutMs });
     const discovery = new Discovery(cfg.issuer, http, now);
     const keys = new IssuerKeys({

@@ -24,7 +24,7 @@ import { loadConfigFile, type LoadResult } from '../config/index.js';
 import { createLogger, type PreparedLog } from '../observability/logging.js';
 import { createMetrics } from '../observability/metrics.js';
 import { createSecurityEvents, openSecurityLog, prepareLogFiles } from '../observability/events.js';
-import { prepareCertificates } from '../server/certificates.js';
+import { localCertificateOf, prepareCertificates, stageCertificates } from '../server/certificates.js';
 import { createCertificateAutomation, type CertificateMirror } from '../server/acme.js';
 import { createAdminServer } from '../server/admin.js';
 import { closeServer, listenOn, onReloadTriggers, type EarlySighup } from '../server/lifecycle.js';
@@ -32,7 +32,7 @@ import { MemoryStore, serveStoreCall, writtenKey } from '../state/index.js';
 import { ACTIVE_BAN_KEY_PREFIX } from '../protect/index.js';
 import { RpcPeer } from './rpc.js';
 import { problemsOf, type PemPair, type ReloadResult, type Snapshot, type ValidatedConfig, type WorkerHello } from './protocol.js';
-import { restartOnlySettings, restartOnlyWarnings } from '../gateway.js';
+import { restartOnlySettings, restartOnlyWarnings, withRestartOnly } from '../gateway.js';
 
 /** Set in a worker's environment: the CLI's `start` then runs {@link runWorker}. */
 export const WORKER_ENV = 'PORTCULLIS_CLUSTER_WORKER';
@@ -140,7 +140,7 @@ export async function runPrimary(configPath: string, watchFile: boolean, loaded:
       case 'hello':
         if (stopping) throw new Error('the gateway is shutting down');
         member.applied = current;
-        return { text: current.text, inputs: current.inputs, running } satisfies WorkerHello;
+        return { text: current.text, inputs: current.inputs, local: localCertificateOf(certificates), running } satisfies WorkerHello;
       case 'snapshot':
         member.synced = true;
         return {
@@ -278,7 +278,7 @@ export async function runPrimary(configPath: string, watchFile: boolean, loaded:
 
   /** Has one worker apply `text`; a worker that cannot is replaced. Resolves true when it applied. */
   async function applyTo(member: Member, next: LoadResult): Promise<boolean> {
-    const validated: ValidatedConfig = { text: next.text, inputs: next.inputs };
+    const validated: ValidatedConfig = { text: next.text, inputs: next.inputs, local: localCertificateOf(certificates) };
     const r = await member.peer.call<ReloadResult>('reload', validated, 60_000).catch((err: unknown): ReloadResult => ({ ok: false, problems: problemsOf(err) }));
     if (r.ok) {
       member.applied = next;
@@ -309,9 +309,15 @@ export async function runPrimary(configPath: string, watchFile: boolean, loaded:
       let logs: PreparedLog;
       try {
         next = await loadConfigFile(configPath);
-        await prepareCertificates(next.config, log, certificates);
+        const installCertificates = await stageCertificates(next.config, log, certificates);
         // The primary's own log files (each worker opens its own in its reload).
         logs = prepareLogFiles(log, securityLog, next.config.log);
+        // Accepted: the primary's store (its expiry metric, the ACME manager) now holds what the
+        // workers will serve.
+        installCertificates();
+        // A certificate the reload withdrew (ACME switched off for a site) is not handed to a
+        // worker that starts later: the others stopped serving it in their own reload.
+        for (const id of snapshot.certificates.keys()) if (certificates.get(id) === undefined) snapshot.certificates.delete(id);
       } catch (err) {
         const problems = problemsOf(err);
         metrics.configReload('failure');
@@ -324,7 +330,8 @@ export async function runPrimary(configPath: string, watchFile: boolean, loaded:
       logs.commit();
       for (const w of next.warnings) log.warn({ config: configPath }, w);
       // Said here once for the host; the workers reload quietly.
-      for (const w of restartOnlyWarnings(current.config, next.config)) log.warn(w);
+      // Against what runs: a change made by an earlier reload is still not in force.
+      for (const w of restartOnlyWarnings(withRestartOnly(current.config, running), next.config)) log.warn(w);
       if (next.config.workers !== size) log.warn({ workers: next.config.workers, running: size }, 'workers changed: it takes effect on the next restart');
       // The primary's own lines too (the workers set theirs in their reload).
       if (next.config.log.level !== current.config.log.level) securityLog.setMainLevel(next.config.log.level);

@@ -14,6 +14,8 @@ import type { RestartOnlySettings } from '../gateway.js';
 export interface ValidatedConfig {
   readonly text: string;
   readonly inputs: ConfigInputs;
+  /** The local development CA's certificate the primary serves for it (null: none). */
+  readonly local: PemPair | null;
 }
 
 export interface WorkerHello extends ValidatedConfig {

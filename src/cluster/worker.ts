@@ -15,7 +15,7 @@ import cluster from 'node:cluster';
 import { parseConfigWith, readFrom, type LoadResult } from '../config/index.js';
 import { createLogger, type Logger } from '../observability/logging.js';
 import { buildGateway, withRestartOnly, type Gateway } from '../gateway.js';
-import { prepareCertificates } from '../server/certificates.js';
+import { prepareCertificates, stageCertificates } from '../server/certificates.js';
 import { followerAutomation } from '../server/acme.js';
 import { RemoteStore } from '../state/index.js';
 import { ACTIVE_BAN_KEY_PREFIX } from '../protect/index.js';
@@ -112,7 +112,7 @@ export async function runWorker(configPath: string, version: string): Promise<nu
   const log = logger;
 
   // Certificate files as the primary read them: the disk may hold something it refused since.
-  const certificates = await prepareCertificates(config, log, undefined, readFrom(hello.inputs.files));
+  const certificates = await prepareCertificates(config, log, undefined, { read: readFrom(hello.inputs.files), local: hello.local });
   gateway = await buildGateway({
     config,
     logger: log,
@@ -127,9 +127,9 @@ export async function runWorker(configPath: string, version: string): Promise<nu
   async function reload(validated: ValidatedConfig): Promise<ReloadResult> {
     try {
       const next = parseConfigWith(validated.text, configPath, validated.inputs);
-      await prepareCertificates(next.config, log, gw.certificates, readFrom(validated.inputs.files));
+      const installCertificates = await stageCertificates(next.config, log, gw.certificates, { read: readFrom(validated.inputs.files), local: validated.local });
       // The primary says what needs a restart, once for the host.
-      await gw.reload(next.config, { quiet: true });
+      await gw.reload(next.config, { quiet: true, beforeApply: installCertificates });
       loaded = next;
       return { ok: true };
     } catch (err) {

@@ -445,14 +445,15 @@ export function normalize(raw: GatewayFile, ctx: NormalizeContext): NormalizeRes
       c.fail(['tls', 'acme', 'challenge'], 'http-01 needs the plain HTTP listener (listen.http is null); use tls-alpn-01 or enable listen.http');
     }
     if (!/^[^@\s]+@[^@\s]+$/.test(a.email)) c.fail(['tls', 'acme', 'email'], 'must be an e-mail address');
-    const ca = a.ca_bundle ? c.readable(['tls', 'acme', 'ca_bundle'], a.ca_bundle).file : null;
+    const ca = a.ca_bundle ? c.readable(['tls', 'acme', 'ca_bundle'], a.ca_bundle) : null;
     c.literalSecret(['tls', 'acme', 'eab', 'hmac_key'], a.eab?.hmac_key);
     acme = {
       email: a.email,
       directory,
       challenge,
       keyType: a.key_type ?? DEFAULTS.tls.acme.key_type,
-      caBundle: ca,
+      caBundle: ca?.file ?? null,
+      caBundlePem: ca?.text ?? null,
       eab: a.eab ? { kid: a.eab.kid, hmacKey: a.eab.hmac_key } : null,
       renewBefore: a.renew_before ? renewBefore(c, a.renew_before) : null,
     };
@@ -507,6 +508,7 @@ export function normalize(raw: GatewayFile, ctx: NormalizeContext): NormalizeRes
     if (!/^[^.\s]+(\.[^.\s]+)*$/.test(rolesClaim)) c.fail([...at, 'roles_claim'], 'must be a dot path like realm_access.roles');
     const intro = iss.introspection;
     c.literalSecret([...at, 'introspection', 'client_secret'], intro?.client_secret);
+    const issuerCa = iss.ca_bundle ? c.readable([...at, 'ca_bundle'], iss.ca_bundle) : null;
     issuers.push({
       issuer: iss.issuer,
       audiences: [...new Set(iss.audiences)],
@@ -514,7 +516,8 @@ export function normalize(raw: GatewayFile, ctx: NormalizeContext): NormalizeRes
       jwksUri: iss.jwks_uri ? c.take([...at, 'jwks_uri'], checkSecureUrl(iss.jwks_uri), null) : null,
       rolesClaim,
       clockSkew: c.duration([...at, 'clock_skew'], iss.clock_skew ?? DEFAULTS.auth.clock_skew),
-      caBundle: iss.ca_bundle ? c.readable([...at, 'ca_bundle'], iss.ca_bundle).file : null,
+      caBundle: issuerCa?.file ?? null,
+      caBundlePem: issuerCa?.text ?? null,
       introspection: intro
         ? {
             endpoint: intro.endpoint ? c.take([...at, 'introspection', 'endpoint'], checkSecureUrl(intro.endpoint), null) : null,

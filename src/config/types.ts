@@ -45,6 +45,11 @@ export interface AcmeConfig {
   readonly keyType: AcmeKeyType;
   /** Absolute path of a PEM bundle to trust for the ACME directory, or null. */
   readonly caBundle: string | null;
+  /**
+   * That bundle's content, read once when the configuration was loaded: what runs is what was
+   * validated (a cluster worker never reads the file; a reload notices a new bundle).
+   */
+  readonly caBundlePem: string | null;
   readonly eab: { readonly kid: string; readonly hmacKey: string } | null;
   /** Milliseconds before `notAfter` at which to renew; null = a third of the lifetime. */
   readonly renewBefore: number | null;
@@ -153,6 +158,8 @@ export interface IssuerConfig {
   readonly introspection: IntrospectionConfig | null;
   /** Optional PEM bundle to trust for this issuer's HTTPS endpoints (absolute path), or null. */
   readonly caBundle: string | null;
+  /** That bundle's content, read when the configuration was loaded (see AcmeConfig.caBundlePem). */
+  readonly caBundlePem: string | null;
 }
 
 export interface IdentityHeaders {

@@ -10,37 +10,71 @@ import { acmeOrders } from './acme.js';
 
 export const LOCAL_CA_ID = 'local-ca';
 
-/**
- * @param read how certificate files are read: from disk by default; a cluster worker reads what
- *   the primary validated (LoadResult.inputs), never the disk, where a file may have changed since.
- */
-export async function prepareCertificates(config: GatewayConfig, logger: Logger, store?: CertificateStore, read?: PemReader): Promise<CertificateStore> {
-  const certs = store ?? new CertificateStore({ minVersion: config.tls.minVersion });
-  // Everything that can fail comes first (files read and checked, the local CA written): on a
-  // reload the store is the one serving, and a refused configuration must leave it as it was.
-  const files = await certs.readFiles(config.tls.certificates, read);
-  const localHosts = config.tls.certificates.length === 0 && config.tls.acme === null ? [...new Set(config.sites.flatMap((s) => s.hosts))] : null;
-  const local = localHosts === null ? null : await ensureLocalCertificate(config.tls.storage, localHosts);
-  const localEntry = local === null ? null : buildCertificateEntry(LOCAL_CA_ID, local.certPem, local.keyPem, 'local-ca', certs.minVersion);
+export interface LocalPemPair {
+  readonly certPem: string;
+  readonly keyPem: string;
+}
 
-  for (const entry of files) certs.set(entry);
-  // On reload: a certificate file no longer configured stops being served.
-  const wanted = new Set(config.tls.certificates.map((c) => c.cert));
-  for (const entry of certs.list()) if (entry.source === 'file' && !wanted.has(entry.id)) certs.remove(entry.id);
-  // And an ACME certificate of a site no longer ordered (ACME switched off, or every host now
-  // covered by a certificate you bring) stops too: it would otherwise win by its later expiry,
-  // and stay the default for clients without SNI, until a restart — even after a key leak.
-  const ordered = new Set(config.tls.acme === null ? [] : acmeOrders(config, certs).map((o) => `acme:${o.siteId}`));
-  for (const entry of certs.list()) if (entry.source === 'acme' && !ordered.has(entry.id)) certs.remove(entry.id);
-  if (localEntry === null) certs.remove(LOCAL_CA_ID);
-  if (local !== null && localEntry !== null) {
-    certs.set(localEntry);
-    for (const warning of local.warnings) logger.warn({ root_ca: local.rootPath }, warning);
-    logger.warn(
-      { root_ca: local.rootPath, hosts: localHosts },
-      'NO CERTIFICATES CONFIGURED: serving certificates from a LOCAL DEVELOPMENT CA. Clients will not trust them unless they trust ' +
-        `${local.rootPath}. Do not use this in production: configure tls.certificates or tls.acme.`,
-    );
-  }
+/** Where a cluster worker's certificates come from instead of the disk. */
+export interface CertificateSources {
+  /**
+   * How certificate files are read: from disk by default; a cluster worker reads what the
+   * primary validated (LoadResult.inputs), never the disk, where a file may have changed since.
+   */
+  readonly read?: PemReader;
+  /**
+   * The local development CA's certificate the primary serves: a worker serves the same, never
+   * one it issues (or finds on disk) itself, e.g. after a reload the primary refused.
+   */
+  readonly local?: LocalPemPair | null;
+}
+
+/**
+ * Reads and checks what `config` serves (certificate files, the local CA), changing nothing, and
+ * returns the step that installs it in `store`: a reload stages its certificates with everything
+ * else that can fail, and applies them only once the whole configuration is accepted.
+
+ */
+export async function stageCertificates(config: GatewayConfig, logger: Logger, certs: CertificateStore, sources: CertificateSources = {}): Promise<() => void> {
+  const files = await certs.readFiles(config.tls.certificates, sources.read);
+  const localHosts = config.tls.certificates.length === 0 && config.tls.acme === null ? [...new Set(config.sites.flatMap((s) => s.hosts))] : null;
+  // A cluster worker serves the primary's local certificate (the primary said the warning).
+  const shared = localHosts === null ? null : (sources.local ?? null);
+  const local = localHosts === null || shared !== null ? null : await ensureLocalCertificate(config.tls.storage, localHosts);
+  const pair = shared ?? local;
+  const localEntry = pair === null ? null : buildCertificateEntry(LOCAL_CA_ID, pair.certPem, pair.keyPem, 'local-ca', certs.minVersion);
+  return () => {
+    for (const entry of files) certs.set(entry);
+    // On reload: a certificate file no longer configured stops being served.
+    const wanted = new Set(config.tls.certificates.map((c) => c.cert));
+    for (const entry of certs.list()) if (entry.source === 'file' && !wanted.has(entry.id)) certs.remove(entry.id);
+    // And an ACME certificate of a site no longer ordered (ACME switched off, or every host now
+    // covered by a certificate you bring) stops too: it would otherwise win by its later expiry,
+    // and stay the default for clients without SNI, until a restart — even after a key leak.
+    const ordered = new Set(config.tls.acme === null ? [] : acmeOrders(config, certs).map((o) => `acme:${o.siteId}`));
+    for (const entry of certs.list()) if (entry.source === 'acme' && !ordered.has(entry.id)) certs.remove(entry.id);
+    if (localEntry === null) certs.remove(LOCAL_CA_ID);
+    else certs.set(localEntry);
+    if (local !== null) {
+      for (const warning of local.warnings) logger.warn({ root_ca: local.rootPath }, warning);
+      logger.warn(
+        { root_ca: local.rootPath, hosts: localHosts },
+        'NO CERTIFICATES CONFIGURED: serving certificates from a LOCAL DEVELOPMENT CA. Clients will not trust them unless they trust ' +
+          `${local.rootPath}. Do not use this in production: configure tls.certificates or tls.acme.`,
+      );
+    }
+  };
+}
+
+/** {@link stageCertificates} and its step at once (a start, where nothing serves yet). */
+export async function prepareCertificates(config: GatewayConfig, logger: Logger, store?: CertificateStore, sources?: CertificateSources): Promise<CertificateStore> {
+  const certs = store ?? new CertificateStore({ minVersion: config.tls.minVersion });
+  (await stageCertificates(config, logger, certs, sources))();
   return certs;
+}
+
+/** The local development CA's certificate a store serves, as PEM (a primary hands it to its workers). */
+export function localCertificateOf(certs: CertificateStore): LocalPemPair | null {
+  const entry = certs.get(LOCAL_CA_ID);
+  return entry === undefined ? null : { certPem: entry.certPem, keyPem: entry.keyPem };
 }

@@ -63,7 +63,7 @@ async function setup(t: Test, ca: FakeCa, extra: Partial<AcmeManagerOptions> = {
   const sink = new RecordingSink();
   const log = new EventLog();
   const m = createAcmeManager({
-    config: { email: 'ops@app.test', directory: ca.url, challenge: 'http-01', keyType: 'ec-p256', caBundle: null, eab: null, renewBefore: null },
+    config: { email: 'ops@app.test', directory: ca.url, challenge: 'http-01', keyType: 'ec-p256', caBundle: null, caBundlePem: null, eab: null, renewBefore: null },
     storageDir: dir,
     orders: [{ siteId: 'app', hosts: HOSTS }],
     sink,
@@ -150,7 +150,7 @@ t.test('a CA that never answers blocks neither start() nor stop()', async (t) =>
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const log = new EventLog();
   const m = createAcmeManager({
-    config: { email: 'ops@app.test', directory: ca.url, challenge: 'http-01', keyType: 'ec-p256', caBundle: null, eab: null, renewBefore: null },
+    config: { email: 'ops@app.test', directory: ca.url, challenge: 'http-01', keyType: 'ec-p256', caBundle: null, caBundlePem: null, eab: null, renewBefore: null },
     storageDir: dir,
     orders: [{ siteId: 'app', hosts: HOSTS }],
     sink: new RecordingSink(),
@@ -183,7 +183,7 @@ t.test('EAB (RFC 8555 §7.3.4) is sent with the account request, ToS agreed, con
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const log = new EventLog();
   const m = createAcmeManager({
-    config: { email: 'ops@app.test', directory: ca.url, challenge: 'http-01', keyType: 'ec-p256', caBundle: null, eab: { kid: 'kid-123', hmacKey }, renewBefore: null },
+    config: { email: 'ops@app.test', directory: ca.url, challenge: 'http-01', keyType: 'ec-p256', caBundle: null, caBundlePem: null, eab: { kid: 'kid-123', hmacKey }, renewBefore: null },
     storageDir: dir,
     orders: [{ siteId: 'app', hosts: HOSTS }],
     sink: new RecordingSink(),

@@ -27,6 +27,7 @@ let pebble: Pebble | null = await startPebble({ httpPort: http01.port, tlsPort: 
 t.teardown(() => pebble?.stop());
 const { listenPort, managementPort, directoryUrl } = pebble;
 const caBundle = join(work, 'ca.pem');
+const caBundlePem = pebble.listenerCaPem;
 writeFileSync(caBundle, pebble.listenerCaPem);
 const firstRoot = await pebble.getRootPem();
 
@@ -40,6 +41,7 @@ function manager(extra: Partial<AcmeManagerOptions>) {
       challenge: 'http-01',
       keyType: 'ec-p256',
       caBundle,
+      caBundlePem,
       eab: null,
       renewBefore: null,
     },

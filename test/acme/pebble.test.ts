@@ -44,6 +44,7 @@ const baseConfig: AcmeConfig = {
   challenge: 'http-01',
   keyType: 'ec-p256',
   caBundle,
+  caBundlePem: pebble.listenerCaPem,
   eab: null,
   renewBefore: null,
 };

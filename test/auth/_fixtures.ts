@@ -68,6 +68,7 @@ export function issuerConfig(idp: Idp, over: Partial<IssuerConfig> = {}): Issuer
     clockSkew: 0,
     introspection: null,
     caBundle: null,
+    caBundlePem: null,
     ...over,
   };
 }

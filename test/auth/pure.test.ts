@@ -138,7 +138,7 @@ t.test('ExpiringLru: properties', async () => {
 t.test('judgeIntrospection', async (t) => {
   const issuer: IssuerConfig = {
     issuer: 'https://idp.test', audiences: ['api'], algorithms: ['RS256'], jwksUri: null, rolesClaim: 'roles',
-    clockSkew: 0, introspection: null, caBundle: null,
+    clockSkew: 0, introspection: null, caBundle: null, caBundlePem: null,
   };
   const cfg = { endpoint: null, clientId: 'c', clientSecret: 's', cache: 60_000 };
   const now = 1_000_000_000_000;

@@ -109,6 +109,7 @@ t.test('listen, paths, units and issuers are normalized', async (t) => {
     clockSkew: 30_000,
     introspection: { endpoint: null, clientId: 'gw', clientSecret: 's', cache: 60_000 },
     caBundle: null,
+    caBundlePem: null,
   });
 });
 
@@ -197,6 +198,7 @@ t.test('certificates: files resolved against the config dir, SANs decide which h
     challenge: 'http-01',
     keyType: 'ec-p256',
     caBundle: '/etc/ca.pem',
+    caBundlePem: files['/etc/ca.pem'],
     eab: { kid: 'k', hmacKey: 'h' },
     renewBefore: 30 * 86_400_000,
   });

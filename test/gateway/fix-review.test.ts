@@ -192,7 +192,7 @@ t.test('MemoryStore at capacity: a flood of new keys does not sweep the whole st
 
 t.test('introspection: an answer with cnf.jkt (DPoP-bound) but no token_type', async (t) => {
   const now = Date.now();
-  const issuer: IssuerConfig = { issuer: 'https://idp.example', audiences: ['api'], algorithms: ['RS256'], jwksUri: null, rolesClaim: 'roles', clockSkew: 0, introspection: null, caBundle: null };
+  const issuer: IssuerConfig = { issuer: 'https://idp.example', audiences: ['api'], algorithms: ['RS256'], jwksUri: null, rolesClaim: 'roles', clockSkew: 0, introspection: null, caBundle: null, caBundlePem: null };
   const cfg = { endpoint: null, clientId: 'c', clientSecret: 's', cache: 60_000 };
   const v = judgeIntrospection({ active: true, sub: 'u', aud: 'api', exp: now / 1000 + 60, cnf: { jkt: '0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I' } }, issuer, cfg as never, now);
   t.match(v, { ok: false }, `DPoP-bound answer: ${JSON.stringify(v)}`);
