@@ -38,6 +38,7 @@ export const ErrorCodes = {
   // tls / certificates
   GW_ERR_TLS_CERT: 'certificate cannot be loaded',
   GW_ERR_ACME: 'certificate order failed',
+  GW_ERR_SHUTTING_DOWN: 'the gateway is shutting down',
   GW_ERR_INTERNAL: 'internal error',
 } as const;
 

@@ -367,7 +367,9 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     childLoggerFactory: (parent) => parent,
     logController: new LogController({ disableRequestLogging: true }),
     requestIdHeader: false,
-    return503OnClosing: true,
+    // The gateway answers requests that arrive while it drains itself (resolve), so that each
+    // gets its access line; Fastify's own 503 wrote none.
+    return503OnClosing: false,
     http2SessionTimeout: cfg0.timeouts.idle,
     keepAliveTimeout: cfg0.timeouts.idle,
     // Bodies are streamed to the upstream; the limit is enforced per route by BodyLimit.
@@ -698,6 +700,13 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     const view = rawView(request);
     const ctx = newContext(state, view, process.hrtime.bigint());
     request.gw = ctx;
+    if (draining) {
+      // A request on a connection still open while the gateway shuts down (pipelined, or a
+      // keep-alive one): refused, and the connection closed after the answer (Fastify's header).
+      ctx.reason = 'shutting_down';
+      sendError(reply, 503, 'GW_ERR_SHUTTING_DOWN');
+      return true;
+    }
     const refusal = resolveRequest(ctx.state, view, ctx);
     if (refusal === null) return false;
     ctx.reason = refusal.reason;
@@ -1656,6 +1665,8 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
   let admin: HttpServer | null = null;
   let addrs: ListenerAddresses | null = null;
   let listening = false;
+  /** Set by close(): requests still arriving are refused (503) while in-flight ones finish. */
+  let draining = false;
   const tlsSockets = new Set<Socket>();
   // One shared listener (`this` is the socket) rather than a closure per connection.
   const forgetTlsSocket = function (this: Socket): void {
@@ -1743,6 +1754,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     },
     async close(graceMs = state.config.shutdownGrace) {
       listening = false;
+      draining = true;
       await automation.stop();
       const closing = Promise.all([front?.close(), app.close(), closeServer(redirect), closeServer(admin)]);
       const timer = new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), graceMs).unref());

@@ -57,6 +57,8 @@ interface Member {
   listening: boolean;
   /** The configuration it runs (a reload may have happened while it was starting). */
   applied: LoadResult | null;
+  /** A SIGHUP reopened the log files while it was starting: it reopens its own once listening. */
+  reopenLogs: boolean;
   https: AddressInfo | null;
   http: AddressInfo | null;
 }
@@ -157,6 +159,10 @@ export async function runPrimary(configPath: string, watchFile: boolean, loaded:
         onStartupChange();
         // Started from a configuration that a reload replaced meanwhile: bring it up to date.
         if (member.applied !== current) void applyTo(member, current);
+        if (member.reopenLogs) {
+          member.reopenLogs = false;
+          member.peer.notify('logs.reopen', {});
+        }
         return null;
       }
       default: {
@@ -184,6 +190,7 @@ export async function runPrimary(configPath: string, watchFile: boolean, loaded:
       synced: false,
       listening: false,
       applied: null,
+      reopenLogs: false,
       https: null,
       http: null,
     };
@@ -298,7 +305,11 @@ export async function runPrimary(configPath: string, watchFile: boolean, loaded:
     } catch (err) {
       log.error({ problems: [(err as Error).message] }, 'log files cannot be reopened; the open ones stay in use');
     }
-    broadcast('logs.reopen', {});
+    for (const m of live()) {
+      // One still starting has its log files open already, and gets nothing broadcast yet.
+      if (m.synced) m.peer.notify('logs.reopen', {});
+      else m.reopenLogs = true;
+    }
   }
 
   let reloading: Promise<void> = Promise.resolve();

@@ -12,7 +12,7 @@
  * strings are truncated (a token pasted into a `reason` must not land in full).
  */
 import { pino, type Logger, type LevelWithSilent } from 'pino';
-import { escapeRawControls, openLogFile, prepareLogOutput, type LogOutputSettings, type PreparedLog } from './logging.js';
+import { loggerOptions, MAX_PENDING_BYTES, openLogFile, prepareLogOutput, type LogOutputSettings, type PreparedLog } from './logging.js';
 
 export type SecurityEventName =
   | 'auth_failed'
@@ -201,11 +201,17 @@ function openOne(file: string | null, mainLogger: Logger, level: LevelWithSilent
   // Opened and checked synchronously: an unwritable path fails the start (or the reload) with a
   // clear error, instead of as an asynchronous 'error' event after the gateway reported ready.
   const fd = openLogFile(file, 'log.security_file', 0o640);
-  const dest = pino.destination({ dest: fd, sync: false });
+  const dest = pino.destination({ dest: fd, sync: false, maxLength: MAX_PENDING_BYTES });
   // A later write failure (disk full) must not crash the gateway through an unhandled 'error'
   // event: report it on the main log, which has a different destination.
-  dest.on('error', (err: unknown) => mainLogger.error({ err, file }, 'security log write failed'));
-  const logger = pino({ level, base: { pid: process.pid, log: 'security' }, hooks: { streamWrite: escapeRawControls } }, dest);
+  let failed = false;
+  dest.on('error', (err: unknown) => {
+    if (!failed) mainLogger.error({ err, file }, 'security log write failed');
+    failed = true;
+  });
+  // The main log's format (level names, ISO time): an event reads the same wherever it is written.
+  // The pid tells a cluster's processes apart in the one file they all append to.
+  const logger = pino({ ...loggerOptions(level), base: { service: 'portcullis', pid: process.pid, log: 'security' } }, dest);
   let closed: Promise<void> | null = null;
   return {
     logger,
@@ -213,6 +219,11 @@ function openOne(file: string | null, mainLogger: Logger, level: LevelWithSilent
     close() {
       closed ??= new Promise<void>((resolve, reject) => {
         dest.once('close', () => resolve());
+        // After a failed write end() would wait forever (at shutdown too): closed at once.
+        if (failed) {
+          dest.destroy();
+          return;
+        }
         dest.once('error', reject);
         // end() flushes the buffer before closing.
         dest.end();

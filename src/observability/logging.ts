@@ -86,7 +86,8 @@ export function createLogger(config: CreateLoggerOptions, destination?: pino.Des
   return markOurs(pino(loggerOptions(config.level), destination ?? new LogOutput(config, config.linePerWrite === true)));
 }
 
-function loggerOptions(level: LogConfig['level']): LoggerOptions {
+/** The main log's line format (level names, ISO time, redaction); the security file's too. */
+export function loggerOptions(level: LogConfig['level']): LoggerOptions {
   return {
     level,
     base: { service: 'portcullis' },
@@ -180,11 +181,28 @@ function openTarget(settings: LogOutputSettings, linePerWrite: boolean): Target 
   const fd = settings.file === null ? 1 : openLogFile(settings.file, 'log.file');
   // Either way, the lines of one event-loop turn reach sonic-boom as one write (turn-batch.ts).
   // Buffers, not strings: see turn-batch.ts.
-  const sink = pino.destination({ dest: fd, sync: false, contentMode: 'buffer', ...batching });
-  sink.on('error', reportWriteFailure(settings.file));
+  const sink = pino.destination({ dest: fd, sync: false, contentMode: 'buffer', maxLength: MAX_PENDING_BYTES, ...batching });
+  let failed = false;
+  const report = reportWriteFailure(settings.file);
+  sink.on('error', (err: Error) => {
+    failed = true;
+    report(err);
+  });
   // Typed for strings; in buffer mode sonic-boom's write takes the Buffers TurnBatchedDestination hands it.
-  return new TurnBatchedDestination(sink as unknown as LineSink);
+  const batched = new TurnBatchedDestination(sink as unknown as LineSink);
+  // A file that failed a write never finishes an end() (sonic-boom waits for the write it will
+  // not retry): replaced by a reload or rotation, it is closed at once and what it holds dropped,
+  // so that its descriptor (and a deleted file's disk space) is given back.
+  const end = batched.end.bind(batched);
+  batched.end = (): void => (failed ? sink.destroy() : end());
+  return batched;
 }
+
+/**
+ * What a log destination holds while its writes do not keep up, at most: past it, lines are
+ * dropped rather than held (a full disk must not grow the gateway's memory without bound).
+ */
+export const MAX_PENDING_BYTES = 16 * 1024 * 1024;
 
 /**
  * The main log's destination, whose target (a file or stdout, and its batching) can be replaced

@@ -124,7 +124,8 @@ t.test('openSecurityLog(file) writes JSON lines to the file, creates the directo
   const lines = readFileSync(file, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
   t.equal(lines.length, 101, 'everything flushed');
   t.match(lines[0], { event: 'rate_limited', security: true, log: 'security', ip: '192.0.2.0' });
-  t.match(lines[100], { event: 'cert_issued', level: 30 });
+  t.match(lines[100], { event: 'cert_issued', level: 'info', service: 'portcullis' });
+  t.match(lines[100]!.time, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/, 'ISO time, as in the main log');
   t.equal(main.lines.length, 0, 'nothing leaked into the main log');
 
   // Appends, never truncates, on a second open (restart).
