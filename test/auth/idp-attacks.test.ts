@@ -423,10 +423,15 @@ t.test('discovery down: a flood of JWTs with fresh kids and of fresh opaque toke
   const gw = await startGateway(t, site(issuerYaml(issuer, '      introspection: { client_id: gateway, client_secret: s3cret }\n'), up.origin));
   const jwts = await Promise.all(Array.from({ length: 40 }, (_v, i) => jwt(issuer, { jti: String(i) }, { kid: `k-${i}` }, STRANGER)));
   const opaque = Array.from({ length: 40 }, () => randomBytes(24).toString('base64url'));
+  const began = Date.now();
   const results = await Promise.all([...jwts, ...opaque].map((token, i) => gw.request({ path: `/flood/${i}`, headers: bearer(token) })));
+  const seconds = Math.ceil((Date.now() - began) / 1000);
   t.same(new Set(results.map((r) => r.status)), new Set([503]), 'every request: 503 (the IdP cannot be asked), none a 401');
   const discovery = srv.count('/down/.well-known/openid-configuration');
-  t.ok(discovery <= 3, `80 requests made ${discovery} discovery requests (start-up and its retry, not one per request)`);
+  // The start-up's attempt and its background retries (1 s, 2 s, …), and a key refresh at most
+  // once per cooldown: bounded by time, never one per request. On a loaded machine the flood
+  // itself takes seconds (4 discovery requests seen over a 2 s flood).
+  t.ok(discovery <= 3 + seconds, `80 requests in ${seconds} s made ${discovery} discovery requests (start-up, its retries, not one per request)`);
   t.equal(srv.hits.length, discovery, 'and nothing else (no JWKS or introspection URL was guessed)');
   t.same(up.seen, []);
 });

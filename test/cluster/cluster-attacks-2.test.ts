@@ -19,6 +19,7 @@ import { join } from 'node:path';
 import { WebSocket, WebSocketServer } from 'ws';
 import { ensureLocalCertificate } from '../../src/tls/index.js';
 import { httpsRequest, sleep, startUpstream, until, type ClientResponse, type Tap } from '../helpers/gateway.js';
+import { childrenOf } from '../helpers/processes.js';
 import { CLI_SKIP, spawnCli, type CliProcess } from '../ops-e2e/_support.js';
 
 if (CLI_SKIP) throw new Error(CLI_SKIP);
@@ -254,14 +255,6 @@ t.test('a reload refused for a broken certificate pair (the old configuration ke
 // SIGTERM while a crashed worker is being replaced
 // ---------------------------------------------------------------------------------------------
 
-/** The child pids of `pid` (Linux /proc). */
-function childrenOf(pid: number): number[] {
-  try {
-    return readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
-  } catch {
-    return [];
-  }
-}
 
 t.test('SIGTERM while the replacement of a crashed worker is starting: the gateway drains and exits 0 within shutdown_grace', async (t) => {
   const up = await startUpstream(t);

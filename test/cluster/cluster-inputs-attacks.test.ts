@@ -20,6 +20,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { SignJWT, exportJWK, generateKeyPair } from 'jose';
 import { httpsRequest, sleep, startUpstream, until, type ClientResponse, type Tap } from '../helpers/gateway.js';
+import { childrenOf } from '../helpers/processes.js';
 import { createTestCa, type TestCa } from '../tls/helpers.js';
 import { CLI_SKIP, parseExposition, pick, scrape, spawnCli, type CliProcess } from '../ops-e2e/_support.js';
 import { freePort, startPebble } from '../helpers/pebble-harness.mjs';
@@ -563,13 +564,6 @@ t.test('local CA: a reload adding a host, refused for another reason, then one w
 // ---------------------------------------------------------------------------------------------
 
 /** The child pids of `pid` (Linux /proc). */
-function childrenOf(pid: number): number[] {
-  try {
-    return readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
-  } catch {
-    return [];
-  }
-}
 
 t.test('SIGHUPs every 40 ms with alternating files while a crashed worker is being replaced and just after it listens: once they settle, every worker (the replacement too) runs the last file', async (t) => {
   const a = await startUpstream(t);

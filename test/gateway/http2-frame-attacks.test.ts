@@ -17,11 +17,10 @@ import t from 'tap';
 import http from 'node:http';
 import http2 from 'node:http2';
 import net from 'node:net';
-import tls from 'node:tls';
 import v8 from 'node:v8';
 import vm from 'node:vm';
 import { startGateway, startUpstream, sleep, until, type RunningGateway, type Tap } from '../helpers/gateway.js';
-import { appSite as site, h2Frame, h2Request, h2Session } from '../helpers/clients.js';
+import { appSite as site, h2Frame, h2Request, h2Session, rawH2, settingsPayload, type RawH2 } from '../helpers/clients.js';
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -30,90 +29,16 @@ v8.setFlagsFromString('--expose-gc');
 /** A full collection before each memory reading, so that garbage does not read as held memory. */
 const gc = vm.runInNewContext('gc') as () => void;
 
-const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
 const T = { DATA: 0, HEADERS: 1, PRIORITY: 2, RST_STREAM: 3, SETTINGS: 4, PING: 6, GOAWAY: 7, WINDOW_UPDATE: 8, CONTINUATION: 9 } as const;
 const END_STREAM = 0x1;
 const END_HEADERS = 0x4;
 const { NGHTTP2_PROTOCOL_ERROR, NGHTTP2_FLOW_CONTROL_ERROR, NGHTTP2_ENHANCE_YOUR_CALM, NGHTTP2_CANCEL } = http2.constants;
-
-interface Frame {
-  type: number;
-  flags: number;
-  stream: number;
-  payload: Buffer;
-}
-
-/** A raw HTTP/2 client connection: it sends what it is told and keeps every frame it receives. */
-interface RawH2 {
-  socket: tls.TLSSocket;
-  send(...frames: Buffer[]): void;
-  frames(): Frame[];
-  /** Frames of one stream (or of the connection: 0). */
-  on(stream: number): Frame[];
-  closed(): boolean;
-  closedWithin(ms: number): Promise<boolean>;
-  /** Error codes of the GOAWAY frames received. */
-  goaways(): number[];
-  /** The RST_STREAM code of `stream`, or undefined. */
-  rst(stream: number): number | undefined;
-}
-
-function settingsPayload(entries: Array<[number, number]>): Buffer {
-  const b = Buffer.alloc(entries.length * 6);
-  entries.forEach(([id, v], i) => {
-    b.writeUInt16BE(id, i * 6);
-    b.writeUInt32BE(v >>> 0, i * 6 + 2);
-  });
-  return b;
-}
 
 const u32 = (n: number): Buffer => {
   const b = Buffer.alloc(4);
   b.writeUInt32BE(n >>> 0);
   return b;
 };
-
-/**
- * Opens a raw HTTP/2 connection: preface and a SETTINGS frame with `settings` (id, value). The
- * gateway's SETTINGS are acknowledged, nothing else is answered (no WINDOW_UPDATE, no PING ACK).
- */
-async function rawH2(t: Tap, gw: RunningGateway, settings: Array<[number, number]> = []): Promise<RawH2> {
-  const socket = tls.connect({ host: '127.0.0.1', port: gw.port, ca: gw.ca, servername: 'app.test', ALPNProtocols: ['h2'] });
-  socket.on('error', () => undefined);
-  t.teardown(() => socket.destroy());
-  await new Promise<void>((resolve, reject) => {
-    socket.once('secureConnect', () => resolve());
-    socket.once('error', reject);
-  });
-  let buf = Buffer.alloc(0);
-  const frames: Frame[] = [];
-  let closed = false;
-  socket.on('data', (c: Buffer) => {
-    buf = Buffer.concat([buf, c]);
-    while (buf.length >= 9) {
-      const len = buf.readUIntBE(0, 3);
-      if (buf.length < 9 + len) break;
-      const f = { type: buf[3]!, flags: buf[4]!, stream: buf.readUInt32BE(5) & 0x7fffffff, payload: Buffer.from(buf.subarray(9, 9 + len)) };
-      frames.push(f);
-      if (f.type === T.SETTINGS && (f.flags & 1) === 0 && !socket.destroyed) socket.write(h2Frame(T.SETTINGS, 1, 0, Buffer.alloc(0)));
-      buf = buf.subarray(9 + len);
-    }
-  });
-  socket.on('close', () => (closed = true));
-  socket.write(Buffer.concat([PREFACE, h2Frame(T.SETTINGS, 0, 0, settingsPayload(settings))]));
-  return {
-    socket,
-    send: (...bufs) => {
-      if (!socket.destroyed) socket.write(Buffer.concat(bufs));
-    },
-    frames: () => frames,
-    on: (stream) => frames.filter((f) => f.stream === stream),
-    closed: () => closed,
-    closedWithin: (ms) => until(() => closed, ms),
-    goaways: () => frames.filter((f) => f.type === T.GOAWAY).map((f) => f.payload.readUInt32BE(4)),
-    rst: (stream) => frames.find((f) => f.type === T.RST_STREAM && f.stream === stream)?.payload.readUInt32BE(0),
-  };
-}
 
 function hpackInt(value: number, prefixBits: number, first: number): Buffer {
   const max = (1 << prefixBits) - 1;

@@ -17,7 +17,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import v8 from 'node:v8';
 import vm from 'node:vm';
 import { closedPort, rawApp, rawTls, silentServer, sleep, startGateway, startUpstream, statusOf, until, type RunningGateway, type Tap } from '../helpers/gateway.js';
-import { appSite, h2Frame, h2Request, h2Session, parseResponses, statuses, tlsClient } from '../helpers/clients.js';
+import { appSite, h2Frame, h2Request, h2Session, parseResponses, rawH2, statuses, tlsClient } from '../helpers/clients.js';
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -76,51 +76,9 @@ const BUFFERED = (origin: string | string[], extra = ''): string =>
 
 // Raw HTTP/2 (for frames node:http2's client will not send: a DATA length that contradicts
 // content-length, an END_STREAM where the client's own library would refuse it).
-const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
 const T = { DATA: 0, HEADERS: 1, RST_STREAM: 3, SETTINGS: 4, GOAWAY: 7 } as const;
 const END_STREAM = 0x1;
 const END_HEADERS = 0x4;
-
-interface Frame {
-  type: number;
-  flags: number;
-  stream: number;
-  payload: Buffer;
-}
-
-async function rawH2(t: Tap, gw: RunningGateway): Promise<{ send(...frames: Buffer[]): void; on(stream: number): Frame[]; frames(): Frame[]; closed(): boolean }> {
-  const socket = tls.connect({ host: '127.0.0.1', port: gw.port, ca: gw.ca, servername: 'app.test', ALPNProtocols: ['h2'] });
-  socket.on('error', () => undefined);
-  t.teardown(() => socket.destroy());
-  await new Promise<void>((resolve, reject) => {
-    socket.once('secureConnect', () => resolve());
-    socket.once('error', reject);
-  });
-  let buf = Buffer.alloc(0);
-  const frames: Frame[] = [];
-  let closed = false;
-  socket.on('data', (c: Buffer) => {
-    buf = Buffer.concat([buf, c]);
-    while (buf.length >= 9) {
-      const len = buf.readUIntBE(0, 3);
-      if (buf.length < 9 + len) break;
-      const f = { type: buf[3]!, flags: buf[4]!, stream: buf.readUInt32BE(5) & 0x7fffffff, payload: Buffer.from(buf.subarray(9, 9 + len)) };
-      frames.push(f);
-      if (f.type === T.SETTINGS && (f.flags & 1) === 0 && !socket.destroyed) socket.write(h2Frame(T.SETTINGS, 1, 0, Buffer.alloc(0)));
-      buf = buf.subarray(9 + len);
-    }
-  });
-  socket.on('close', () => (closed = true));
-  socket.write(Buffer.concat([PREFACE, h2Frame(T.SETTINGS, 0, 0, Buffer.alloc(0))]));
-  return {
-    send: (...bufs) => {
-      if (!socket.destroyed) socket.write(Buffer.concat(bufs));
-    },
-    on: (stream) => frames.filter((f) => f.stream === stream),
-    frames: () => frames,
-    closed: () => closed,
-  };
-}
 
 /** HPACK literal field without indexing, new name, no Huffman (names and values under 127 bytes). */
 function lit(name: string, value: string): Buffer {

@@ -215,3 +215,82 @@ export function wsClientFrame(opcode: number, payload: Buffer = Buffer.alloc(0),
   for (let i = 0; i < len; i++) body[i] = payload[i]! ^ mask[i & 3]!;
   return Buffer.concat([head, mask, body]);
 }
+
+// Raw HTTP/2 (for frames node:http2's client will not send).
+export const H2_PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
+const H2_RST_STREAM = 3;
+const H2_SETTINGS = 4;
+const H2_GOAWAY = 7;
+
+export interface H2Frame {
+  type: number;
+  flags: number;
+  stream: number;
+  payload: Buffer;
+}
+
+/** A raw HTTP/2 client connection: it sends what it is told and keeps every frame it receives. */
+export interface RawH2 {
+  socket: tls.TLSSocket;
+  send(...frames: Buffer[]): void;
+  frames(): H2Frame[];
+  /** Frames of one stream (or of the connection: 0). */
+  on(stream: number): H2Frame[];
+  closed(): boolean;
+  closedWithin(ms: number): Promise<boolean>;
+  /** Error codes of the GOAWAY frames received. */
+  goaways(): number[];
+  /** The RST_STREAM code of `stream`, or undefined. */
+  rst(stream: number): number | undefined;
+}
+
+export function settingsPayload(entries: Array<[number, number]>): Buffer {
+  const b = Buffer.alloc(entries.length * 6);
+  entries.forEach(([id, v], i) => {
+    b.writeUInt16BE(id, i * 6);
+    b.writeUInt32BE(v >>> 0, i * 6 + 2);
+  });
+  return b;
+}
+
+/**
+ * Opens a raw HTTP/2 connection: preface and a SETTINGS frame with `settings` (id, value). The
+ * gateway's SETTINGS are acknowledged, nothing else is answered (no WINDOW_UPDATE, no PING ACK).
+ */
+export async function rawH2(t: Tap, gw: RunningGateway, settings: Array<[number, number]> = []): Promise<RawH2> {
+  const socket = tls.connect({ host: '127.0.0.1', port: gw.port, ca: gw.ca, servername: 'app.test', ALPNProtocols: ['h2'] });
+  socket.on('error', () => undefined);
+  t.teardown(() => socket.destroy());
+  await new Promise<void>((resolve, reject) => {
+    socket.once('secureConnect', () => resolve());
+    socket.once('error', reject);
+  });
+  let buf = Buffer.alloc(0);
+  const frames: H2Frame[] = [];
+  let closed = false;
+  socket.on('data', (c: Buffer) => {
+    buf = Buffer.concat([buf, c]);
+    while (buf.length >= 9) {
+      const len = buf.readUIntBE(0, 3);
+      if (buf.length < 9 + len) break;
+      const f = { type: buf[3]!, flags: buf[4]!, stream: buf.readUInt32BE(5) & 0x7fffffff, payload: Buffer.from(buf.subarray(9, 9 + len)) };
+      frames.push(f);
+      if (f.type === H2_SETTINGS && (f.flags & 1) === 0 && !socket.destroyed) socket.write(h2Frame(H2_SETTINGS, 1, 0, Buffer.alloc(0)));
+      buf = buf.subarray(9 + len);
+    }
+  });
+  socket.on('close', () => (closed = true));
+  socket.write(Buffer.concat([H2_PREFACE, h2Frame(H2_SETTINGS, 0, 0, settingsPayload(settings))]));
+  return {
+    socket,
+    send: (...bufs) => {
+      if (!socket.destroyed) socket.write(Buffer.concat(bufs));
+    },
+    frames: () => frames,
+    on: (stream) => frames.filter((f) => f.stream === stream),
+    closed: () => closed,
+    closedWithin: (ms) => until(() => closed, ms),
+    goaways: () => frames.filter((f) => f.type === H2_GOAWAY).map((f) => f.payload.readUInt32BE(4)),
+    rst: (stream) => frames.find((f) => f.type === H2_RST_STREAM && f.stream === stream)?.payload.readUInt32BE(0),
+  };
+}

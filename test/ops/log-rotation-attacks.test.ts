@@ -16,6 +16,7 @@ import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSyn
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startUpstream, until } from '../helpers/gateway.js';
+import { childrenOf } from '../helpers/processes.js';
 import { APP_DIR, CLI_SKIP, spawnCli, type CliProcess } from '../ops-e2e/_support.js';
 
 if (CLI_SKIP) throw new Error(CLI_SKIP);
@@ -751,17 +752,6 @@ t.test('a request refused with 503 while the gateway drains (SIGTERM) gets its a
 });
 
 /** The child processes of `pid` (every thread's children). */
-function childrenOf(pid: number): number[] {
-  const out: number[] = [];
-  for (const tid of readdirSync(`/proc/${pid}/task`)) {
-    try {
-      out.push(...readFileSync(`/proc/${pid}/task/${tid}/children`, 'utf8').split(' ').filter((s) => s.trim() !== '').map(Number));
-    } catch {
-      // thread gone
-    }
-  }
-  return out;
-}
 
 t.test('workers: 2, a worker still starting (log file open, not yet synced) when a refused reload reopens the logs: it reopens too once it listens, and never writes into the rotated file', async (t) => {
   const dir = tmp(t);
