@@ -171,19 +171,21 @@ function reportWriteFailure(file: string | null): (err: Error) => void {
 }
 
 function openTarget(settings: LogOutputSettings, linePerWrite: boolean): Target {
-  if (settings.file === null && linePerWrite) return pino.destination({ dest: 1, sync: true });
+  // (`file` left out by a JavaScript caller: stdout, as null.)
+  const file = settings.file ?? null;
+  if (file === null && linePerWrite) return pino.destination({ dest: 1, sync: true });
   // `log.buffer`: fewer, larger writes. Each write is a thread-pool job and its completion on the
   // event loop; one per access line cost the full pipeline ~5 % of its throughput on one core
   // (BENCHMARKS.md, session 4).
   const buffer = settings.buffer ?? 0;
   // sonic-boom wants its largest single write (`maxWrite`, 16 KiB by default) above `minLength`.
   const batching = buffer > 0 ? { minLength: buffer, maxWrite: buffer + 16_384, periodicFlush: LOG_FLUSH_MS } : {};
-  const fd = settings.file === null ? 1 : openLogFile(settings.file, 'log.file');
+  const fd = file === null ? 1 : openLogFile(file, 'log.file');
   // Either way, the lines of one event-loop turn reach sonic-boom as one write (turn-batch.ts).
   // Buffers, not strings: see turn-batch.ts.
   const sink = pino.destination({ dest: fd, sync: false, contentMode: 'buffer', maxLength: MAX_PENDING_BYTES, ...batching });
   let failed = false;
-  const report = reportWriteFailure(settings.file);
+  const report = reportWriteFailure(file);
   sink.on('error', (err: Error) => {
     failed = true;
     report(err);
@@ -217,7 +219,7 @@ export class LogOutput implements pino.DestinationStream {
 
   constructor(settings: LogOutputSettings, linePerWrite: boolean) {
     this.#target = openTarget(settings, linePerWrite);
-    this.#settings = { file: settings.file, buffer: settings.buffer ?? 0 };
+    this.#settings = { file: settings.file ?? null, buffer: settings.buffer ?? 0 };
     this.#linePerWrite = linePerWrite;
   }
 
@@ -249,7 +251,7 @@ export class LogOutput implements pino.DestinationStream {
    * stdout with the same batching has nothing to reopen.
    */
   prepare(settings: LogOutputSettings): PreparedLog {
-    const next = { file: settings.file, buffer: settings.buffer ?? 0 };
+    const next = { file: settings.file ?? null, buffer: settings.buffer ?? 0 };
     if (next.file === null && this.#settings.file === null && next.buffer === this.#settings.buffer) return NOTHING_TO_DO;
     const target = openTarget(next, this.#linePerWrite);
     let done = false;
