@@ -19,7 +19,7 @@ import { join } from 'node:path';
 import { WebSocket, WebSocketServer } from 'ws';
 import { ensureLocalCertificate } from '../../src/tls/index.js';
 import { httpsRequest, sleep, startUpstream, until, type ClientResponse, type Tap } from '../helpers/gateway.js';
-import { childrenOf } from '../helpers/processes.js';
+import { alive, childrenOf } from '../helpers/processes.js';
 import { CLI_SKIP, spawnCli, type CliProcess } from '../ops-e2e/_support.js';
 
 if (CLI_SKIP) throw new Error(CLI_SKIP);
@@ -100,14 +100,6 @@ async function fresh(c: Cluster, path: string, n: number, headers: Record<string
   return out;
 }
 
-const alive = (pid: number): boolean => {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-};
 
 function site(dir: string, upstream: string, extra = '', listen = '{ https: 127.0.0.1:0, http: null, admin: null }', routes = '[{ path: /, access: public }]'): string {
   return `listen: ${listen}

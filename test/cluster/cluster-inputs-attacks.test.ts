@@ -20,7 +20,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { SignJWT, exportJWK, generateKeyPair } from 'jose';
 import { httpsRequest, sleep, startUpstream, until, type ClientResponse, type Tap } from '../helpers/gateway.js';
-import { childrenOf } from '../helpers/processes.js';
+import { alive, childrenOf } from '../helpers/processes.js';
 import { createTestCa, type TestCa } from '../tls/helpers.js';
 import { CLI_SKIP, parseExposition, pick, scrape, spawnCli, type CliProcess } from '../ops-e2e/_support.js';
 import { freePort, startPebble } from '../helpers/pebble-harness.mjs';
@@ -625,14 +625,6 @@ t.test('SIGTERM while a reload is being applied (a worker still in its reload): 
   const exit = await Promise.race([gw.cli.exited, sleep(15_000).then(() => null)]);
   t.same(exit, { code: 0, signal: null }, `exit 0 (stderr: ${gw.cli.stderr().split('\n')[0] ?? ''})`);
   t.notOk(/\n\s+at /.test(gw.cli.stderr()), 'no stack trace');
-  const alive = (pid: number): boolean => {
-    try {
-      process.kill(pid, 0);
-      return true;
-    } catch {
-      return false;
-    }
-  };
   await until(() => workers.every((p) => !alive(p)), 5_000);
   t.same(workers.filter(alive), [], 'every worker exited');
 });

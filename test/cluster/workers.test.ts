@@ -9,6 +9,7 @@ import tls from 'node:tls';
 import net from 'node:net';
 import { join } from 'node:path';
 import { httpsRequest, startUpstream, type ClientResponse } from '../helpers/gateway.js';
+import { alive } from '../helpers/processes.js';
 import { CLI_SKIP, parseExposition, pick, scrape, spawnCli, startIssuer, total, type CliProcess, type TestIssuer } from '../ops-e2e/_support.js';
 import { PROMTOOL_SKIP, promtool } from '../ops/tools.js';
 
@@ -237,14 +238,6 @@ t.test('the primary killed outright (SIGKILL): the workers notice, drain and exi
   const httpsPort = port(cli, 'https');
   cli.child.kill('SIGKILL');
   await cli.exited;
-  const alive = (pid: number): boolean => {
-    try {
-      process.kill(pid, 0);
-      return true;
-    } catch {
-      return false;
-    }
-  };
   for (let i = 0; i < 150 && pids.some(alive); i++) await new Promise((r) => setTimeout(r, 100));
   t.same(pids.filter(alive), [], 'no orphaned worker');
   // The port is free again: something else can listen on it.

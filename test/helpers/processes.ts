@@ -19,3 +19,13 @@ export function childrenOf(pid: number): number[] {
   }
   return out;
 }
+
+/** Whether a process exists (signal 0). */
+export function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
