@@ -32,15 +32,21 @@ export interface CertificateSources {
 /**
  * Reads and checks what `config` serves (certificate files, the local CA), changing nothing, and
  * returns the step that installs it in `store`: a reload stages its certificates with everything
- * else that can fail, and applies them only once the whole configuration is accepted.
-
+ * else that can fail, and applies them only once the whole configuration is accepted. A local CA
+ * certificate issued for it (the site hosts changed) is written to `tls.storage` by that step too,
+ * so a refused reload leaves the disk as the running gateway uses it; a write that fails then is
+ * logged (the certificate is served from memory, and issued again at the next start).
  */
-export async function stageCertificates(config: GatewayConfig, logger: Logger, certs: CertificateStore, sources: CertificateSources = {}): Promise<() => void> {
+export function stageCertificates(config: GatewayConfig, logger: Logger, certs: CertificateStore, sources: CertificateSources = {}): Promise<() => void> {
+  return stage(config, logger, certs, sources, false);
+}
+
+async function stage(config: GatewayConfig, logger: Logger, certs: CertificateStore, sources: CertificateSources, writeNow: boolean): Promise<() => void> {
   const files = await certs.readFiles(config.tls.certificates, sources.read);
   const localHosts = config.tls.certificates.length === 0 && config.tls.acme === null ? [...new Set(config.sites.flatMap((s) => s.hosts))] : null;
   // A cluster worker serves the primary's local certificate (the primary said the warning).
   const shared = localHosts === null ? null : (sources.local ?? null);
-  const local = localHosts === null || shared !== null ? null : await ensureLocalCertificate(config.tls.storage, localHosts);
+  const local = localHosts === null || shared !== null ? null : await ensureLocalCertificate(config.tls.storage, localHosts, undefined, { write: writeNow });
   const pair = shared ?? local;
   const localEntry = pair === null ? null : buildCertificateEntry(LOCAL_CA_ID, pair.certPem, pair.keyPem, 'local-ca', certs.minVersion);
   return () => {
@@ -56,6 +62,11 @@ export async function stageCertificates(config: GatewayConfig, logger: Logger, c
     if (localEntry === null) certs.remove(LOCAL_CA_ID);
     else certs.set(localEntry);
     if (local !== null) {
+      if (!writeNow) {
+        local.save().catch((err: unknown) => {
+          logger.error({ err, storage: config.tls.storage }, 'local CA: the new certificate could not be saved; it is served, and issued again at the next start');
+        });
+      }
       for (const warning of local.warnings) logger.warn({ root_ca: local.rootPath }, warning);
       logger.warn(
         { root_ca: local.rootPath, hosts: localHosts },
@@ -69,7 +80,9 @@ export async function stageCertificates(config: GatewayConfig, logger: Logger, c
 /** {@link stageCertificates} and its step at once (a start, where nothing serves yet). */
 export async function prepareCertificates(config: GatewayConfig, logger: Logger, store?: CertificateStore, sources?: CertificateSources): Promise<CertificateStore> {
   const certs = store ?? new CertificateStore({ minVersion: config.tls.minVersion });
-  (await stageCertificates(config, logger, certs, sources))();
+  // Nothing serves yet: what the local CA creates is written now, and a storage that cannot be
+  // written stops the start.
+  (await stage(config, logger, certs, sources ?? {}, true))();
   return certs;
 }
 

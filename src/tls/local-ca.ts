@@ -8,6 +8,8 @@
  * when less than a third of its lifetime is left or when the host set changes). Every write is
  * atomic; keys are mode 0600. A file that is unreadable, corrupt, or does not match its partner is
  * reported in `warnings` and regenerated: the gateway must start, and a dev CA is cheap to replace.
+ * A reload asks for a new leaf's writes to wait (`write: false`) until it is accepted: a reload
+ * refused for another reason must leave the disk as the running gateway uses it.
  *
  * Certificates are built with @peculiar/x509 over WebCrypto (no hand-written ASN.1).
  */
@@ -47,7 +49,29 @@ export interface LocalCertificate {
   readonly rootCreated: boolean;
   /** Files found corrupt and regenerated; the caller logs them. */
   readonly warnings: readonly string[];
+  /**
+   * Writes the leaf this call issued, once (nothing when it issued none, or when it wrote it
+   * already). Rejects with `GW_ERR_TLS_CERT`.
+   */
+  save(): Promise<void>;
 }
+
+export interface LocalCertificateOptions {
+  /** Write a new leaf before returning (the default); false: only when `save()` is called. A new root is always written at once. */
+  readonly write?: boolean;
+}
+
+interface PendingWrite {
+  readonly path: string;
+  readonly data: string;
+  readonly mode: number;
+}
+
+/**
+ * The saves still writing, per storage directory: a read waits for them, so that it never sees a
+ * key already replaced next to the certificate not yet replaced (and re-issues for nothing).
+ */
+const saving = new Map<string, Promise<void>>();
 
 interface Root {
   readonly cert: X509Certificate;
@@ -112,7 +136,7 @@ async function loadRoot(keyPath: string, certPath: string, now: number): Promise
   }
 }
 
-async function createRoot(keyPath: string, certPath: string, now: number): Promise<Root> {
+async function createRoot(keyPath: string, certPath: string, now: number): Promise<{ root: Root; writes: PendingWrite[] }> {
   const keys = await crypto.subtle.generateKey(EC_P256, true, ['sign', 'verify']);
   const id = randomBytes(4).toString('hex');
   const cert = await x509.X509CertificateGenerator.createSelfSigned(
@@ -134,9 +158,11 @@ async function createRoot(keyPath: string, certPath: string, now: number): Promi
   );
   const certPem = cert.toString('pem') + '\n';
   // Key first: a crash between the writes leaves a mismatch that the next start regenerates.
-  await writeFileAtomic(keyPath, await exportKeyPem(keys.privateKey), 0o600);
-  await writeFileAtomic(certPath, certPem, 0o644);
-  return { cert: new X509Certificate(certPem), certPem, signingKey: keys.privateKey, x509: cert };
+  const writes = [
+    { path: keyPath, data: await exportKeyPem(keys.privateKey), mode: 0o600 },
+    { path: certPath, data: certPem, mode: 0o644 },
+  ];
+  return { root: { cert: new X509Certificate(certPem), certPem, signingKey: keys.privateKey, x509: cert }, writes };
 }
 
 interface Leaf {
@@ -166,7 +192,7 @@ async function loadLeaf(keyPath: string, certPath: string, root: Root, hosts: re
   return { ok: true, value: { certPem, keyPem, notAfter: parsed.notAfter } };
 }
 
-async function issueLeaf(keyPath: string, certPath: string, root: Root, hosts: readonly string[], now: number): Promise<Leaf> {
+async function issueLeaf(keyPath: string, certPath: string, root: Root, hosts: readonly string[], now: number): Promise<{ leaf: Leaf; writes: PendingWrite[] }> {
   const keys = await crypto.subtle.generateKey(EC_P256, true, ['sign', 'verify']);
   const notAfter = new Date(now + LOCAL_LEAF_LIFETIME_MS);
   const cert = await x509.X509CertificateGenerator.create(
@@ -194,9 +220,35 @@ async function issueLeaf(keyPath: string, certPath: string, root: Root, hosts: r
   );
   const certPem = cert.toString('pem') + '\n';
   const keyPem = await exportKeyPem(keys.privateKey);
-  await writeFileAtomic(keyPath, keyPem, 0o600);
-  await writeFileAtomic(certPath, certPem, 0o644);
-  return { certPem, keyPem, notAfter };
+  const writes = [
+    { path: keyPath, data: keyPem, mode: 0o600 },
+    { path: certPath, data: certPem, mode: 0o644 },
+  ];
+  return { leaf: { certPem, keyPem, notAfter }, writes };
+}
+
+/** `save()` for `writes` (in order), done at most once, and waited for by the next read of `storageDir`. */
+function saver(storageDir: string, writes: readonly PendingWrite[]): () => Promise<void> {
+  let done: Promise<void> | null = null;
+  return () => {
+    if (done !== null) return done;
+    if (writes.length === 0) return (done = Promise.resolve());
+    const previous = saving.get(storageDir) ?? Promise.resolve();
+    const run = (async () => {
+      await previous.catch(() => undefined);
+      try {
+        for (const w of writes) await writeFileAtomic(w.path, w.data, w.mode);
+      } catch (err) {
+        throw new GatewayError('GW_ERR_TLS_CERT', `local CA in ${storageDir}: ${(err as Error).message}`, { cause: err });
+      }
+    })();
+    const settled = run.catch(() => undefined);
+    saving.set(storageDir, settled);
+    void settled.then(() => {
+      if (saving.get(storageDir) === settled) saving.delete(storageDir);
+    });
+    return (done = run);
+  };
 }
 
 /**
@@ -205,9 +257,10 @@ async function issueLeaf(keyPath: string, certPath: string, root: Root, hosts: r
  * @param storageDir the gateway's TLS storage directory (`tls.storage`)
  * @param hosts site hosts (DNS names, `*.x` wildcards, IP literals); must not be empty
  * @param now clock in ms since epoch (injectable for tests)
+ * @param options `write: false` to write only on `save()`
  * @throws GatewayError `GW_ERR_TLS_CERT` when `hosts` is empty or storage cannot be read/written
  */
-export async function ensureLocalCertificate(storageDir: string, hosts: readonly string[], now: () => number = Date.now): Promise<LocalCertificate> {
+export async function ensureLocalCertificate(storageDir: string, hosts: readonly string[], now: () => number = Date.now, options: LocalCertificateOptions = {}): Promise<LocalCertificate> {
   const wanted = normalizeHosts(hosts);
   if (wanted.length === 0) throw new GatewayError('GW_ERR_TLS_CERT', 'local CA: no hosts to issue a certificate for');
   const t = now();
@@ -219,28 +272,40 @@ export async function ensureLocalCertificate(storageDir: string, hosts: readonly
   const leafKeyPath = join(leafDir, 'leaf.key');
   const leafPath = join(leafDir, 'leaf.crt');
 
+  let result: LocalCertificate;
   try {
+    await saving.get(storageDir);
     let root: Root;
     let rootCreated = false;
+    const writes: PendingWrite[] = [];
     const loadedRoot = await loadRoot(rootKeyPath, rootPath, t);
     if (loadedRoot.ok) {
       root = loadedRoot.value;
     } else {
       if (!loadedRoot.missing) warnings.push(`local CA root regenerated (trust the new ${rootPath}): ${loadedRoot.reason}`);
-      root = await createRoot(rootKeyPath, rootPath, t);
+      const created = await createRoot(rootKeyPath, rootPath, t);
+      root = created.root;
+      // A new root is written at once, whatever `write` says: the old one is gone from the disk
+      // already (missing or unusable), a root is useless to users until they can trust the file,
+      // and a storage that cannot take it fails here, refusing the reload that asked for it.
+      await saver(storageDir, created.writes)();
       rootCreated = true;
     }
 
     const loadedLeaf = await loadLeaf(leafKeyPath, leafPath, root, wanted, t);
     if (loadedLeaf.ok) {
       const { certPem, keyPem, notAfter } = loadedLeaf.value;
-      return { certPem, keyPem, notAfter, rootPem: root.certPem, rootPath, issued: false, rootCreated, warnings };
+      result = { certPem, keyPem, notAfter, rootPem: root.certPem, rootPath, issued: false, rootCreated, warnings, save: saver(storageDir, writes) };
+    } else {
+      if (!loadedLeaf.missing) warnings.push(`local certificate re-issued: ${loadedLeaf.reason}`);
+      const issued = await issueLeaf(leafKeyPath, leafPath, root, wanted, t);
+      writes.push(...issued.writes);
+      result = { ...issued.leaf, rootPem: root.certPem, rootPath, issued: true, rootCreated, warnings, save: saver(storageDir, writes) };
     }
-    if (!loadedLeaf.missing) warnings.push(`local certificate re-issued: ${loadedLeaf.reason}`);
-    const leaf = await issueLeaf(leafKeyPath, leafPath, root, wanted, t);
-    return { ...leaf, rootPem: root.certPem, rootPath, issued: true, rootCreated, warnings };
   } catch (err) {
     if (err instanceof GatewayError) throw err;
     throw new GatewayError('GW_ERR_TLS_CERT', `local CA in ${storageDir}: ${(err as Error).message}`, { cause: err });
   }
+  if (options.write !== false) await result.save();
+  return result;
 }

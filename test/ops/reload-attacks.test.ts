@@ -11,10 +11,11 @@
 // (one process and workers); the primary kept its log level.
 import t from 'tap';
 import { execFileSync } from 'node:child_process';
+import { X509Certificate } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { httpRequest, httpsRequest, sleep, startUpstream, type ClientResponse, type Upstream } from '../helpers/gateway.js';
+import { httpRequest, httpsRequest, sleep, startUpstream, until as waitFor, type ClientResponse, type Upstream } from '../helpers/gateway.js';
 import { CLI_SKIP, parseExposition, scrape, spawnCli, startIssuer, total, type CliProcess, type TestIssuer } from '../ops-e2e/_support.js';
 import { ensureLocalCertificate } from '../../src/tls/index.js';
 
@@ -235,6 +236,51 @@ sites:
   );
   t.equal(after, '200', 'new TLS connections still get the certificate of the configuration in force');
   t.equal(await stop(gw), 0, 'SIGTERM: exit 0');
+});
+
+t.test('the development CA: a reload refused after its certificates were read leaves the leaf on disk as the running gateway uses it; an accepted one saves the new leaf', async (t) => {
+  const dir = tmp(t);
+  const up = await startUpstream(t);
+  const file = join(dir, 'gw.yml');
+  const yaml = (hosts: string, log = ''): string => `listen: { https: 127.0.0.1:0, http: null, admin: null }
+shutdown_grace: 2s
+tls: { storage: ${join(dir, 'certs')} }
+${log}sites:
+  - hosts: [${hosts}]
+    upstream: ${up.origin}
+    routes: [{ path: /, access: public }]
+`;
+  writeFileSync(file, yaml('app.test'));
+  const gw = await start(t, dir, file);
+  const leafPath = join(dir, 'certs', 'local', 'leaf.crt');
+  const keyPath = join(dir, 'certs', 'local', 'leaf.key');
+  const served = readFileSync(leafPath, 'utf8');
+  const servedKey = readFileSync(keyPath, 'utf8');
+  const sans = (pem: string): string | undefined => new X509Certificate(pem).subjectAltName;
+  t.equal(sans(served), 'DNS:app.test');
+
+  // A new host (a new leaf is issued while the reload is prepared) and a log file that cannot be
+  // opened (checked after the certificates): refused.
+  writeFileSync(file, yaml('app.test, new.test', 'log: { file: /proc/portcullis/app.log }\n'));
+  gw.cli.child.kill('SIGHUP');
+  const rejected = await gw.nth(isRejected, 1);
+  t.match(JSON.stringify(rejected.problems), /log\.file/, 'refused for the log file');
+  t.equal(readFileSync(leafPath, 'utf8'), served, 'leaf.crt is still the one served');
+  t.equal(readFileSync(keyPath, 'utf8'), servedKey, 'and leaf.key');
+  t.same(readdirSync(join(dir, 'certs', 'local')).sort(), ['leaf.crt', 'leaf.key'], 'nothing else written');
+  t.equal((await gw.get('/')).status, 200, 'still served with it');
+
+  writeFileSync(file, yaml('app.test, new.test'));
+  gw.cli.child.kill('SIGHUP');
+  await gw.nth(isReloaded, 1);
+  t.ok(await waitFor(() => sans(readFileSync(leafPath, 'utf8')) === 'DNS:app.test, DNS:new.test', 10_000), 'the accepted reload saved its leaf');
+  t.not(readFileSync(keyPath, 'utf8'), servedKey, 'with its key');
+  const saved = readFileSync(leafPath, 'utf8');
+  t.equal(await stop(gw), 0, 'SIGTERM: exit 0');
+  // The next start finds the saved leaf: nothing issued again.
+  const again = await start(t, dir, file);
+  t.equal(readFileSync(leafPath, 'utf8'), saved, 'the restart serves the saved leaf');
+  t.equal(await stop(again), 0);
 });
 
 t.test('a reload that changes only listen.public_https_port applies it at once, so it must not warn that it needs a restart', async (t) => {

@@ -1,12 +1,15 @@
 import { X509Certificate } from 'node:crypto';
 import { once } from 'node:events';
-import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as tls from 'node:tls';
 import t from 'tap';
 import { CertificateStore, LOCAL_LEAF_LIFETIME_MS, ensureLocalCertificate } from '../../src/tls/index.js';
 import { portOf, probe } from './helpers.js';
+import { prepareCertificates, stageCertificates } from '../../src/server/certificates.js';
+import { parseConfig } from '../../src/config/index.js';
+import { memoryLogger } from '../helpers/gateway.js';
 
 async function tempDir(t: Tap): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'gw-local-ca-'));
@@ -108,4 +111,87 @@ t.test('corrupt or mismatched files are reported and regenerated', async (t) => 
   t.same((await readdir(join(dir, 'local-ca'))).sort(), ['root.crt', 'root.key'], 'no temp files left behind');
 
   await t.rejects(ensureLocalCertificate(dir, []), { code: 'GW_ERR_TLS_CERT' });
+});
+
+t.test('write: false issues a leaf without touching the disk; save() writes it once, and the next read finds it', async (t) => {
+  const dir = await tempDir(t);
+  const first = await ensureLocalCertificate(dir, ['a.test']);
+  const leafPath = join(dir, 'local', 'leaf.crt');
+  const before = await readFile(leafPath, 'utf8');
+  t.equal(before, first.certPem);
+
+  const staged = await ensureLocalCertificate(dir, ['a.test', 'b.test'], Date.now, { write: false });
+  t.ok(staged.issued, 'the host set changed: a new leaf');
+  t.equal(await readFile(leafPath, 'utf8'), before, 'not written yet');
+  t.equal(await readFile(join(dir, 'local', 'leaf.key'), 'utf8'), first.keyPem, 'nor its key');
+  // Never saved (a refused reload): the next start keeps the leaf on disk for the old host set.
+  const unchanged = await ensureLocalCertificate(dir, ['a.test']);
+  t.notOk(unchanged.issued, 'the old leaf is still there and used');
+  t.equal(unchanged.certPem, before);
+
+  const again = await ensureLocalCertificate(dir, ['a.test', 'b.test'], Date.now, { write: false });
+  await again.save();
+  await again.save();
+  t.equal(await readFile(leafPath, 'utf8'), again.certPem, 'saved');
+  t.equal((await stat(join(dir, 'local', 'leaf.key'))).mode & 0o777, 0o600, 'its key 0600');
+  const found = await ensureLocalCertificate(dir, ['b.test', 'a.test']);
+  t.notOk(found.issued, 'the saved leaf is found, not issued again');
+  t.equal(found.keyPem, again.keyPem);
+  t.same((await readdir(join(dir, 'local'))).sort(), ['leaf.crt', 'leaf.key'], 'no temp files left behind');
+});
+
+t.test('write: false still writes a new root at once (the old one is gone; users need the file), and a storage that cannot take it is an error', async (t) => {
+  const dir = await tempDir(t);
+  const res = await ensureLocalCertificate(dir, ['a.test'], Date.now, { write: false });
+  t.ok(res.rootCreated);
+  t.equal(await readFile(join(dir, 'local-ca', 'root.crt'), 'utf8'), res.rootPem, 'root written');
+  await t.rejects(readFile(join(dir, 'local', 'leaf.crt')), { code: 'ENOENT' }, 'the leaf waits for save()');
+
+  // `local-ca` a dangling link: nothing to read (a root is due), and nowhere to write it.
+  const broken = await tempDir(t);
+  await symlink(join(broken, 'gone', 'local-ca'), join(broken, 'local-ca'));
+  await t.rejects(ensureLocalCertificate(broken, ['a.test'], Date.now, { write: false }), { code: 'GW_ERR_TLS_CERT', message: /local CA in/ });
+});
+
+t.test('a save that fails rejects with GW_ERR_TLS_CERT naming the storage', async (t) => {
+  const dir = await tempDir(t);
+  await ensureLocalCertificate(dir, ['a.test']);
+  const staged = await ensureLocalCertificate(dir, ['c.test'], Date.now, { write: false });
+  // The leaf directory replaced by a file between the read and the write.
+  await rm(join(dir, 'local'), { recursive: true });
+  await writeFile(join(dir, 'local'), 'x');
+  await t.rejects(staged.save(), { code: 'GW_ERR_TLS_CERT', message: new RegExp(`local CA in ${dir}`) });
+});
+
+t.test('a reload\'s staged development certificate: written when installed; a write that fails then is logged, and the certificate is served anyway', async (t) => {
+  const dir = await tempDir(t);
+  const yaml = (hosts: string): string => `listen: { https: 127.0.0.1:0 }
+tls: { storage: ${dir} }
+sites:
+  - hosts: [${hosts}]
+    upstream: http://127.0.0.1:9
+    routes: [{ path: /, access: public }]
+`;
+  const logs: Record<string, unknown>[] = [];
+  const logger = memoryLogger(logs as never);
+  const store = await prepareCertificates(parseConfig(yaml('a.test'), 'gw.yml').config, logger);
+  const leafPath = join(dir, 'local', 'leaf.crt');
+  const first = await readFile(leafPath, 'utf8');
+
+  const install = await stageCertificates(parseConfig(yaml('a.test, b.test'), 'gw.yml').config, logger, store);
+  t.equal(await readFile(leafPath, 'utf8'), first, 'staged: nothing written');
+  install();
+  t.equal(new X509Certificate(store.get('local-ca')!.certPem).subjectAltName, 'DNS:a.test, DNS:b.test', 'installed: served');
+  await ensureLocalCertificate(dir, ['a.test', 'b.test']); // waits for the save in progress
+  t.equal(await readFile(leafPath, 'utf8'), store.get('local-ca')!.certPem, 'and saved');
+
+  const install2 = await stageCertificates(parseConfig(yaml('c.test'), 'gw.yml').config, logger, store);
+  await rm(join(dir, 'local'), { recursive: true });
+  await writeFile(join(dir, 'local'), 'x');
+  install2();
+  t.equal(new X509Certificate(store.get('local-ca')!.certPem).subjectAltName, 'DNS:c.test', 'served from memory');
+  const said = (): Record<string, unknown> | undefined => logs.find((l) => l.msg === 'local CA: the new certificate could not be saved; it is served, and issued again at the next start');
+  for (let i = 0; i < 100 && said() === undefined; i++) await new Promise((r) => setTimeout(r, 20));
+  t.ok(said(), 'the failed save is logged');
+  t.equal(said()?.level, 'error');
 });
