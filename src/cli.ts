@@ -13,7 +13,7 @@ import { dirname, join } from 'node:path';
 import { loadConfigFile, ConfigError, formatProblems } from './config/index.js';
 import { createLogger } from './observability/logging.js';
 import { buildGateway, type Gateway } from './gateway.js';
-import { prepareCertificates, stageCertificates } from './server/certificates.js';
+import { keepLocalCertificateRenewed, prepareCertificates, stageCertificates } from './server/certificates.js';
 import { explain, formatExplanation } from './pipeline/explain.js';
 import { runPrimary, WORKER_ENV } from './cluster/primary.js';
 import { runWorker } from './cluster/worker.js';
@@ -214,6 +214,12 @@ async function start(configPath: string, watchFile: boolean, io: Io): Promise<nu
     });
   };
   onReloadTriggers(configPath, watchFile, reload, early);
+  // Queued with the reloads: a renewal never interleaves with one.
+  const stopRenewal = keepLocalCertificateRenewed(gateway.certificates, logger, () => {
+    const run = reloading.then(async () => (await stageCertificates(gateway.current().config, logger, gateway.certificates))());
+    reloading = run.catch(() => undefined);
+    return run;
+  });
 
   return new Promise<number>((resolve) => {
     let stopping = false;
@@ -224,6 +230,7 @@ async function start(configPath: string, watchFile: boolean, io: Io): Promise<nu
         return;
       }
       stopping = true;
+      stopRenewal();
       logger.info({ signal, grace_ms: gateway.current().config.shutdownGrace }, 'shutting down');
       gateway.close().then(
         () => {

@@ -24,7 +24,7 @@ import { loadConfigFile, type LoadResult } from '../config/index.js';
 import { createLogger, type PreparedLog } from '../observability/logging.js';
 import { createMetrics } from '../observability/metrics.js';
 import { createSecurityEvents, openSecurityLog, prepareLogFiles } from '../observability/events.js';
-import { localCertificateOf, prepareCertificates, stageCertificates } from '../server/certificates.js';
+import { keepLocalCertificateRenewed, localCertificateOf, prepareCertificates, stageCertificates } from '../server/certificates.js';
 import { createCertificateAutomation, type CertificateMirror } from '../server/acme.js';
 import { createAdminServer } from '../server/admin.js';
 import { closeServer, listenOn, onReloadTriggers, type EarlySighup } from '../server/lifecycle.js';
@@ -81,6 +81,8 @@ export async function runPrimary(configPath: string, watchFile: boolean, loaded:
   const store = new MemoryStore();
 
   const members = new Map<number, Member>();
+  /** Reloads, renewals and late workers' catch-ups, one at a time. */
+  let reloading: Promise<void> = Promise.resolve();
   let ticketKeys = randomBytes(48);
   const snapshot = { certificates: new Map<string, PemPair>(), alpn: new Map<string, PemPair>(), http01: new Map<string, string>() };
   const broadcast = (method: string, params: unknown): void => {
@@ -150,6 +152,7 @@ export async function runPrimary(configPath: string, watchFile: boolean, loaded:
           alpn: [...snapshot.alpn].map(([host, p]) => ({ host, ...p })),
           http01: [...snapshot.http01],
           ticketKeys: ticketKeys.toString('base64'),
+          local: localCertificateOf(certificates),
         } satisfies Snapshot;
       case 'listening': {
         const p = params as { https: AddressInfo; http: AddressInfo | null };
@@ -157,8 +160,13 @@ export async function runPrimary(configPath: string, watchFile: boolean, loaded:
         member.https = p.https;
         member.http = p.http;
         onStartupChange();
-        // Started from a configuration that a reload replaced meanwhile: bring it up to date.
-        if (member.applied !== current) void applyTo(member, current);
+        // Started from a configuration that a reload replaced meanwhile: bring it up to date, in
+        // turn with the reloads and renewals (one of them may be sending it something newer).
+        if (member.applied !== current) {
+          reloading = reloading.then(async () => {
+            if (members.get(member.worker.id) === member && member.applied !== current) await applyTo(member, current);
+          });
+        }
         if (member.reopenLogs) {
           member.reopenLogs = false;
           member.peer.notify('logs.reopen', {});
@@ -312,7 +320,6 @@ export async function runPrimary(configPath: string, watchFile: boolean, loaded:
     }
   }
 
-  let reloading: Promise<void> = Promise.resolve();
   const reload = (why: string): void => {
     reloading = reloading.then(async () => {
       if (stopping) return;
@@ -356,6 +363,17 @@ export async function runPrimary(configPath: string, watchFile: boolean, loaded:
     });
   };
   onReloadTriggers(configPath, watchFile, reload, early);
+  // The development CA's certificate renewed in turn with the reloads, and sent to every worker
+  // (one still starting gets it with its snapshot).
+  const stopRenewal = keepLocalCertificateRenewed(certificates, log, () => {
+    const run = reloading.then(async () => {
+      (await stageCertificates(current.config, log, certificates))();
+      const local = localCertificateOf(certificates);
+      if (local !== null) broadcast('tls.local', local);
+    });
+    reloading = run.catch(() => undefined);
+    return run;
+  });
 
   async function stopWorkers(graceMs: number): Promise<boolean> {
     const exits = live().map(
@@ -384,6 +402,7 @@ export async function runPrimary(configPath: string, watchFile: boolean, loaded:
 
   async function closeAll(server: HttpServer | null): Promise<void> {
     clearInterval(rotation);
+    stopRenewal();
     await automation.stop();
     await closeServer(server);
     await store.close();

@@ -38,6 +38,8 @@ export interface Snapshot {
   readonly http01: ReadonlyArray<readonly [token: string, keyAuthorization: string]>;
   /** TLS session-ticket keys, base64 (48 bytes): the same in every worker, so resumption works across them. */
   readonly ticketKeys: string;
+  /** The development CA's certificate now (renewed since the hello, perhaps). */
+  readonly local: PemPair | null;
 }
 
 export type ReloadResult = { readonly ok: true } | { readonly ok: false; readonly problems: string[] };

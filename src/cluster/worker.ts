@@ -15,7 +15,7 @@ import cluster from 'node:cluster';
 import { parseConfigWith, readFrom, type LoadResult } from '../config/index.js';
 import { createLogger, type Logger } from '../observability/logging.js';
 import { buildGateway, withRestartOnly, type Gateway } from '../gateway.js';
-import { prepareCertificates, stageCertificates } from '../server/certificates.js';
+import { installLocalCertificate, LOCAL_CA_ID, prepareCertificates, stageCertificates } from '../server/certificates.js';
 import { followerAutomation } from '../server/acme.js';
 import { RemoteStore } from '../state/index.js';
 import { ACTIVE_BAN_KEY_PREFIX } from '../protect/index.js';
@@ -76,6 +76,10 @@ export async function runWorker(configPath: string, version: string): Promise<nu
         return gateway!.certificates.setAlpnChallenge(p.host!, { certPem: p.certPem!, keyPem: p.keyPem! });
       case 'tls.alpnClear':
         return gateway!.certificates.clearAlpnChallenge(p.host!);
+      case 'tls.local':
+        // Renewed by the primary; only where the configuration in force uses the development CA.
+        if (gateway!.certificates.get(LOCAL_CA_ID) !== undefined) installLocalCertificate(gateway!.certificates, { certPem: p.certPem!, keyPem: p.keyPem! });
+        return;
       case 'tls.ticketKeys':
         return gateway!.setTicketKeys(Buffer.from(p.keys!, 'base64'));
       case 'logs.reopen':
@@ -143,6 +147,7 @@ export async function runWorker(configPath: string, version: string): Promise<nu
   for (const a of snapshot.alpn) gw.certificates.setAlpnChallenge(a.host, { certPem: a.certPem, keyPem: a.keyPem });
   for (const [token, keyAuthorization] of snapshot.http01) automation.http01.set(token, keyAuthorization);
   gw.setTicketKeys(Buffer.from(snapshot.ticketKeys, 'base64'));
+  if (snapshot.local !== null && gw.certificates.get(LOCAL_CA_ID) !== undefined) installLocalCertificate(gw.certificates, snapshot.local);
 
   const addrs = await gw.listen();
   await peer.call('listening', { https: addrs.https, http: addrs.http, pid: process.pid });

@@ -86,8 +86,74 @@ export async function prepareCertificates(config: GatewayConfig, logger: Logger,
   return certs;
 }
 
+/** Serves `pair` as the development CA's certificate (a worker, from its primary's renewal). */
+export function installLocalCertificate(certs: CertificateStore, pair: LocalPemPair): void {
+  certs.set(buildCertificateEntry(LOCAL_CA_ID, pair.certPem, pair.keyPem, 'local-ca', certs.minVersion));
+}
+
 /** The local development CA's certificate a store serves, as PEM (a primary hands it to its workers). */
 export function localCertificateOf(certs: CertificateStore): LocalPemPair | null {
   const entry = certs.get(LOCAL_CA_ID);
   return entry === undefined ? null : { certPem: entry.certPem, keyPem: entry.keyPem };
+}
+
+/** A served development certificate is renewed when a third of its life is left (as at start). */
+export function localRenewalDue(certs: CertificateStore, now = Date.now()): boolean {
+  const entry = certs.get(LOCAL_CA_ID);
+  if (entry === undefined) return false;
+  return entry.notAfter.getTime() - now < (entry.notAfter.getTime() - entry.notBefore.getTime()) / 3;
+}
+
+/** The longest a running gateway goes without checking; a reload may switch the local CA on. */
+const RENEWAL_CHECK_MAX_MS = 60 * 60_000;
+/** The shortest: a renewal that failed (storage unreadable) is tried again after this. */
+const RENEWAL_CHECK_MIN_MS = 60_000;
+
+/**
+ * Keeps the development CA's certificate renewed while the gateway runs: its leaves live 7 days,
+ * and a gateway that ran longer served an expired one until a reload or a restart (Caddy renews
+ * its internal certificates the same way). `renew` stages and installs the current configuration's
+ * certificates (the caller serializes it with its reloads). Returns the function that stops it.
+ */
+export function keepLocalCertificateRenewed(certs: CertificateStore, logger: Logger, renew: () => Promise<void>): () => void {
+  let timer: NodeJS.Timeout | undefined;
+  let stopped = false;
+  const plan = (): void => {
+    if (stopped) return;
+    const entry = certs.get(LOCAL_CA_ID);
+    let wait = RENEWAL_CHECK_MAX_MS;
+    if (entry !== undefined) {
+      const life = entry.notAfter.getTime() - entry.notBefore.getTime();
+      const dueIn = entry.notAfter.getTime() - life / 3 - Date.now();
+      wait = Math.min(RENEWAL_CHECK_MAX_MS, Math.max(dueIn, 0));
+    }
+    timer = setTimeout(() => void check(), wait);
+    timer.unref();
+  };
+  const check = async (): Promise<void> => {
+    let failed = false;
+    if (localRenewalDue(certs)) {
+      try {
+        await renew();
+        // Still due (nothing was installed): tried again later, never in a tight loop.
+        if (localRenewalDue(certs)) throw new Error('the certificate in use is still due for renewal');
+        logger.info({ not_after: certs.get(LOCAL_CA_ID)?.notAfter }, 'local CA: certificate renewed');
+      } catch (err) {
+        failed = true;
+        logger.error({ err }, 'local CA: renewing the certificate failed; trying again in a minute');
+      }
+    }
+    if (stopped) return;
+    if (failed) {
+      timer = setTimeout(() => void check(), RENEWAL_CHECK_MIN_MS);
+      timer.unref();
+    } else {
+      plan();
+    }
+  };
+  plan();
+  return () => {
+    stopped = true;
+    clearTimeout(timer);
+  };
 }

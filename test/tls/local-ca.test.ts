@@ -7,7 +7,7 @@ import * as tls from 'node:tls';
 import t from 'tap';
 import { CertificateStore, LOCAL_LEAF_LIFETIME_MS, ensureLocalCertificate } from '../../src/tls/index.js';
 import { portOf, probe } from './helpers.js';
-import { prepareCertificates, stageCertificates } from '../../src/server/certificates.js';
+import { installLocalCertificate, keepLocalCertificateRenewed, localRenewalDue, prepareCertificates, stageCertificates } from '../../src/server/certificates.js';
 import { parseConfig } from '../../src/config/index.js';
 import { memoryLogger } from '../helpers/gateway.js';
 
@@ -194,4 +194,40 @@ sites:
   for (let i = 0; i < 100 && said() === undefined; i++) await new Promise((r) => setTimeout(r, 20));
   t.ok(said(), 'the failed save is logged');
   t.equal(said()?.level, 'error');
+});
+
+t.test('renewal while running: a renewal that installs nothing (or fails) is logged and tried again a minute later, never in a tight loop', async (t) => {
+  const dir = await tempDir(t);
+  // Issued 6 days ago: due now.
+  const due = await ensureLocalCertificate(dir, ['a.test'], () => Date.now() - 6 * 86_400_000);
+  const store = new CertificateStore({ minVersion: 'TLSv1.2' });
+  installLocalCertificate(store, due);
+  t.ok(localRenewalDue(store), 'due');
+  const logs: Record<string, unknown>[] = [];
+  let calls = 0;
+  const stop = keepLocalCertificateRenewed(store, memoryLogger(logs as never), async () => {
+    calls++;
+  });
+  t.teardown(stop);
+  await new Promise((r) => setTimeout(r, 300));
+  t.equal(calls, 1, 'called once');
+  t.same(
+    logs.filter((l) => String(l.msg).startsWith('local CA:')).map((l) => [l.level, l.msg]),
+    [['error', 'local CA: renewing the certificate failed; trying again in a minute']],
+  );
+
+  // A renewal that installs a fresh leaf: said, and the next check is days away.
+  const fresh = await ensureLocalCertificate(await tempDir(t), ['a.test']);
+  installLocalCertificate(store, due);
+  const logs2: Record<string, unknown>[] = [];
+  let calls2 = 0;
+  const stop2 = keepLocalCertificateRenewed(store, memoryLogger(logs2 as never), async () => {
+    calls2++;
+    installLocalCertificate(store, fresh);
+  });
+  t.teardown(stop2);
+  await new Promise((r) => setTimeout(r, 300));
+  t.equal(calls2, 1);
+  t.notOk(localRenewalDue(store));
+  t.same(logs2.map((l) => l.msg), ['local CA: certificate renewed']);
 });

@@ -1,0 +1,81 @@
+// The development CA's certificate is renewed while the gateway runs (its leaves live 7 days: a
+// gateway that ran longer served an expired one until a reload or a restart). Against the built
+// CLI, one process and `workers: 2`: a leaf issued beforehand (with a clock set back) falls due a
+// few seconds after the start; new connections then get a new leaf, in every worker, and the new
+// leaf is saved to tls.storage.
+import t from 'tap';
+import tls from 'node:tls';
+import { X509Certificate } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { startUpstream, until } from '../helpers/gateway.js';
+import { CLI_SKIP, spawnCli } from '../ops-e2e/_support.js';
+import { LOCAL_LEAF_LIFETIME_MS, ensureLocalCertificate } from '../../src/tls/index.js';
+
+if (CLI_SKIP) throw new Error(CLI_SKIP);
+
+/** The serial number of the certificate a new TLS connection gets. */
+function servedSerial(port: number, ca: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = tls.connect({ host: '127.0.0.1', port, servername: 'app.test', ca, ALPNProtocols: ['http/1.1'] }, () => {
+      const serial = socket.getPeerCertificate().serialNumber;
+      socket.destroy();
+      resolve(serial);
+    });
+    socket.on('error', reject);
+  });
+}
+
+for (const workers of [1, 2]) {
+  t.test(`workers: ${workers}: a leaf falling due while the gateway runs is renewed, served to new connections and saved`, async (t) => {
+    const dir = mkdtempSync(join(tmpdir(), 'portcullis-local-renewal-'));
+    t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+    const storage = join(dir, 'certs');
+    // Issued so that a third of its life is left ~8 s from now (its notBefore is backdated 5 min).
+    const life = LOCAL_LEAF_LIFETIME_MS + 5 * 60_000;
+    const dueIn = 8_000;
+    const old = await ensureLocalCertificate(storage, ['app.test'], () => Date.now() - (LOCAL_LEAF_LIFETIME_MS - life / 3) + dueIn);
+    const oldSerial = new X509Certificate(old.certPem).serialNumber;
+    const up = await startUpstream(t);
+    const config = join(dir, 'gw.yml');
+    writeFileSync(
+      config,
+      `listen: { https: 127.0.0.1:0, http: null, admin: null }
+workers: ${workers}
+shutdown_grace: 2s
+tls: { storage: ${storage} }
+sites:
+  - hosts: [app.test]
+    upstream: ${up.origin}
+    routes: [{ path: /, access: public }]
+`,
+    );
+    const cli = spawnCli(t, ['start', '--config', config], {}, { gracefulStop: true });
+    const started = await cli.waitForLog((l) => l.msg === 'portcullis started', 30_000);
+    const port = (started.https as { port: number }).port;
+    t.equal(await servedSerial(port, old.rootPem), oldSerial, 'at start: the leaf on disk, not yet due');
+
+    const renewed = await cli.waitForLog((l) => l.msg === 'local CA: certificate renewed', dueIn + 20_000);
+    t.ok(new Date(String(renewed.not_after)).getTime() > Date.now() + LOCAL_LEAF_LIFETIME_MS - 60_000, 'a full new lifetime');
+    // Every worker (connections spread over them): the new leaf, under the same root.
+    const serials = new Set<string>();
+    for (let i = 0; i < 8 * workers; i++) serials.add(await servedSerial(port, old.rootPem));
+    t.notOk(serials.has(oldSerial), `no connection gets the old leaf (got ${[...serials].join(', ')})`);
+    t.equal(serials.size, 1, 'one new leaf, the same in every process');
+    const newSerial = [...serials][0]!;
+    const onDisk = (): string => new X509Certificate(readFileSync(join(storage, 'local', 'leaf.crt'), 'utf8')).serialNumber;
+    t.ok(await until(() => onDisk() === newSerial, 10_000), 'saved to tls.storage');
+    t.equal(cli.logs().filter((l) => String(l.msg).startsWith('local CA: renewing')).length, 0, 'no failed attempt');
+
+    if (workers > 1) {
+      // A worker that starts after the renewal (a replacement) serves the renewed leaf too.
+      const listening = cli.logs().filter((l) => l.msg === 'worker listening');
+      process.kill(listening[0]!.pid as number, 'SIGKILL');
+      await cli.waitForLog((l) => l.msg === 'worker listening' && !listening.some((w) => w.pid === l.pid), 20_000);
+      const after = new Set<string>();
+      for (let i = 0; i < 16; i++) after.add(await servedSerial(port, old.rootPem));
+      t.same([...after], [newSerial], 'the replacement serves the renewed leaf');
+    }
+  });
+}
