@@ -488,9 +488,12 @@ t.test('uploads that overflow request_buffer toward an upstream that does not ta
   // workers are busy, or a request queued behind a pool that streamed uploads already hold).
   const upstream = await silentServer(t);
   const gw = await startGateway(t, appSite(`http://127.0.0.1:${upstream.port}`, '[{ path: /, access: public, max_body_size: 64mb }]', 'limits: { request_buffer: 8mb }\ntimeouts: { response: 60s }\n'));
-  const before = arrayBuffersNow();
   const N = 48;
+  // Allocated before the baseline: the test's own upload buffer (8 MB, shared by every client) is
+  // not something the gateway holds (counted in, it left 24 of the 32 MB of margin; CI measured
+  // 289 MB against 288).
   const part = Buffer.alloc(8 * 1024 * 1024 + 32 * 1024, 0x61);
+  const before = arrayBuffersNow();
   const clients: tls.TLSSocket[] = [];
   t.teardown(() => clients.forEach((s) => s.destroy()));
   for (let i = 0; i < N; i++) {
@@ -504,5 +507,7 @@ t.test('uploads that overflow request_buffer toward an upstream that does not ta
   await until(() => clients.every((s) => s.writableLength === 0), 10_000);
   await sleep(1000);
   const grownMb = (arrayBuffersNow() - before) / (1024 * 1024);
-  t.ok(grownMb < 256 + 32, `the gateway holds at most about 256 MB of request bodies (it holds ${grownMb.toFixed(0)} MB for ${N} uploads of ${(part.length / 1048576).toFixed(2)} MB)`);
+  // What the whole process holds, not only the bodies the cap counts: the 48 connections' TLS and
+  // socket buffers too. Seen: 143–240 MB here, 281 MB on a loaded CI machine; the defect: ~396 MB.
+  t.ok(grownMb < 256 + 40, `the gateway holds at most about 256 MB of request bodies (it holds ${grownMb.toFixed(0)} MB for ${N} uploads of ${(part.length / 1048576).toFixed(2)} MB)`);
 });
