@@ -18,6 +18,7 @@ import { join } from 'node:path';
 import { startUpstream, until } from '../helpers/gateway.js';
 import { childrenOf } from '../helpers/processes.js';
 import { APP_DIR, CLI_SKIP, spawnCli, type CliProcess } from '../ops-e2e/_support.js';
+import { rotationConfig } from './_rotation-config.js';
 
 if (CLI_SKIP) throw new Error(CLI_SKIP);
 
@@ -31,24 +32,7 @@ function tmp(t: Tap): string {
 }
 
 function yaml(dir: string, upstream: string, log: string, workers = 1, extra = ''): string {
-  return `listen: { https: 127.0.0.1:0, http: null, admin: null }
-workers: ${workers}
-shutdown_grace: 5s
-tls: { storage: ${join(dir, 'certs')} }
-log: ${log}
-${extra}sites:
-  - hosts: [app.test]
-    upstream: ${upstream}
-    routes:
-      - { path: /private, access: authenticated }
-      - { path: /, access: public }
-auth:
-  issuers:
-    - issuer: https://idp.invalid
-      audiences: [app]
-      algorithms: [ES256]
-      jwks_uri: https://idp.invalid/jwks
-`;
+  return rotationConfig(dir, upstream, log, { workers, grace: '5s', extra });
 }
 
 interface Parsed {
@@ -273,6 +257,42 @@ function openFilesUnder(pid: number, dir: string): string[] {
 
 // ---------------------------------------------------------------------------------------------
 
+/**
+ * `times` rotations under the load `l`: after `step` more answers each, app.log is moved away and
+ * SIGHUP sent, without waiting for the reload; then until the reloads are over and `step` more.
+ */
+async function rotateUnderLoad(gw: Running, app: string, l: Load, times: number, step: number, settleMs: number): Promise<void> {
+  for (let k = 1; k <= times; k++) {
+    const before = l.answered.size;
+    await until(() => l.answered.size >= before + step, 20_000);
+    await until(() => existsSync(app), 10_000);
+    renameSync(app, `${app}.${k}`);
+    gw.cli.child.kill('SIGHUP');
+  }
+  // The reloads are over (each says so in the file it reopened).
+  await until(() => existsSync(app) && reloadedCount(app) >= 1, settleMs);
+  const beforeStop = l.answered.size;
+  await until(() => l.answered.size >= beforeStop + step, 20_000);
+  await l.stop();
+}
+
+/**
+ * Over every app.log* and sec.log* under `logs`: no line cut, each answered request of `tag` with
+ * exactly one access line, each auth failure with one event. Returns the main log's lines.
+ */
+async function checkEveryLine(t: Tap, logs: string, l: Load, tag: string, what: string): Promise<Log[]> {
+  // log.buffer: written at least every 250 ms; wait for the lines, not for a fixed time.
+  await until(() => accessCounts(allOf(logs, 'app.log').lines, tag).size >= l.answered.size, 15_000);
+  const all = allOf(logs, 'app.log');
+  t.same(all.broken.slice(0, 5), [], `no line cut or interleaved in any file${what}`);
+  checkExactlyOnce(t, accessCounts(all.lines, tag), l.answered, `${l.answered.size} requests over ${all.files.length} files`);
+  await until(() => allOf(logs, 'sec.log').lines.filter((e) => e.event === 'auth_failed').length >= [...l.answered.keys()].filter((p) => p.startsWith('/private/')).length, 10_000);
+  const secAll = allOf(logs, 'sec.log');
+  t.same(secAll.broken.slice(0, 5), [], `no security line cut or interleaved${what}`);
+  checkEventsOnce(t, all.lines, secAll.lines, tag);
+  return all.lines;
+}
+
 for (const buffer of ['0b', '64kb'] as const) {
   t.test(`under load, files moved and SIGHUP five times in quick succession (log.buffer ${buffer}): every request has exactly one whole access line in exactly one file`, async (t) => {
     const dir = tmp(t);
@@ -285,32 +305,11 @@ for (const buffer of ['0b', '64kb'] as const) {
     const gw = await start(t, dir, config, app);
 
     const l = load(gw, 'load');
-    for (let k = 1; k <= 5; k++) {
-      // Some traffic in the current file's time, then rotate without waiting for the reload to finish.
-      const before = l.answered.size;
-      await until(() => l.answered.size >= before + 50, 20_000);
-      await until(() => existsSync(app), 10_000);
-      renameSync(app, `${app}.${k}`);
-      gw.cli.child.kill('SIGHUP');
-    }
-    // The five reloads are over (each says so in the file it reopened).
-    await until(() => existsSync(app) && reloadedCount(app) >= 1, 15_000);
-    const beforeStop = l.answered.size;
-    await until(() => l.answered.size >= beforeStop + 50, 20_000);
-    await l.stop();
-
+    await rotateUnderLoad(gw, app, l, 5, 50, 15_000);
     t.same([...l.failed].slice(0, 5), [], 'no request failed during the rotations');
     t.ok([...l.answered].every(([p, s]) => s === (p.startsWith('/private/') ? 401 : 200)), 'every request answered 200 (401 with the bad token)');
-    // log.buffer: written at least every 250 ms; wait for the lines, not for a fixed time.
-    await until(() => accessCounts(allOf(logs, 'app.log').lines, 'load').size >= l.answered.size, 15_000);
-    const all = allOf(logs, 'app.log');
-    t.same(all.broken.slice(0, 5), [], 'no line cut in half or interleaved in any file');
-    checkExactlyOnce(t, accessCounts(all.lines, 'load'), l.answered, `${l.answered.size} requests over ${all.files.length} files`);
-    await until(() => allOf(logs, 'sec.log').lines.filter((e) => e.event === 'auth_failed').length >= [...l.answered.keys()].filter((p) => p.startsWith('/private/')).length, 10_000);
-    const secAll = allOf(logs, 'sec.log');
-    t.same(secAll.broken.slice(0, 5), [], 'no security line cut');
-    checkEventsOnce(t, all.lines, secAll.lines, 'load');
-    const reloaded = all.lines.filter((x) => x.msg === 'configuration reloaded').length;
+    const lines = await checkEveryLine(t, logs, l, 'load', '');
+    const reloaded = lines.filter((x) => x.msg === 'configuration reloaded').length;
     t.equal(reloaded, 5, 'five reloads, each said once');
     // Each rotated file is closed: nothing of this directory is held open but the two current files.
     await until(() => openFilesUnder(gw.cli.child.pid!, logs).length === 2, 10_000);
@@ -329,28 +328,10 @@ t.test('workers: 2, under load, files moved and SIGHUP three times with log.buff
   const gw = await start(t, dir, config, app, 2);
 
   const l = load(gw, 'cl', 32);
-  for (let k = 1; k <= 3; k++) {
-    const before = l.answered.size;
-    await until(() => l.answered.size >= before + 100, 20_000);
-    await until(() => existsSync(app), 10_000);
-    renameSync(app, `${app}.${k}`);
-    gw.cli.child.kill('SIGHUP');
-  }
-  await until(() => existsSync(app) && reloadedCount(app) >= 1, 20_000);
-  const beforeStop = l.answered.size;
-  await until(() => l.answered.size >= beforeStop + 100, 20_000);
-  await l.stop();
-
+  await rotateUnderLoad(gw, app, l, 3, 100, 20_000);
   t.same([...l.failed].slice(0, 5), [], 'no request failed');
-  await until(() => accessCounts(allOf(logs, 'app.log').lines, 'cl').size >= l.answered.size, 15_000);
-  const all = allOf(logs, 'app.log');
-  t.same(all.broken.slice(0, 5), [], 'no line cut or interleaved (three processes append to the same files)');
-  checkExactlyOnce(t, accessCounts(all.lines, 'cl'), l.answered, `${l.answered.size} requests`);
-  await until(() => allOf(logs, 'sec.log').lines.filter((e) => e.event === 'auth_failed').length >= [...l.answered.keys()].filter((p) => p.startsWith('/private/')).length, 10_000);
-  const secAll = allOf(logs, 'sec.log');
-  t.same(secAll.broken.slice(0, 5), [], 'no security line cut or interleaved');
-  checkEventsOnce(t, all.lines, secAll.lines, 'cl');
-  t.equal(new Set(all.lines.filter((x) => x.type === 'access').map((x) => x.worker)).size, 2, 'both workers served');
+  const lines = await checkEveryLine(t, logs, l, 'cl', ' (three processes append to the same files)');
+  t.equal(new Set(lines.filter((x) => x.type === 'access').map((x) => x.worker)).size, 2, 'both workers served');
 });
 
 t.test('SIGTERM right after a rotation (log.buffer 64kb, requests in flight): no access line of a served request lost, exit 0', async (t) => {

@@ -13,6 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { httpsRequest, sleep, startUpstream, until, type ClientResponse } from '../helpers/gateway.js';
 import { CLI_SKIP, spawnCli, type CliProcess } from '../ops-e2e/_support.js';
+import { rotationConfig } from './_rotation-config.js';
 
 if (CLI_SKIP) throw new Error(CLI_SKIP);
 
@@ -25,24 +26,7 @@ function tmp(t: { teardown(fn: () => void): void }): string {
 }
 
 function yaml(dir: string, upstream: string, log: string, workers = 1): string {
-  return `listen: { https: 127.0.0.1:0, http: null, admin: null }
-workers: ${workers}
-shutdown_grace: 2s
-tls: { storage: ${join(dir, 'certs')} }
-log: ${log}
-sites:
-  - hosts: [app.test]
-    upstream: ${upstream}
-    routes:
-      - { path: /private, access: authenticated }
-      - { path: /, access: public }
-auth:
-  issuers:
-    - issuer: https://idp.invalid
-      audiences: [app]
-      algorithms: [ES256]
-      jwks_uri: https://idp.invalid/jwks
-`;
+  return rotationConfig(dir, upstream, log, { workers });
 }
 
 /** The JSON lines of a log file (none when it does not exist). */
