@@ -4,7 +4,7 @@
  * loudly, because browsers will not trust it.
  */
 import type { GatewayConfig } from '../config/types.js';
-import { buildCertificateEntry, CertificateStore, ensureLocalCertificate, type PemReader } from '../tls/index.js';
+import { buildCertificateEntry, CertificateStore, ensureLocalCertificate, localRenewalAt, type PemReader } from '../tls/index.js';
 import type { Logger } from '../observability/logging.js';
 import { acmeOrders } from './acme.js';
 
@@ -97,11 +97,10 @@ export function localCertificateOf(certs: CertificateStore): LocalPemPair | null
   return entry === undefined ? null : { certPem: entry.certPem, keyPem: entry.keyPem };
 }
 
-/** A served development certificate is renewed when a third of its life is left (as at start). */
+/** Whether the development certificate `certs` serves is due for renewal (as at start). */
 export function localRenewalDue(certs: CertificateStore, now = Date.now()): boolean {
   const entry = certs.get(LOCAL_CA_ID);
-  if (entry === undefined) return false;
-  return entry.notAfter.getTime() - now < (entry.notAfter.getTime() - entry.notBefore.getTime()) / 3;
+  return entry !== undefined && now > localRenewalAt(entry.notBefore, entry.notAfter);
 }
 
 /** The longest a running gateway goes without checking; a reload may switch the local CA on. */
@@ -121,13 +120,8 @@ export function keepLocalCertificateRenewed(certs: CertificateStore, logger: Log
   const plan = (): void => {
     if (stopped) return;
     const entry = certs.get(LOCAL_CA_ID);
-    let wait = RENEWAL_CHECK_MAX_MS;
-    if (entry !== undefined) {
-      const life = entry.notAfter.getTime() - entry.notBefore.getTime();
-      const dueIn = entry.notAfter.getTime() - life / 3 - Date.now();
-      wait = Math.min(RENEWAL_CHECK_MAX_MS, Math.max(dueIn, 0));
-    }
-    timer = setTimeout(() => void check(), wait);
+    const dueIn = entry === undefined ? Infinity : localRenewalAt(entry.notBefore, entry.notAfter) - Date.now();
+    timer = setTimeout(() => void check(), Math.min(RENEWAL_CHECK_MAX_MS, Math.max(dueIn, 0)));
     timer.unref();
   };
   const check = async (): Promise<void> => {

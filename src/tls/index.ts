@@ -37,6 +37,6 @@ export {
   type PemReader,
   type SniCallback,
 } from './store.js';
-export { LOCAL_LEAF_LIFETIME_MS, LOCAL_ROOT_LIFETIME_MS, ensureLocalCertificate, type LocalCertificate } from './local-ca.js';
+export { LOCAL_LEAF_LIFETIME_MS, LOCAL_ROOT_LIFETIME_MS, ensureLocalCertificate, localRenewalAt, type LocalCertificate } from './local-ca.js';
 export { ACME_TLS_ALPN, createTlsFront, type AlpnChallengeSource, type TlsFront, type TlsFrontEvent, type TlsFrontOptions } from './front.js';
 export { parseClientHello, type ClientHelloResult } from './client-hello.js';

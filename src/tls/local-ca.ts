@@ -34,6 +34,11 @@ export const LOCAL_LEAF_LIFETIME_MS = 7 * DAY_MS;
 /** Backdating for clocks that are slightly behind ours. */
 const BACKDATE_MS = 5 * 60_000;
 
+/** When a leaf is renewed: a third of its life left (at start, on reload, and while running). */
+export function localRenewalAt(notBefore: Date, notAfter: Date): number {
+  return notAfter.getTime() - (notAfter.getTime() - notBefore.getTime()) / 3;
+}
+
 export interface LocalCertificate {
   /** The leaf certificate. The chain is empty: the root signs the leaf directly, and clients must
    * not be sent the trust anchor (RFC 8446 §4.4.2 lets it be omitted). */
@@ -185,8 +190,7 @@ async function loadLeaf(keyPath: string, certPath: string, root: Root, hosts: re
   // Not corrupt from here on: these are ordinary reasons to re-issue, not warnings.
   if (!cert.checkIssued(root.cert) || !cert.verify(root.cert.publicKey)) return { ok: false, missing: true, reason: 'issued by another root' };
   const parsed = new x509.X509Certificate(certPem);
-  const lifetime = parsed.notAfter.getTime() - parsed.notBefore.getTime();
-  if (parsed.notBefore.getTime() > now || parsed.notAfter.getTime() - now < lifetime / 3) return { ok: false, missing: true, reason: 'renewal due' };
+  if (parsed.notBefore.getTime() > now || now > localRenewalAt(parsed.notBefore, parsed.notAfter)) return { ok: false, missing: true, reason: 'renewal due' };
   const have = leafHosts(cert);
   if (have.length !== hosts.length || have.some((h, i) => h !== hosts[i])) return { ok: false, missing: true, reason: 'host set changed' };
   return { ok: true, value: { certPem, keyPem, notAfter: parsed.notAfter } };
