@@ -18,6 +18,7 @@ import { explain, formatExplanation } from './pipeline/explain.js';
 import { runPrimary, WORKER_ENV } from './cluster/primary.js';
 import { runWorker } from './cluster/worker.js';
 import { holdEarlySighup, onReloadTriggers } from './server/lifecycle.js';
+import { createTaskQueue } from './server/queue.js';
 import cluster from 'node:cluster';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -186,9 +187,10 @@ async function start(configPath: string, watchFile: boolean, io: Io): Promise<nu
     'portcullis started',
   );
 
-  let reloading: Promise<void> = Promise.resolve();
+  // Reloads and renewals one at a time: a renewal never interleaves with a reload.
+  const changes = createTaskQueue(logger);
   const reload = (why: string): void => {
-    reloading = reloading.then(async () => {
+    changes.push('configuration reload', async () => {
       try {
         const next = await loadConfigFile(configPath);
         for (const w of next.warnings) logger.warn({ config: configPath }, w);
@@ -214,12 +216,9 @@ async function start(configPath: string, watchFile: boolean, io: Io): Promise<nu
     });
   };
   onReloadTriggers(configPath, watchFile, reload, early);
-  // Queued with the reloads: a renewal never interleaves with one.
-  const stopRenewal = keepLocalCertificateRenewed(gateway.certificates, logger, () => {
-    const run = reloading.then(async () => (await stageCertificates(gateway.current().config, logger, gateway.certificates))());
-    reloading = run.catch(() => undefined);
-    return run;
-  });
+  const stopRenewal = keepLocalCertificateRenewed(gateway.certificates, logger, () =>
+    changes.run(async () => (await stageCertificates(gateway.current().config, logger, gateway.certificates))()),
+  );
 
   return new Promise<number>((resolve) => {
     let stopping = false;

@@ -52,7 +52,7 @@ import { createRedirectServer } from './server/redirect.js';
 import { createAdminServer } from './server/admin.js';
 import { answeredRequestTimeout, SlowlorisGuard } from './server/slowloris.js';
 import { closeServer, listenOn } from './server/lifecycle.js';
-import { createCertificateAutomation, type AcmeTuning, type CertificateAutomation } from './server/acme.js';
+import { createCertificateAutomation, restartAutomation, type AcmeTuning, type CertificateAutomation } from './server/acme.js';
 import { claimedIssuer, type Authenticator } from './auth/index.js';
 
 export interface GatewayOptions {
@@ -1651,13 +1651,13 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     // installed too, and the server's base context, where OpenSSL reads the version bounds).
     certificates.setMinVersion(config.tls.minVersion);
     state = buildRuntimeState(config, nextAuth, old);
-    if (listening) await automation.reload(config);
     if (nextAuth !== authenticator) {
       const previous = authenticator;
       authenticator = nextAuth;
       // In-flight requests may still hold the old authenticator; close it once they had time to finish.
       if (previous) setTimeout(() => void previous.close(), 30_000).unref();
     }
+    if (listening) await restartAutomation(automation, config, logger);
   }
 
   let front: TlsFront | null = null;

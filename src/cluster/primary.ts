@@ -25,9 +25,10 @@ import { createLogger, type PreparedLog } from '../observability/logging.js';
 import { createMetrics } from '../observability/metrics.js';
 import { createSecurityEvents, openSecurityLog, prepareLogFiles } from '../observability/events.js';
 import { keepLocalCertificateRenewed, localCertificateOf, prepareCertificates, stageCertificates } from '../server/certificates.js';
-import { createCertificateAutomation, type CertificateMirror } from '../server/acme.js';
+import { createCertificateAutomation, restartAutomation, type CertificateMirror } from '../server/acme.js';
 import { createAdminServer } from '../server/admin.js';
 import { closeServer, listenOn, onReloadTriggers, type EarlySighup } from '../server/lifecycle.js';
+import { createTaskQueue } from '../server/queue.js';
 import { MemoryStore, serveStoreCall, writtenKey } from '../state/index.js';
 import { ACTIVE_BAN_KEY_PREFIX } from '../protect/index.js';
 import { RpcPeer } from './rpc.js';
@@ -82,7 +83,7 @@ export async function runPrimary(configPath: string, watchFile: boolean, loaded:
 
   const members = new Map<number, Member>();
   /** Reloads, renewals and late workers' catch-ups, one at a time. */
-  let reloading: Promise<void> = Promise.resolve();
+  const changes = createTaskQueue(log);
   let ticketKeys = randomBytes(48);
   const snapshot = { certificates: new Map<string, PemPair>(), alpn: new Map<string, PemPair>(), http01: new Map<string, string>() };
   const broadcast = (method: string, params: unknown): void => {
@@ -163,7 +164,7 @@ export async function runPrimary(configPath: string, watchFile: boolean, loaded:
         // Started from a configuration that a reload replaced meanwhile: bring it up to date, in
         // turn with the reloads and renewals (one of them may be sending it something newer).
         if (member.applied !== current) {
-          reloading = reloading.then(async () => {
+          changes.push('catching up a worker', async () => {
             if (members.get(member.worker.id) === member && member.applied !== current) await applyTo(member, current);
           });
         }
@@ -321,7 +322,7 @@ export async function runPrimary(configPath: string, watchFile: boolean, loaded:
   }
 
   const reload = (why: string): void => {
-    reloading = reloading.then(async () => {
+    changes.push('configuration reload', async () => {
       if (stopping) return;
       let next: LoadResult;
       let logs: PreparedLog;
@@ -356,7 +357,7 @@ export async function runPrimary(configPath: string, watchFile: boolean, loaded:
       current = next;
       // Workers still starting catch up when they report listening (see 'listening').
       const results = await Promise.all(live().filter((m) => m.listening).map((m) => applyTo(m, next)));
-      await automation.reload(next.config);
+      await restartAutomation(automation, next.config, log);
       metrics.configReload('success');
       events.emit('config_reloaded', { file: configPath, reason: why });
       log.info({ trigger: why, workers: results.filter(Boolean).length }, 'configuration reloaded');
@@ -365,15 +366,13 @@ export async function runPrimary(configPath: string, watchFile: boolean, loaded:
   onReloadTriggers(configPath, watchFile, reload, early);
   // The development CA's certificate renewed in turn with the reloads, and sent to every worker
   // (one still starting gets it with its snapshot).
-  const stopRenewal = keepLocalCertificateRenewed(certificates, log, () => {
-    const run = reloading.then(async () => {
+  const stopRenewal = keepLocalCertificateRenewed(certificates, log, () =>
+    changes.run(async () => {
       (await stageCertificates(current.config, log, certificates))();
       const local = localCertificateOf(certificates);
       if (local !== null) broadcast('tls.local', local);
-    });
-    reloading = run.catch(() => undefined);
-    return run;
-  });
+    }),
+  );
 
   async function stopWorkers(graceMs: number): Promise<boolean> {
     const exits = live().map(

@@ -182,6 +182,21 @@ export function createCertificateAutomation(deps: {
 }
 
 /**
+ * A reload's last step, once the new configuration is in force: the ACME manager restarted for
+ * its sites. A failure there does not undo the reload (the workers and listeners already serve the
+ * new configuration), so it is logged instead of reported as a rejected configuration; the
+ * certificates in use keep being served, and the next reload tries again (a manager that did not
+ * start is never taken as current).
+ */
+export async function restartAutomation(automation: CertificateAutomation, config: GatewayConfig, log: Pick<Logger, 'error'>): Promise<void> {
+  try {
+    await automation.reload(config);
+  } catch (err) {
+    log.error({ err }, 'certificate automation could not be restarted; certificates in use keep being served, and the next reload tries again');
+  }
+}
+
+/**
  * The automation of a cluster worker: no manager of its own (the primary runs the only one); the
  * worker applies the primary's {@link CertificateMirror} reports to its certificate store and to
  * this HTTP-01 table, which its HTTP listener serves.

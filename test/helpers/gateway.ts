@@ -16,6 +16,7 @@ import { createLogger } from '../../src/observability/logging.js';
 import { buildGateway, type Gateway } from '../../src/gateway.js';
 import { prepareCertificates } from '../../src/server/certificates.js';
 import type { Store } from '../../src/state/index.js';
+import type { CertificateAutomation } from '../../src/server/acme.js';
 
 export interface Tap {
   teardown(fn: () => unknown): void;
@@ -107,7 +108,12 @@ export function memoryLogger(logs: LogRecord[]): pino.Logger {
  * Writes `yaml` to a temp dir as gateway.yml (listeners default to 127.0.0.1:0, storage to the
  * temp dir: certificates come from the local development CA whose root is returned as `ca`).
  */
-export async function startGateway(t: Tap, yaml: string, env: Record<string, string> = {}, options: { store?: Store } = {}): Promise<RunningGateway> {
+export async function startGateway(
+  t: Tap,
+  yaml: string,
+  env: Record<string, string> = {},
+  options: { store?: Store; certificateAutomation?: CertificateAutomation } = {},
+): Promise<RunningGateway> {
   const dir = mkdtempSync(join(tmpdir(), 'portcullis-test-'));
   const configPath = join(dir, 'gateway.yml');
   writeFileSync(configPath, yaml);
@@ -115,7 +121,7 @@ export async function startGateway(t: Tap, yaml: string, env: Record<string, str
   const logs: LogRecord[] = [];
   const logger = memoryLogger(logs);
   const certificates = await prepareCertificates(config, logger);
-  const gw = await buildGateway({ config, logger, certificates, store: options.store });
+  const gw = await buildGateway({ config, logger, certificates, store: options.store, certificateAutomation: options.certificateAutomation });
   const addrs = await gw.listen();
   t.teardown(async () => {
     await gw.close(1000);
