@@ -59,6 +59,10 @@ async function stage(config: GatewayConfig, logger: Logger, certs: CertificateSt
     // and stay the default for clients without SNI, until a restart — even after a key leak.
     const ordered = new Set(config.tls.acme === null ? [] : acmeOrders(config, certs).map((o) => `acme:${o.siteId}`));
     for (const entry of certs.list()) if (entry.source === 'acme' && !ordered.has(entry.id)) certs.remove(entry.id);
+    // Said when the development CA starts serving a set of hosts (the start, a reload that
+    // switched it on or changed the sites), not again at each renewal of the same certificate.
+    const before = certs.get(LOCAL_CA_ID);
+    const announce = localEntry !== null && (before === undefined || !sameNames(before.hosts, localEntry.hosts));
     if (localEntry === null) certs.remove(LOCAL_CA_ID);
     else certs.set(localEntry);
     if (local !== null) {
@@ -68,6 +72,7 @@ async function stage(config: GatewayConfig, logger: Logger, certs: CertificateSt
         });
       }
       for (const warning of local.warnings) logger.warn({ root_ca: local.rootPath }, warning);
+      if (!announce) return;
       logger.warn(
         { root_ca: local.rootPath, hosts: localHosts },
         'NO CERTIFICATES CONFIGURED: serving certificates from a LOCAL DEVELOPMENT CA. Clients will not trust them unless they trust ' +
@@ -75,6 +80,10 @@ async function stage(config: GatewayConfig, logger: Logger, certs: CertificateSt
       );
     }
   };
+}
+
+function sameNames(a: readonly string[], b: readonly string[]): boolean {
+  return a.length === b.length && [...a].sort().join('\n') === [...b].sort().join('\n');
 }
 
 /** {@link stageCertificates} and its step at once (a start, where nothing serves yet). */

@@ -196,6 +196,42 @@ sites:
   t.equal(said()?.level, 'error');
 });
 
+t.test('the development CA warning: said when it starts serving a set of hosts, not again for the same hosts', async (t) => {
+  const dir = await tempDir(t);
+  const yaml = (hosts: string): string => `listen: { https: 127.0.0.1:0 }
+tls: { storage: ${dir} }
+sites:
+  - hosts: [${hosts}]
+    upstream: http://127.0.0.1:9
+    routes: [{ path: /, access: public }]
+`;
+  const logs: Record<string, unknown>[] = [];
+  const warned = (): unknown[] => logs.filter((l) => /LOCAL DEVELOPMENT CA/.test(String(l.msg))).map((l) => l.hosts);
+  const logger = memoryLogger(logs as never);
+  const settle = (): Promise<void> => new Promise((r) => setTimeout(r, 50));
+  const store = await prepareCertificates(parseConfig(yaml('a.test'), 'gw.yml').config, logger);
+  await settle();
+  t.same(warned(), [['a.test']], 'at start');
+  // A reload or a renewal for the same hosts: nothing new to say.
+  (await stageCertificates(parseConfig(yaml('a.test'), 'gw.yml').config, logger, store))();
+  await settle();
+  t.same(warned(), [['a.test']], 'not repeated for the same hosts');
+  // The same hosts with a new leaf (what a renewal installs): still not repeated.
+  const renewed = await ensureLocalCertificate(dir, ['a.test'], () => Date.now() - 6 * 86_400_000);
+  installLocalCertificate(store, renewed);
+  (await stageCertificates(parseConfig(yaml('a.test'), 'gw.yml').config, logger, store))();
+  await settle();
+  t.same(warned(), [['a.test']], 'not repeated when the leaf is renewed');
+  (await stageCertificates(parseConfig(yaml('a.test, b.test'), 'gw.yml').config, logger, store))();
+  await settle();
+  t.same(warned(), [['a.test'], ['a.test', 'b.test']], 'said again when the hosts change');
+  // Switched off (a certificate file would replace it), then on again: said again.
+  store.remove('local-ca');
+  (await stageCertificates(parseConfig(yaml('a.test, b.test'), 'gw.yml').config, logger, store))();
+  await settle();
+  t.same(warned(), [['a.test'], ['a.test', 'b.test'], ['a.test', 'b.test']], 'said again when it starts serving again');
+});
+
 t.test('renewal while running: a renewal that installs nothing (or fails) is logged and tried again a minute later, never in a tight loop', async (t) => {
   const dir = await tempDir(t);
   // Issued 6 days ago: due now.
