@@ -14,8 +14,6 @@ export interface TaskQueue {
   run<T>(task: () => Promise<T>): Promise<T>;
   /** Runs `task` in turn, for a caller that does not wait: a failure is logged with `what`. */
   push(what: string, task: () => Promise<void>): void;
-  /** Settles once every task queued so far has settled. */
-  idle(): Promise<void>;
 }
 
 export function createTaskQueue(logger: Pick<Logger, 'error'>): TaskQueue {
@@ -32,6 +30,5 @@ export function createTaskQueue(logger: Pick<Logger, 'error'>): TaskQueue {
         logger.error({ task: what, err }, `${what} failed; the next change in the queue still runs`);
       });
     },
-    idle: () => tail.then(() => undefined),
   };
 }
