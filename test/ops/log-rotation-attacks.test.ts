@@ -12,11 +12,11 @@ import t, { type Test } from 'tap';
 import https from 'node:https';
 import tls from 'node:tls';
 import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, statSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startUpstream, until } from '../helpers/gateway.js';
-import { childrenOf } from '../helpers/processes.js';
+import { childrenOf, holdWhenOpened, openFilesUnder } from '../helpers/processes.js';
 import { APP_DIR, CLI_SKIP, spawnCli, type CliProcess } from '../ops-e2e/_support.js';
 import { rotationConfig } from './_rotation-config.js';
 
@@ -241,19 +241,6 @@ function checkEventsOnce(t: Tap, access: Log[], events: Log[], prefix: string): 
 }
 
 const fdCount = (pid: number): number => readdirSync(`/proc/${pid}/fd`).length;
-/** The regular files a process holds open under `dir`. */
-function openFilesUnder(pid: number, dir: string): string[] {
-  const out: string[] = [];
-  for (const fd of readdirSync(`/proc/${pid}/fd`)) {
-    try {
-      const target = readlinkSync(`/proc/${pid}/fd/${fd}`);
-      if (target.startsWith(dir)) out.push(target);
-    } catch {
-      // closed while listing
-    }
-  }
-  return out.sort();
-}
 
 // ---------------------------------------------------------------------------------------------
 
@@ -732,15 +719,6 @@ t.test('a request refused with 503 while the gateway drains (SIGTERM) gets its a
   }
 });
 
-/** Whether `pid` is a node:cluster worker already (exec'd: cluster gives a worker NODE_UNIQUE_ID). */
-function execed(pid: number): boolean {
-  try {
-    return readFileSync(`/proc/${pid}/environ`, 'latin1').split('\0').some((v) => v.startsWith('NODE_UNIQUE_ID='));
-  } catch {
-    return false;
-  }
-}
-
 t.test('workers: 2, a worker still starting (log file open, not yet synced) when a refused reload reopens the logs: it reopens too once it listens, and never writes into the rotated file', async (t) => {
   const dir = tmp(t);
   const logs = join(dir, 'logs');
@@ -759,25 +737,9 @@ t.test('workers: 2, a worker still starting (log file open, not yet synced) when
   process.kill(workers[0]!, 'SIGKILL');
   let fresh: number | undefined;
   t.ok(await until(() => (fresh = childrenOf(primary).find((p) => !workers.includes(p))) !== undefined, 10_000), 'a replacement is forked');
-  let stopped = false;
-  const cont = (): void => {
-    if (stopped) process.kill(fresh!, 'SIGCONT');
-    stopped = false;
-  };
-  t.teardown(cont);
-  const deadline = Date.now() + 10_000;
-  while (Date.now() < deadline) {
-    // Only once it runs the worker's own code: between fork and exec the child holds a copy of the
-    // primary's descriptors (its app.log too), and a child stopped there freezes the primary,
-    // whose spawn waits for the exec (libuv) — seen on CI as a SIGHUP never handled.
-    if (execed(fresh!) && openFilesUnder(fresh!, logs).includes(app)) {
-      process.kill(fresh!, 'SIGSTOP');
-      stopped = true;
-      break;
-    }
-    await new Promise((r) => setImmediate(r));
-  }
-  t.ok(stopped, 'it opened the log file, and is held');
+  const cont = await holdWhenOpened(fresh!, app);
+  t.teardown(() => cont?.());
+  t.ok(cont, 'it opened the log file, and is held');
   const listenedBefore = lines(app).some((l) => l.msg === 'worker listening' && l.pid === fresh);
   t.comment(listenedBefore ? 'the replacement was already listening when held' : 'held before it listened');
 
@@ -787,7 +749,7 @@ t.test('workers: 2, a worker still starting (log file open, not yet synced) when
   gw.cli.child.kill('SIGHUP');
   await lineIn(`${app}.1`, (l) => String(l.msg).startsWith('configuration rejected'));
   await until(() => existsSync(app), 10_000);
-  cont();
+  cont?.();
 
   // Wait for the new worker to be listening, wherever it said so.
   t.ok(await until(() => [...lines(app), ...lines(`${app}.1`)].some((l) => l.msg === 'worker listening' && l.pid === fresh), 15_000), 'the replacement listens');

@@ -2,14 +2,16 @@
 // gateway that ran longer served an expired one until a reload or a restart). Against the built
 // CLI, one process and `workers: 2`: a leaf issued beforehand (with a clock set back) falls due a
 // few seconds after the start; new connections then get a new leaf, in every worker, and the new
-// leaf is saved to tls.storage.
+// leaf is saved to tls.storage. A worker that is still starting when the renewal is sent gets the
+// new leaf with its snapshot.
 import t from 'tap';
 import tls from 'node:tls';
 import { X509Certificate } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startUpstream, until } from '../helpers/gateway.js';
+import { childrenOf, holdWhenOpened } from '../helpers/processes.js';
 import { CLI_SKIP, spawnCli } from '../ops-e2e/_support.js';
 import { LOCAL_LEAF_LIFETIME_MS, ensureLocalCertificate } from '../../src/tls/index.js';
 
@@ -81,3 +83,66 @@ sites:
     }
   });
 }
+
+/** The JSON lines of a log file so far (none while it does not exist). */
+function logLines(file: string): Array<Record<string, unknown>> {
+  if (!existsSync(file)) return [];
+  return readFileSync(file, 'utf8')
+    .split('\n')
+    .filter((l) => l.startsWith('{'))
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
+}
+
+t.test('workers: 2, the renewal reaches a worker that said hello but has not pulled its snapshot: its snapshot carries the new leaf', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'portcullis-local-renewal-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const storage = join(dir, 'certs');
+  const app = join(dir, 'logs', 'app.log');
+  // Due long enough after the start for a replacement worker to be forked and held first.
+  const life = LOCAL_LEAF_LIFETIME_MS + 5 * 60_000;
+  const dueIn = 25_000;
+  const old = await ensureLocalCertificate(storage, ['app.test'], () => Date.now() - (LOCAL_LEAF_LIFETIME_MS - life / 3) + dueIn);
+  const oldSerial = new X509Certificate(old.certPem).serialNumber;
+  const up = await startUpstream(t);
+  const config = join(dir, 'gw.yml');
+  writeFileSync(
+    config,
+    `listen: { https: 127.0.0.1:0, http: null, admin: null }
+workers: 2
+shutdown_grace: 2s
+tls: { storage: ${storage} }
+log: { file: ${app} }
+sites:
+  - hosts: [app.test]
+    upstream: ${up.origin}
+    routes: [{ path: /, access: public }]
+`,
+  );
+  const cli = spawnCli(t, ['start', '--config', config], {}, { gracefulStop: true });
+  t.ok(await until(() => logLines(app).some((l) => l.msg === 'portcullis started'), 30_000), 'started');
+  const port = (logLines(app).find((l) => l.msg === 'portcullis started')!.https as { port: number }).port;
+  const workers = logLines(app).filter((l) => l.msg === 'worker listening').map((l) => l.pid as number);
+  t.equal(workers.length, 2);
+
+  // A replacement, stopped as soon as it opens its log file: it has had its hello (which gave it
+  // the old leaf) and builds its gateway before it asks for the snapshot.
+  process.kill(workers[0]!, 'SIGKILL');
+  let fresh: number | undefined;
+  t.ok(await until(() => (fresh = childrenOf(cli.child.pid!).find((p) => !workers.includes(p))) !== undefined, 10_000), 'a replacement is forked');
+  const cont = await holdWhenOpened(fresh!, app);
+  t.teardown(() => cont?.());
+  t.ok(cont, 'the replacement opened its log file, and is held');
+  const renewedMsg = (l: Record<string, unknown>): boolean => l.msg === 'local CA: certificate renewed';
+  t.notOk(logLines(app).some(renewedMsg), 'held before the renewal');
+  t.notOk(logLines(app).some((l) => l.msg === 'worker listening' && l.pid === fresh), 'held before it listened');
+
+  // The renewal now: the primary sends it to the workers in sync; the held one is not yet.
+  t.ok(await until(() => logLines(app).some(renewedMsg), dueIn + 20_000), 'the primary renewed the leaf meanwhile');
+  cont!();
+  t.ok(await until(() => logLines(app).some((l) => l.msg === 'worker listening' && l.pid === fresh), 20_000), 'the replacement listens');
+
+  const serials = new Set<string>();
+  for (let i = 0; i < 16; i++) serials.add(await servedSerial(port, old.rootPem));
+  t.notOk(serials.has(oldSerial), `no connection gets the old leaf (got ${[...serials].join(', ')})`);
+  t.equal(serials.size, 1, 'one renewed leaf in both workers, the replacement too');
+});
