@@ -15,7 +15,7 @@ import cluster from 'node:cluster';
 import { parseConfigWith, readFrom, type LoadResult } from '../config/index.js';
 import { createLogger, type Logger } from '../observability/logging.js';
 import { buildGateway, withRestartOnly, type Gateway } from '../gateway.js';
-import { installLocalCertificate, LOCAL_CA_ID, prepareCertificates, stageCertificates } from '../server/certificates.js';
+import { installLocalCertificate, LOCAL_CA_ID, prepareCertificates, stageCertificates, type LocalPemPair } from '../server/certificates.js';
 import { followerAutomation } from '../server/acme.js';
 import { RemoteStore } from '../state/index.js';
 import { ACTIVE_BAN_KEY_PREFIX } from '../protect/index.js';
@@ -77,9 +77,7 @@ export async function runWorker(configPath: string, version: string): Promise<nu
       case 'tls.alpnClear':
         return gateway!.certificates.clearAlpnChallenge(p.host!);
       case 'tls.local':
-        // Renewed by the primary; only where the configuration in force uses the development CA.
-        if (gateway!.certificates.get(LOCAL_CA_ID) !== undefined) installLocalCertificate(gateway!.certificates, { certPem: p.certPem!, keyPem: p.keyPem! });
-        return;
+        return adoptLocalCertificate(gateway!, { certPem: p.certPem!, keyPem: p.keyPem! });
       case 'tls.ticketKeys':
         return gateway!.setTicketKeys(Buffer.from(p.keys!, 'base64'));
       case 'logs.reopen':
@@ -147,10 +145,15 @@ export async function runWorker(configPath: string, version: string): Promise<nu
   for (const a of snapshot.alpn) gw.certificates.setAlpnChallenge(a.host, { certPem: a.certPem, keyPem: a.keyPem });
   for (const [token, keyAuthorization] of snapshot.http01) automation.http01.set(token, keyAuthorization);
   gw.setTicketKeys(Buffer.from(snapshot.ticketKeys, 'base64'));
-  if (snapshot.local !== null && gw.certificates.get(LOCAL_CA_ID) !== undefined) installLocalCertificate(gw.certificates, snapshot.local);
+  if (snapshot.local !== null) adoptLocalCertificate(gw, snapshot.local);
 
   const addrs = await gw.listen();
   await peer.call('listening', { https: addrs.https, http: addrs.http, pid: process.pid });
   log.info({ pid: process.pid, config_workers: loaded.config.workers }, 'worker listening');
   return exited;
+}
+
+/** The development CA's certificate the primary renewed; served only where the configuration in force uses that CA. */
+function adoptLocalCertificate(gw: Gateway, pair: LocalPemPair): void {
+  if (gw.certificates.get(LOCAL_CA_ID) !== undefined) installLocalCertificate(gw.certificates, pair);
 }

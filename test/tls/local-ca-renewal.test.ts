@@ -4,7 +4,7 @@
 // few seconds after the start; new connections then get a new leaf, in every worker, and the new
 // leaf is saved to tls.storage. A worker that is still starting when the renewal is sent gets the
 // new leaf with its snapshot.
-import t from 'tap';
+import t, { type Test as Tap } from 'tap';
 import tls from 'node:tls';
 import { X509Certificate } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -29,31 +29,40 @@ function servedSerial(port: number, ca: string): Promise<string> {
   });
 }
 
-for (const workers of [1, 2]) {
-  t.test(`workers: ${workers}: a leaf falling due while the gateway runs is renewed, served to new connections and saved`, async (t) => {
-    const dir = mkdtempSync(join(tmpdir(), 'portcullis-local-renewal-'));
-    t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-    const storage = join(dir, 'certs');
-    // Issued so that a third of its life is left ~8 s from now (its notBefore is backdated 5 min).
-    const life = LOCAL_LEAF_LIFETIME_MS + 5 * 60_000;
-    const dueIn = 8_000;
-    const old = await ensureLocalCertificate(storage, ['app.test'], () => Date.now() - (LOCAL_LEAF_LIFETIME_MS - life / 3) + dueIn);
-    const oldSerial = new X509Certificate(old.certPem).serialNumber;
-    const up = await startUpstream(t);
-    const config = join(dir, 'gw.yml');
-    writeFileSync(
-      config,
-      `listen: { https: 127.0.0.1:0, http: null, admin: null }
+/**
+ * The CLI on a gateway whose development leaf (issued beforehand, its notBefore backdated 5 min)
+ * falls due for renewal — a third of its life left — `dueIn` ms from now.
+ */
+async function gatewayWithLeafDueIn(t: Tap, dueIn: number, workers: number, options: { logFile?: boolean } = {}) {
+  const dir = mkdtempSync(join(tmpdir(), 'portcullis-local-renewal-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const storage = join(dir, 'certs');
+  // Where the gateway logs with `logFile` (stdout otherwise).
+  const app = join(dir, 'logs', 'app.log');
+  const life = LOCAL_LEAF_LIFETIME_MS + 5 * 60_000;
+  const old = await ensureLocalCertificate(storage, ['app.test'], () => Date.now() - (LOCAL_LEAF_LIFETIME_MS - life / 3) + dueIn);
+  const up = await startUpstream(t);
+  const config = join(dir, 'gw.yml');
+  writeFileSync(
+    config,
+    `listen: { https: 127.0.0.1:0, http: null, admin: null }
 workers: ${workers}
 shutdown_grace: 2s
 tls: { storage: ${storage} }
-sites:
+${options.logFile === true ? `log: { file: ${app} }\n` : ''}sites:
   - hosts: [app.test]
     upstream: ${up.origin}
     routes: [{ path: /, access: public }]
 `,
-    );
-    const cli = spawnCli(t, ['start', '--config', config], {}, { gracefulStop: true });
+  );
+  const cli = spawnCli(t, ['start', '--config', config], {}, { gracefulStop: true });
+  return { storage, app, old, oldSerial: new X509Certificate(old.certPem).serialNumber, cli };
+}
+
+for (const workers of [1, 2]) {
+  t.test(`workers: ${workers}: a leaf falling due while the gateway runs is renewed, served to new connections and saved`, async (t) => {
+    const dueIn = 8_000;
+    const { storage, old, oldSerial, cli } = await gatewayWithLeafDueIn(t, dueIn, workers);
     const started = await cli.waitForLog((l) => l.msg === 'portcullis started', 30_000);
     const port = (started.https as { port: number }).port;
     t.equal(await servedSerial(port, old.rootPem), oldSerial, 'at start: the leaf on disk, not yet due');
@@ -94,31 +103,9 @@ function logLines(file: string): Array<Record<string, unknown>> {
 }
 
 t.test('workers: 2, the renewal reaches a worker that said hello but has not pulled its snapshot: its snapshot carries the new leaf', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'portcullis-local-renewal-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  const storage = join(dir, 'certs');
-  const app = join(dir, 'logs', 'app.log');
   // Due long enough after the start for a replacement worker to be forked and held first.
-  const life = LOCAL_LEAF_LIFETIME_MS + 5 * 60_000;
   const dueIn = 25_000;
-  const old = await ensureLocalCertificate(storage, ['app.test'], () => Date.now() - (LOCAL_LEAF_LIFETIME_MS - life / 3) + dueIn);
-  const oldSerial = new X509Certificate(old.certPem).serialNumber;
-  const up = await startUpstream(t);
-  const config = join(dir, 'gw.yml');
-  writeFileSync(
-    config,
-    `listen: { https: 127.0.0.1:0, http: null, admin: null }
-workers: 2
-shutdown_grace: 2s
-tls: { storage: ${storage} }
-log: { file: ${app} }
-sites:
-  - hosts: [app.test]
-    upstream: ${up.origin}
-    routes: [{ path: /, access: public }]
-`,
-  );
-  const cli = spawnCli(t, ['start', '--config', config], {}, { gracefulStop: true });
+  const { app, old, oldSerial, cli } = await gatewayWithLeafDueIn(t, dueIn, 2, { logFile: true });
   t.ok(await until(() => logLines(app).some((l) => l.msg === 'portcullis started'), 30_000), 'started');
   const port = (logLines(app).find((l) => l.msg === 'portcullis started')!.https as { port: number }).port;
   const workers = logLines(app).filter((l) => l.msg === 'worker listening').map((l) => l.pid as number);

@@ -9,12 +9,27 @@ import { CertificateStore, LOCAL_LEAF_LIFETIME_MS, ensureLocalCertificate } from
 import { portOf, probe } from './helpers.js';
 import { installLocalCertificate, keepLocalCertificateRenewed, localRenewalDue, prepareCertificates, stageCertificates } from '../../src/server/certificates.js';
 import { parseConfig } from '../../src/config/index.js';
+import type { GatewayConfig } from '../../src/config/types.js';
 import { memoryLogger } from '../helpers/gateway.js';
 
 async function tempDir(t: Tap): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'gw-local-ca-'));
   t.teardown(() => rm(dir, { recursive: true, force: true }));
   return dir;
+}
+
+/** A configuration served by the development CA in `dir`, for the site hosts `hosts` ("a.test, b.test"). */
+function siteConfig(dir: string, hosts: string): GatewayConfig {
+  return parseConfig(
+    `listen: { https: 127.0.0.1:0 }
+tls: { storage: ${dir} }
+sites:
+  - hosts: [${hosts}]
+    upstream: http://127.0.0.1:9
+    routes: [{ path: /, access: public }]
+`,
+    'gw.yml',
+  ).config;
 }
 type Tap = { teardown(fn: () => unknown): void };
 
@@ -165,27 +180,20 @@ t.test('a save that fails rejects with GW_ERR_TLS_CERT naming the storage', asyn
 
 t.test('a reload\'s staged development certificate: written when installed; a write that fails then is logged, and the certificate is served anyway', async (t) => {
   const dir = await tempDir(t);
-  const yaml = (hosts: string): string => `listen: { https: 127.0.0.1:0 }
-tls: { storage: ${dir} }
-sites:
-  - hosts: [${hosts}]
-    upstream: http://127.0.0.1:9
-    routes: [{ path: /, access: public }]
-`;
   const logs: Record<string, unknown>[] = [];
   const logger = memoryLogger(logs as never);
-  const store = await prepareCertificates(parseConfig(yaml('a.test'), 'gw.yml').config, logger);
+  const store = await prepareCertificates(siteConfig(dir, 'a.test'), logger);
   const leafPath = join(dir, 'local', 'leaf.crt');
   const first = await readFile(leafPath, 'utf8');
 
-  const install = await stageCertificates(parseConfig(yaml('a.test, b.test'), 'gw.yml').config, logger, store);
+  const install = await stageCertificates(siteConfig(dir, 'a.test, b.test'), logger, store);
   t.equal(await readFile(leafPath, 'utf8'), first, 'staged: nothing written');
   install();
   t.equal(new X509Certificate(store.get('local-ca')!.certPem).subjectAltName, 'DNS:a.test, DNS:b.test', 'installed: served');
   await ensureLocalCertificate(dir, ['a.test', 'b.test']); // waits for the save in progress
   t.equal(await readFile(leafPath, 'utf8'), store.get('local-ca')!.certPem, 'and saved');
 
-  const install2 = await stageCertificates(parseConfig(yaml('c.test'), 'gw.yml').config, logger, store);
+  const install2 = await stageCertificates(siteConfig(dir, 'c.test'), logger, store);
   await rm(join(dir, 'local'), { recursive: true });
   await writeFile(join(dir, 'local'), 'x');
   install2();
@@ -198,36 +206,29 @@ sites:
 
 t.test('the development CA warning: said when it starts serving a set of hosts, not again for the same hosts', async (t) => {
   const dir = await tempDir(t);
-  const yaml = (hosts: string): string => `listen: { https: 127.0.0.1:0 }
-tls: { storage: ${dir} }
-sites:
-  - hosts: [${hosts}]
-    upstream: http://127.0.0.1:9
-    routes: [{ path: /, access: public }]
-`;
   const logs: Record<string, unknown>[] = [];
   const warned = (): unknown[] => logs.filter((l) => /LOCAL DEVELOPMENT CA/.test(String(l.msg))).map((l) => l.hosts);
   const logger = memoryLogger(logs as never);
   const settle = (): Promise<void> => new Promise((r) => setTimeout(r, 50));
-  const store = await prepareCertificates(parseConfig(yaml('a.test'), 'gw.yml').config, logger);
+  const store = await prepareCertificates(siteConfig(dir, 'a.test'), logger);
   await settle();
   t.same(warned(), [['a.test']], 'at start');
   // A reload or a renewal for the same hosts: nothing new to say.
-  (await stageCertificates(parseConfig(yaml('a.test'), 'gw.yml').config, logger, store))();
+  (await stageCertificates(siteConfig(dir, 'a.test'), logger, store))();
   await settle();
   t.same(warned(), [['a.test']], 'not repeated for the same hosts');
   // The same hosts with a new leaf (what a renewal installs): still not repeated.
   const renewed = await ensureLocalCertificate(dir, ['a.test'], () => Date.now() - 6 * 86_400_000);
   installLocalCertificate(store, renewed);
-  (await stageCertificates(parseConfig(yaml('a.test'), 'gw.yml').config, logger, store))();
+  (await stageCertificates(siteConfig(dir, 'a.test'), logger, store))();
   await settle();
   t.same(warned(), [['a.test']], 'not repeated when the leaf is renewed');
-  (await stageCertificates(parseConfig(yaml('a.test, b.test'), 'gw.yml').config, logger, store))();
+  (await stageCertificates(siteConfig(dir, 'a.test, b.test'), logger, store))();
   await settle();
   t.same(warned(), [['a.test'], ['a.test', 'b.test']], 'said again when the hosts change');
   // Switched off (a certificate file would replace it), then on again: said again.
   store.remove('local-ca');
-  (await stageCertificates(parseConfig(yaml('a.test, b.test'), 'gw.yml').config, logger, store))();
+  (await stageCertificates(siteConfig(dir, 'a.test, b.test'), logger, store))();
   await settle();
   t.same(warned(), [['a.test'], ['a.test', 'b.test'], ['a.test', 'b.test']], 'said again when it starts serving again');
 });
