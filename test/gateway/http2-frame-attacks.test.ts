@@ -17,17 +17,13 @@ import t from 'tap';
 import http from 'node:http';
 import http2 from 'node:http2';
 import net from 'node:net';
-import v8 from 'node:v8';
-import vm from 'node:vm';
 import { startGateway, startUpstream, sleep, until, type RunningGateway, type Tap } from '../helpers/gateway.js';
+import { held, heldSettled, type Held } from '../helpers/memory.js';
 import { appSite as site, h2Frame, h2Request, h2Session, rawH2, settingsPayload, type RawH2 } from '../helpers/clients.js';
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-v8.setFlagsFromString('--expose-gc');
-/** A full collection before each memory reading, so that garbage does not read as held memory. */
-const gc = vm.runInNewContext('gc') as () => void;
 
 const T = { DATA: 0, HEADERS: 1, PRIORITY: 2, RST_STREAM: 3, SETTINGS: 4, PING: 6, GOAWAY: 7, WINDOW_UPDATE: 8, CONTINUATION: 9 } as const;
 const END_STREAM = 0x1;
@@ -67,28 +63,8 @@ function block(method: string, path: string, extra: Array<[string, string]> = []
 
 const TEXT: Array<[string, string]> = [['content-type', 'text/plain']];
 
-/** Memory the gateway (this process) holds now, after a full collection. */
-function held(): { rss: number; heap: number; buffers: number } {
-  gc();
-  const m = process.memoryUsage();
-  return { rss: m.rss, heap: m.heapUsed, buffers: m.arrayBuffers };
-}
-/**
- * What stays held once the gateway had time to let go: the lowest of a few measurements over up to
- * 3 s, so that garbage of an earlier test or a release still under way is not counted as held; a
- * leak stays high in every one.
- */
-async function heldSettled(): Promise<{ rss: number; heap: number; buffers: number }> {
-  let low = held();
-  for (let i = 0; i < 12; i++) {
-    await sleep(250);
-    const now = held();
-    low = { rss: Math.min(low.rss, now.rss), heap: Math.min(low.heap, now.heap), buffers: Math.min(low.buffers, now.buffers) };
-  }
-  return low;
-}
 const MB = 1024 * 1024;
-const grown = (a: { rss: number; heap: number; buffers: number }, b: { rss: number; heap: number; buffers: number }): string =>
+const grown = (a: Held, b: Held): string =>
   `rss +${((b.rss - a.rss) / MB).toFixed(1)} MB, heap +${((b.heap - a.heap) / MB).toFixed(1)} MB, buffers +${((b.buffers - a.buffers) / MB).toFixed(1)} MB`;
 
 interface Fate {

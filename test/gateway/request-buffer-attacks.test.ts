@@ -14,9 +14,8 @@ import http from 'node:http';
 import http2 from 'node:http2';
 import tls from 'node:tls';
 import { createHash, randomBytes } from 'node:crypto';
-import v8 from 'node:v8';
-import vm from 'node:vm';
 import { closedPort, rawApp, rawTls, silentServer, sleep, startGateway, startUpstream, statusOf, until, type RunningGateway, type Tap } from '../helpers/gateway.js';
+import { held, heldSettled } from '../helpers/memory.js';
 import { appSite, h2Frame, h2Request, h2Session, parseResponses, rawH2, statuses, tlsClient } from '../helpers/clients.js';
 
 // ---------------------------------------------------------------------------------------------
@@ -472,24 +471,6 @@ t.test('HTTP/2 Expect: 100-continue with a body within request_buffer: the clien
 // =============================================================================================
 // 9. The process-wide cap on bodies held in memory (MAX_BUFFERED_BYTES, 256 MB)
 
-v8.setFlagsFromString('--expose-gc');
-const gc = vm.runInNewContext('gc') as () => void;
-/**
- * The bytes of ArrayBuffers the process holds, after a full collection. V8 frees the memory of
- * dead ArrayBuffers on a background thread after the collection, which lags on a loaded machine:
- * the least of a few samples is what is really held (a defect that holds buffers holds them in
- * every sample).
- */
-const arrayBuffersNow = async (): Promise<number> => {
-  let least = Infinity;
-  for (let i = 0; i < 5; i++) {
-    if (i > 0) await sleep(200);
-    gc();
-    least = Math.min(least, process.memoryUsage().arrayBuffers);
-  }
-  return least;
-};
-
 t.test('uploads that overflow request_buffer toward an upstream that does not take them (busy app, saturated pool) stay within the 256 MB cap (they held ~396 MB: the overflowed buffers were no longer counted)', async (t) => {
   // README: "A process holds at most 256 MB of bodies being read at once"; gateway.ts: "Clients
   // that upload quickly and never finish cannot make the gateway hold more than this." Each client
@@ -507,7 +488,7 @@ t.test('uploads that overflow request_buffer toward an upstream that does not ta
   // not something the gateway holds (counted in, it left 24 of the 32 MB of margin; CI measured
   // 289 MB against 288).
   const part = Buffer.alloc(8 * 1024 * 1024 + 32 * 1024, 0x61);
-  const before = await arrayBuffersNow();
+  const before = held().buffers;
   const clients: tls.TLSSocket[] = [];
   t.teardown(() => clients.forEach((s) => s.destroy()));
   for (let i = 0; i < N; i++) {
@@ -520,7 +501,7 @@ t.test('uploads that overflow request_buffer toward an upstream that does not ta
   t.ok(await until(() => upstream.held.length >= N, 30_000), `every upload overflowed into a stream to the upstream (${upstream.held.length} connections)`);
   await until(() => clients.every((s) => s.writableLength === 0), 10_000);
   await sleep(1000);
-  const grownMb = ((await arrayBuffersNow()) - before) / (1024 * 1024);
+  const grownMb = ((await heldSettled()).buffers - before) / (1024 * 1024);
   // What the whole process holds, not only the bodies the cap counts: the connections' TLS and
   // socket buffers too. Seen with 96 uploads: 176–240 MB here (48 uploads, one sample each: up to
   // 307 MB on a loaded CI machine); with the defect put back (the overflowed bytes released from

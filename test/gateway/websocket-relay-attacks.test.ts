@@ -13,12 +13,11 @@
 // Six of these found defects when written (each fixed in the commit that added this file).
 import t from 'tap';
 import net from 'node:net';
-import v8 from 'node:v8';
-import vm from 'node:vm';
 import type { IncomingHttpHeaders } from 'node:http';
 import { randomBytes } from 'node:crypto';
 import { WebSocket, WebSocketServer } from 'ws';
 import { rawApp, sleep, startGateway, until, type LogRecord, type RunningGateway, type Tap } from '../helpers/gateway.js';
+import { gc } from '../helpers/memory.js';
 import { appSite as site, parseResponses, tlsClient, wsAccept, wsClientFrame as clientFrame, type TlsClient } from '../helpers/clients.js';
 
 const keyOf = (head: string): string => /\r\nsec-websocket-key:\s*(\S+)/i.exec(head)?.[1] ?? '';
@@ -476,12 +475,6 @@ t.test('frames a client may not send (unmasked, reserved opcode, RSV1 without an
 // ---------------------------------------------------------------------------------------------
 // 5. Backpressure
 
-/** V8's gc() without --expose-gc on the command line (the flag is read when a context is created). */
-function exposeGc(): () => void {
-  v8.setFlagsFromString('--expose-gc');
-  return vm.runInNewContext('gc') as () => void;
-}
-
 t.test('a flood of empty frames to an app that does not read: what waits to be written to the app stays within the relay window (256 KiB), memory does not grow with the flood', async (t) => {
   // The app reads its handshake, answers 101, then reads only when told to.
   let app: net.Socket | null = null;
@@ -525,7 +518,6 @@ t.test('a flood of empty frames to an app that does not read: what waits to be w
   //    on to the empty ones, then stops reading again.
   let maxWaiting = 0;
   // Live memory, not garbage a collection would free: measured after a full collection each time.
-  const gc = exposeGc();
   gc();
   const heapBefore = process.memoryUsage().heapUsed;
   for (let step = 0, drained = 0; step < 2000 && drained < 256 * (64 * 1024 + 14); step++) {
