@@ -128,8 +128,9 @@ t.test('workers: 2, the renewal reaches a worker that said hello but has not pul
     known.push(fresh!);
     const held = await holdWhenOpened(fresh!, app);
     t.ok(held, 'the replacement opened its log file, and is held');
+    if (held === null) break;
     if (logLines(app).some((l) => l.msg === 'worker listening' && l.pid === fresh)) {
-      held?.();
+      held();
       victim = fresh!;
       continue;
     }
