@@ -22,6 +22,7 @@ import { parseDocument } from 'yaml';
 import { httpsRequest, startUpstream } from '../helpers/gateway.js';
 import { ROOT, envInstruction, parseDockerfile, run } from '../ops/tools.js';
 import { CLI_SKIP, parseExposition, pick, scrape, spawnCli, startIssuer, total, type CliProcess } from './_support.js';
+import { logFileLines } from '../helpers/log-file.js';
 
 /** The Dockerfile's HEALTHCHECK exec array (continuations joined). */
 function healthcheck(): string[] {
@@ -173,7 +174,7 @@ sites:
   const file = join(dir, 'logs', 'security.log');
   let lines: Array<Record<string, unknown>> = [];
   for (let i = 0; i < 100 && !lines.some((l) => l.event === 'config_reloaded'); i++) {
-    lines = readFileSync(file, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>);
+    lines = logFileLines(file);
     if (!lines.some((l) => l.event === 'config_reloaded')) await sleep(50); // asynchronous file destination: poll
   }
   const ev = lines.find((l) => l.event === 'config_reloaded');

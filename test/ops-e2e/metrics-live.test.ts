@@ -16,6 +16,7 @@ import { LOOPBACK_LISTEN, startGateway, startUpstream, type RunningGateway } fro
 import { PROMTOOL_SKIP, promtool } from '../ops/tools.js';
 import { METHOD_LABELS } from '../../src/observability/metrics.js';
 import { authYaml, parseExposition, pick, scrape, startIssuer, total, type Sample, type TestIssuer } from './_support.js';
+import { logFileLines } from '../helpers/log-file.js';
 
 /** Every portcullis_ family issue 6 names, with its label names. */
 const FAMILIES: Record<string, readonly string[]> = {
@@ -300,7 +301,7 @@ t.test('log.security_file: events land in that file, not in the main log', async
   const want = ['auth_failed', 'access_denied', 'rate_limited', 'csrf_rejected', 'upstream_down'];
   let lines: Array<Record<string, unknown>> = [];
   for (let i = 0; i < 100; i++) {
-    lines = readFileSync(file, 'utf8').split('\n').filter((l) => l !== '').map((l) => JSON.parse(l) as Record<string, unknown>);
+    lines = logFileLines(file);
     if (want.every((e) => lines.some((l) => l.event === e)) && lines.filter((l) => l.event === 'auth_failed').length >= 3) break;
     await sleep(50); // the file destination is asynchronous; poll, never assert on timing
   }

@@ -17,6 +17,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startUpstream, until } from '../helpers/gateway.js';
 import { childrenOf, holdWhenOpened, openFilesUnder } from '../helpers/processes.js';
+import { parseLogText, readLogFile } from '../helpers/log-file.js';
 import { APP_DIR, CLI_SKIP, spawnCli, type CliProcess } from '../ops-e2e/_support.js';
 import { rotationConfig } from './_rotation-config.js';
 
@@ -35,40 +36,7 @@ function yaml(dir: string, upstream: string, log: string, workers = 1, extra = '
   return rotationConfig(dir, upstream, log, { workers, grace: '5s', extra });
 }
 
-interface Parsed {
-  readonly lines: Log[];
-  /** Complete lines (ended by \n) that are not one JSON object: cut or interleaved. */
-  readonly broken: string[];
-}
-
-/**
- * The lines of a log file, read tolerantly: the file may grow while it is read, so a last line
- * without its \n yet is left for the next read; a complete line that does not parse is broken.
- */
-function parse(text: string): Parsed {
-  const parts = text.split('\n');
-  parts.pop(); // what follows the last \n: empty, or a line still being written
-  const lines: Log[] = [];
-  const broken: string[] = [];
-  for (const p of parts) {
-    if (p === '') continue;
-    try {
-      const v = JSON.parse(p) as unknown;
-      if (v !== null && typeof v === 'object' && !Array.isArray(v)) lines.push(v as Log);
-      else broken.push(p);
-    } catch {
-      broken.push(p);
-    }
-  }
-  return { lines, broken };
-}
-
-function read(file: string): Parsed {
-  if (!existsSync(file)) return { lines: [], broken: [] };
-  return parse(readFileSync(file, 'utf8'));
-}
-
-const lines = (file: string): Log[] => read(file).lines;
+const lines = (file: string): Log[] => readLogFile(file).lines;
 
 async function lineIn(file: string, test: (l: Log) => boolean, ms = 15_000): Promise<Log> {
   let hit: Log | undefined;
@@ -204,7 +172,7 @@ function allOf(dir: string, base: string): { lines: Log[]; broken: string[]; fil
   for (const f of files) {
     const text = readFileSync(f, 'utf8');
     if (text !== '' && !text.endsWith('\n')) out.broken.push(`${f}: ends without a newline: ${text.slice(-200)}`);
-    const p = parse(text);
+    const p = parseLogText(text);
     out.lines.push(...p.lines);
     out.broken.push(...p.broken.map((b) => `${f}: ${b.slice(0, 300)}`));
   }
@@ -782,7 +750,7 @@ t.test('copytruncate under load, workers: 2: the truncated file goes on from its
   await until(() => accessCounts(lines(app), 'ct').size > 0 && !readFileSync(app).includes(0), 5_000);
   const text = readFileSync(app);
   t.equal(text.indexOf(0), -1, 'no NUL byte: writes went on at the new end of the file, not at the old offset');
-  const p = parse(text.toString('utf8'));
+  const p = parseLogText(text.toString('utf8'));
   t.same(p.broken.slice(0, 3), [], 'every line whole');
   t.ok(accessCounts(p.lines, 'ct').size >= 100, 'the lines after the truncation are there');
 });

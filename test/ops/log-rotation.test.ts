@@ -14,6 +14,7 @@ import { join } from 'node:path';
 import { httpsRequest, sleep, startUpstream, until, type ClientResponse } from '../helpers/gateway.js';
 import { CLI_SKIP, spawnCli, type CliProcess } from '../ops-e2e/_support.js';
 import { rotationConfig } from './_rotation-config.js';
+import { logFileLines } from '../helpers/log-file.js';
 
 if (CLI_SKIP) throw new Error(CLI_SKIP);
 
@@ -29,14 +30,8 @@ function yaml(dir: string, upstream: string, log: string, workers = 1): string {
   return rotationConfig(dir, upstream, log, { workers });
 }
 
-/** The JSON lines of a log file (none when it does not exist). */
-function lines(file: string): Log[] {
-  if (!existsSync(file)) return [];
-  return readFileSync(file, 'utf8')
-    .split('\n')
-    .filter((l) => l.startsWith('{'))
-    .map((l) => JSON.parse(l) as Log);
-}
+/** The complete JSON lines of a log file (none when it does not exist). */
+const lines = (file: string): Log[] => logFileLines(file);
 
 async function lineIn(file: string, test: (l: Log) => boolean, ms = 15_000): Promise<Log> {
   let hit: Log | undefined;

@@ -7,11 +7,12 @@
 import t, { type Test as Tap } from 'tap';
 import tls from 'node:tls';
 import { X509Certificate } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startUpstream, until } from '../helpers/gateway.js';
 import { childrenOf, holdWhenOpened } from '../helpers/processes.js';
+import { logFileLines } from '../helpers/log-file.js';
 import { CLI_SKIP, spawnCli } from '../ops-e2e/_support.js';
 import { LOCAL_LEAF_LIFETIME_MS, ensureLocalCertificate } from '../../src/tls/index.js';
 
@@ -93,24 +94,15 @@ for (const workers of [1, 2]) {
   });
 }
 
-/** The JSON lines of a log file so far (none while it does not exist). */
-function logLines(file: string): Array<Record<string, unknown>> {
-  if (!existsSync(file)) return [];
-  return readFileSync(file, 'utf8')
-    .split('\n')
-    .filter((l) => l.startsWith('{'))
-    .map((l) => JSON.parse(l) as Record<string, unknown>);
-}
-
 t.test('workers: 2, the renewal reaches a worker that said hello but has not pulled its snapshot: its snapshot carries the new leaf', async (t) => {
   // Due long enough after the start for a replacement worker to be forked and held first.
   const dueIn = 25_000;
   const { app, old, oldSerial, cli } = await gatewayWithLeafDueIn(t, dueIn, 2, { logFile: true });
-  t.ok(await until(() => logLines(app).some((l) => l.msg === 'portcullis started'), 30_000), 'started');
-  const port = (logLines(app).find((l) => l.msg === 'portcullis started')!.https as { port: number }).port;
+  t.ok(await until(() => logFileLines(app).some((l) => l.msg === 'portcullis started'), 30_000), 'started');
+  const port = (logFileLines(app).find((l) => l.msg === 'portcullis started')!.https as { port: number }).port;
   // Each process writes its own lines to the file, asynchronously: a worker's 'worker listening'
   // can land after the primary's 'portcullis started'.
-  const listening = (): number[] => logLines(app).filter((l) => l.msg === 'worker listening').map((l) => l.pid as number);
+  const listening = (): number[] => logFileLines(app).filter((l) => l.msg === 'worker listening').map((l) => l.pid as number);
   t.ok(await until(() => listening().length === 2, 10_000), 'both workers listen');
   const workers = listening();
 
@@ -129,7 +121,7 @@ t.test('workers: 2, the renewal reaches a worker that said hello but has not pul
     const held = await holdWhenOpened(fresh!, app);
     t.ok(held, 'the replacement opened its log file, and is held');
     if (held === null) break;
-    if (logLines(app).some((l) => l.msg === 'worker listening' && l.pid === fresh)) {
+    if (logFileLines(app).some((l) => l.msg === 'worker listening' && l.pid === fresh)) {
       held();
       victim = fresh!;
       continue;
@@ -138,12 +130,12 @@ t.test('workers: 2, the renewal reaches a worker that said hello but has not pul
   }
   t.teardown(() => cont?.());
   t.ok(cont, 'a replacement held before it listened');
-  t.notOk(logLines(app).some(renewedMsg), 'held before the renewal');
+  t.notOk(logFileLines(app).some(renewedMsg), 'held before the renewal');
 
   // The renewal now: the primary sends it to the workers in sync; the held one is not yet.
-  t.ok(await until(() => logLines(app).some(renewedMsg), dueIn + 20_000), 'the primary renewed the leaf meanwhile');
+  t.ok(await until(() => logFileLines(app).some(renewedMsg), dueIn + 20_000), 'the primary renewed the leaf meanwhile');
   cont!();
-  t.ok(await until(() => logLines(app).some((l) => l.msg === 'worker listening' && l.pid === fresh), 20_000), 'the replacement listens');
+  t.ok(await until(() => logFileLines(app).some((l) => l.msg === 'worker listening' && l.pid === fresh), 20_000), 'the replacement listens');
 
   const serials = new Set<string>();
   for (let i = 0; i < 16; i++) serials.add(await servedSerial(port, old.rootPem));
