@@ -31,7 +31,7 @@ function yaml(dir: string, upstream: string, log: string, workers = 1): string {
 }
 
 /** The complete JSON lines of a log file (none when it does not exist). */
-const lines = (file: string): Log[] => logFileLines(file);
+const lines = logFileLines;
 
 async function lineIn(file: string, test: (l: Log) => boolean, ms = 15_000): Promise<Log> {
   let hit: Log | undefined;
