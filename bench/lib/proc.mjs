@@ -71,7 +71,7 @@ export function processTree(pid) {
   const out = [pid];
   for (let i = 0; i < out.length; i++) {
     const p = out[i];
-    let tasks = [];
+    let tasks;
     try {
       tasks = readdirSync(`/proc/${p}/task`);
     } catch {

@@ -193,7 +193,7 @@ async function startGateway({ name, plan, pin, configPath, port, dir, cpuProfDir
     await waitForPort(port, 20_000, proc.child);
   } catch (err) {
     await proc.stop(1000);
-    throw new Error(`${name}: the gateway did not start (${err.message}):\n${lines.join('\n')}`);
+    throw new Error(`${name}: the gateway did not start (${err.message}):\n${lines.join('\n')}`, { cause: err });
   }
   return proc;
 }
@@ -216,7 +216,7 @@ async function startTlsChild(name, port, cmd, args, spawnOptions, startTimeoutMs
     await waitForPort(port, startTimeoutMs, proc.child);
   } catch (err) {
     await proc.stop(1000);
-    throw new Error(`${name} did not start (${err.message}):\n${lines.join('\n')}`);
+    throw new Error(`${name} did not start (${err.message}):\n${lines.join('\n')}`, { cause: err });
   }
   return {
     url: `https://${HOST}:${port}/`,
@@ -277,7 +277,7 @@ export function systems() {
           } catch {
             // no log written
           }
-          throw new Error(`nginx did not start (${err.message}): ${lines.join('\n')}${log}`);
+          throw new Error(`nginx did not start (${err.message}): ${lines.join('\n')}${log}`, { cause: err });
         }
         return {
           url: `https://${HOST}:${port}/`,

@@ -87,7 +87,7 @@ export async function startPebble({
     try { await get(directoryUrl, listenerCaPem); await get(`${managementUrl}/roots/0`, listenerCaPem); break; } catch (err) {
       if (child.exitCode !== null || i > 100) {
         await stop();
-        throw new Error(`pebble did not start (${child.exitCode === null ? 'timeout' : `exit ${child.exitCode}`}): ${err.message}\n${output}`);
+        throw new Error(`pebble did not start (${child.exitCode === null ? 'timeout' : `exit ${child.exitCode}`}): ${err.message}\n${output}`, { cause: err });
       }
       await new Promise((r) => setTimeout(r, 100));
     }

@@ -64,7 +64,7 @@ export async function holdWhenOpened(pid: number, file: string, ms = 10_000): Pr
   const deadline = Date.now() + ms;
   const dir = file.slice(0, file.lastIndexOf('/'));
   while (Date.now() < deadline) {
-    let open = false;
+    let open: boolean;
     try {
       open = execed(pid) && openFilesUnder(pid, dir).includes(file);
     } catch {

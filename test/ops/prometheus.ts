@@ -171,9 +171,8 @@ export async function startPrometheus(opts: PrometheusOptions): Promise<Promethe
       query,
       async waitFor(expr, accept = (s) => s.length > 0, timeoutMs = 30_000) {
         const until = Date.now() + timeoutMs;
-        let last: PromSample[] = [];
         for (;;) {
-          last = await query(expr);
+          const last = await query(expr);
           if (accept(last)) return last;
           if (Date.now() > until) throw new Error(`timed out waiting for ${expr}; last result ${JSON.stringify(last)}\n${log}`);
           await sleep(200);
