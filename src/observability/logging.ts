@@ -9,7 +9,7 @@ import { dirname } from 'node:path';
 import pino, { type Logger, type LoggerOptions } from 'pino';
 import type { LogConfig } from '../config/types.js';
 import { GatewayError } from '../errors.js';
-import { TurnBatchedDestination, type LineSink } from './turn-batch.js';
+import { LogBatchDestination, type LineSink } from './log-batch.js';
 
 export type { Logger };
 
@@ -181,8 +181,8 @@ function openTarget(settings: LogOutputSettings, linePerWrite: boolean): Target 
   // sonic-boom wants its largest single write (`maxWrite`, 16 KiB by default) above `minLength`.
   const batching = buffer > 0 ? { minLength: buffer, maxWrite: buffer + 16_384, periodicFlush: LOG_FLUSH_MS } : {};
   const fd = file === null ? 1 : openLogFile(file, 'log.file');
-  // Either way, the lines of one event-loop turn reach sonic-boom as one write (turn-batch.ts).
-  // Buffers, not strings: see turn-batch.ts.
+  // Either way, the lines of a few milliseconds reach sonic-boom as one write, as Buffers, not
+  // strings (log-batch.ts).
   const sink = pino.destination({ dest: fd, sync: false, contentMode: 'buffer', maxLength: MAX_PENDING_BYTES, ...batching });
   let failed = false;
   const report = reportWriteFailure(file);
@@ -190,8 +190,8 @@ function openTarget(settings: LogOutputSettings, linePerWrite: boolean): Target 
     failed = true;
     report(err);
   });
-  // Typed for strings; in buffer mode sonic-boom's write takes the Buffers TurnBatchedDestination hands it.
-  const batched = new TurnBatchedDestination(sink as unknown as LineSink);
+  // Typed for strings; in buffer mode sonic-boom's write takes the Buffers LogBatchDestination hands it.
+  const batched = new LogBatchDestination(sink as unknown as LineSink);
   // A file that failed a write never finishes an end() (sonic-boom waits for the write it will
   // not retry): replaced by a reload or rotation, it is closed at once and what it holds dropped,
   // so that its descriptor (and a deleted file's disk space) is given back.

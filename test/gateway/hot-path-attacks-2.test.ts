@@ -1,7 +1,7 @@
 // Second round of attack tests against the rewritten request hot path, on what the first round
 // (hot-path-attacks.test.ts) did not cover: the HTTP/1.1 deadlines of the HTTP/2 compat server
 // (src/server/slowloris.ts), HTTP/2 forwarding corner cases (src/proxy/forward.ts), the access
-// log's batching and redaction (src/observability/turn-batch.ts, logging.ts), the verified-token
+// log's batching and redaction (src/observability/log-batch.ts, logging.ts), the verified-token
 // cache (src/auth/lru.ts, authenticator.ts) and rate limits / bans in real time.
 //
 // Every test runs a real gateway (real TLS, ephemeral loopback ports) in front of a real upstream.
@@ -360,7 +360,7 @@ t.test('HTTP/2: upstream trailers (chunked, Trailer header): the body arrives wh
 });
 
 // =============================================================================================
-// 3. The access log: the production logger (file destination, turn batching), and redaction.
+// 3. The access log: the production logger (file destination, window batching), and redaction.
 
 interface FileGateway {
   port: number;

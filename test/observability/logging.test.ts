@@ -71,10 +71,10 @@ t.test('redactUrl: credential names in the structured spellings frameworks read 
   t.equal(redactUrl(plain), plain, 'structured names without a credential part are logged as sent');
 });
 
-t.test('log.buffer reaches the destination as batching settings; 0 adds no batching of its own (a turn\'s lines are still one write)', async (t) => {
+t.test('log.buffer reaches the destination as batching settings; 0 adds no batching of its own (a window\'s lines are still one write)', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'portcullis-log-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  // The logger's stream is the reopenable output; its target the turn batcher (turn-batch.ts); sonic-boom is behind that.
+  // The logger's stream is the reopenable output; its target the window batcher (log-batch.ts); sonic-boom is behind that.
   const streamOf = (l: pino.Logger) =>
     (l as unknown as Record<symbol, { target: { sink: { minLength: number; _periodicFlush: number } } }>)[pino.symbols.streamSym]!.target.sink;
   const buffered = createLogger({ level: 'info', file: join(dir, 'a.log'), buffer: 8192 });
