@@ -12,8 +12,8 @@
  * then handed over together, in order. The window is not the end of the event-loop turn, which
  * is what this did until session 20: at low load a turn holds one request, so each access line
  * still cost its own thread-pool round trip, which woke the event loop once more per request.
- * With the window, one gateway on one core at one connection used 16–24 % less CPU per request,
- * and answered sooner, in every round of two runs of 8 rounds (BENCHMARKS.md, session 20). What
+ * With the window, one gateway on one core at one connection used 11–24 % less CPU per request
+ * (medians of three runs), and was ahead in 21 of 22 rounds (BENCHMARKS.md, session 20). What
  * a window costs: a line reaches the file up to 10 ms later, and a killed process (SIGKILL, the
  * OOM killer) loses at most those 10 ms of lines.
  *
