@@ -336,7 +336,7 @@ export const GatewayFileSchema = Type.Object(
           security_file: Type.Optional(Nullable(NonEmpty('Path.'), 'Security-event log file; null: the main log.', null)),
           buffer: Type.Optional(
             Size(
-              'Main log lines are written in batches of at least this many bytes, and whatever waits at least every 250 ms and at shutdown; 0b: lines wait at most 10 ms (or until 64 KB wait) and are written together; at most 1mb. A crash (a killed process) loses what waits; an exit, even on an uncaught error, writes it (security events in security_file never wait). With workers and no log.file, each line is written at once whatever this says: batches on the stdout pipe the workers share could interleave mid-line.',
+              'Main log lines are written in batches of at least this many bytes, and whatever waits at least every 250 ms and at shutdown; 0b: lines wait at most 10 ms (or until 64K characters wait) and are written together; at most 1mb. A crash (a killed process) loses what waits; an exit, even on an uncaught error, writes it (security events in security_file never wait). With workers and no log.file, each line is written at once whatever this says: batches on the stdout pipe the workers share could interleave mid-line.',
               '0b',
             ),
           ),

@@ -165,7 +165,8 @@ t.test('process.exit(), an uncaught exception and a process out of work, with li
   for (const [name, ending] of [
     ['exit', 'process.exit(3);'],
     ['throw', "throw new Error('boom');"],
-    // Nothing else to do: the window's timer does not hold the process, which ends at once.
+    // Nothing else to do: the process ends by itself while lines wait, and the exit hook writes
+    // them (that the window's timer holds no event loop is the test above).
     ['drained', ''],
   ] as const) {
     const file = join(dir, `${name}.log`);
