@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 /**
- * portcullis start | validate | explain — the command line.
+ * portcullis start | validate | explain | audit — the command line.
  *
  * `start` owns the process lifecycle: SIGHUP (and --watch) reloads the configuration atomically
  * (an invalid file is refused and the old configuration keeps serving), SIGTERM/SIGINT drain
@@ -15,6 +15,8 @@ import { createLogger } from './observability/logging.js';
 import { buildGateway, type Gateway } from './gateway.js';
 import { keepLocalCertificateRenewed, prepareCertificates, stageCertificates } from './server/certificates.js';
 import { explain, formatExplanation } from './pipeline/explain.js';
+import { audit, AuditUsageError, formatFindings } from './audit/index.js';
+import { parseDuration } from './config/units.js';
 import { runPrimary, WORKER_ENV } from './cluster/primary.js';
 import { runWorker } from './cluster/worker.js';
 import { holdEarlySighup, onReloadTriggers } from './server/lifecycle.js';
@@ -35,6 +37,9 @@ Usage:
   portcullis validate --config FILE             check a configuration file (exit 0 = good, 1 = problems)
   portcullis explain  --config FILE --method M --url URL [--token JWT | --roles a,b]
                                                 show which route a request matches and the decision
+  portcullis audit    --url https://host[:port]/ [--connect IP] [--ca FILE]
+                      [--http-url URL | --no-http] [--protected PATH]... [--timeout 10s] [--json]
+                                                check a live deployment from outside (exit 0 = no failed check)
   portcullis --version | --help
 
 Options:
@@ -66,6 +71,13 @@ export async function main(argv: string[], io: Io = stdio): Promise<number> {
         url: { type: 'string' },
         token: { type: 'string' },
         roles: { type: 'string' },
+        connect: { type: 'string' },
+        ca: { type: 'string' },
+        'http-url': { type: 'string' },
+        'no-http': { type: 'boolean' },
+        protected: { type: 'string', multiple: true },
+        timeout: { type: 'string' },
+        json: { type: 'boolean' },
       },
     });
   } catch (err) {
@@ -112,9 +124,51 @@ export async function main(argv: string[], io: Io = stdio): Promise<number> {
         return reportConfigError(err, io);
       }
     }
+    case 'audit':
+      return runAudit(values, io);
     default:
       io.err(`portcullis: unknown command "${command}"\n\n${HELP}`);
       return 2;
+  }
+}
+
+async function runAudit(
+  values: { url?: string; connect?: string; ca?: string; 'http-url'?: string; 'no-http'?: boolean; protected?: string[]; timeout?: string; json?: boolean },
+  io: Io,
+): Promise<number> {
+  if (!values.url) {
+    io.err('portcullis audit: --url is required\n');
+    return 2;
+  }
+  if (values['no-http'] && values['http-url'] !== undefined) {
+    io.err('portcullis audit: --http-url and --no-http exclude each other\n');
+    return 2;
+  }
+  let timeoutMs: number;
+  try {
+    timeoutMs = parseDuration(values.timeout ?? '10s');
+    if (timeoutMs <= 0) throw new RangeError('must be more than 0');
+  } catch (err) {
+    io.err(`portcullis audit: --timeout ${values.timeout ?? ''}: ${(err as Error).message}\n`);
+    return 2;
+  }
+  try {
+    const findings = await audit({
+      url: values.url,
+      connect: values.connect,
+      caFile: values.ca,
+      httpUrl: values['no-http'] ? null : values['http-url'],
+      protectedPaths: values.protected ?? [],
+      timeoutMs,
+    });
+    io.out(values.json ? `${JSON.stringify({ findings }, null, 2)}\n` : formatFindings(findings));
+    return findings.some((f) => f.verdict === 'fail') ? 1 : 0;
+  } catch (err) {
+    if (err instanceof AuditUsageError) {
+      io.err(`portcullis audit: ${err.message}\n`);
+      return 2;
+    }
+    throw err;
   }
 }
 

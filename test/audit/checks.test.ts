@@ -1,0 +1,170 @@
+// The audit's verdicts, from observations alone: a deployment that keeps every practice passes
+// every check, and each way of breaking one practice fails (or warns on) that check only.
+import t from 'tap';
+import { EXPIRY_WARN_DAYS, formatFindings, judge, type Exchange, type Finding, type Observations } from '../../src/audit/checks.js';
+
+const NOW = new Date('2026-12-07T12:00:00Z');
+const DAY = 86_400_000;
+
+const goodHeaders = {
+  'strict-transport-security': 'max-age=31536000; includeSubDomains',
+  'x-content-type-options': 'nosniff',
+  'x-frame-options': 'DENY',
+  'content-security-policy': "default-src 'self'",
+  'referrer-policy': 'no-referrer',
+  'set-cookie': ['sid=1; Path=/; Secure; HttpOnly; SameSite=Lax'],
+};
+
+function good(): Observations {
+  const page: Exchange = { status: 200, headers: goodHeaders, body: '<html>app</html>' };
+  return {
+    url: new URL('https://app.example/'),
+    now: NOW,
+    tls: { error: null, protocol: 'TLSv1.3', authorized: true, authorizationError: null, validFrom: new Date(NOW.getTime() - 30 * DAY), validTo: new Date(NOW.getTime() + 60 * DAY) },
+    legacy: { TLSv1: { outcome: 'refused', reason: 'ERR_SSL_TLSV1_ALERT_PROTOCOL_VERSION' }, 'TLSv1.1': { outcome: 'refused', reason: 'ERR_SSL_TLSV1_ALERT_PROTOCOL_VERSION' } },
+    page,
+    missing: { status: 404, headers: { 'x-content-type-options': 'nosniff' }, body: '{"error":{"code":"GW_ERR_NO_ROUTE"}}' },
+    malformed: { status: 400, headers: {}, body: '{"error":{"code":"GW_ERR_BAD_PATH"}}' },
+    trace: { status: 405, headers: {}, body: '' },
+    http: { status: 308, headers: { location: 'https://app.example/' }, body: '' },
+    protectedPaths: [{ path: '/admin/', anonymous: { status: 401, headers: {}, body: '' }, forged: { status: 401, headers: {}, body: '' } }],
+  };
+}
+
+const verdicts = (f: readonly Finding[]): Record<string, string> => Object.fromEntries(f.map((x) => [x.check, x.verdict]));
+
+/** The checks whose verdict differs from the good deployment's (all pass). */
+function changed(o: Observations): Record<string, string> {
+  const all = verdicts(judge(o));
+  return Object.fromEntries(Object.entries(all).filter(([, v]) => v !== 'pass'));
+}
+
+t.test('a deployment that keeps every practice passes every check', async (t) => {
+  const findings = judge(good());
+  t.same(changed(good()), {});
+  t.same(findings.map((f) => f.check), ['tls', 'certificate-expiry', 'legacy-tls', 'http-redirect', 'hsts', 'server-banner', 'nosniff', 'framing', 'csp', 'referrer-policy', 'cookies', 'error-pages', 'trace', 'protected /admin/']);
+  const text = formatFindings(findings);
+  t.match(text, /^PASS {2}tls {17}TLSv1\.3, certificate trusted for app\.example$/m);
+  t.match(text, /0 failed, 0 warnings, 14 passed\n$/);
+  t.match(formatFindings(judge({ ...good(), http: null })), /0 failed, 1 warning, 13 passed\n$/);
+});
+
+const withPage = (headers: Record<string, string | string[]>): Observations => ({ ...good(), page: { status: 200, headers, body: '' } });
+const without = (name: keyof typeof goodHeaders): Record<string, string | string[]> => {
+  const h: Record<string, string | string[]> = { ...goodHeaders };
+  delete h[name];
+  return h;
+};
+
+t.test('transport: handshake, trust, protocol, expiry, legacy versions', async (t) => {
+  const o = good();
+  t.same(changed({ ...o, tls: { ...o.tls, error: 'connect ECONNREFUSED', authorized: false, protocol: null, validFrom: null, validTo: null } }), { tls: 'fail', 'certificate-expiry': 'fail' });
+  t.same(changed({ ...o, tls: { ...o.tls, authorized: false, authorizationError: 'SELF_SIGNED_CERT_IN_CHAIN' } }), { tls: 'fail' });
+  t.match(judge({ ...o, tls: { ...o.tls, authorized: false, authorizationError: 'ERR_TLS_CERT_ALTNAME_INVALID' } })[0]!.detail, /not trusted for app\.example: ERR_TLS_CERT_ALTNAME_INVALID/);
+  t.same(changed({ ...o, tls: { ...o.tls, protocol: 'TLSv1.1' } }), { tls: 'fail' });
+  t.same(changed({ ...o, tls: { ...o.tls, validTo: new Date(NOW.getTime() - DAY) } }), { 'certificate-expiry': 'fail' });
+  // 90-day certificates (Let's Encrypt's): renewal is due with 30 days left.
+  const lifetime90 = (daysLeft: number) => ({ ...o.tls, validFrom: new Date(NOW.getTime() - (90 - daysLeft) * DAY), validTo: new Date(NOW.getTime() + daysLeft * DAY) });
+  t.same(changed({ ...o, tls: lifetime90(29) }), { 'certificate-expiry': 'warn' });
+  t.match(judge({ ...o, tls: lifetime90(29) })[1]!.detail, /in 29 days: it should have been renewed by now/);
+  t.same(changed({ ...o, tls: lifetime90(31) }), {});
+  // The local development CA's 7-day leaves: 5 days left is on schedule, 2 is not.
+  const lifetime7 = (daysLeft: number) => ({ ...o.tls, validFrom: new Date(NOW.getTime() - (7 - daysLeft) * DAY), validTo: new Date(NOW.getTime() + daysLeft * DAY) });
+  t.same(changed({ ...o, tls: lifetime7(5) }), {});
+  t.same(changed({ ...o, tls: lifetime7(2) }), { 'certificate-expiry': 'warn' });
+  // No start date: the fixed bar.
+  t.same(changed({ ...o, tls: { ...o.tls, validFrom: null, validTo: new Date(NOW.getTime() + (EXPIRY_WARN_DAYS - 1) * DAY) } }), { 'certificate-expiry': 'warn' });
+  t.same(changed({ ...o, tls: { ...o.tls, validFrom: null, validTo: new Date(NOW.getTime() + (EXPIRY_WARN_DAYS + 1) * DAY) } }), {});
+  t.same(changed({ ...o, legacy: { ...o.legacy, 'TLSv1.1': { outcome: 'accepted', protocol: 'TLSv1.1' } } }), { 'legacy-tls': 'fail' });
+  t.same(changed({ ...o, legacy: { ...o.legacy, TLSv1: { outcome: 'untested', reason: 'ERR_SSL_NO_PROTOCOLS_AVAILABLE' } } }), { 'legacy-tls': 'warn' });
+});
+
+t.test('plain HTTP: only a redirect to https:// on the same host passes; a temporary one warns', async (t) => {
+  const o = good();
+  const http = (status: number, location?: string): Observations => ({ ...o, http: { status, headers: location === undefined ? {} : { location }, body: '' } });
+  t.same(changed(http(301, 'https://app.example/')), {});
+  t.same(changed(http(302, 'https://app.example/')), { 'http-redirect': 'warn' });
+  t.same(changed(http(200)), { 'http-redirect': 'fail' });
+  t.same(changed(http(301, 'http://app.example/')), { 'http-redirect': 'fail' }, 'a redirect that stays in clear');
+  t.same(changed(http(301, '/login')), { 'http-redirect': 'fail' }, 'a relative redirect stays on http');
+  t.same(changed(http(308, 'https://evil.example/')), { 'http-redirect': 'fail' }, 'an open redirect to another host');
+  t.same(changed({ ...o, http: { error: 'ECONNREFUSED' } }), { 'http-redirect': 'warn' });
+  t.same(changed({ ...o, http: null }), { 'http-redirect': 'warn' });
+});
+
+t.test('HSTS: missing or without max-age fails, short warns', async (t) => {
+  t.same(changed(withPage(without('strict-transport-security'))), { hsts: 'fail' });
+  t.same(changed(withPage({ ...goodHeaders, 'strict-transport-security': 'includeSubDomains' })), { hsts: 'fail' });
+  t.same(changed(withPage({ ...goodHeaders, 'strict-transport-security': 'max-age=abc' })), { hsts: 'fail' });
+  t.same(changed(withPage({ ...goodHeaders, 'strict-transport-security': 'max-age=86400' })), { hsts: 'warn' });
+  t.same(changed(withPage({ ...goodHeaders, 'strict-transport-security': 'Max-Age="63072000"; preload' })), {});
+  t.same(changed({ ...good(), page: { error: 'ECONNRESET' } }), { hsts: 'fail' }, 'no answer: nothing to judge headers on');
+});
+
+t.test('software banners fail wherever they appear, error answers included', async (t) => {
+  t.same(changed(withPage({ ...goodHeaders, server: 'nginx/1.22.1' })), { 'server-banner': 'fail' });
+  const o = good();
+  t.same(changed({ ...o, missing: { status: 404, headers: { 'x-powered-by': 'Express' }, body: '' } }), { 'server-banner': 'fail' });
+  t.match(judge({ ...o, trace: { status: 405, headers: { server: 'gunicorn' }, body: '' } }).find((f) => f.check === 'server-banner')!.detail, /server: gunicorn/);
+});
+
+t.test('nosniff, framing, CSP, Referrer-Policy', async (t) => {
+  t.same(changed(withPage(without('x-content-type-options'))), { nosniff: 'fail' });
+  t.same(changed(withPage({ ...goodHeaders, 'x-content-type-options': 'sniff-away' })), { nosniff: 'fail' });
+  t.same(changed(withPage(without('x-frame-options'))), { framing: 'fail' }, "a CSP without frame-ancestors does not stop framing");
+  t.same(changed(withPage({ ...without('x-frame-options'), 'content-security-policy': "default-src 'self'; frame-ancestors 'none'" })), {});
+  t.same(changed(withPage({ ...goodHeaders, 'x-frame-options': 'ALLOW-FROM https://x.example' })), { framing: 'fail' }, 'ALLOW-FROM is ignored by browsers');
+  t.same(changed(withPage(without('content-security-policy'))), { csp: 'warn' });
+  t.same(changed(withPage(without('referrer-policy'))), { 'referrer-policy': 'warn' });
+});
+
+t.test('cookies: Secure is required, HttpOnly and SameSite advised; attributes matched by name, not by substring', async (t) => {
+  const cookies = (...c: string[]): Observations => withPage({ ...goodHeaders, 'set-cookie': c });
+  t.same(changed(cookies('sid=1; Path=/; HttpOnly; SameSite=Lax')), { cookies: 'fail' });
+  t.same(changed(cookies('sid=1; Path=/; Secure')), { cookies: 'warn' });
+  t.same(changed(cookies('secure=1; Path=/; HttpOnly; SameSite=Lax')), { cookies: 'fail' }, 'a cookie NAMED secure is not Secure');
+  t.same(changed(cookies('sid=1; Path=/secure; HttpOnly; SameSite=Lax')), { cookies: 'fail' }, 'a path containing "secure" is not Secure');
+  t.same(changed(cookies('a=1; secure; httponly; samesite=strict', 'b=2; Secure; HttpOnly; SameSite=None')), {});
+  const o = good();
+  t.same(changed({ ...o, missing: { status: 404, headers: { 'set-cookie': 'tracking=1' }, body: '' } }), { cookies: 'fail' }, 'cookies on error answers count too');
+  t.match(judge(cookies('sid=1')).find((f) => f.check === 'cookies')!.detail, /sid without Secure; sid without HttpOnly; sid without SameSite/);
+});
+
+t.test('error answers: stack traces, tracebacks, paths and banners in a body fail', async (t) => {
+  const leaky = (body: string): Observations => ({ ...good(), missing: { status: 500, headers: {}, body } });
+  const leaks = [
+    'TypeError: x is undefined\n    at Object.handler (/srv/app/routes.js:12:5)\n',
+    'Traceback (most recent call last):\n  File "app.py", line 3',
+    'java.lang.NullPointerException\n\tat com.example.App.run(App.java:42)',
+    'upstream error: connect ECONNREFUSED 10.0.0.5:8080',
+    'cannot open "/var/www/app/config.php"',
+    'Error: Cannot find module /x/node_modules/foo/index.js',
+    '<hr><center>nginx/1.22.1</center>',
+    '<title>Werkzeug Debugger</title>',
+  ];
+  for (const body of leaks) t.same(changed(leaky(body)), { 'error-pages': 'fail' }, body.split('\n')[0]!);
+  t.same(changed({ ...good(), malformed: { status: 400, headers: {}, body: 'Traceback (most recent call last):' } }), { 'error-pages': 'fail' }, 'the malformed path too');
+  t.same(changed(leaky('{"error":{"code":"GW_ERR_INTERNAL","request_id":"a1"}}')), {}, 'a code and a request id leak nothing');
+  t.same(changed(leaky('See the docs at https://example.com/app/help.js for how to call us')), {}, 'a URL is not a server path');
+});
+
+t.test('TRACE: any 2xx fails, a refusal or no answer passes', async (t) => {
+  const trace = (e: Exchange): Observations => ({ ...good(), trace: e });
+  t.same(changed(trace({ status: 200, headers: {}, body: 'TRACE / HTTP/1.1\r\nauthorization: secret' })), { trace: 'fail' });
+  t.match(judge(trace({ status: 200, headers: {}, body: 'TRACE / HTTP/1.1' })).find((f) => f.check === 'trace')!.detail, /echoing the request/);
+  t.same(changed(trace({ status: 501, headers: {}, body: '' })), {});
+  t.same(changed(trace({ error: 'ECONNRESET' })), {});
+});
+
+t.test('protected paths: served without a token or with an alg:none one fails; refused otherwise than 401/403, or redirected, warns', async (t) => {
+  const path = (anonymous: Exchange, forged: Exchange): Observations => ({ ...good(), protectedPaths: [{ path: '/admin/', anonymous, forged }] });
+  const r = (status: number): Exchange => ({ status, headers: {}, body: '' });
+  t.same(changed(path(r(200), r(401))), { 'protected /admin/': 'fail' });
+  t.same(changed(path(r(401), r(200))), { 'protected /admin/': 'fail' }, 'the forged token let in');
+  t.same(changed(path(r(302), r(302))), { 'protected /admin/': 'warn' }, 'a redirect (to a login page, say) serves nothing itself');
+  t.match(judge(path({ status: 302, headers: { location: 'https://idp.example/login' }, body: '' }, r(401))).at(-1)!.detail, /without a token 302 to https:\/\/idp\.example\/login/);
+  t.same(changed(path(r(403), r(403))), {});
+  t.same(changed(path(r(404), r(401))), { 'protected /admin/': 'warn' });
+  t.same(changed(path({ error: 'ECONNRESET' }, r(401))), { 'protected /admin/': 'warn' });
+  t.match(judge(path(r(200), r(200))).at(-1)!.detail, /without a token: 200, with a forged token \(alg none\): 200/);
+});
