@@ -62,17 +62,30 @@ export const EXPIRY_WARN_DAYS = 14;
 /** HSTS shorter than this (180 days) protects little between visits. */
 export const HSTS_MIN_SECONDS = 15_552_000;
 
-/** Lines of an answer that give away internals: stack frames, interpreter tracebacks, paths. */
+/**
+ * What in an answer's body gives away internals: stack frames, tracebacks, server paths. Bodies
+ * are read as text with HTML line breaks and spaces undone (an HTML error page renders its stack
+ * with `<br>` and `&nbsp;`). A path counts only with a line number or under a server directory,
+ * and never as a link's target, so that a page's own `/app/main.js` is not a leak.
+ */
 const LEAKS: readonly [RegExp, string][] = [
-  [/^\s+at .+:\d+:\d+\)?$/m, 'a JavaScript stack frame'],
+  [/\bat (?:[\w$.<>[\] ]+ )?\(?(?:(?:\/|[A-Za-z]:\\|file:\/\/)[^\s()?]*\.\w+|node:[\w/]+):\d+:\d+\)?/, 'a JavaScript stack frame'],
   [/Traceback \(most recent call last\)/, 'a Python traceback'],
-  [/\bat [\w$.]+\([\w$]+\.java:\d+\)/, 'a Java stack frame'],
+  [/\bat (?:[\w$-]+(?:\.[\w$-]+)*\/)?[\w$.]+\([\w$]+\.(?:java|kt|scala|groovy):\d+\)/, 'a JVM stack frame'],
+  [/\bgoroutine \d+ \[|\.go:\d+ \+0x[0-9a-f]+/, 'a Go panic'],
+  [/\.php(?::\d+|\s+on line\s+\d+)|\bPHP (?:Fatal error|Warning|Parse error):/, 'a PHP error'],
   [/\b(?:ECONNREFUSED|ECONNRESET|ETIMEDOUT|EHOSTUNREACH)\b/, 'a socket error code'],
-  [/(?:^|[\s"'(])\/(?:usr|home|var|opt|srv|app)\/[\w./-]+\.(?:js|ts|py|rb|php|java|go)\b/m, 'a server file path'],
+  [/(?:^|[\s(])\/[\w.-]+(?:\/[\w.-]+)*\.(?:js|mjs|cjs|ts|py|rb|php|java|go|kt|cs|rs):\d+/m, 'a server file path'],
+  [/(?:^|[\s(]|(?<!=)["'])\/(?:usr|home|var|opt|srv|root|etc)\/[\w.-]+\//m, 'a server file path'],
   [/node_modules[/\\]/, 'a node_modules path'],
   [/<address>[^<]*(?:Apache|nginx)[^<]*<\/address>|<center>nginx\/\d/i, "a web server's version banner"],
   [/Werkzeug Debugger|Django Version:|Whoops, looks like something went wrong/i, "a framework's debug page"],
 ];
+
+/** An HTML error page as the text it renders: line breaks and non-breaking spaces undone. */
+function asText(body: string): string {
+  return body.replace(/<br\s*\/?>/gi, '\n').replace(/&nbsp;|&#160;|&#xa0;/gi, ' ').replace(/&#x2f;|&#47;|&sol;/gi, '/');
+}
 
 function header(e: Exchange, name: string): string | undefined {
   if ('error' in e) return undefined;
@@ -89,6 +102,23 @@ function headerList(e: Exchange, name: string): readonly string[] {
 }
 
 const answered = (e: Exchange): e is Exclude<Exchange, { error: string }> => !('error' in e);
+
+/** Every answer the audit saw, with what it was: the plain-HTTP and protected paths' included. */
+function everyAnswer(o: Observations): [string, Exchange][] {
+  const all: [string, Exchange][] = [['page', o.page], ['missing path', o.missing], ['malformed path', o.malformed], ['TRACE', o.trace]];
+  if (o.http !== null) all.push(['plain HTTP', o.http]);
+  for (const p of o.protectedPaths) all.push([`${p.path} without a token`, p.anonymous], [`${p.path} with a forged token`, p.forged]);
+  return all;
+}
+
+/**
+ * A header's values, one per comma-separated item: Node joins a repeated header with ", " (an
+ * nginx `add_header` in front of an app that sets the same header sends it twice).
+ */
+function items(e: Exchange, name: string): string[] {
+  const v = header(e, name);
+  return v === undefined ? [] : v.split(',').map((x) => x.trim()).filter((x) => x !== '');
+}
 
 function checkTls(o: Observations): Finding {
   const { tls } = o;
@@ -113,6 +143,8 @@ function checkExpiry(o: Observations): Finding {
 function checkLegacyTls(o: Observations): Finding {
   const accepted = Object.entries(o.legacy).filter(([, h]) => h.outcome === 'accepted').map(([v]) => v);
   if (accepted.length > 0) return { check: 'legacy-tls', verdict: 'fail', detail: `accepts ${accepted.join(' and ')} (deprecated by RFC 8996)` };
+  // A server that answers no handshake at all also "refuses" the old ones: that proves nothing.
+  if (o.tls.error !== null) return { check: 'legacy-tls', verdict: 'warn', detail: 'not judged: no TLS handshake succeeded' };
   const untested = Object.entries(o.legacy).filter(([, h]) => h.outcome === 'untested');
   if (untested.length > 0) return { check: 'legacy-tls', verdict: 'warn', detail: `could not offer ${untested.map(([v, h]) => `${v} (${(h as { reason: string }).reason})`).join(', ')} from this machine` };
   return { check: 'legacy-tls', verdict: 'pass', detail: 'TLS 1.0 and 1.1 refused' };
@@ -139,70 +171,115 @@ function checkRedirect(o: Observations): Finding {
 
 function checkHsts(o: Observations): Finding {
   if (!answered(o.page)) return { check: 'hsts', verdict: 'fail', detail: `no answer: ${o.page.error}` };
-  const value = header(o.page, 'strict-transport-security');
+  // Sent twice (joined by Node with ", "): browsers honour the first (RFC 6797 §8.1).
+  const value = header(o.page, 'strict-transport-security')?.split(',')[0]!.trim();
   if (value === undefined) return { check: 'hsts', verdict: 'fail', detail: 'no Strict-Transport-Security header' };
   const m = /(?:^|;)\s*max-age\s*=\s*"?(\d+)"?\s*(?:;|$)/i.exec(value);
   if (!m) return { check: 'hsts', verdict: 'fail', detail: `Strict-Transport-Security without a valid max-age: ${value}` };
   const maxAge = Number(m[1]);
+  if (maxAge === 0) return { check: 'hsts', verdict: 'fail', detail: 'max-age=0: browsers are told to forget HSTS' };
   if (maxAge < HSTS_MIN_SECONDS) return { check: 'hsts', verdict: 'warn', detail: `max-age=${maxAge}: shorter than 180 days` };
   return { check: 'hsts', verdict: 'pass', detail: value };
 }
 
-/** Server and X-Powered-By, on every answer seen: error answers are where they usually slip out. */
+/**
+ * Software named by a header, on every answer seen (error answers are where it usually slips out).
+ * A version fails; a bare product name (`Server: cloudflare`, which a CDN's customers cannot
+ * remove) warns. X-Powered-By and its kind name the app's own stack: they fail.
+ */
 function checkBanners(o: Observations): Finding {
-  const seen = new Set<string>();
-  for (const e of [o.page, o.missing, o.malformed, o.trace]) {
-    for (const name of ['server', 'x-powered-by', 'x-aspnet-version', 'x-runtime']) {
+  const fails = new Set<string>();
+  const warns = new Set<string>();
+  for (const [, e] of everyAnswer(o)) {
+    const server = header(e, 'server');
+    if (server !== undefined) (/\d/.test(server) ? fails : warns).add(`server: ${server}`);
+    for (const name of ['x-powered-by', 'x-aspnet-version', 'x-aspnetmvc-version', 'x-runtime', 'x-generator']) {
       const v = header(e, name);
-      if (v !== undefined) seen.add(`${name}: ${v}`);
+      if (v !== undefined) fails.add(`${name}: ${v}`);
     }
   }
-  if (seen.size > 0) return { check: 'server-banner', verdict: 'fail', detail: `answers name their software: ${[...seen].join('; ')}` };
+  if (fails.size > 0) return { check: 'server-banner', verdict: 'fail', detail: `answers name their software: ${[...fails, ...warns].join('; ')}` };
+  if (warns.size > 0) return { check: 'server-banner', verdict: 'warn', detail: `answers name their server, without a version: ${[...warns].join('; ')}` };
   return { check: 'server-banner', verdict: 'pass', detail: 'no Server, X-Powered-By or similar header' };
+}
+
+/** Whether a frame-ancestors source list lets any site frame the page (`*`, or a bare scheme). */
+function framesForAnyone(sources: readonly string[]): boolean {
+  return sources.some((src) => src === '*' || /^[a-z][a-z0-9+.-]*:$/i.test(src));
 }
 
 function checkSecurityHeaders(o: Observations): Finding[] {
   if (!answered(o.page)) return [];
   const out: Finding[] = [];
-  const nosniff = header(o.page, 'x-content-type-options');
+  // Repeated (nginx and the app both set it): browsers take the first value.
+  const nosniff = items(o.page, 'x-content-type-options')[0];
   out.push(
-    nosniff?.trim().toLowerCase() === 'nosniff'
+    nosniff?.toLowerCase() === 'nosniff'
       ? { check: 'nosniff', verdict: 'pass', detail: 'X-Content-Type-Options: nosniff' }
       : { check: 'nosniff', verdict: 'fail', detail: nosniff === undefined ? 'no X-Content-Type-Options header' : `X-Content-Type-Options: ${nosniff}` },
   );
+  // Several CSP headers are several policies, all enforced; Node joins them with ", ".
+  const policies = items(o.page, 'content-security-policy');
+  const ancestors = policies
+    .map((p) => p.split(';').map((d) => d.trim().split(/\s+/)).find(([name]) => name?.toLowerCase() === 'frame-ancestors'))
+    .filter((d): d is string[] => d !== undefined)
+    .map((d) => d.slice(1));
+  if (ancestors.length > 0) {
+    // With frame-ancestors present, browsers ignore X-Frame-Options: the directive alone decides.
+    const closed = ancestors.find((sources) => !framesForAnyone(sources));
+    out.push(
+      closed !== undefined
+        ? { check: 'framing', verdict: 'pass', detail: `CSP frame-ancestors ${closed.join(' ') || "(empty: 'none')"}` }
+        : { check: 'framing', verdict: 'fail', detail: `CSP frame-ancestors ${ancestors[0]!.join(' ')} lets any site frame the pages (clickjacking); browsers then ignore X-Frame-Options` },
+    );
+  } else {
+    // X-Frame-Options sent twice is honoured only when the values agree.
+    const xfo = items(o.page, 'x-frame-options').map((v) => v.toLowerCase());
+    const one = new Set(xfo);
+    out.push(
+      one.size === 1 && (one.has('deny') || one.has('sameorigin'))
+        ? { check: 'framing', verdict: 'pass', detail: `X-Frame-Options: ${xfo[0]!.toUpperCase()}` }
+        : { check: 'framing', verdict: 'fail', detail: xfo.length === 0 ? 'neither X-Frame-Options (DENY or SAMEORIGIN) nor CSP frame-ancestors: the pages can be framed (clickjacking)' : `X-Frame-Options: ${header(o.page, 'x-frame-options')}: not DENY or SAMEORIGIN, so browsers ignore it` },
+    );
+  }
   const csp = header(o.page, 'content-security-policy');
-  const xfo = header(o.page, 'x-frame-options');
-  const frameAncestors = csp !== undefined && /(?:^|;)\s*frame-ancestors\s/i.test(csp);
   out.push(
-    frameAncestors || (xfo !== undefined && /^\s*(?:deny|sameorigin)\s*$/i.test(xfo))
-      ? { check: 'framing', verdict: 'pass', detail: frameAncestors ? 'CSP frame-ancestors' : `X-Frame-Options: ${xfo}` }
-      : { check: 'framing', verdict: 'fail', detail: 'neither X-Frame-Options (DENY or SAMEORIGIN) nor CSP frame-ancestors: the pages can be framed (clickjacking)' },
+    policies.length > 0
+      ? { check: 'csp', verdict: 'pass', detail: `Content-Security-Policy: ${csp}` }
+      : { check: 'csp', verdict: 'warn', detail: csp === undefined ? 'no Content-Security-Policy header' : 'an empty Content-Security-Policy header' },
   );
-  out.push(csp !== undefined ? { check: 'csp', verdict: 'pass', detail: `Content-Security-Policy: ${csp}` } : { check: 'csp', verdict: 'warn', detail: 'no Content-Security-Policy header' });
-  const referrer = header(o.page, 'referrer-policy');
-  out.push(referrer !== undefined ? { check: 'referrer-policy', verdict: 'pass', detail: `Referrer-Policy: ${referrer}` } : { check: 'referrer-policy', verdict: 'warn', detail: 'no Referrer-Policy header' });
+  // The last policy a browser knows is the one it applies; these two send full URLs to other sites.
+  const referrer = items(o.page, 'referrer-policy').at(-1)?.toLowerCase();
+  out.push(
+    referrer === undefined
+      ? { check: 'referrer-policy', verdict: 'warn', detail: 'no Referrer-Policy header' }
+      : referrer === 'unsafe-url' || referrer === 'no-referrer-when-downgrade'
+        ? { check: 'referrer-policy', verdict: 'warn', detail: `Referrer-Policy: ${referrer} sends full URLs (paths, queries) to other sites` }
+        : { check: 'referrer-policy', verdict: 'pass', detail: `Referrer-Policy: ${header(o.page, 'referrer-policy')}` },
+  );
   return out;
 }
 
 /** Every cookie set on the answers seen: Secure is a must over HTTPS; HttpOnly and SameSite are advised. */
 function checkCookies(o: Observations): Finding {
-  const problems: string[] = [];
-  const advice: string[] = [];
+  // The same cookie on several answers is one finding.
+  const problems = new Set<string>();
+  const advice = new Set<string>();
   let count = 0;
-  for (const e of [o.page, o.missing]) {
+  for (const [, e] of everyAnswer(o)) {
     for (const cookie of headerList(e, 'set-cookie')) {
       count++;
       const [pair = '', ...attrs] = cookie.split(';');
       const name = pair.split('=')[0]!.trim();
       const has = (a: string): boolean => attrs.some((x) => x.trim().toLowerCase().split('=')[0] === a);
-      if (!has('secure')) problems.push(`${name} without Secure`);
-      if (!has('httponly')) advice.push(`${name} without HttpOnly`);
-      if (!has('samesite')) advice.push(`${name} without SameSite`);
+      if (!has('secure')) problems.add(`${name} without Secure`);
+      if (!has('httponly')) advice.add(`${name} without HttpOnly`);
+      if (!has('samesite')) advice.add(`${name} without SameSite`);
     }
   }
   if (count === 0) return { check: 'cookies', verdict: 'pass', detail: 'no cookie set on the answers seen' };
-  if (problems.length > 0) return { check: 'cookies', verdict: 'fail', detail: [...problems, ...advice].join('; ') };
-  if (advice.length > 0) return { check: 'cookies', verdict: 'warn', detail: advice.join('; ') };
+  if (problems.size > 0) return { check: 'cookies', verdict: 'fail', detail: [...problems, ...advice].join('; ') };
+  if (advice.size > 0) return { check: 'cookies', verdict: 'warn', detail: [...advice].join('; ') };
   return { check: 'cookies', verdict: 'pass', detail: `${count} cookie${count === 1 ? '' : 's'}, each Secure, HttpOnly and SameSite` };
 }
 
@@ -210,7 +287,8 @@ function checkErrorLeaks(o: Observations): Finding {
   const leaks: string[] = [];
   for (const [what, e] of [['missing path', o.missing], ['malformed path', o.malformed], ['TRACE', o.trace]] as const) {
     if (!answered(e)) continue;
-    for (const [re, name] of LEAKS) if (re.test(e.body)) leaks.push(`${what} (${e.status}): ${name}`);
+    const text = asText(e.body);
+    for (const [re, name] of LEAKS) if (re.test(text) && !leaks.includes(`${what} (${e.status}): ${name}`)) leaks.push(`${what} (${e.status}): ${name}`);
   }
   if (leaks.length > 0) return { check: 'error-pages', verdict: 'fail', detail: `error answers leak internals: ${leaks.join('; ')}` };
   const status = (e: Exchange): string => (answered(e) ? String(e.status) : e.error);

@@ -17,7 +17,7 @@ export interface ProbeOptions {
   readonly url: URL;
   /** The address to connect to instead of resolving the URL's host. */
   readonly connect?: string | undefined;
-  /** Extra trusted roots (PEM), as with NODE_EXTRA_CA_CERTS; the system's stay trusted. */
+  /** Extra trusted roots (PEM), trusted besides Node's bundled (Mozilla) roots. */
   readonly ca?: string | undefined;
   /** The plain-HTTP URL whose redirect is checked; null: not checked. */
   readonly httpUrl: URL | null;
@@ -54,14 +54,17 @@ function handshake(o: ProbeOptions): Promise<TlsObservation> {
       servername: sniOf(o.url),
       ca: trustedRoots(o.ca),
       rejectUnauthorized: false, // judged below, so that an untrusted certificate is a finding, not a crash
-      ALPNProtocols: ['http/1.1'],
     });
     const done = (r: TlsObservation): void => {
+      clearTimeout(timer);
       socket.destroy();
       resolve(r);
     };
-    socket.setTimeout(o.timeoutMs, () => done({ error: 'timed out', protocol: null, authorized: false, authorizationError: null, validFrom: null, validTo: null }));
-    socket.once('error', (err) => done({ error: err.message, protocol: null, authorized: false, authorizationError: null, validFrom: null, validTo: null }));
+    // A deadline for the whole handshake, not an idle timeout: a server dripping a byte at a time
+    // must not hold the audit.
+    const timer = setTimeout(() => done({ error: 'timed out', protocol: null, authorized: false, authorizationError: null, validFrom: null, validTo: null }), o.timeoutMs);
+    // The code, not OpenSSL's multi-line message: one line in the report.
+    socket.once('error', (err: Error & { code?: string }) => done({ error: err.code ?? err.message.split('\n')[0]!, protocol: null, authorized: false, authorizationError: null, validFrom: null, validTo: null }));
     socket.once('secureConnect', () => {
       const cert = socket.getPeerCertificate();
       const date = (text: string | undefined): Date | null => (text ? new Date(text) : null);
@@ -99,10 +102,11 @@ function legacyHandshake(o: ProbeOptions, version: 'TLSv1' | 'TLSv1.1'): Promise
       return;
     }
     const done = (r: LegacyHandshake): void => {
+      clearTimeout(timer);
       socket.destroy();
       resolve(r);
     };
-    socket.setTimeout(o.timeoutMs, () => done({ outcome: 'refused', reason: 'no answer' }));
+    const timer = setTimeout(() => done({ outcome: 'refused', reason: 'no answer' }), o.timeoutMs);
     socket.once('error', (err: Error & { code?: string }) => {
       // Errors raised before anything was sent are ours, not the server's refusal.
       if (err.code === 'ERR_SSL_NO_PROTOCOLS_AVAILABLE' || err.code === 'ERR_SSL_NO_CIPHERS_AVAILABLE') done({ outcome: 'untested', reason: err.code });
@@ -122,9 +126,13 @@ function exchange(o: ProbeOptions, url: URL, method: string, path: string, heade
       path,
       headers: { host: url.host, 'user-agent': 'portcullis-audit', ...headers },
       agent: false,
+      // A big CSP and a few cookies pass Node's 16 KiB default; browsers take more.
+      maxHeaderSize: 64 * 1024,
       ...(secure ? { servername: sniOf(url), ca: trustedRoots(o.ca), rejectUnauthorized: false } : {}),
     };
+    let response: http.IncomingMessage | null = null;
     const req = (secure ? https : http).request(options, (res) => {
+      response = res;
       const chunks: Buffer[] = [];
       let size = 0;
       res.on('data', (c: Buffer) => {
@@ -132,12 +140,20 @@ function exchange(o: ProbeOptions, url: URL, method: string, path: string, heade
         size += c.length;
         if (size >= MAX_BODY) res.destroy();
       });
-      const finish = (): void => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks).subarray(0, MAX_BODY).toString('utf8') });
+      const finish = (): void => {
+        clearTimeout(timer);
+        resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks).subarray(0, MAX_BODY).toString('utf8') });
+      };
       res.once('end', finish);
       res.once('close', finish);
     });
-    req.setTimeout(o.timeoutMs, () => req.destroy(new Error('timed out')));
-    req.once('error', (err: Error & { code?: string }) => resolve({ error: err.code ?? err.message }));
+    // One deadline for the whole exchange (a body dripped slowly included); what arrived by then
+    // is judged.
+    const timer = setTimeout(() => (response === null ? req.destroy(new Error('timed out')) : response.destroy()), o.timeoutMs);
+    req.once('error', (err: Error & { code?: string }) => {
+      clearTimeout(timer);
+      resolve({ error: err.code ?? err.message });
+    });
     req.end();
   });
 }

@@ -58,7 +58,7 @@ const without = (name: keyof typeof goodHeaders): Record<string, string | string
 
 t.test('transport: handshake, trust, protocol, expiry, legacy versions', async (t) => {
   const o = good();
-  t.same(changed({ ...o, tls: { ...o.tls, error: 'connect ECONNREFUSED', authorized: false, protocol: null, validFrom: null, validTo: null } }), { tls: 'fail', 'certificate-expiry': 'fail' });
+  t.same(changed({ ...o, tls: { ...o.tls, error: 'connect ECONNREFUSED', authorized: false, protocol: null, validFrom: null, validTo: null } }), { tls: 'fail', 'certificate-expiry': 'fail', 'legacy-tls': 'warn' }, 'old versions refused by a server that refuses everything prove nothing');
   t.same(changed({ ...o, tls: { ...o.tls, authorized: false, authorizationError: 'SELF_SIGNED_CERT_IN_CHAIN' } }), { tls: 'fail' });
   t.match(judge({ ...o, tls: { ...o.tls, authorized: false, authorizationError: 'ERR_TLS_CERT_ALTNAME_INVALID' } })[0]!.detail, /not trusted for app\.example: ERR_TLS_CERT_ALTNAME_INVALID/);
   t.same(changed({ ...o, tls: { ...o.tls, protocol: 'TLSv1.1' } }), { tls: 'fail' });
@@ -77,6 +77,9 @@ t.test('transport: handshake, trust, protocol, expiry, legacy versions', async (
   t.same(changed({ ...o, tls: { ...o.tls, validFrom: null, validTo: new Date(NOW.getTime() + (EXPIRY_WARN_DAYS + 1) * DAY) } }), {});
   t.same(changed({ ...o, legacy: { ...o.legacy, 'TLSv1.1': { outcome: 'accepted', protocol: 'TLSv1.1' } } }), { 'legacy-tls': 'fail' });
   t.same(changed({ ...o, legacy: { ...o.legacy, TLSv1: { outcome: 'untested', reason: 'ERR_SSL_NO_PROTOCOLS_AVAILABLE' } } }), { 'legacy-tls': 'warn' });
+  // A server that speaks only TLS 1.0/1.1: our modern handshake fails, and the old ones are accepted.
+  const legacyOnly: Observations = { ...o, tls: { ...o.tls, error: 'ERR_SSL_UNSUPPORTED_PROTOCOL', authorized: false, protocol: null, validFrom: null, validTo: null }, legacy: { TLSv1: { outcome: 'accepted', protocol: 'TLSv1' }, 'TLSv1.1': { outcome: 'accepted', protocol: 'TLSv1.1' } } };
+  t.same(changed(legacyOnly), { tls: 'fail', 'certificate-expiry': 'fail', 'legacy-tls': 'fail' });
 });
 
 t.test('plain HTTP: only a redirect to https:// on the same host passes; a temporary one warns', async (t) => {
@@ -97,15 +100,39 @@ t.test('HSTS: missing or without max-age fails, short warns', async (t) => {
   t.same(changed(withPage({ ...goodHeaders, 'strict-transport-security': 'includeSubDomains' })), { hsts: 'fail' });
   t.same(changed(withPage({ ...goodHeaders, 'strict-transport-security': 'max-age=abc' })), { hsts: 'fail' });
   t.same(changed(withPage({ ...goodHeaders, 'strict-transport-security': 'max-age=86400' })), { hsts: 'warn' });
+  t.same(changed(withPage({ ...goodHeaders, 'strict-transport-security': 'max-age=0' })), { hsts: 'fail' }, 'max-age=0 tells browsers to forget HSTS');
   t.same(changed(withPage({ ...goodHeaders, 'strict-transport-security': 'Max-Age="63072000"; preload' })), {});
   t.same(changed({ ...good(), page: { error: 'ECONNRESET' } }), { hsts: 'fail' }, 'no answer: nothing to judge headers on');
 });
 
-t.test('software banners fail wherever they appear, error answers included', async (t) => {
+t.test('software banners fail wherever they appear, error answers included; a bare server name warns', async (t) => {
   t.same(changed(withPage({ ...goodHeaders, server: 'nginx/1.22.1' })), { 'server-banner': 'fail' });
+  t.same(changed(withPage({ ...goodHeaders, server: 'cloudflare' })), { 'server-banner': 'warn' }, "a CDN's name, without a version");
+  t.same(changed(withPage({ ...goodHeaders, server: 'cloudflare', 'x-powered-by': 'PHP/8.2' })), { 'server-banner': 'fail' });
+  t.same(changed({ ...good(), http: { status: 301, headers: { location: 'https://app.example/', server: 'Apache/2.4.57 (Debian)' }, body: '' } }), { 'server-banner': 'fail' }, 'the plain-HTTP answer too');
+  t.same(changed({ ...good(), protectedPaths: [{ path: '/admin/', anonymous: { status: 401, headers: { 'x-aspnet-version': '4.0.30319' }, body: '' }, forged: { status: 401, headers: {}, body: '' } }] }), { 'server-banner': 'fail' }, "a protected path's refusal too");
   const o = good();
   t.same(changed({ ...o, missing: { status: 404, headers: { 'x-powered-by': 'Express' }, body: '' } }), { 'server-banner': 'fail' });
   t.match(judge({ ...o, trace: { status: 405, headers: { server: 'gunicorn' }, body: '' } }).find((f) => f.check === 'server-banner')!.detail, /server: gunicorn/);
+});
+
+t.test('headers sent twice (nginx add_header in front of an app that sets them too) are judged as browsers read them', async (t) => {
+  t.same(changed(withPage({ ...goodHeaders, 'x-content-type-options': 'nosniff, nosniff' })), {});
+  t.same(changed(withPage({ ...goodHeaders, 'x-frame-options': 'SAMEORIGIN, SAMEORIGIN' })), {});
+  t.same(changed(withPage({ ...goodHeaders, 'x-frame-options': 'DENY, SAMEORIGIN' })), { framing: 'fail' }, 'values that disagree are ignored by browsers');
+  t.same(changed(withPage({ ...goodHeaders, 'strict-transport-security': 'max-age=31536000, max-age=31536000' })), {});
+  t.same(changed(withPage({ ...goodHeaders, 'strict-transport-security': 'max-age=60, max-age=31536000' })), { hsts: 'warn' }, 'the first one counts');
+  t.same(changed(withPage({ ...without('x-frame-options'), 'content-security-policy': "default-src 'self', frame-ancestors 'none'" })), {}, 'two CSP policies: both enforced');
+});
+
+t.test('framing: a frame-ancestors that lets anyone in fails, and X-Frame-Options beside it does not save it', async (t) => {
+  const csp = (policy: string, xfo?: string): Observations => withPage({ ...without('x-frame-options'), 'content-security-policy': policy, ...(xfo ? { 'x-frame-options': xfo } : {}) });
+  t.same(changed(csp('frame-ancestors *')), { framing: 'fail' });
+  t.same(changed(csp("default-src 'self'; frame-ancestors https:")), { framing: 'fail' });
+  t.same(changed(csp('frame-ancestors *', 'DENY')), { framing: 'fail' }, 'browsers ignore X-Frame-Options once frame-ancestors is there');
+  t.same(changed(csp("frame-ancestors 'self' https://partner.example")), {});
+  t.same(changed(csp("FRAME-ANCESTORS 'none'")), {});
+  t.match(judge(csp('frame-ancestors *')).find((f) => f.check === 'framing')!.detail, /lets any site frame the pages/);
 });
 
 t.test('nosniff, framing, CSP, Referrer-Policy', async (t) => {
@@ -116,6 +143,9 @@ t.test('nosniff, framing, CSP, Referrer-Policy', async (t) => {
   t.same(changed(withPage({ ...goodHeaders, 'x-frame-options': 'ALLOW-FROM https://x.example' })), { framing: 'fail' }, 'ALLOW-FROM is ignored by browsers');
   t.same(changed(withPage(without('content-security-policy'))), { csp: 'warn' });
   t.same(changed(withPage(without('referrer-policy'))), { 'referrer-policy': 'warn' });
+  t.same(changed(withPage({ ...goodHeaders, 'referrer-policy': 'unsafe-url' })), { 'referrer-policy': 'warn' });
+  t.same(changed(withPage({ ...goodHeaders, 'referrer-policy': 'unsafe-url, strict-origin' })), {}, 'the last known value applies');
+  t.same(changed(withPage({ ...goodHeaders, 'content-security-policy': '' })), { csp: 'warn' }, 'an empty policy');
 });
 
 t.test('cookies: Secure is required, HttpOnly and SameSite advised; attributes matched by name, not by substring', async (t) => {
@@ -127,13 +157,25 @@ t.test('cookies: Secure is required, HttpOnly and SameSite advised; attributes m
   t.same(changed(cookies('a=1; secure; httponly; samesite=strict', 'b=2; Secure; HttpOnly; SameSite=None')), {});
   const o = good();
   t.same(changed({ ...o, missing: { status: 404, headers: { 'set-cookie': 'tracking=1' }, body: '' } }), { cookies: 'fail' }, 'cookies on error answers count too');
+  t.same(changed({ ...o, http: { status: 301, headers: { location: 'https://app.example/', 'set-cookie': 'sid=1; HttpOnly; SameSite=Lax' }, body: '' } }), { cookies: 'fail' }, 'a cookie set on the plain-HTTP redirect travelled in clear');
+  t.same(
+    changed({ ...o, protectedPaths: [{ path: '/admin/', anonymous: { status: 302, headers: { location: 'https://idp.example/', 'set-cookie': '_oauth2_proxy_csrf=x; Path=/' }, body: '' }, forged: { status: 401, headers: {}, body: '' } }] }),
+    { cookies: 'fail', 'protected /admin/': 'warn' },
+    "a login redirect's cookie too",
+  );
   t.match(judge(cookies('sid=1')).find((f) => f.check === 'cookies')!.detail, /sid without Secure; sid without HttpOnly; sid without SameSite/);
 });
 
 t.test('error answers: stack traces, tracebacks, paths and banners in a body fail', async (t) => {
   const leaky = (body: string): Observations => ({ ...good(), missing: { status: 500, headers: {}, body } });
   const leaks = [
-    'TypeError: x is undefined\n    at Object.handler (/srv/app/routes.js:12:5)\n',
+    'TypeError: x is undefined\n    at Module._compile (node:internal/modules/cjs/loader:1105:14)\n',
+    '<pre>Error: boom<br> &nbsp; &nbsp;at Layer.handle [as handle_request] (C:\\code\\index.js:5:11)</pre>',
+    'panic: runtime error\n\ngoroutine 1 [running]:\nmain.main()',
+    '<b>Fatal error</b>: Uncaught Error in /www/site/index.php on line 3',
+    'Exception in thread "main"\n\tat com.ex.AppKt.main(App.kt:5)',
+    '\tat java.base/java.lang.Thread.run(Thread.java:833)',
+    'Error at handler (/code/src/index.ts:12)',
     'Traceback (most recent call last):\n  File "app.py", line 3',
     'java.lang.NullPointerException\n\tat com.example.App.run(App.java:42)',
     'upstream error: connect ECONNREFUSED 10.0.0.5:8080',
@@ -146,6 +188,8 @@ t.test('error answers: stack traces, tracebacks, paths and banners in a body fai
   t.same(changed({ ...good(), malformed: { status: 400, headers: {}, body: 'Traceback (most recent call last):' } }), { 'error-pages': 'fail' }, 'the malformed path too');
   t.same(changed(leaky('{"error":{"code":"GW_ERR_INTERNAL","request_id":"a1"}}')), {}, 'a code and a request id leak nothing');
   t.same(changed(leaky('See the docs at https://example.com/app/help.js for how to call us')), {}, 'a URL is not a server path');
+  t.same(changed(leaky('<html><script src="/app/main.js"></script><link href="/var/style.css"><a href="/home/">home</a></html>')), {}, "a page's own assets and links are not server paths");
+  t.same(changed(leaky('Not found. Try the search at /search?q=at+x:1:2')), {}, 'a colon-number in a URL is not a stack frame');
 });
 
 t.test('TRACE: any 2xx fails, a refusal or no answer passes', async (t) => {

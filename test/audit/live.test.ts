@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import type { AddressInfo } from 'node:net';
 import { main } from '../../src/cli.js';
 import { ensureLocalCertificate } from '../../src/tls/local-ca.js';
-import { startGateway, startUpstream } from '../helpers/gateway.js';
+import { silentServer, startGateway, startUpstream } from '../helpers/gateway.js';
 import { policyYaml, startIdp } from '../authz/_support.js';
 
 interface Run {
@@ -168,9 +168,25 @@ t.test('nothing listening: every transport check fails with the reason, exit 1',
   await new Promise<void>((r) => closed.close(() => r()));
   const r = await cli(['--url', `https://app.test:${port}/`, '--connect', '127.0.0.1', '--http-url', `http://app.test:${port}/`, '--timeout', '5s']);
   t.equal(r.code, 1);
-  t.match(r.out, /^FAIL {2}tls +no TLS handshake: connect ECONNREFUSED/m);
+  t.match(r.out, /^FAIL {2}tls +no TLS handshake: ECONNREFUSED$/m);
   t.match(r.out, /^FAIL {2}hsts +no answer: ECONNREFUSED/m);
   t.match(r.out, /^WARN {2}http-redirect +no plain-HTTP answer \(ECONNREFUSED\)/m);
+});
+
+t.test('a server that never answers, and one that never finishes its answer, hold the audit no longer than --timeout', async (t) => {
+  const silent = await silentServer(t);
+  const dripping = http.createServer((_req, res) => {
+    res.writeHead(301, { location: 'https://app.test/' });
+    res.write('a'); // and never ends
+  });
+  await new Promise<void>((r) => dripping.listen(0, '127.0.0.1', r));
+  t.teardown(() => new Promise<void>((r) => { dripping.closeAllConnections(); dripping.close(() => r()); }));
+  const r = await cli(['--url', `https://app.test:${silent.port}/`, '--connect', '127.0.0.1', '--http-url', `http://app.test:${(dripping.address() as AddressInfo).port}/`, '--timeout', '1s']);
+  t.equal(r.code, 1);
+  t.match(r.out, /^FAIL {2}tls +no TLS handshake: timed out/m);
+  t.match(r.out, /^WARN {2}legacy-tls +not judged: no TLS handshake succeeded/m);
+  t.match(r.out, /^FAIL {2}hsts +no answer: /m);
+  t.match(r.out, /^PASS {2}http-redirect +301 to https:\/\/app\.test\//m, 'what arrived before the deadline is judged');
 });
 
 t.test('usage errors: exit 2 and one line saying what is wrong, before any connection', async (t) => {
