@@ -49,6 +49,14 @@ Options:
 Environment: \${NAME} in the configuration is read from NAME, or from the file named by NAME_FILE.
 `;
 
+/** The options each command takes (besides --help and --version). */
+const COMMAND_OPTIONS: Readonly<Record<string, readonly string[]>> = {
+  start: ['config', 'watch'],
+  validate: ['config'],
+  explain: ['config', 'method', 'url', 'token', 'roles'],
+  audit: ['url', 'connect', 'ca', 'http-url', 'no-http', 'protected', 'timeout', 'json'],
+};
+
 interface Io {
   out: (s: string) => void;
   err: (s: string) => void;
@@ -98,6 +106,16 @@ export async function main(argv: string[], io: Io = stdio): Promise<number> {
   if (values.help || command === undefined || command === 'help') {
     io.out(HELP);
     return command === undefined && !values.help ? 2 : 0;
+  }
+  // One option table for all commands, so each command says which of them it takes: `validate
+  // --json` must not be accepted and silently mean nothing.
+  const allowed = COMMAND_OPTIONS[command];
+  if (allowed !== undefined) {
+    const stray = Object.keys(values).find((k) => k !== 'help' && k !== 'version' && !allowed.includes(k));
+    if (stray !== undefined) {
+      io.err(`portcullis ${command}: --${stray} is not an option of this command\n\n${HELP}`);
+      return 2;
+    }
   }
   const configPath = values.config ?? 'gateway.yml';
   switch (command) {

@@ -13,7 +13,7 @@ export interface AuditRequest {
   /** https://host[:port]/path: the page whose answer is judged; its host is the certificate's name. */
   readonly url: string;
   readonly connect?: string | undefined;
-  /** A PEM file of roots to trust besides the system's (a private CA, the local development CA). */
+  /** A PEM file of roots to trust besides Node's bundled ones (a private CA, the local development CA). */
   readonly caFile?: string | undefined;
   /** The plain-HTTP URL to check for a redirect; default http://host/ (port 80); null: skipped. */
   readonly httpUrl?: string | null | undefined;

@@ -189,6 +189,15 @@ t.test('a server that never answers, and one that never finishes its answer, hol
   t.match(r.out, /^PASS {2}http-redirect +301 to https:\/\/app\.test\//m, 'what arrived before the deadline is judged');
 });
 
+t.test("the audit's options are refused by the other commands, and theirs by the audit", async (t) => {
+  for (const [command, option] of [['validate', '--json'], ['start', '--protected=/x'], ['explain', '--connect=127.0.0.1'], ['validate', '--watch']] as const) {
+    let err = '';
+    const code = await main([command, '--config', join(dir, 'none.yml'), option], { out: () => undefined, err: (s) => (err += s) });
+    t.equal(code, 2, `${command} ${option}`);
+    t.match(err, new RegExp(`^portcullis ${command}: ${option.split('=')[0]} is not an option of this command`), `${command} ${option}`);
+  }
+});
+
 t.test('usage errors: exit 2 and one line saying what is wrong, before any connection', async (t) => {
   const cases: [string[], RegExp][] = [
     [[], /--url is required/],
@@ -205,6 +214,8 @@ t.test('usage errors: exit 2 and one line saying what is wrong, before any conne
   ];
   writeFileSync(join(dir, 'not-pem.txt'), 'hello');
   cases.push([['--url', 'https://app.test/', '--ca', join(dir, 'not-pem.txt')], /no PEM certificate/]);
+  cases.push([['--url', 'https://app.test/', '--config', 'gateway.yml'], /portcullis audit: --config is not an option of this command/]);
+  cases.push([['--url', 'https://app.test/', '--token', 'x'], /--token is not an option of this command/]);
   for (const [args, message] of cases) {
     const r = await cli(args);
     t.equal(r.code, 2, args.join(' '));
