@@ -103,11 +103,11 @@ function headerList(e: Exchange, name: string): readonly string[] {
 
 const answered = (e: Exchange): e is Exclude<Exchange, { error: string }> => !('error' in e);
 
-/** Every answer the audit saw, with what it was: the plain-HTTP and protected paths' included. */
-function everyAnswer(o: Observations): [string, Exchange][] {
-  const all: [string, Exchange][] = [['page', o.page], ['missing path', o.missing], ['malformed path', o.malformed], ['TRACE', o.trace]];
-  if (o.http !== null) all.push(['plain HTTP', o.http]);
-  for (const p of o.protectedPaths) all.push([`${p.path} without a token`, p.anonymous], [`${p.path} with a forged token`, p.forged]);
+/** Every answer the audit saw: the plain-HTTP one and the protected paths' included. */
+function everyAnswer(o: Observations): Exchange[] {
+  const all = [o.page, o.missing, o.malformed, o.trace];
+  if (o.http !== null) all.push(o.http);
+  for (const p of o.protectedPaths) all.push(p.anonymous, p.forged);
   return all;
 }
 
@@ -190,7 +190,7 @@ function checkHsts(o: Observations): Finding {
 function checkBanners(o: Observations): Finding {
   const fails = new Set<string>();
   const warns = new Set<string>();
-  for (const [, e] of everyAnswer(o)) {
+  for (const e of everyAnswer(o)) {
     const server = header(e, 'server');
     if (server !== undefined) (/\d/.test(server) ? fails : warns).add(`server: ${server}`);
     for (const name of ['x-powered-by', 'x-aspnet-version', 'x-aspnetmvc-version', 'x-runtime', 'x-generator']) {
@@ -266,7 +266,7 @@ function checkCookies(o: Observations): Finding {
   const problems = new Set<string>();
   const advice = new Set<string>();
   let count = 0;
-  for (const [, e] of everyAnswer(o)) {
+  for (const e of everyAnswer(o)) {
     for (const cookie of headerList(e, 'set-cookie')) {
       count++;
       const [pair = '', ...attrs] = cookie.split(';');

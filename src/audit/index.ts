@@ -7,7 +7,7 @@ import { isIP } from 'node:net';
 import { judge, type Finding } from './checks.js';
 import { observe } from './probe.js';
 
-export { formatFindings, judge, type Finding, type Observations, type Verdict } from './checks.js';
+export { formatFindings, type Finding } from './checks.js';
 
 export interface AuditRequest {
   /** https://host[:port]/path: the page whose answer is judged; its host is the certificate's name. */
