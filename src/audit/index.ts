@@ -2,6 +2,7 @@
  * `portcullis audit`: checks a live deployment (Portcullis or any HTTPS site) against the
  * practices this gateway exists for, from the outside. probe.ts looks, checks.ts judges.
  */
+import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { judge, type Finding } from './checks.js';
@@ -50,7 +51,16 @@ export async function audit(req: AuditRequest): Promise<Finding[]> {
     } catch (err) {
       throw new AuditUsageError(`--ca ${req.caFile}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
     }
-    if (!ca.includes('-----BEGIN CERTIFICATE-----')) throw new AuditUsageError(`--ca ${req.caFile}: no PEM certificate in it`);
+    const blocks = ca.match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g) ?? [];
+    if (blocks.length === 0) throw new AuditUsageError(`--ca ${req.caFile}: no PEM certificate in it`);
+    // OpenSSL skips a block it cannot read: the audit would then say "not trusted" of a good site.
+    blocks.forEach((block, i) => {
+      try {
+        new X509Certificate(block);
+      } catch (err) {
+        throw new AuditUsageError(`--ca ${req.caFile}: certificate ${i + 1} of ${blocks.length} cannot be read: ${(err as Error).message}`);
+      }
+    });
   }
   const observed = await observe({ url, connect: req.connect, ca, httpUrl, protectedPaths: req.protectedPaths ?? [], timeoutMs: req.timeoutMs ?? 10_000 });
   return judge(observed);

@@ -25,6 +25,9 @@ export interface ProbeOptions {
   readonly timeoutMs: number;
 }
 
+/** Response headers read, as much as Chromium reads (more: it fails with ERR_RESPONSE_HEADERS_TOO_BIG). */
+const MAX_HEADERS = 256 * 1024;
+
 /** At most this much of a body is kept: enough to find a stack trace, never a whole download. */
 const MAX_BODY = 64 * 1024;
 
@@ -82,7 +85,18 @@ function handshake(o: ProbeOptions): Promise<TlsObservation> {
   });
 }
 
-/** A handshake offering only `version`. Our own OpenSSL may refuse to offer it: then untested. */
+/**
+ * What a failed legacy handshake says: only the server's `protocol_version` alert (RFC 8446 §6.2;
+ * RFC 8996), or an answer in a newer version, is a refusal of the version. A `handshake_failure`
+ * is what a server that speaks the version sends when no offered cipher suits it.
+ */
+const VERSION_REFUSED = new Set(['ERR_SSL_TLSV1_ALERT_PROTOCOL_VERSION', 'ERR_SSL_UNSUPPORTED_PROTOCOL', 'ERR_SSL_WRONG_VERSION_NUMBER']);
+
+/**
+ * A handshake offering only `version`, with every cipher suite this OpenSSL has (a server still on
+ * TLS 1.0 may keep only an old suite: Camellia, 3DES). Our own OpenSSL may refuse to offer the
+ * version: then untested.
+ */
 function legacyHandshake(o: ProbeOptions, version: 'TLSv1' | 'TLSv1.1'): Promise<LegacyHandshake> {
   return new Promise((resolve) => {
     let socket: tls.TLSSocket;
@@ -94,7 +108,7 @@ function legacyHandshake(o: ProbeOptions, version: 'TLSv1' | 'TLSv1.1'): Promise
         minVersion: version,
         maxVersion: version,
         // OpenSSL 3 offers TLS 1.0/1.1 only at security level 0.
-        ciphers: 'DEFAULT@SECLEVEL=0',
+        ciphers: 'ALL:@SECLEVEL=0',
         rejectUnauthorized: false,
       });
     } catch (err) {
@@ -106,11 +120,12 @@ function legacyHandshake(o: ProbeOptions, version: 'TLSv1' | 'TLSv1.1'): Promise
       socket.destroy();
       resolve(r);
     };
-    const timer = setTimeout(() => done({ outcome: 'refused', reason: 'no answer' }), o.timeoutMs);
+    const timer = setTimeout(() => done({ outcome: 'unclear', reason: 'no answer' }), o.timeoutMs);
     socket.once('error', (err: Error & { code?: string }) => {
+      const reason = err.code ?? err.message.split('\n')[0]!;
       // Errors raised before anything was sent are ours, not the server's refusal.
-      if (err.code === 'ERR_SSL_NO_PROTOCOLS_AVAILABLE' || err.code === 'ERR_SSL_NO_CIPHERS_AVAILABLE') done({ outcome: 'untested', reason: err.code });
-      else done({ outcome: 'refused', reason: err.code ?? err.message });
+      if (err.code === 'ERR_SSL_NO_PROTOCOLS_AVAILABLE' || err.code === 'ERR_SSL_NO_CIPHERS_AVAILABLE') done({ outcome: 'untested', reason });
+      else done({ outcome: VERSION_REFUSED.has(reason) ? 'refused' : 'unclear', reason });
     });
     socket.once('secureConnect', () => done({ outcome: 'accepted', protocol: socket.getProtocol() ?? version }));
   });
@@ -126,8 +141,8 @@ function exchange(o: ProbeOptions, url: URL, method: string, path: string, heade
       path,
       headers: { host: url.host, 'user-agent': 'portcullis-audit', ...headers },
       agent: false,
-      // A big CSP and a few cookies pass Node's 16 KiB default; browsers take more.
-      maxHeaderSize: 64 * 1024,
+      // A big CSP and a few cookies pass Node's 16 KiB default; Chromium takes up to 256 KiB.
+      maxHeaderSize: MAX_HEADERS,
       ...(secure ? { servername: sniOf(url), ca: trustedRoots(o.ca), rejectUnauthorized: false } : {}),
     };
     let response: http.IncomingMessage | null = null;
@@ -142,7 +157,9 @@ function exchange(o: ProbeOptions, url: URL, method: string, path: string, heade
       });
       const finish = (): void => {
         clearTimeout(timer);
-        resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks).subarray(0, MAX_BODY).toString('utf8') });
+        // Every field as sent: Node's `headers` keeps only the first of a repeated Server (and a
+        // few others), which would hide a second, versioned one.
+        resolve({ status: res.statusCode ?? 0, headers: res.headersDistinct, body: Buffer.concat(chunks).subarray(0, MAX_BODY).toString('utf8') });
       };
       res.once('end', finish);
       res.once('close', finish);
@@ -152,17 +169,23 @@ function exchange(o: ProbeOptions, url: URL, method: string, path: string, heade
     const timer = setTimeout(() => (response === null ? req.destroy(new Error('timed out')) : response.destroy()), o.timeoutMs);
     req.once('error', (err: Error & { code?: string }) => {
       clearTimeout(timer);
-      resolve({ error: err.code ?? err.message });
+      resolve({ error: err.code === 'HPE_HEADER_OVERFLOW' ? `response headers over ${MAX_HEADERS / 1024} KiB (HPE_HEADER_OVERFLOW), more than browsers accept` : (err.code ?? err.message) });
     });
     req.end();
   });
 }
 
-/** A JWT with `alg: none`: a gateway that honours it lets anyone in (RFC 8725 §2.1). */
-function unsignedToken(): string {
+/**
+ * `alg: none` as libraries have been fooled by it: spelt in other cases, which a case-sensitive
+ * deny list lets through to a case-insensitive lookup (RFC 8725 §2.1, §3.1).
+ */
+const UNSIGNED_ALGS = ['none', 'None', 'NONE', 'nOnE'] as const;
+
+/** A JWT with no signature: a gateway that honours it lets anyone in. */
+function unsignedToken(alg: string): string {
   const part = (v: object): string => Buffer.from(JSON.stringify(v)).toString('base64url');
   const now = Math.floor(Date.now() / 1000);
-  return `${part({ alg: 'none', typ: 'JWT' })}.${part({ sub: 'portcullis-audit', roles: ['admin'], iat: now, exp: now + 300 })}.`;
+  return `${part({ alg, typ: 'JWT' })}.${part({ sub: 'portcullis-audit', roles: ['admin'], iat: now, exp: now + 300 })}.`;
 }
 
 export async function observe(o: ProbeOptions): Promise<Observations> {
@@ -178,13 +201,14 @@ export async function observe(o: ProbeOptions): Promise<Observations> {
     exchange(o, o.url, 'TRACE', base, { 'x-portcullis-audit': nonce }),
     o.httpUrl === null ? Promise.resolve(null) : exchange(o, o.httpUrl, 'GET', o.httpUrl.pathname + o.httpUrl.search),
   ]);
-  const forged = unsignedToken();
   const protectedPaths = await Promise.all(
-    o.protectedPaths.map(async (path) => ({
-      path,
-      anonymous: await exchange(o, o.url, 'GET', path),
-      forged: await exchange(o, o.url, 'GET', path, { authorization: `Bearer ${forged}` }),
-    })),
+    o.protectedPaths.map(async (path) => {
+      const [anonymous, ...answers] = await Promise.all([
+        exchange(o, o.url, 'GET', path),
+        ...UNSIGNED_ALGS.map((alg) => exchange(o, o.url, 'GET', path, { authorization: `Bearer ${unsignedToken(alg)}` })),
+      ]);
+      return { path, anonymous: anonymous!, forged: UNSIGNED_ALGS.map((alg, i) => ({ alg, answer: answers[i]! })) };
+    }),
   );
   return { url: o.url, now: new Date(), tls: tlsSeen, legacy: { TLSv1: tls10, 'TLSv1.1': tls11 }, page, missing, malformed, trace, http: plain, protectedPaths };
 }
