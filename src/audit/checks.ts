@@ -9,6 +9,9 @@
  * Portcullis: a failed check names what was seen.
  */
 
+import { TOKEN } from '../config/checks.js';
+import { parseSetCookie } from '../protect/cookies.js';
+
 export type Verdict = 'pass' | 'warn' | 'fail';
 
 export interface Finding {
@@ -210,15 +213,16 @@ export function parseHsts(value: string): { readonly maxAge: number } | { readon
   for (const raw of value.split(';')) {
     const directive = raw.trim();
     if (directive === '') continue;
-    const m = /^([!#$%&'*+.^_`|~0-9A-Za-z-]+)\s*(?:=\s*(.*))?$/.exec(directive);
-    if (!m) return { invalid: `a malformed directive: ${directive}` };
-    const name = m[1]!.toLowerCase();
-    if (seen.has(name)) return { invalid: `${m[1]} appears twice` };
+    const eq = directive.indexOf('=');
+    const spelt = (eq === -1 ? directive : directive.slice(0, eq)).trim();
+    if (!TOKEN.test(spelt)) return { invalid: `a malformed directive: ${directive}` };
+    const name = spelt.toLowerCase();
+    if (seen.has(name)) return { invalid: `${spelt} appears twice` };
     seen.add(name);
-    const given = m[2]?.trim();
-    // token or quoted-string (RFC 7230 §3.2.6); an unbalanced quote is neither.
-    const text = given === undefined ? undefined : /^"[^"]*"$/.test(given) ? given.slice(1, -1) : /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(given) ? given : null;
-    if (text === null) return { invalid: `${m[1]} has a malformed value: ${given}` };
+    const given = eq === -1 ? undefined : directive.slice(eq + 1).trim();
+    // token or quoted-string (RFC 9110 §5.6); an unbalanced quote is neither.
+    const text = given === undefined ? undefined : /^"[^"]*"$/.test(given) ? given.slice(1, -1) : TOKEN.test(given) ? given : null;
+    if (text === null) return { invalid: `${spelt} has a malformed value: ${given}` };
     if (name === 'max-age') {
       if (text === undefined || !/^\d+$/.test(text)) return { invalid: `max-age is not a number of seconds: ${directive}` };
       maxAge = Number(text);
@@ -278,10 +282,9 @@ function framesForAnyone(sources: readonly string[]): boolean {
  * `SAMEORIGIN`; several different values, framing is refused when any is `deny`, `sameorigin` or
  * `allowall` (the header looks confused), and allowed otherwise.
  */
-function xfoRefusesFraming(values: readonly string[]): boolean {
-  const set = new Set(values.map((v) => v.toLowerCase()));
-  if (set.size > 1) return set.has('deny') || set.has('sameorigin') || set.has('allowall');
-  return set.has('deny') || set.has('sameorigin');
+function xfoRefusesFraming(distinct: ReadonlySet<string>): boolean {
+  if (distinct.size > 1) return distinct.has('deny') || distinct.has('sameorigin') || distinct.has('allowall');
+  return distinct.has('deny') || distinct.has('sameorigin');
 }
 
 /** The Referrer-Policy values browsers know: of several, the last one known applies. */
@@ -317,9 +320,10 @@ function checkSecurityHeaders(o: Observations): Finding[] {
     );
   } else {
     const xfo = items(o.page, 'x-frame-options');
+    const distinct = new Set(xfo.map((v) => v.toLowerCase()));
     out.push(
-      xfoRefusesFraming(xfo)
-        ? { check: 'framing', verdict: 'pass', detail: `X-Frame-Options: ${xfo.join(', ')}${new Set(xfo.map((v) => v.toLowerCase())).size > 1 ? ' (conflicting values: browsers refuse framing)' : ''}` }
+      xfoRefusesFraming(distinct)
+        ? { check: 'framing', verdict: 'pass', detail: `X-Frame-Options: ${xfo.join(', ')}${distinct.size > 1 ? ' (conflicting values: browsers refuse framing)' : ''}` }
         : { check: 'framing', verdict: 'fail', detail: xfo.length === 0 ? 'neither X-Frame-Options (DENY or SAMEORIGIN) nor CSP frame-ancestors: the pages can be framed (clickjacking)' : `X-Frame-Options: ${header(o.page, 'x-frame-options')}: not DENY or SAMEORIGIN, so browsers ignore it` },
     );
   }
@@ -345,43 +349,44 @@ function checkSecurityHeaders(o: Observations): Finding[] {
   return out;
 }
 
-/** Whether a Set-Cookie's attributes make it expire at once (`Max-Age` ≤ 0, or `Expires` past). */
-function deletes(attrs: readonly string[], now: Date): boolean {
-  for (const attr of attrs) {
-    const [name = '', ...rest] = attr.split('=');
-    const value = rest.join('=').trim();
-    const key = name.trim().toLowerCase();
-    // Max-Age wins over Expires (RFC 6265bis §5.6.2): decided by it alone.
-    if (key === 'max-age' && /^-?\d+$/.test(value)) return Number(value) <= 0;
+/**
+ * Whether a Set-Cookie line expires its cookie at once (`Max-Age` ≤ 0, or an `Expires` past): it
+ * deletes a cookie and is never stored (RFC 6265bis §5.7). Max-Age wins over Expires (§5.6.2).
+ */
+function deletes(line: string, now: Date): boolean {
+  let maxAge: number | null = null;
+  let expires = NaN;
+  for (const attr of line.split(';').slice(1)) {
+    const eq = attr.indexOf('=');
+    if (eq === -1) continue;
+    const key = attr.slice(0, eq).trim().toLowerCase();
+    const value = attr.slice(eq + 1).trim();
+    if (key === 'max-age' && /^-?\d+$/.test(value)) maxAge = Number(value);
+    else if (key === 'expires') expires = Date.parse(value);
   }
-  for (const attr of attrs) {
-    const [name = '', ...rest] = attr.split('=');
-    if (name.trim().toLowerCase() !== 'expires') continue;
-    const at = Date.parse(rest.join('=').trim());
-    if (!Number.isNaN(at) && at <= now.getTime()) return true;
-  }
-  return false;
+  if (maxAge !== null) return maxAge <= 0;
+  return !Number.isNaN(expires) && expires <= now.getTime();
 }
 
 /** Every cookie set on the answers seen: Secure is a must over HTTPS; HttpOnly and SameSite are advised. */
 function checkCookies(o: Observations): Finding {
-  // The same cookie on several answers is one finding.
+  // The same cookie on several answers is one finding, and counted once.
   const problems = new Set<string>();
   const advice = new Set<string>();
-  let count = 0;
+  const names = new Set<string>();
   for (const e of everyAnswer(o)) {
-    for (const cookie of headerList(e, 'set-cookie')) {
-      count++;
-      const [pair = '', ...attrs] = cookie.split(';');
-      const name = pair.split('=')[0]!.trim();
-      const has = (a: string): boolean => attrs.some((x) => x.trim().toLowerCase().split('=')[0] === a);
-      // A cookie that is already expired deletes one (RFC 6265bis §5.7: never stored): nothing travels.
-      if (deletes(attrs, o.now)) continue;
-      if (!has('secure')) problems.add(`${name} without Secure`);
-      if (!has('httponly')) advice.add(`${name} without HttpOnly`);
-      if (!has('samesite')) advice.add(`${name} without SameSite`);
+    for (const line of headerList(e, 'set-cookie')) {
+      // Read as the gateway reads the app's cookies; a line browsers ignore, or one that deletes a
+      // cookie, stores nothing.
+      const cookie = parseSetCookie(line);
+      if (cookie === null || deletes(line, o.now)) continue;
+      names.add(cookie.name);
+      if (!cookie.secure) problems.add(`${cookie.name} without Secure`);
+      if (!cookie.httpOnly) advice.add(`${cookie.name} without HttpOnly`);
+      if (cookie.sameSite === null) advice.add(`${cookie.name} without SameSite`);
     }
   }
+  const count = names.size;
   if (count === 0) return { check: 'cookies', verdict: 'pass', detail: 'no cookie set on the answers seen' };
   if (problems.size > 0) return { check: 'cookies', verdict: 'fail', detail: [...problems, ...advice].join('; ') };
   if (advice.size > 0) return { check: 'cookies', verdict: 'warn', detail: [...advice].join('; ') };

@@ -46,7 +46,7 @@ function trimmed(line: string, from: number, to: number): string {
   return line.slice(from, to);
 }
 
-interface ParsedCookie {
+export interface ParsedCookie {
   readonly name: string;
   readonly secure: boolean;
   readonly httpOnly: boolean;
@@ -57,7 +57,12 @@ interface ParsedCookie {
   readonly sameSite: 'lax' | 'strict' | 'none' | null;
 }
 
-function parseSetCookie(line: string): ParsedCookie | null {
+/**
+ * The name and the three flags of a Set-Cookie line as a browser reads them (RFC 6265bis §5.6),
+ * or null for a line the browser ignores. The gateway hardens with it; `portcullis audit` judges
+ * other servers' cookies with it.
+ */
+export function parseSetCookie(line: string): ParsedCookie | null {
   if (hasControlChar(line)) return null;
   const semi = line.indexOf(';');
   const pairEnd = semi === -1 ? line.length : semi;

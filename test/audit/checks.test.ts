@@ -209,6 +209,10 @@ t.test('cookies: Secure is required, HttpOnly and SameSite advised; attributes m
   t.same(changed(cookies('sid=x; Max-Age=3600; Expires=Thu, 01 Jan 1970 00:00:00 GMT')), { cookies: 'fail' }, 'Max-Age wins over Expires, the other way');
   t.same(changed(cookies('sid=x; Expires=Thu, 01 Jan 2099 00:00:00 GMT')), { cookies: 'fail' });
   t.same(changed(cookies('sid=x; Expires=not a date')), { cookies: 'fail' });
+  t.same(changed(cookies('sid=1; Secure; HttpOnly; SameSite=Loose')), { cookies: 'warn' }, 'a SameSite value browsers do not know is none');
+  t.same(changed(cookies('sid=1\x01; Path=/')), {}, 'a line with a control character is ignored by browsers: nothing stored');
+  const twice = { ...good(), missing: { status: 404, headers: { 'set-cookie': 'sid=2; Path=/; Secure; HttpOnly; SameSite=Lax' }, body: '' } };
+  t.match(judge(twice).find((f) => f.check === 'cookies')!.detail, /^1 cookie, each Secure/, 'the same cookie on two answers is one cookie');
 });
 
 t.test('error answers: stack traces, tracebacks, paths and banners in a body fail', async (t) => {
