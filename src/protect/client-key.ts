@@ -19,7 +19,7 @@
  * `trusted_proxies` by the pipeline); this module never reads `X-Forwarded-For`.
  */
 
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 import { isIPv4 } from 'node:net';
 import ipaddr from 'ipaddr.js';
 import type { RateLimitKeySpec } from './types.js';
@@ -43,7 +43,7 @@ export const IPV6_PREFIX = 64;
 
 function bounded(part: string): string {
   if (part.length <= MAX_KEY_PART) return part;
-  return `sha256:${createHash('sha256').update(part).digest('base64url')}`;
+  return `sha256:${hash('sha256', part, 'base64url')}`;
 }
 
 /** What a dual-stack socket reports for an IPv4 client (RFC 4291 §2.5.5.2), as Node spells it. */
@@ -127,5 +127,5 @@ export function rateLimitKey(spec: RateLimitKeySpec, client: ClientIdentity): st
   const value = headerValue(client.headers, name);
   // Always hashed: the header is typically a credential (an API key), and the key is what the
   // store holds (shared with Redis) and what the security log's rate_limited and banned events say.
-  return value === undefined ? ipKey(client.ip) : `header:${name}:sha256:${createHash('sha256').update(value).digest('base64url')}`;
+  return value === undefined ? ipKey(client.ip) : `header:${name}:sha256:${hash('sha256', value, 'base64url')}`;
 }
