@@ -28,7 +28,7 @@ import http2 from 'node:http2';
 import https from 'node:https';
 import net from 'node:net';
 import { parseExposition, total } from '../ops-e2e/_support.js';
-import { countingServer, LOOPBACK_LISTEN, rawTls, startGateway, startUpstream, statusOf, type RunningGateway, type Tap, sleep, until, accessLine, rawUpstream } from '../helpers/gateway.js';
+import { closedPort, countingServer, LOOPBACK_LISTEN, rawTls, startGateway, startUpstream, statusOf, type RunningGateway, type Tap, sleep, until, accessLine, rawUpstream } from '../helpers/gateway.js';
 import { appSite, h2Session, parseResponses, tlsClient } from '../helpers/clients.js';
 
 // ---------------------------------------------------------------------------------------------
@@ -723,10 +723,7 @@ t.test('an upstream response the HTTP parser refuses is a bad response: GW_ERR_U
 // 11. Failover of a streamed body.
 
 t.test('a streamed POST body fails over whole to the next target when the first refuses the connection', async (t) => {
-  const dead = net.createServer();
-  await new Promise<void>((r) => dead.listen(0, '127.0.0.1', r));
-  const deadOrigin = `http://127.0.0.1:${(dead.address() as net.AddressInfo).port}`;
-  await new Promise<void>((r) => dead.close(() => r()));
+  const deadOrigin = `http://127.0.0.1:${await closedPort()}`;
   const live = await startUpstream(t, (_req, res, body) => {
     res.writeHead(200, { 'content-type': 'text/plain' });
     res.end(`${body.length} ${sha256(body)}`);
@@ -790,10 +787,7 @@ t.test('a body over the limit that nobody reads any more cannot crash the gatewa
   });
   t.equal(status, 200);
   // A streamed POST over the limit to a pool where every target refuses: 502, and the upload goes on.
-  const dead = net.createServer();
-  await new Promise<void>((r) => dead.listen(0, '127.0.0.1', r));
-  const deadPort = (dead.address() as net.AddressInfo).port;
-  await new Promise<void>((r) => dead.close(() => r()));
+  const deadPort = await closedPort();
   const gw2 = await startGateway(t, site(`http://127.0.0.1:${deadPort}`, 'limits: { max_body_size: 1kb, request_buffer: 0b }\n'));
   const c = await tlsClient(t, gw2);
   c.socket.write(`POST /upload HTTP/1.1\r\nHost: app.test\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n${chunk(512)}`);

@@ -15,7 +15,7 @@ import https from 'node:https';
 import net from 'node:net';
 import { createHash, randomBytes } from 'node:crypto';
 import { SignJWT, exportJWK, generateKeyPair } from 'jose';
-import { LOOPBACK_LISTEN, startGateway, startUpstream, statusOf, type SeenRequest, type Tap, sleep, until, accessLine, rawUpstream } from '../helpers/gateway.js';
+import { closedPort, LOOPBACK_LISTEN, startGateway, startUpstream, statusOf, type SeenRequest, type Tap, sleep, until, accessLine, rawUpstream } from '../helpers/gateway.js';
 import { appSite as site, h2Request, h2Session, parseResponses, tlsClient } from '../helpers/clients.js';
 
 // ---------------------------------------------------------------------------------------------
@@ -382,10 +382,7 @@ t.test('a 204 or 304 that carries body bytes anyway: the client gets no body, an
 });
 
 t.test("upstream failures never show the upstream's address or error text", async (t) => {
-  const dead = net.createServer();
-  await new Promise<void>((r) => dead.listen(0, '127.0.0.1', r));
-  const deadPort = (dead.address() as net.AddressInfo).port;
-  await new Promise<void>((r) => dead.close(() => r()));
+  const deadPort = await closedPort();
   const resetter = await rawUpstream(t, (socket) => socket.resetAndDestroy());
   for (const [name, origin] of [['refused', `http://127.0.0.1:${deadPort}`], ['reset', resetter.origin]] as const) {
     const gw = await startGateway(t, site(origin));

@@ -281,13 +281,30 @@ export async function countingServer(t: Tap): Promise<{ origin: string; accepted
   return { origin: `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`, accepted: () => accepted };
 }
 
-/** A loopback port nothing listens on (it was free a moment ago): a connection to it is refused. */
+/**
+ * A loopback port nothing listens on, and nothing can listen on while this process runs: a
+ * connection to it is refused. The port is the local end of a connection this process keeps open
+ * (to a listener closed at once). A listener's port, freed and returned, could be handed to
+ * another suite's `listen(0)` running in parallel before the test dials it (seen once in CI: the
+ * "refused" upstream answered 405); a port held by an open connection is never handed out and
+ * cannot be bound, yet takes no connection.
+ */
 export async function closedPort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const p = (s.address() as net.AddressInfo).port;
-  await new Promise((r) => s.close(r));
-  return p;
+  const listener = net.createServer((accepted) => {
+    accepted.unref();
+    accepted.on('error', () => undefined);
+  });
+  await new Promise<void>((r) => listener.listen(0, '127.0.0.1', r));
+  const holder = net.connect((listener.address() as net.AddressInfo).port, '127.0.0.1');
+  holder.on('error', () => undefined);
+  await new Promise<void>((resolve, reject) => {
+    holder.once('connect', resolve);
+    holder.once('error', reject);
+  });
+  // Stops listening at once; close()'s callback would wait for the connection, which stays.
+  listener.close();
+  holder.unref();
+  return holder.localPort!;
 }
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));

@@ -13,6 +13,7 @@ import { loadConfigFile } from '../../src/config/index.js';
 import { prepareCertificates } from '../../src/server/certificates.js';
 import { createEchoServer, listen } from '../../src/demo/echo-upstream.js';
 import { startDemoIdp } from '../../src/demo/idp.js';
+import { freePort } from '../helpers/ports.mjs';
 import { main } from '../../src/cli.js';
 import { CLI_SKIP, spawnCli, type CliProcess } from '../ops-e2e/_support.js';
 import {
@@ -72,7 +73,7 @@ t.test('the demo walk-through: config/demo.yml in front of the echo app and the 
   const echo = createEchoServer();
   const echoPort = await listen(echo, 0);
   t.teardown(() => new Promise<void>((r) => { echo.closeAllConnections(); echo.close(() => r()); }));
-  const idp = await startDemoIdp(await closedPort());
+  const idp = await startDemoIdp(await freePort());
   t.teardown(() => idp.close());
   // config/demo.yml as shipped, but on ephemeral loopback ports, its storage in the test's dir.
   const shipped = readFileSync(join(ROOT, 'config', 'demo.yml'), 'utf8');
