@@ -250,10 +250,11 @@ t.test('CONTINUATION flood (CVE-2024-27316 class): endless CONTINUATION frames w
     const c = await rawH2(t, gw);
     c.send(h2Frame(T.HEADERS, 0, 1, block('GET', '/cont')));
     let sent = 0;
-    // Fifty frames per event-loop turn, in one write: a write that fails because the gateway has
-    // closed (EPIPE) makes Node destroy the socket at once, with the GOAWAY still unread in its
-    // receive queue (seen in 1 run of 4 with one write per frame). A single write's failure comes
-    // back through libuv's poll, which reads what arrived first.
+    // Fifty frames per event-loop turn, in one write, until a GOAWAY is read. With one write per
+    // frame, a write made after the gateway had closed failed (EPIPE) and Node destroyed the
+    // socket at once, the GOAWAY still unread in its receive queue (1 run in 4). Now what the
+    // gateway sent is read between writes, and a write that fails part-way reports through
+    // libuv's poll, which reads first.
     for (let i = 0; i < 40 && !c.closed() && c.goaways().length === 0; i++) {
       c.send(Buffer.concat(Array.from({ length: 50 }, () => h2Frame(T.CONTINUATION, 0, 1, payload))));
       sent += 50;
