@@ -41,9 +41,10 @@ export const MAX_KEY_PART = 128;
 /** IPv6 prefix length a client is grouped by. */
 export const IPV6_PREFIX = 64;
 
+const sha256 = (text: string): string => `sha256:${hash('sha256', text, 'base64url')}`;
+
 function bounded(part: string): string {
-  if (part.length <= MAX_KEY_PART) return part;
-  return `sha256:${hash('sha256', part, 'base64url')}`;
+  return part.length <= MAX_KEY_PART ? part : sha256(part);
 }
 
 /** What a dual-stack socket reports for an IPv4 client (RFC 4291 §2.5.5.2), as Node spells it. */
@@ -127,5 +128,5 @@ export function rateLimitKey(spec: RateLimitKeySpec, client: ClientIdentity): st
   const value = headerValue(client.headers, name);
   // Always hashed: the header is typically a credential (an API key), and the key is what the
   // store holds (shared with Redis) and what the security log's rate_limited and banned events say.
-  return value === undefined ? ipKey(client.ip) : `header:${name}:sha256:${hash('sha256', value, 'base64url')}`;
+  return value === undefined ? ipKey(client.ip) : `header:${name}:${sha256(value)}`;
 }

@@ -14,7 +14,7 @@ import { webcrypto } from 'node:crypto';
 import * as x509 from '@peculiar/x509';
 import { main } from '../../src/cli.js';
 import { ensureLocalCertificate } from '../../src/tls/local-ca.js';
-import { silentServer, startGateway, startUpstream } from '../helpers/gateway.js';
+import { closedPort, silentServer, startGateway, startUpstream } from '../helpers/gateway.js';
 import { policyYaml, startIdp } from '../authz/_support.js';
 
 interface Run {
@@ -202,10 +202,7 @@ t.test('the same app served directly, TLS 1.0 still on, fails each practice it b
 });
 
 t.test('nothing listening: every transport check fails with the reason, exit 1', async (t) => {
-  const closed = http.createServer();
-  await new Promise<void>((r) => closed.listen(0, '127.0.0.1', r));
-  const port = (closed.address() as AddressInfo).port;
-  await new Promise<void>((r) => closed.close(() => r()));
+  const port = await closedPort();
   const r = await cli(['--url', `https://app.test:${port}/`, '--connect', '127.0.0.1', '--http-url', `http://app.test:${port}/`, '--timeout', '5s']);
   t.equal(r.code, 1);
   t.match(r.out, /^FAIL {2}tls +no TLS handshake: ECONNREFUSED$/m);

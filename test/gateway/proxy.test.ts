@@ -1,6 +1,6 @@
 // The reverse proxy end to end: real TLS client → gateway → real upstream.
 import t from 'tap';
-import { LOOPBACK_LISTEN, startGateway, startUpstream } from '../helpers/gateway.js';
+import { closedPort, LOOPBACK_LISTEN, startGateway, startUpstream } from '../helpers/gateway.js';
 
 const site = (origin: string, extra = '') => `${LOOPBACK_LISTEN}
 sites:
@@ -124,9 +124,7 @@ t.test('Server and X-Powered-By are removed; HSTS and nosniff are added', async 
 t.test('upstream list: round robin, and a target that refuses connections is skipped', async (t) => {
   const a = await startUpstream(t);
   const b = await startUpstream(t);
-  // A port that refuses: listen then close.
-  const dead = await startUpstream(t);
-  await new Promise<void>((r) => dead.server.close(() => r()));
+  const dead = { origin: `http://127.0.0.1:${await closedPort()}` };
   const gw = await startGateway(t, `${LOOPBACK_LISTEN}
 sites:
   - hosts: [app.test]
@@ -145,9 +143,7 @@ sites:
 });
 
 t.test('all targets down: 502 with a safe body', async (t) => {
-  const dead = await startUpstream(t);
-  await new Promise<void>((r) => dead.server.close(() => r()));
-  const gw = await startGateway(t, site(dead.origin));
+  const gw = await startGateway(t, site(`http://127.0.0.1:${await closedPort()}`));
   const res = await gw.request({ headers: { accept: 'application/json' } });
   t.equal(res.status, 502);
   const body = JSON.parse(res.body);
